@@ -1,0 +1,222 @@
+"""One validated settings object, read from defaults < `.env` < environment < CLI flags.
+
+Every setting has an environment name (the field name in upper case) documented in `.env.example`.
+Bad values raise `ConfigError` with one line naming the setting, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from app.errors import UserError
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+EMBEDDER_KINDS = ("auto", "dlib", "arcface")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(UserError):
+    """A setting that cannot be used; the message names it and the fix."""
+
+
+def _meta(help_text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": help_text, **extra}
+
+
+@dataclass(frozen=True)
+class Settings:
+    video_source: str = field(
+        default="data/demo/demo.mp4",
+        metadata=_meta("Video file, rtsp:// or http(s):// URL, or webcam index (0, 1, ...)"),
+    )
+    detector_model: Path = field(
+        default=Path("checkpoints/retinaface_mnet025.onnx"),
+        metadata=_meta("RetinaFace ONNX (biubug6 format: mobilenet0.25 or ResNet-50) or TensorRT engine"),
+    )
+    embedder_model: Path = field(
+        default=Path("checkpoints/dlib_resnet.onnx"),
+        metadata=_meta("Face embedder ONNX: dlib ResNet (default) or an ArcFace R50/R100"),
+    )
+    embedder: str = field(
+        default="auto",
+        metadata=_meta("Embedder kind: auto (from input size), dlib or arcface", choices=EMBEDDER_KINDS),
+    )
+    backend: str = field(
+        default="onnxruntime",
+        metadata=_meta("Inference backend: onnxruntime, torch or tensorrt", choices=BACKENDS),
+    )
+    det_size: int = field(
+        default=640, metadata=_meta("Detector input side in pixels (frames are letterboxed)", lo=32)
+    )
+    det_threshold: float = field(
+        default=0.6, metadata=_meta("Minimum detector score for a face", lo=0.0, hi=1.0)
+    )
+    nms_threshold: float = field(
+        default=0.4, metadata=_meta("IoU above which overlapping boxes merge", lo=0.0, hi=1.0)
+    )
+    match_threshold: float | None = field(
+        default=None,
+        metadata=_meta(
+            "Similarity needed to name a face (empty = the embedder's measured default)", lo=-1.0, hi=1.0
+        ),
+    )
+    qdrant_path: Path = field(
+        default=Path("data/gallery"), metadata=_meta("Folder of the embedded Qdrant gallery")
+    )
+    qdrant_host: str | None = field(
+        default=None, metadata=_meta("Qdrant server host; empty = embedded gallery")
+    )
+    qdrant_port: int = field(default=6333, metadata=_meta("Qdrant server port", lo=1, hi=65535))
+    qdrant_api_key: str | None = field(default=None, metadata=_meta("Qdrant server API key", secret=True))
+    qdrant_https: bool = field(default=False, metadata=_meta("Use https for the Qdrant server"))
+    qdrant_collection: str = field(default="faces", metadata=_meta("Qdrant collection name"))
+    fps_target: float = field(
+        default=0.0, metadata=_meta("Playback FPS for files; 0 = the file's own FPS", lo=0.0)
+    )
+    max_speed: bool = field(default=False, metadata=_meta("Read files as fast as the pipeline goes"))
+    gui: bool = field(default=True, metadata=_meta("Show the OpenCV window"))
+    output: Path | None = field(default=None, metadata=_meta("Write the annotated video to this .mp4"))
+    events: Path | None = field(default=None, metadata=_meta("Write recognition events (JSON lines) here"))
+    tracks_out: Path | None = field(
+        default=None, metadata=_meta("Write per-frame faces here: .jsonl, or .csv for MOTChallenge")
+    )
+    threads: int = field(default=0, metadata=_meta("Threads per ONNX Runtime session; 0 = automatic", lo=0))
+    log_level: str = field(default="WARNING", metadata=_meta("Log level", choices=LOG_LEVELS))
+    ring_slots: int = field(default=8, metadata=_meta("Frame slots in the shared-memory ring", lo=3, hi=256))
+    track_high_thresh: float = field(
+        default=0.6, metadata=_meta("Tracker: detections above this start/extend tracks", lo=0.0, hi=1.0)
+    )
+    track_buffer: int = field(
+        default=30, metadata=_meta("Tracker: frames (at 30 FPS) a lost track is kept", lo=1)
+    )
+    track_match_thresh: float = field(
+        default=0.8, metadata=_meta("Tracker: IoU-distance gate of the first association", lo=0.0, hi=1.0)
+    )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as plain values for logs, with secrets and URL credentials hidden."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        out["video_source"] = mask_credentials(self.video_source)
+        return out
+
+
+def mask_credentials(url: str) -> str:
+    """Hide `user:password@` in a URL so camera passwords never reach logs or errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
+
+
+def env_name(field_name: str) -> str:
+    return field_name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parser_for(annotation: str) -> Callable[[str], Any]:
+    base = annotation.replace(" | None", "")
+    return {"int": int, "float": float, "bool": _parse_bool, "Path": Path, "str": str}[base]
+
+
+def _convert(f: dataclasses.Field, raw: Any, origin: str) -> Any:
+    optional = "None" in str(f.type)
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            value = _parser_for(str(f.type))(text)
+        except ValueError as exc:
+            kind = str(f.type).replace(" | None", "")
+            raise ConfigError(
+                f"{origin} {env_name(f.name)}={raw!r} is not a valid {kind} ({exc}); fix it in .env, "
+                "the environment or the command line"
+            ) from None
+    else:
+        value = raw
+        if value is None and not optional:
+            raise ConfigError(f"{origin} {env_name(f.name)} must not be empty")
+        if isinstance(value, str) and str(f.type).startswith("Path"):
+            value = Path(value)
+    _validate(f, value, origin)
+    return value
+
+
+def _validate(f: dataclasses.Field, value: Any, origin: str) -> None:
+    if value is None:
+        return
+    meta = f.metadata
+    name = env_name(f.name)
+    choices = meta.get("choices")
+    if choices is not None:
+        if f.name == "log_level":
+            value = str(value).upper()
+        if value not in choices:
+            raise ConfigError(f"{origin} {name}={value!r} is not one of: {', '.join(choices)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"{origin} {name}={value!r} is out of range: it must be {bounds}")
+
+
+def load_settings(
+    overrides: Mapping[str, object] | None = None, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Build the settings: field defaults, then `.env`, then the environment, then `overrides` (CLI flags)."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    if env_file is not None and env_file.is_file():
+        for key, raw in dotenv_values(env_file).items():
+            name = key.lower()
+            if name in fields and raw is not None and raw.strip():
+                values[name] = _convert(fields[name], raw, f"{env_file}:")
+    for name, f in fields.items():
+        raw = os.environ.get(env_name(name))
+        # An empty variable means "use the default", as an empty line in .env does.
+        if raw is not None and raw.strip():
+            values[name] = _convert(f, raw, "environment")
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in fields:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _convert(fields[name], raw, "option")
+    if "log_level" in values:
+        values["log_level"] = str(values["log_level"]).upper()
+    return Settings(**values)
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(ENV_NAME, default, help) for every setting: the source of `.env.example`."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        rows.append((env_name(f.name), shown, f.metadata["help"]))
+    return rows

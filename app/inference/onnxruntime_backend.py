@@ -1,0 +1,114 @@
+"""ONNX Runtime implementation of `Model`: CPU by default, CUDA (and TensorRT on request) when onnxruntime-gpu has them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.errors import UserError
+from app.inference.backend import TensorInfo
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def _tensor_info(node: ort.NodeArg) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in node.shape)
+    return TensorInfo(name=node.name, shape=shape, dtype=_ORT_DTYPES.get(node.type, node.type))
+
+
+def choose_providers(require_tensorrt: bool = False, trt_cache_dir: Path | None = None) -> list:
+    """Execution providers in priority order.
+
+    CUDA is used whenever onnxruntime-gpu exposes it. TensorRT only when asked (backend=tensorrt): building its
+    engines takes minutes on first load, which would surprise a plain `onnxruntime` user.
+    """
+    available = set(ort.get_available_providers())
+    providers: list = []
+    if require_tensorrt:
+        if "TensorrtExecutionProvider" not in available:
+            raise UserError(
+                "backend 'tensorrt' needs onnxruntime-gpu built with TensorRT (available providers: "
+                f"{', '.join(sorted(available))}); install it or use backend=onnxruntime"
+            )
+        options = {"trt_fp16_enable": True}
+        if trt_cache_dir is not None:
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
+        providers.append(("TensorrtExecutionProvider", options))
+    if "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class OnnxRuntimeModel:
+    """One ONNX Runtime session with a single NCHW input."""
+
+    def __init__(self, path: Path, threads: int = 0, require_tensorrt: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"model file {self.path} does not exist; check the path")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = max(0, int(threads))  # 0 = one per physical core
+        options.inter_op_num_threads = 1  # sequential graph: inter-op threads would only idle
+        options.log_severity_level = 3  # errors only; ORT's warnings are noise for users
+        providers = choose_providers(require_tensorrt, trt_cache_dir=self.path.parent / "trt_cache")
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises several pybind types (InvalidProtobuf, Fail, InvalidGraph...)
+            raise UserError(
+                f"{self.path} is not a loadable ONNX model ({_one_line(exc)}); re-export or re-download it"
+            ) from None
+        self.inputs = [_tensor_info(n) for n in self._session.get_inputs()]
+        self.outputs = [_tensor_info(n) for n in self._session.get_outputs()]
+        if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
+            got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
+            raise UserError(
+                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; export it with a single "
+                "(N,3,H,W) input"
+            )
+        self.providers: list[str] = self._session.get_providers()
+        self._input_name = self.inputs[0].name
+        self._input_dtype = np.dtype(self.inputs[0].dtype)
+        self._output_names = [o.name for o in self.outputs]
+        self._fixed_batch = self.inputs[0].fixed_batch
+        log.info("loaded %s on %s (inputs %s)", self.path, self.providers, self.inputs)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run an (N,C,H,W) batch; models exported with a fixed batch size are fed in chunks of that size."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
+        batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        fixed = self._fixed_batch
+        if fixed is None or batch.shape[0] == fixed:
+            return self._session.run(self._output_names, {self._input_name: batch})
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, batch.shape[0], fixed):
+            part = batch[start : start + fixed]
+            real = part.shape[0]
+            if real < fixed:  # pad the tail; the padded rows are dropped below
+                part = np.concatenate([part, np.zeros((fixed - real, *part.shape[1:]), part.dtype)])
+            chunks.append([out[:real] for out in self._session.run(self._output_names, {self._input_name: part})])
+        if not chunks:
+            return [np.zeros((0, *(d if isinstance(d, int) else 0 for d in o.shape[1:])), np.float32) for o in self.outputs]
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]

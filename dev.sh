@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the project.
+#   ./dev.sh             install, fetch models, run the main job (VIDEO_SOURCE from .env, else the demo)
+#   ./dev.sh test [ARGS] install, fetch models, lint, run the tests (ARGS go to pytest)
+#   ./dev.sh setup       install and fetch models only
+#   ./dev.sh run [ARGS]  run the pipeline: python -m app.main ARGS
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+POETRY_VERSION=2.5.1
+MIRROR_PLUGIN_VERSION=0.6.5
+
+setup() {
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
+    if [ ! -x .tools/poetry/bin/poetry ]; then
+        echo "== installing Poetry into .tools/poetry"
+        "$PYTHON" -m venv .tools/poetry
+        .tools/poetry/bin/python -m pip install -q --disable-pip-version-check \
+            "poetry==$POETRY_VERSION" "poetry-plugin-pypi-mirror==$MIRROR_PLUGIN_VERSION"
+    fi
+    # Poetry reads the index's JSON API, which a simple-index mirror lacks; the mirror plugin makes it use the
+    # index pip itself uses, read at run time so no host name is written into the project.
+    if [ -z "${POETRY_PYPI_MIRROR_URL:-}" ]; then
+        POETRY_PYPI_MIRROR_URL=${PIP_INDEX_URL:-$(.tools/poetry/bin/python -c \
+            'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')}
+        export POETRY_PYPI_MIRROR_URL
+    fi
+    export POETRY_VIRTUALENVS_IN_PROJECT=true POETRY_VIRTUALENVS_PREFER_ACTIVE_PYTHON=true
+    local poetry=.tools/poetry/bin/poetry
+    "$poetry" check --lock >/dev/null || { echo "error: poetry.lock does not match pyproject.toml: run '$poetry lock'" >&2; exit 2; }
+    echo "== installing dependencies into .venv"
+    "$poetry" env use -q "$PYTHON" >/dev/null
+    "$poetry" sync -q --no-interaction
+    echo "== fetching default models and demo images"
+    .venv/bin/python -m app.models fetch
+}
+
+cmd=${1:-main}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    setup) setup ;;
+    test)
+        setup
+        echo "== lint"
+        .venv/bin/python -m ruff check .
+        .venv/bin/python -m ruff format --check .
+        echo "== tests"
+        .venv/bin/python -m pytest "$@"
+        ;;
+    run)
+        setup
+        exec .venv/bin/python -m app.main "$@"
+        ;;
+    main)
+        setup
+        video_source=$(.venv/bin/python -c 'from app.config import load_settings, Settings; s = load_settings(); print(s.video_source if s.video_source != Settings.video_source else "")')
+        if [ -n "$video_source" ]; then
+            # As the original's dev script did: run against the camera or file named in .env.
+            exec .venv/bin/python -m app.main "$@"
+        fi
+        exec .venv/bin/python -m app.demo run "$@"
+        ;;
+    *) echo "error: unknown command '$cmd' (use: test, setup, run, or nothing for the main job)" >&2; exit 2 ;;
+esac
