@@ -1,14 +1,15 @@
-"""Convert dlib's face recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``) to ONNX, without dlib.
+"""Convert dlib's face recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``) to ONNX, no dlib.
 
-The ONNX model takes the already-normalised image: input ``input`` float32 [N, 3, 150, 150] in RGB channel order,
-each pixel ``(x - [122.782, 117.001, 104.298]) / 256`` (dlib's ``input_rgb_image_sized`` means; the spec in
-``app/inference`` applies them), and returns ``embedding`` float32 [N, 128] (raw, not L2-normalised; same person
-when the Euclidean distance is <= 0.6).
+The ONNX model takes the already-normalised image: input ``input`` float32 [N, 3, 150, 150], RGB channel
+order, each pixel ``(x - [122.782, 117.001, 104.298]) / 256`` (dlib's ``input_rgb_image_sized`` means; the
+embedder spec in ``app/inference`` applies them, the graph does not), and returns ``embedding`` float32
+[N, 128] (raw, not L2-normalised; same person when the Euclidean distance is <= 0.6).
 
 dlib serializes a network input-side first: for every layer a tag string (``con_4``, ``affine_``, ``relu_``,
-``max_pool_2``, ``avg_pool_2``, ``add_prev_``, ``fc_2``) followed by its parameters and settings; tag/skip layers
-carry no string. The converter scans the file for those tags in order, reads each layer's tensors and settings
-(kernel, stride and padding come from the file, not from assumptions), and rebuilds the residual topology:
+``max_pool_2``, ``avg_pool_2``, ``add_prev_``, ``fc_2``) followed by its parameters and settings; tag/skip
+layers carry no string. The converter scans the file for those tags in order, reads each layer's tensors
+and settings (kernel, stride and padding come from the file, not from assumptions), and rebuilds the
+residual topology:
 
     conv 7x7/2 -> affine -> relu -> max_pool 3x3/2 -> residual blocks -> avg_pool over H,W -> fc (no bias)
     block: relu(add(conv-affine-relu-conv-affine, shortcut))
@@ -39,7 +40,16 @@ IR_VERSION = 8  # fixed, so the file does not change with the installed onnx ver
 PRODUCER_NAME = "face-pipeline dlib_converter"
 PRODUCER_VERSION = "1"
 
-_LAYER_TAGS = ("input_rgb_image_sized", "con_4", "affine_", "relu_", "max_pool_2", "avg_pool_2", "add_prev_", "fc_2")
+_LAYER_TAGS = (
+    "input_rgb_image_sized",
+    "con_4",
+    "affine_",
+    "relu_",
+    "max_pool_2",
+    "avg_pool_2",
+    "add_prev_",
+    "fc_2",
+)
 # A tag is a serialized string: packed length (0x01, len) then the bytes.
 _TAG_PATTERN = re.compile(b"|".join(re.escape(bytes([1, len(tag)]) + tag.encode()) for tag in _LAYER_TAGS))
 
@@ -101,8 +111,8 @@ def parse_dlib_network(data: bytes) -> DlibNetwork:
             weight_count = filters * channels * nr * nc
             if params.size != weight_count + filters:
                 raise DlibFormatError(
-                    f"conv at offset {layer.offset} has {params.size} values, expected {weight_count + filters} "
-                    f"for {filters}x{channels}x{nr}x{nc} plus bias: not the dlib face ResNet"
+                    f"conv at offset {layer.offset} has {params.size} values, expected "
+                    f"{weight_count + filters} for {filters}x{channels}x{nr}x{nc} + bias: not the dlib ResNet"
                 )
             layer.tensors = {
                 "weight": params[:weight_count].reshape(filters, channels, nr, nc),
@@ -129,7 +139,9 @@ def parse_dlib_network(data: bytes) -> DlibNetwork:
                 matrix = params.reshape(inputs + 1, outputs)
                 layer.tensors = {"weight": matrix[:inputs], "bias": matrix[inputs]}
             else:
-                raise DlibFormatError(f"fc has {params.size} values, which fits neither {inputs}x{outputs} form")
+                raise DlibFormatError(
+                    f"fc has {params.size} values, which fits neither {inputs}x{outputs} form"
+                )
             layer.settings = {"inputs": inputs, "outputs": outputs}
             channels = outputs
         layers.append(layer)
@@ -183,7 +195,7 @@ class _Value:
 
 def _zero_pad_to(builder: _GraphBuilder, value: _Value, target: tuple[int, int, int]) -> _Value:
     """Zero-fill channels at the end and rows/columns at the bottom/right, as dlib's add_prev does."""
-    extra = [t - s for t, s in zip(target, value.shape)]
+    extra = [t - s for t, s in zip(target, value.shape, strict=True)]
     if not any(extra):
         return value
     pads = np.array([0, 0, 0, 0, 0, *extra], dtype=np.int64)
@@ -245,7 +257,7 @@ def build_onnx(network: DlibNetwork) -> onnx.ModelProto:
                 raise DlibFormatError(f"unexpected avg_pool_2 layer at offset {layer.offset}")
         elif kind == "add_prev_":
             other = shortcut if shortcut is not None else block_input
-            target = tuple(max(a, c) for a, c in zip(current.shape, other.shape))
+            target = tuple(max(a, c) for a, c in zip(current.shape, other.shape, strict=True))
             left = _zero_pad_to(b, current, target)
             right = _zero_pad_to(b, other, target)
             current = _Value(b.node("Add", [left.name, right.name], "residual_add"), target)

@@ -1,9 +1,9 @@
 """Reader for the pieces of dlib's binary serialization that a trained DNN file uses.
 
-dlib writes integers "packed": one header byte whose low nibble is the number of value bytes and whose 0x80 bit
-is the sign, then the magnitude in little-endian bytes. Scalars float/double are a packed int64 mantissa and a
-packed int16 exponent (value = mantissa * 2**exponent). Strings are a packed length and raw bytes. A tensor is a
-packed version (2), four packed dims (num_samples, k, nr, nc) and then raw little-endian float32 values.
+dlib writes integers "packed": one header byte whose low nibble is the number of value bytes and whose 0x80
+bit is the sign, then the magnitude in little-endian bytes. Scalars float/double are a packed int64 mantissa
+and a packed int16 exponent (value = mantissa * 2**exponent). Strings are a packed length and raw bytes. A
+tensor is a packed version (2), four packed dims (num_samples, k, nr, nc), then raw little-endian float32s.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class DlibReader:
         version = self.read_int()
         if version != TENSOR_VERSION:
             raise DlibFormatError(
-                f"unsupported dlib tensor version {version} at offset {self.offset}; expected {TENSOR_VERSION}"
+                f"unsupported dlib tensor version {version} at {self.offset} (expected {TENSOR_VERSION})"
             )
         shape = tuple(self.read_int() for _ in range(4))
         if any(dim < 0 for dim in shape):

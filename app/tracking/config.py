@@ -40,7 +40,9 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_thresh < self.high_thresh <= 1.0:
-            raise ValueError(f"need 0 <= low_thresh < high_thresh <= 1, got {self.low_thresh}, {self.high_thresh}")
+            raise ValueError(
+                f"need 0 <= low_thresh < high_thresh <= 1, got {self.low_thresh}, {self.high_thresh}"
+            )
         for name in ("match_thresh", "second_match_thresh", "unconfirmed_match_thresh"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -86,7 +88,8 @@ class IdentityConfig:
     clear_iou: float = 0.05  # ... which happens once the overlap has dropped below this
     # -- face quality (each term in 0..1; quality = size * frontal * sharpness terms) --
     reference_face_size: float = 96.0  # px face height where the size term saturates
-    reference_sharpness: float = 150.0  # Laplacian variance of a 64 px grey crop where sharpness saturates
+    reference_sharpness: float = 400.0  # Laplacian variance of a 64 px grey crop where sharpness saturates
+    # (RetinaFace crops of sharp face photos measure 500-1700; blurred by sigma = face height / 50, 30-90)
     quality_floor: float = 0.05  # smallest vote weight, so even a poor view counts a little
     # -- voting --
     vote_decay: float = 0.85  # old votes fade by this per new embedding, so the label can recover
@@ -98,9 +101,9 @@ class IdentityConfig:
     min_vote_strength: float = 0.25  # the weight factor of a vote exactly at threshold
     # -- memory --
     max_embeddings: int = 12  # embeddings kept per track for its aggregate (best quality first)
-    relink_window: int = 300  # frames a vanished track can be re-linked to a new track by embedding
+    relink_window: int = 300  # frames a vanished track is remembered (re-found id or re-linked by embedding)
     relink_margin: float = 0.1  # re-linking needs similarity >= threshold + this
-    forget_after: int = 300  # frames after which a vanished track's record is dropped
+    relink_attempts: int = 3  # a new track's first embeddings that are tried against vanished tracks
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -1,0 +1,231 @@
+"""Gallery helper CLI: enroll, list, remove and identify faces.
+
+    python -m app.enroll add NAME PATH...          images or folders; one face per image
+    python -m app.enroll list [--json]
+    python -m app.enroll remove NAME
+    python -m app.enroll identify IMAGE... [--json] [--output annotated.jpg]
+
+Options such as --gallery PATH override settings from the environment and `.env` (see `app.config`).
+Errors print one line, `error: ...`, on stderr and exit with status 2; the gallery is then unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.config import Settings, load_settings
+from app.errors import UserError
+from app.gallery import gallery_location, open_gallery
+
+if TYPE_CHECKING:
+    from app.recognition.analyzer import FaceAnalyzer
+
+# CLI option -> Settings field; values go to load_settings as text, so config validates them.
+SETTING_OPTIONS: dict[str, tuple[str, str]] = {
+    "--gallery": ("qdrant_path", "folder of the embedded gallery (QDRANT_PATH)"),
+    "--collection": ("qdrant_collection", "gallery collection name (QDRANT_COLLECTION)"),
+    "--qdrant-host": ("qdrant_host", "use the Qdrant server at this host or URL (QDRANT_HOST)"),
+    "--qdrant-port": ("qdrant_port", "Qdrant server port (QDRANT_PORT)"),
+    "--qdrant-api-key": ("qdrant_api_key", "Qdrant server API key (QDRANT_API_KEY)"),
+    "--detector-model": ("detector_model", "RetinaFace ONNX model (DETECTOR_MODEL)"),
+    "--embedder-model": ("embedder_model", "face embedder ONNX model (EMBEDDER_MODEL)"),
+    "--embedder": ("embedder", "embedder kind: auto, dlib or arcface (EMBEDDER)"),
+    "--backend": ("backend", "inference backend (BACKEND)"),
+    "--det-size": ("det_size", "detector input size (DET_SIZE)"),
+    "--det-threshold": ("det_threshold", "minimum detector score (DET_THRESHOLD)"),
+    "--threshold": ("match_threshold", "similarity needed to name a face (MATCH_THRESHOLD)"),
+    "--threads": ("threads", "ONNX Runtime threads, 0 = auto (THREADS)"),
+    "--log-level": ("log_level", "log level (LOG_LEVEL)"),
+}
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override environment and .env)")
+    for option, (dest, help_text) in SETTING_OPTIONS.items():
+        # SUPPRESS: an option given before or after the command is kept; absent ones do not override.
+        group.add_argument(option, dest=dest, metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+    group.add_argument(
+        "--qdrant-https",
+        dest="qdrant_https",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="use https for the Qdrant server (QDRANT_HTTPS)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.enroll", description="Enroll, list, remove and identify faces in the gallery."
+    )
+    _add_setting_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add = commands.add_parser("add", help="enroll a person from images or folders (one face per image)")
+    add.add_argument("name", help="the person's name")
+    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders of images")
+
+    list_ = commands.add_parser("list", help="list enrolled persons and their number of embeddings")
+    list_.add_argument("--json", action="store_true", help="print one JSON document")
+
+    remove = commands.add_parser("remove", help="remove a person and all their embeddings")
+    remove.add_argument("name")
+
+    identify = commands.add_parser("identify", help="name the faces in images")
+    identify.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="images or folders of images")
+    identify.add_argument("--json", action="store_true", help="print one JSON document")
+    identify.add_argument(
+        "--output", type=Path, help="write an annotated copy here (several images: NAME-<image>.jpg)"
+    )
+
+    for sub in (add, list_, remove, identify):
+        _add_setting_options(sub)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {dest: getattr(args, dest) for dest, _ in SETTING_OPTIONS.values() if hasattr(args, dest)}
+    if getattr(args, "qdrant_https", False):
+        overrides["qdrant_https"] = True
+    return load_settings(overrides)
+
+
+def _analyzer(settings: Settings) -> FaceAnalyzer:
+    # imported here: list and remove need no models, and onnxruntime is slow to import
+    from app.recognition.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer(settings)
+
+
+def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    from app.recognition.enrollment import collect_images, enroll
+
+    collect_images(args.paths)  # a missing path fails before the models load
+    analyzer = _analyzer(settings)
+    with closing(open_gallery(settings, analyzer.spec)) as gallery:
+        result = enroll(analyzer, gallery, args.name, args.paths)
+        listing = gallery.list()
+    for skipped in result.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    print(
+        f"enrolled {result.name}: {result.added} embedding(s) from {len(result.sources)} image(s); "
+        f"{result.name} now has {listing.get(result.name, 0)}, the gallery {len(listing)} person(s)"
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    with closing(open_gallery(settings, None)) as gallery:
+        info = gallery.info()
+        persons = gallery.list()
+    where = gallery_location(settings)
+    if args.json:
+        doc = {
+            "gallery": where,
+            "model_id": info.model_id or None,
+            "dim": info.dim or None,
+            "metric": info.metric or None,
+            "count": info.count,
+            "persons": persons,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    if not persons:
+        print(f"gallery {where} is empty")
+        return 0
+    print(
+        f"gallery {where} ({info.model_id}, {info.dim}-d {info.metric}): "
+        f"{len(persons)} person(s), {info.count} embedding(s)"
+    )
+    width = max(len(name) for name in persons)
+    for name, count in persons.items():
+        print(f"  {name:<{width}}  {count}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    with closing(open_gallery(settings, None)) as gallery:
+        removed = gallery.remove(args.name)
+        if not removed:
+            known = ", ".join(gallery.list()) or "none"
+            raise UserError(
+                f"no person named {args.name!r} in gallery {gallery_location(settings)} (enrolled: {known})"
+            )
+    print(f"removed {args.name}: {removed} embedding(s)")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
+    from app.recognition.enrollment import collect_images, identify_paths
+
+    collect_images(args.images)
+    analyzer = _analyzer(settings)
+    threshold = analyzer.spec.threshold
+    with closing(open_gallery(settings, analyzer.spec)) as gallery:
+        empty = not gallery.list()
+        results = identify_paths(analyzer, gallery, args.images, threshold, output=args.output)
+    if empty:
+        print(
+            f"note: gallery {gallery_location(settings)} is empty, so every face is unknown", file=sys.stderr
+        )
+    if args.json:
+        doc: dict[str, Any] = {
+            "gallery": gallery_location(settings),
+            "model_id": analyzer.spec.model_id,
+            "metric": analyzer.spec.metric,
+            "threshold": threshold,
+            "images": [
+                {
+                    "path": str(item.path),
+                    "width": item.width,
+                    "height": item.height,
+                    "output": str(item.output) if item.output else None,
+                    "faces": [
+                        {
+                            "box": [round(v, 1) for v in face.box],
+                            "score": round(face.score, 4),
+                            "name": face.name,
+                            "similarity": None if face.similarity is None else round(face.similarity, 4),
+                        }
+                        for face in item.faces
+                    ],
+                }
+                for item in results
+            ],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    for item in results:
+        print(f"{item.path}: {len(item.faces)} face(s)" + (f" -> {item.output}" if item.output else ""))
+        for face in item.faces:
+            box = ",".join(str(round(v)) for v in face.box)
+            similarity = "-" if face.similarity is None else f"{face.similarity:.3f}"
+            print(f"  {face.name:<20} similarity {similarity}  box {box}")
+    return 0
+
+
+COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "identify": cmd_identify}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        return COMMANDS[args.command](args, settings)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

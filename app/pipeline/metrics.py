@@ -1,0 +1,140 @@
+"""Pipeline metrics from the stamps every frame collects: throughput, drops, per-stage and end-to-end latency.
+
+Definitions (all from `FrameMeta.stamps`, monotonic seconds):
+- stage latency: end - start of that stage's stamp (its own work on the frame; a batch counts for each frame),
+- queue wait: a stage's start - the previous stage's end (time spent waiting in the queue before it),
+- end_to_end: the sink's end - capture's end, i.e. from the decoded frame being in shared memory to it being
+  shown/written; capture's own stamp (read + decode) is reported as the "capture" stage.
+- fps: frames finished by the sink per second of running time (from the start signal to the last frame).
+
+Percentiles come from a bounded reservoir sample per series, exact for runs of up to `capacity` frames.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from app.pipeline.messages import FrameMeta
+
+END_TO_END = "end_to_end"
+
+
+class Reservoir:
+    """A uniform sample of at most `capacity` values of a series (Vitter's algorithm R), for percentiles."""
+
+    def __init__(self, capacity: int = 50_000, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self._values: list[float] = []
+        self._random = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if len(self._values) < self.capacity:
+            self._values.append(value)
+            return
+        index = self._random.randrange(self.count)
+        if index < self.capacity:
+            self._values[index] = value
+
+    def percentiles(self, qs: Iterable[float] = (50, 95)) -> list[float]:
+        if not self._values:
+            return [float("nan") for _ in qs]
+        return [float(v) for v in np.percentile(np.asarray(self._values), list(qs))]
+
+
+class PipelineMetrics:
+    """Aggregates finished frames; `interval_line()` for the periodic log, `summary()` for the final JSON."""
+
+    def __init__(self, stage_names: Iterable[str], capacity: int = 50_000) -> None:
+        self.stage_names = list(stage_names)
+        self.latency = {name: Reservoir(capacity) for name in [*self.stage_names, END_TO_END]}
+        self.wait = {name: Reservoir(capacity) for name in self.stage_names[1:]}
+        self.frames = 0
+        self.started_at: float | None = None
+        self.last_done_at: float | None = None
+        # Since the last interval line, for "current" figures in the periodic log.
+        self._interval_start = time.monotonic()
+        self._interval_frames = 0
+        self._interval_e2e: list[float] = []
+        self._interval_stage: dict[str, list[float]] = {name: [] for name in self.stage_names}
+
+    def start(self, now: float | None = None) -> None:
+        self.started_at = time.monotonic() if now is None else now
+        self._interval_start = self.started_at
+
+    def add(self, meta: FrameMeta) -> None:
+        stamps = meta.stamps
+        if not stamps:
+            return
+        self.frames += 1
+        self._interval_frames += 1
+        previous_end: float | None = None
+        for stamp in stamps:
+            ms = (stamp.end - stamp.start) * 1000.0
+            if stamp.stage in self.latency:
+                self.latency[stamp.stage].add(ms)
+                self._interval_stage[stamp.stage].append(ms)
+            if previous_end is not None and stamp.stage in self.wait:
+                self.wait[stamp.stage].add((stamp.start - previous_end) * 1000.0)
+            previous_end = stamp.end
+        e2e = (stamps[-1].end - stamps[0].end) * 1000.0
+        self.latency[END_TO_END].add(e2e)
+        self._interval_e2e.append(e2e)
+        self.last_done_at = stamps[-1].end
+        if self.started_at is None:
+            self.start(stamps[0].start)
+
+    @property
+    def fps(self) -> float:
+        if self.started_at is None or self.last_done_at is None or self.frames == 0:
+            return 0.0
+        elapsed = self.last_done_at - self.started_at
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+    def interval_line(self, dropped: int, now: float | None = None) -> str:
+        """One log line about the frames since the previous call, then start a new interval."""
+        now = time.monotonic() if now is None else now
+        elapsed = max(now - self._interval_start, 1e-9)
+        fps = self._interval_frames / elapsed
+        parts = [f"frames {self.frames}", f"{fps:.1f} fps", f"dropped {dropped}"]
+        if self._interval_e2e:
+            p50, p95 = np.percentile(self._interval_e2e, [50, 95])
+            parts.append(f"latency p50 {p50:.0f} ms p95 {p95:.0f} ms")
+            stages = ", ".join(
+                f"{name} {np.median(values):.1f}" for name, values in self._interval_stage.items() if values
+            )
+            parts.append(f"stage ms (median): {stages}")
+        self._interval_start = now
+        self._interval_frames = 0
+        self._interval_e2e = []
+        self._interval_stage = {name: [] for name in self.stage_names}
+        return " | ".join(parts)
+
+    def summary(self, dropped: int, stop_reason: str) -> dict[str, object]:
+        """The final summary: frames, dropped, fps, latency_ms {stage|end_to_end: {p50, p95}}, stop_reason."""
+
+        def pair(reservoir: Reservoir) -> dict[str, float | None]:
+            p50, p95 = reservoir.percentiles((50, 95))
+            return {"p50": _round(p50), "p95": _round(p95)}
+
+        elapsed = None
+        if self.started_at is not None and self.last_done_at is not None:
+            elapsed = round(self.last_done_at - self.started_at, 3)
+        return {
+            "frames": self.frames,
+            "dropped": dropped,
+            "fps": round(self.fps, 2),
+            "elapsed_s": elapsed,
+            "latency_ms": {name: pair(r) for name, r in self.latency.items()},
+            "queue_wait_ms": {name: pair(r) for name, r in self.wait.items()},
+            "stop_reason": stop_reason,
+        }
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(value, 2)  # NaN (no samples) -> null in JSON

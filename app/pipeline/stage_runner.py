@@ -1,0 +1,312 @@
+"""The one process wrapper every stage runs in: setup handshake, queue loop, batching, timing, shutdown.
+
+A stage is a plain class (so it unit-tests without processes):
+
+    class Stage:
+        name: str
+        max_batch: int = 1                  # optional: >1 = process_batch() gets up to this many messages
+        def setup(self) -> dict: ...        # load models / open the source; the dict goes to the supervisor
+        def process(self, msg) -> list: ... # zero or more messages for the next stage
+        def process_batch(self, msgs) -> list: ...   # only with max_batch > 1
+        def close(self) -> None: ...
+
+After setup() the stage reports `Ready(info)` and waits for the supervisor's `Start(source_info)` (sent once
+every stage is ready and the frame ring exists); a stage with a `start(source_info)` method gets it then
+(e.g. the source's FPS for the tracker or the video writer).
+
+A source stage (capture) has `produce()` instead of `process()`: it returns the next message, None at the
+end of the stream, or `NOTHING_YET` when it has nothing to send right now (e.g. waiting for a free ring slot),
+so the runner can check for a stop in between. A source with `drop_when_blocked = True` (live sources) is not
+blocked by a full queue: the runner calls its `discard(msg)` instead.
+
+A stage may raise `StopPipeline(reason)` (e.g. the GUI window was closed) to end the whole run in order.
+Messages keep their `meta` object from stage to stage; the runner appends this stage's `StageStamp` to each
+input's meta, and the last stage (no outbox) reports every finished frame to the supervisor as `FrameDone`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.errors import UserError
+from app.pipeline.messages import EndOfStream, Failed, Finished, FrameDone, Ready, StageStamp, Start
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05  # how often a waiting stage looks at the stop flag
+
+
+class _NothingYet:
+    def __repr__(self) -> str:
+        return "NOTHING_YET"
+
+
+NOTHING_YET: Any = _NothingYet()
+
+
+class StopPipeline(Exception):
+    """Raised by a stage to end the run in order; `str(exc)` is the reason shown to the user."""
+
+
+class Stage(Protocol):
+    name: str
+
+    def setup(self) -> dict[str, object]: ...
+
+    def process(self, msg: Any) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class SourceStage(Protocol):
+    name: str
+
+    def setup(self) -> dict[str, object]: ...
+
+    def produce(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class StageChannels:
+    """A stage's connections: bounded queues in and out, its control pipe, and the run-wide stop event."""
+
+    inbox: Any  # multiprocessing Queue (or queue.Queue in tests); None for the source
+    outbox: Any  # None for the last stage
+    control: Any  # this stage's end of a duplex Pipe: sends Ready/FrameDone/Finished/Failed, receives Start
+    stop: Any  # Event: the supervisor wants every stage to stop now
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the message for a UserError, `Type: message` otherwise."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, UserError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def stamp_now() -> float:
+    return time.monotonic()
+
+
+class StageRunner:
+    """Runs one stage against its channels until end of stream, a stop request or an error."""
+
+    def __init__(self, stage: Any, channels: StageChannels, poll_s: float = POLL_S) -> None:
+        self.stage = stage
+        self.channels = channels
+        self.poll_s = poll_s
+        self.is_source = hasattr(stage, "produce")
+        self.max_batch = 1
+        self._pending_eos: EndOfStream | None = None
+
+    # -- entry --------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Setup, handshake, loop, close. Returns the process exit code (0 = orderly)."""
+        name = self.stage.name
+        try:
+            info = self.stage.setup() or {}
+        except Exception as exc:  # noqa: BLE001 - any setup failure is reported, then the process ends
+            log.debug("%s: setup failed", name, exc_info=True)
+            self._send(Failed(name, one_line(exc), during_setup=True, user_error=isinstance(exc, UserError)))
+            self._close_stage()
+            return 2 if isinstance(exc, UserError) else 1
+        self.max_batch = max(1, int(getattr(self.stage, "max_batch", 1)))  # setup() may have lowered it
+        if not self._send(Ready(name, dict(info))):
+            self._close_stage()
+            return 1
+        code = 0
+        orderly = False
+        try:
+            start = self._wait_for_start()
+            if start is not None:
+                if hasattr(self.stage, "start"):
+                    self.stage.start(dict(start.source))
+                orderly = self._run_source() if self.is_source else self._run_consumer()
+        except StopPipeline as exc:
+            self._send(Finished(name, str(exc) or "stopped"))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("%s: failed", name, exc_info=True)
+            self._send(Failed(name, one_line(exc), during_setup=False, user_error=isinstance(exc, UserError)))
+            code = 1
+        finally:
+            self._close_stage()
+            if not orderly:
+                # Nobody may read what is still buffered for the next stage: do not wait for it at exit.
+                outbox = self.channels.outbox
+                if outbox is not None and hasattr(outbox, "cancel_join_thread"):
+                    outbox.cancel_join_thread()
+        return code
+
+    # -- loops --------------------------------------------------------------------------------------------
+
+    def _wait_for_start(self) -> Start | None:
+        """Block until the supervisor's Start; None on a stop request or when the supervisor is gone."""
+        ch = self.channels
+        while not ch.stop.is_set():
+            try:
+                if not ch.control.poll(self.poll_s):
+                    continue
+                msg = ch.control.recv()
+            except (EOFError, OSError):
+                return None
+            if isinstance(msg, Start):
+                return msg
+        return None
+
+    def _run_source(self) -> bool:
+        """Produce until the end of the stream (True) or a stop request (False)."""
+        ch = self.channels
+        drop_when_blocked = bool(getattr(self.stage, "drop_when_blocked", False))
+        while not ch.stop.is_set():
+            msg = self.stage.produce()
+            if msg is NOTHING_YET:
+                continue
+            if msg is None:
+                eos = EndOfStream(getattr(self.stage, "end_reason", "end of stream"), self._frames_produced())
+                return self._put(eos)
+            if drop_when_blocked:
+                try:
+                    ch.outbox.put_nowait(msg)
+                except queue.Full:
+                    self.stage.discard(msg)
+            elif not self._put(msg):
+                return False
+        return False
+
+    def _frames_produced(self) -> int:
+        return int(getattr(self.stage, "frames_read", 0))
+
+    def _run_consumer(self) -> bool:
+        """Process until end of stream (True) or a stop request (False)."""
+        ch = self.channels
+        name = self.stage.name
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return False
+            if batch:
+                start = stamp_now()
+                if self.max_batch > 1:
+                    outputs = self.stage.process_batch(batch)
+                else:
+                    outputs = self.stage.process(batch[0])
+                end = stamp_now()
+                for msg in batch:
+                    msg.meta.stamps.append(StageStamp(name, start, end))
+                if ch.outbox is None:
+                    for msg in batch:
+                        if not self._send(FrameDone(msg.meta)):
+                            return False
+                else:
+                    for out in outputs:
+                        if not self._put(out):
+                            return False
+            if self._pending_eos is not None:
+                eos = self._pending_eos
+                if ch.outbox is None:
+                    self._send(Finished(name, eos.reason))
+                    return True
+                return self._put(eos)
+
+    def _next_batch(self) -> list[Any] | None:
+        """Up to max_batch queued messages (blocking only for the first); None on a stop request."""
+        ch = self.channels
+        while True:
+            if ch.stop.is_set():
+                return None
+            try:
+                first = ch.inbox.get(timeout=self.poll_s)
+                break
+            except queue.Empty:
+                continue
+        if isinstance(first, EndOfStream):
+            self._pending_eos = first
+            return []
+        batch = [first]
+        # Catch up when behind: take what is already queued, but never wait for more.
+        while len(batch) < self.max_batch:
+            try:
+                msg = ch.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(msg, EndOfStream):
+                self._pending_eos = msg
+                break
+            batch.append(msg)
+        return batch
+
+    # -- I/O helpers --------------------------------------------------------------------------------------
+
+    def _put(self, msg: Any) -> bool:
+        """Put on the bounded outbox, waiting while it is full; False if a stop came meanwhile."""
+        ch = self.channels
+        while True:
+            try:
+                ch.outbox.put(msg, timeout=self.poll_s)
+                return True
+            except queue.Full:
+                if ch.stop.is_set():
+                    return False
+
+    def _send(self, msg: Any) -> bool:
+        try:
+            self.channels.control.send(msg)
+            return True
+        except (BrokenPipeError, EOFError, OSError):
+            return False  # the supervisor is gone; nothing left to tell
+
+    def _close_stage(self) -> None:
+        try:
+            self.stage.close()
+        except Exception:  # noqa: BLE001 - closing must not hide why the stage ended
+            log.warning("%s: close() failed", self.stage.name, exc_info=True)
+
+
+# -- process entry ------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the supervisor dies, so no stage outlives it."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent died before prctl took effect
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through close(), so writers are flushed
+
+
+def stage_process_main(stage: Any, channels: StageChannels, log_level: str = "WARNING") -> None:
+    """Target of each stage process (spawn): prepare the process, run the stage, exit with its code."""
+    # Ctrl-C reaches the whole process group; the supervisor alone decides how the run stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _die_with_parent()
+    logging.basicConfig(
+        level=getattr(logging, str(log_level).upper(), logging.WARNING),
+        stream=sys.stderr,
+        format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s",
+    )
+    code = StageRunner(stage, channels).run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)

@@ -1,0 +1,76 @@
+"""FaceAnalyzer: detector + embedder behind two calls, for enrolment, evaluation and single-process use.
+
+The pipeline's stages use the same pieces (letterbox, decode_retinaface, align_faces, spec) split across
+processes; this class keeps them together for code that just wants faces and embeddings from an image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.config import Settings
+from app.inference.backend import Model, load_model
+from app.inference.spec import EmbedderSpec, embedder_spec_for
+from app.vision.alignment import align_faces
+from app.vision.retinaface import (
+    Detections,
+    RetinaFacePostprocessor,
+    RetinaFacePreprocessor,
+)
+
+
+class FaceAnalyzer:
+    """Detects faces (RetinaFace) and embeds them (dlib or ArcFace) as `settings` says.
+
+    `.spec.threshold` is `settings.match_threshold` when that is set, else the embedder's measured default.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.detector: Model = load_model(settings.detector_model, settings.backend, settings.threads)
+        self.embedder: Model = load_model(settings.embedder_model, settings.backend, settings.threads)
+        spec = embedder_spec_for(settings.embedder_model, settings.embedder, self.embedder)
+        if settings.match_threshold is not None:
+            spec = dataclasses.replace(spec, threshold=float(settings.match_threshold))
+        self.spec: EmbedderSpec = spec
+        self.preprocessor = RetinaFacePreprocessor.for_model(self.detector, settings.det_size)
+        self.postprocessor = RetinaFacePostprocessor(
+            self.preprocessor.input_hw, settings.det_threshold, settings.nms_threshold
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        """Faces in one BGR uint8 image, best score first, in image pixels."""
+        return self.detect_batch([image_bgr])[0]
+
+    def detect_batch(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect in several images with one detector call (all are letterboxed to the same input size)."""
+        if not images_bgr:
+            return []
+        h, w = self.preprocessor.input_hw
+        batch = np.empty((len(images_bgr), 3, h, w), np.float32)
+        scales = [self.preprocessor(image, out=batch[i])[1] for i, image in enumerate(images_bgr)]
+        outputs = self.detector.run(batch)
+        sizes = [(image.shape[1], image.shape[0]) for image in images_bgr]
+        return self.postprocessor(outputs, scales, sizes)
+
+    def embed(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """(N, dim) float32 embeddings for the faces with `landmarks` (N,5,2), in one batched model call."""
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+        if landmarks.shape[0] == 0:
+            return np.zeros((0, self.spec.dim), np.float32)
+        chips = align_faces(image_bgr, landmarks, self.spec)
+        return self.embed_chips(chips)
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings of already aligned chips (N,h,w,3) uint8 in the spec's channel order."""
+        if chips.shape[0] == 0:
+            return np.zeros((0, self.spec.dim), np.float32)
+        raw = self.embedder.run(self.spec.preprocess(chips))[0]
+        return self.spec.postprocess(raw)

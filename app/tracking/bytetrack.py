@@ -1,0 +1,232 @@
+"""ByteTrack for faces: associate every detection box, low-score ones included, by IoU and a Kalman filter.
+
+Per frame (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every Detection Box", ECCV 2022):
+1. Predict all live tracks with the Kalman filter (one batched call).
+2. First association: detections with score >= high_thresh against confirmed tracked + lost tracks,
+   cost 1 - IoU * score, Hungarian (lap.lapjv), gate match_thresh. A matched lost track is re-found
+   under its old id.
+3. Second association: detections with low_thresh < score < high_thresh against the tracked tracks left
+   over from step 2, cost 1 - IoU, gate second_match_thresh (0.5). Tracked tracks still unmatched become
+   lost. This is what keeps a face through blur, a head turn or a partial occlusion, when its score dips.
+4. Unconfirmed tracks (seen on one frame) against the high-score detections left over from step 2, gate
+   unconfirmed_match_thresh (0.7): matched ones are confirmed and get an id, the rest are removed.
+5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks.
+6. Lost tracks older than track_buffer * fps / 30 frames are removed; a tracked track that duplicates a
+   lost one (1 - IoU < 0.15) is resolved in favour of the older of the two.
+
+Usage (recognition stage, once per frame, with the frame's `Detections` from post-processing; pass every
+detection above `low_thresh` -- filtering at the display threshold first would throw away step 3):
+
+    tracker = ByteTracker(TrackerConfig.from_settings(settings), frame_rate=source_fps)
+    tracks = tracker.update(dets.boxes, dets.scores, dets.landmarks)  # confirmed tracks on this frame
+    for track in tracks: track.track_id, track.box, track.landmarks, track.detection_index
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from app.tracking.config import TrackerConfig
+from app.tracking.kalman import KalmanBoxFilter, xyxy_to_xyah
+from app.tracking.matching import fuse_score, iou_distance, linear_assignment
+from app.tracking.track import Track, TrackState
+
+log = logging.getLogger(__name__)
+
+
+def _boxes(tracks: list[Track]) -> np.ndarray:
+    if not tracks:
+        return np.zeros((0, 4))
+    return np.stack([t.box for t in tracks])
+
+
+class ByteTracker:
+    """Multi-face tracker. Ids are unique per instance and start again at 1 after reset()."""
+
+    def __init__(self, config: TrackerConfig | None = None, frame_rate: float = 30.0) -> None:
+        self.config = config or TrackerConfig()
+        self.frame_rate = float(frame_rate)
+        self.max_time_lost = self.config.max_time_lost(self.frame_rate)
+        self.kalman = KalmanBoxFilter()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all tracks; the next frame is frame 1 and the next id is 1."""
+        self.frame_id = 0
+        self._next_id = 1
+        self._tracked: list[Track] = []  # TRACKED and NEW (unconfirmed)
+        self._lost: list[Track] = []
+
+    @property
+    def tracked_tracks(self) -> list[Track]:
+        return list(self._tracked)
+
+    @property
+    def lost_tracks(self) -> list[Track]:
+        return list(self._lost)
+
+    def _new_id(self) -> int:
+        track_id = self._next_id
+        self._next_id += 1
+        return track_id
+
+    def _predict(self, tracks: list[Track]) -> None:
+        if not tracks:
+            return
+        means = np.stack([t.mean for t in tracks])
+        covs = np.stack([t.covariance for t in tracks])
+        # A track that was not seen on the last frame should not keep growing or shrinking (ByteTrack).
+        not_tracked = np.array([t.state != TrackState.TRACKED for t in tracks])
+        means[not_tracked, 7] = 0.0
+        means, covs = self.kalman.predict(means, covs)
+        for track, mean, cov in zip(tracks, means, covs, strict=True):
+            track.mean, track.covariance = mean, cov
+
+    def update(
+        self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray | None = None
+    ) -> list[Track]:
+        """Advance one frame with its detections (x1,y1,x2,y2 boxes (N,4), scores (N,), landmarks (N,5,2)).
+
+        Returns the confirmed tracks matched on this frame; each carries the box, score and landmarks of
+        its detection and `detection_index` into the inputs.
+        """
+        cfg = self.config
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != boxes.shape[0]:
+            raise ValueError(f"{boxes.shape[0]} boxes but {scores.shape[0]} scores")
+        if landmarks is not None:
+            landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
+            if landmarks.shape[0] != boxes.shape[0]:
+                raise ValueError(f"{boxes.shape[0]} boxes but {landmarks.shape[0]} landmark sets")
+        self.frame_id += 1
+        frame = self.frame_id
+
+        for track in self._tracked + self._lost:
+            track.detection_index = -1
+        high = np.flatnonzero(scores >= cfg.high_thresh)
+        low = np.flatnonzero((scores > cfg.low_thresh) & (scores < cfg.high_thresh))
+
+        confirmed = [t for t in self._tracked if t.is_confirmed]
+        unconfirmed = [t for t in self._tracked if not t.is_confirmed]
+        pool = confirmed + self._lost
+        self._predict(pool + unconfirmed)
+
+        matched: list[tuple[Track, int]] = []
+
+        # Stage 1: high-score detections vs tracked + lost.
+        cost = iou_distance(_boxes(pool), boxes[high])
+        if cfg.fuse_score:
+            cost = fuse_score(cost, scores[high])
+        first = linear_assignment(cost, cfg.match_thresh)
+        matched += [(pool[r], int(high[c])) for r, c in first.matches]
+        remaining = [pool[r] for r in first.unmatched_rows if pool[r].state == TrackState.TRACKED]
+        high_left = high[first.unmatched_cols]
+
+        # Stage 2: low-score detections vs the tracked tracks left over; no score fusion (scores are low).
+        second = linear_assignment(iou_distance(_boxes(remaining), boxes[low]), cfg.second_match_thresh)
+        matched += [(remaining[r], int(low[c])) for r, c in second.matches]
+        newly_lost = [remaining[r] for r in second.unmatched_rows]
+
+        # Stage 3: unconfirmed tracks vs leftover high-score detections.
+        cost = iou_distance(_boxes(unconfirmed), boxes[high_left])
+        if cfg.fuse_score:
+            cost = fuse_score(cost, scores[high_left])
+        third = linear_assignment(cost, cfg.unconfirmed_match_thresh)
+        matched += [(unconfirmed[r], int(high_left[c])) for r, c in third.matches]
+        for r in third.unmatched_rows:
+            unconfirmed[r].mark_removed()
+        high_left = high_left[third.unmatched_cols]
+
+        self._apply_matches(matched, boxes, scores, landmarks, frame)
+        for track in newly_lost:
+            track.mark_lost()
+
+        # Stage 4: new tracks.
+        starters = high_left[scores[high_left] >= cfg.new_track_thresh]
+        new_tracks = self._start_tracks(starters, boxes, scores, landmarks, frame)
+
+        # Stage 5: book-keeping.
+        for track in self._lost:
+            if track.state == TrackState.LOST and frame - track.frame_id > self.max_time_lost:
+                track.mark_removed()
+        everyone = self._tracked + self._lost + new_tracks
+        self._tracked = [t for t in everyone if t.state in (TrackState.TRACKED, TrackState.NEW)]
+        self._lost = [t for t in everyone if t.state == TrackState.LOST]
+        self._remove_duplicates()
+        return [t for t in self._tracked if t.is_active]
+
+    def _apply_matches(
+        self,
+        matched: list[tuple[Track, int]],
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        landmarks: np.ndarray | None,
+        frame: int,
+    ) -> None:
+        if not matched:
+            return
+        tracks = [t for t, _ in matched]
+        det = np.array([d for _, d in matched])
+        means, covs = self.kalman.update(
+            np.stack([t.mean for t in tracks]),
+            np.stack([t.covariance for t in tracks]),
+            xyxy_to_xyah(boxes[det]),
+        )
+        for i, track in enumerate(tracks):
+            was_new = track.state == TrackState.NEW
+            track.mark_matched(
+                frame, means[i], covs[i], boxes[det[i]], scores[det[i]],
+                None if landmarks is None else landmarks[det[i]], int(det[i]),
+            )  # fmt: skip
+            if was_new:
+                track.confirm(self._new_id())
+
+    def _start_tracks(
+        self,
+        indices: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        landmarks: np.ndarray | None,
+        frame: int,
+    ) -> list[Track]:
+        if indices.size == 0:
+            return []
+        means, covs = self.kalman.initiate(xyxy_to_xyah(boxes[indices]))
+        tracks = []
+        for i, d in enumerate(indices):
+            track = Track(
+                mean=means[i],
+                covariance=covs[i],
+                score=float(scores[d]),
+                detection_box=boxes[d].copy(),
+                landmarks=None if landmarks is None else landmarks[d].copy(),
+                start_frame=frame,
+                frame_id=frame,
+                detection_index=int(d),
+            )
+            if frame == 1:  # ByteTrack trusts the very first frame: nothing to confirm against
+                track.state = TrackState.TRACKED
+                track.confirm(self._new_id())
+            tracks.append(track)
+        return tracks
+
+    def _remove_duplicates(self) -> None:
+        """A tracked and a lost track on the same spot are one face: keep the one followed longer."""
+        if not self._tracked or not self._lost:
+            return
+        close = np.argwhere(
+            iou_distance(_boxes(self._tracked), _boxes(self._lost)) < self.config.duplicate_iou_distance
+        )
+        for i, j in close:
+            tracked, lost = self._tracked[i], self._lost[j]
+            if tracked.state == TrackState.REMOVED or lost.state == TrackState.REMOVED:
+                continue
+            if tracked.frame_id - tracked.start_frame > lost.frame_id - lost.start_frame:
+                lost.mark_removed()
+            else:
+                tracked.mark_removed()
+        self._tracked = [t for t in self._tracked if t.state != TrackState.REMOVED]
+        self._lost = [t for t in self._lost if t.state != TrackState.REMOVED]

@@ -1,0 +1,415 @@
+"""Who is on each track: embed few faces, vote over a track's life, name only on agreeing evidence.
+
+Per-frame API for the recognition stage (call both, once per frame, also on frames without tracks):
+
+    manager = TrackIdentities(IdentityConfig(), threshold=spec.threshold, metric=spec.metric)
+
+    tracks = tracker.update(dets.boxes, dets.scores, dets.landmarks)        # ByteTracker output
+    need = manager.select_for_embedding(tracks, frame_bgr)                # track ids to embed now
+    by_id = {t.track_id: t for t in tracks}
+    vectors = analyzer.embed(frame_bgr, np.stack([by_id[i].landmarks for i in need]))  # if need
+    found = gallery.search(vectors, k=2)                                  # best-first Match per person
+    labels = manager.update(
+        tracks,
+        embeddings=dict(zip(need, vectors)),
+        matches=dict(zip(need, found)),
+    )                                                                     # {track_id: TrackLabel}
+    manager.counters.embeddings                                           # faces embedded so far
+    manager.reset()                                                       # new video / tracker.reset()
+
+`threshold` is in similarity units (higher = more alike: cosine similarity, or 1 - Euclidean distance),
+the same units as `Match.similarity`; `metric` ("cosine" | "euclidean") says how two embeddings of this
+model compare, for re-linking tracks and for aggregating a track's embeddings.
+
+What happens inside:
+- When to embed (`select_for_embedding`): when a track first shows up (confirmed by the tracker); every
+  `pending_interval` frames while it is undecided (up to `max_pending_embeddings`); again when the face is
+  clearly better (quality above the best embedded one times `better_quality_ratio`); when it comes back
+  after being gone; after it crossed another face (once the boxes no longer overlap, since the tracker may
+  have swapped them); and otherwise every `refresh_interval` frames. Faces smaller than `min_face_size` or
+  overlapping another track are not embedded. Quality = size term (box height / `reference_face_size`)
+  x frontal term (nose offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian
+  variance of a 64 px grey crop / `reference_sharpness`), each in 0..1.
+- Votes (`update`): each embedding votes for the best gallery match if its similarity reaches `threshold`,
+  else for "unknown". A vote weighs its face quality times its strength (weaker just above threshold, full
+  at threshold + `confidence_band`); a match within `match_margin` of a different person abstains. Older
+  votes fade by `vote_decay` per new embedding. A track stays "pending" until one label has
+  `min_evidence` weight and leads the runner-up (another person or unknown) by `decision_margin`; a given
+  label changes only when another leads it by `switch_margin` (hysteresis). Below threshold is "unknown",
+  never the nearest enrolled person.
+- Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
+  under the same id, its label is still there (short occlusions). If a new track's first embedding is
+  within `threshold + relink_margin` of a vanished track's aggregate embedding (quality-weighted mean,
+  unit-normalised for cosine models) and clearly closer than to any other vanished track, the new track
+  inherits its votes and label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from app.gallery.base import Match
+from app.tracking.config import IdentityConfig
+from app.tracking.matching import box_iou
+
+log = logging.getLogger(__name__)
+
+Status = Literal["pending", "known", "unknown"]
+METRICS = ("cosine", "euclidean")
+SHARPNESS_CROP = 64  # px; the blur measure is taken at one scale so big and small faces compare
+
+
+class TrackView(Protocol):
+    """What the manager reads from a track (app.tracking.track.Track has it)."""
+
+    track_id: int
+    landmarks: np.ndarray | None
+
+    @property
+    def box(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TrackLabel:
+    track_id: int
+    name: str | None  # set only when status == "known"
+    similarity: float | None  # mean similarity of the votes behind the label (latest one while pending)
+    status: Status
+
+
+@dataclass
+class IdentityCounters:
+    embeddings: int = 0  # faces embedded (vectors received by update)
+    tracks: int = 0  # distinct tracks seen
+    named: int = 0  # times a track was given a person's name
+    relinks: int = 0  # new tracks that inherited a vanished track's identity
+    label_changes: int = 0  # given labels later changed to another one
+
+
+@dataclass(eq=False)
+class _Record:
+    track_id: int
+    first_seen: int
+    last_seen: int
+    status: Status = "pending"
+    name: str | None = None
+    votes: dict[str | None, float] = field(default_factory=dict)  # None = unknown
+    similarity_sum: dict[str | None, float] = field(default_factory=dict)
+    similarity_weight: dict[str | None, float] = field(default_factory=dict)
+    last_similarity: float | None = None
+    embeddings: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (quality, vector)
+    embedded: int = 0
+    last_embed: int = -(10**9)
+    best_quality: float = 0.0
+    overlapped: bool = False
+    contested: bool = False  # the latest vote disagreed with the given label: look again soon
+    linked_from: int | None = None
+
+
+def _face_box(track: TrackView) -> np.ndarray:
+    """The detector's box when the track has one (the face as seen), else the Kalman box."""
+    box = getattr(track, "detection_box", None)
+    return np.asarray(track.box if box is None else box, dtype=np.float64)
+
+
+def geometric_quality(boxes: np.ndarray, landmarks: np.ndarray, config: IdentityConfig) -> np.ndarray:
+    """Size x frontal terms for (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+    size = np.clip((boxes[:, 3] - boxes[:, 1]) / config.reference_face_size, 0.0, 1.0)
+    left_eye, right_eye, nose, left_mouth, right_mouth = (points[:, i] for i in range(5))
+    axis = right_eye - left_eye
+    eye_distance = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
+    midline = (left_eye + right_eye + left_mouth + right_mouth) / 4
+    # Nose offset across the face, in eye distances: ~0 frontal, ~0.5 at a half profile.
+    yaw = np.abs(np.sum((nose - midline) * axis, axis=1)) / eye_distance**2
+    frontal = np.clip(1.0 - yaw / 0.5, 0.0, 1.0)
+    return size * (0.3 + 0.7 * frontal)
+
+
+def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
+    """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1."""
+    height, width = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = np.round(np.asarray(box, dtype=np.float64)).astype(int)
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return 0.0
+    crop = frame_bgr[y1:y2, x1:x2]
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    grey = cv2.resize(grey, (SHARPNESS_CROP, SHARPNESS_CROP), interpolation=cv2.INTER_AREA)
+    variance = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    return float(np.clip(variance / config.reference_sharpness, 0.0, 1.0))
+
+
+class TrackIdentities:
+    """Names for tracks from sparse embeddings and gallery matches; see the module docstring."""
+
+    def __init__(self, config: IdentityConfig | None, threshold: float, metric: str) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.config = config or IdentityConfig()
+        self.threshold = float(threshold)
+        self.metric = metric
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every track, vote and counter (call together with the tracker's reset)."""
+        self._frame = 0
+        self._records: dict[int, _Record] = {}
+        self._selected_quality: dict[int, float] = {}
+        self.counters = IdentityCounters()
+
+    # -- selection -------------------------------------------------------------------------------------
+
+    def select_for_embedding(self, tracks: Sequence[TrackView], frame_bgr: np.ndarray | None) -> list[int]:
+        """Ids of the tracks whose face should be embedded on this frame (before `update` of this frame)."""
+        cfg = self.config
+        frame = self._frame + 1
+        self._selected_quality = {}
+        usable = [t for t in tracks if t.landmarks is not None]
+        if not usable:
+            return []
+        boxes = np.stack([_face_box(t) for t in usable])
+        overlap = box_iou(boxes, boxes)
+        np.fill_diagonal(overlap, 0.0)
+        max_overlap = overlap.max(axis=1)
+        geometric = geometric_quality(boxes, np.stack([t.landmarks for t in usable]), cfg)
+        selected = []
+        for i, track in enumerate(usable):
+            record = self._record(track.track_id, frame)
+            if max_overlap[i] >= cfg.cross_iou:
+                record.overlapped = True  # two faces on one spot: the tracker may swap them; check later
+                continue
+            if boxes[i, 3] - boxes[i, 1] < cfg.min_face_size:
+                continue
+            since = frame - record.last_embed
+            must = (
+                record.embedded == 0
+                or record.last_seen < frame - 1  # back after being gone
+                or (record.overlapped and max_overlap[i] < cfg.clear_iou)
+                or since >= cfg.refresh_interval
+                or (
+                    (record.status == "pending" or record.contested)
+                    and record.embedded < cfg.max_pending_embeddings
+                    and since >= cfg.pending_interval
+                )
+            )
+            better = (
+                since >= cfg.min_embed_gap and geometric[i] > record.best_quality * cfg.better_quality_ratio
+            )
+            if not (must or better):
+                continue
+            quality = (
+                geometric[i]
+                if frame_bgr is None
+                else geometric[i] * (0.3 + 0.7 * sharpness(frame_bgr, boxes[i], cfg))
+            )
+            if not must and quality <= record.best_quality * cfg.better_quality_ratio:
+                continue  # larger and more frontal, but blurred: not worth an embedding
+            self._selected_quality[track.track_id] = float(quality)
+            selected.append(track.track_id)
+        return selected
+
+    # -- update ----------------------------------------------------------------------------------------
+
+    def update(
+        self,
+        tracks: Sequence[TrackView],
+        embeddings: Mapping[int, np.ndarray],
+        matches: Mapping[int, Sequence[Match]],
+    ) -> dict[int, TrackLabel]:
+        """Take this frame's embeddings and gallery matches (keyed by track id); return a label per track."""
+        self._frame += 1
+        frame = self._frame
+        present: dict[int, _Record] = {}
+        for track in tracks:
+            record = self._record(track.track_id, frame)
+            record.last_seen = frame
+            present[track.track_id] = record
+        for track_id, vector in embeddings.items():
+            record = present.get(track_id) or self._record(track_id, frame)
+            quality = self._selected_quality.pop(track_id, None)
+            if quality is None:  # embedded without being selected: judge it by geometry alone
+                track = next((t for t in tracks if t.track_id == track_id), None)
+                quality = self._geometric(track) if track is not None else 0.5
+            self.counters.embeddings += 1
+            self._add_embedding(record, np.asarray(vector, dtype=np.float32).ravel(), quality,
+                                list(matches.get(track_id, ())), frame)  # fmt: skip
+        self._selected_quality = {}
+        self._forget(frame)
+        return {track_id: self._label(record) for track_id, record in present.items()}
+
+    def label(self, track_id: int) -> TrackLabel | None:
+        """The current label of a track, also while it is gone (None once forgotten)."""
+        record = self._records.get(track_id)
+        return None if record is None else self._label(record)
+
+    def aggregate_embedding(self, track_id: int) -> np.ndarray | None:
+        """Quality-weighted mean of the track's kept embeddings (unit length for cosine models)."""
+        record = self._records.get(track_id)
+        return None if record is None or not record.embeddings else self._aggregate(record)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _record(self, track_id: int, frame: int) -> _Record:
+        record = self._records.get(track_id)
+        if record is None:
+            record = _Record(track_id=track_id, first_seen=frame, last_seen=frame - 1)
+            self._records[track_id] = record
+            self.counters.tracks += 1
+        return record
+
+    def _geometric(self, track: TrackView) -> float:
+        if track.landmarks is None:
+            return 0.5
+        return float(geometric_quality(_face_box(track)[None], track.landmarks[None], self.config)[0])
+
+    def _normalise(self, vectors: np.ndarray) -> np.ndarray:
+        if self.metric != "cosine":
+            return vectors
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+    def _aggregate(self, record: _Record) -> np.ndarray:
+        weights = np.array([max(q, self.config.quality_floor) for q, _ in record.embeddings])
+        vectors = self._normalise(np.stack([v for _, v in record.embeddings]))
+        return self._normalise((weights[:, None] * vectors).sum(axis=0) / weights.sum())
+
+    def _similarity(self, vector: np.ndarray, others: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            return self._normalise(others) @ self._normalise(vector)
+        return 1.0 - np.linalg.norm(others - vector[None, :], axis=1)
+
+    def _vote(self, matches: list[Match], quality: float) -> tuple[str | None, float | None, float]:
+        """(label, similarity, weight) of one embedding; label None = unknown."""
+        cfg = self.config
+        weight = max(quality, cfg.quality_floor)
+        if not matches:
+            return None, None, weight  # empty gallery: nobody to be
+        ranked = sorted(matches, key=lambda m: m.similarity, reverse=True)
+        best = ranked[0]
+        if best.similarity < self.threshold:
+            return None, float(best.similarity), weight
+        rival = next((m for m in ranked[1:] if m.name != best.name), None)
+        if rival is not None and best.similarity - rival.similarity < cfg.match_margin:
+            return best.name, float(best.similarity), 0.0  # two people equally close: no evidence
+        lead = (best.similarity - self.threshold) / max(cfg.confidence_band, 1e-9)
+        strength = float(np.clip(cfg.min_vote_strength + (1.0 - cfg.min_vote_strength) * lead, 0.0, 1.0))
+        return best.name, float(best.similarity), weight * strength
+
+    def _add_embedding(
+        self, record: _Record, vector: np.ndarray, quality: float, matches: list[Match], frame: int
+    ) -> None:
+        cfg = self.config
+        record.embedded += 1
+        record.last_embed = frame
+        record.best_quality = max(record.best_quality, quality)
+        record.overlapped = False
+        label, similarity, weight = self._vote(matches, quality)
+        if (
+            record.status == "pending"
+            and record.linked_from is None
+            and record.embedded <= cfg.relink_attempts
+        ):
+            self._try_relink(record, vector, label)
+        record.embeddings.append((quality, vector))
+        self._trim_embeddings(record)
+        for key in record.votes:
+            record.votes[key] *= cfg.vote_decay
+        record.last_similarity = similarity
+        if record.status != "pending" and weight > 0:
+            was_contested = record.contested
+            record.contested = label != (record.name if record.status == "known" else None)
+            if record.contested and not was_contested:
+                record.embedded = min(record.embedded, cfg.max_pending_embeddings // 2)  # budget to settle it
+        if weight > 0:
+            record.votes[label] = record.votes.get(label, 0.0) + weight
+            if similarity is not None:
+                record.similarity_sum[label] = record.similarity_sum.get(label, 0.0) + weight * similarity
+                record.similarity_weight[label] = record.similarity_weight.get(label, 0.0) + weight
+        self._decide(record)
+
+    def _trim_embeddings(self, record: _Record) -> None:
+        while len(record.embeddings) > self.config.max_embeddings:
+            # Drop the poorest view; among equals the oldest (min() returns the first).
+            poorest = min(range(len(record.embeddings)), key=lambda i: record.embeddings[i][0])
+            record.embeddings.pop(poorest)
+
+    def _decide(self, record: _Record) -> None:
+        cfg = self.config
+        if not record.votes:
+            return
+        ranked = sorted(record.votes.items(), key=lambda item: item[1], reverse=True)
+        best_label, best_weight = ranked[0]
+        if best_weight < cfg.min_evidence:
+            return
+        if record.status == "pending":
+            runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+            if best_weight - runner_up >= cfg.decision_margin:
+                self._give(record, best_label)
+            return
+        current = record.name if record.status == "known" else None
+        if best_label != current and best_weight - record.votes.get(current, 0.0) >= cfg.switch_margin:
+            self.counters.label_changes += 1
+            log.debug("track %d: %s -> %s", record.track_id, current, best_label)
+            self._give(record, best_label)
+
+    def _give(self, record: _Record, label: str | None) -> None:
+        record.name = label
+        record.status = "known" if label is not None else "unknown"
+        if label is not None:
+            self.counters.named += 1
+
+    def _try_relink(self, record: _Record, vector: np.ndarray, label: str | None) -> None:
+        """Give a new track the identity of a vanished one when their faces are clearly the same person."""
+        cfg = self.config
+        candidates = [
+            r
+            for r in self._records.values()
+            if r is not record and r.embeddings and r.last_seen < record.first_seen
+        ]
+        if not candidates:
+            return
+        similarity = self._similarity(vector, np.stack([self._aggregate(r) for r in candidates]))
+        order = np.argsort(-similarity)
+        best = candidates[order[0]]
+        if similarity[order[0]] < self.threshold + cfg.relink_margin:
+            return
+        if len(order) > 1 and similarity[order[0]] - similarity[order[1]] < cfg.match_margin:
+            return
+        if label is not None and best.status == "known" and best.name != label:
+            return  # the gallery says this face is someone else
+        # Merge: the vanished track's evidence plus what this one gathered so far; its label carries over.
+        for mine, theirs in (
+            (record.votes, best.votes),
+            (record.similarity_sum, best.similarity_sum),
+            (record.similarity_weight, best.similarity_weight),
+        ):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0.0) + value
+        record.status, record.name = best.status, best.name
+        record.embeddings = best.embeddings + record.embeddings
+        self._trim_embeddings(record)
+        record.best_quality = max(record.best_quality, best.best_quality)
+        record.linked_from = best.track_id
+        del self._records[best.track_id]
+        self.counters.relinks += 1
+        log.debug("track %d re-linked to vanished track %d", record.track_id, best.track_id)
+
+    def _forget(self, frame: int) -> None:
+        stale = [i for i, r in self._records.items() if frame - r.last_seen > self.config.relink_window]
+        for track_id in stale:
+            del self._records[track_id]
+
+    def _label(self, record: _Record) -> TrackLabel:
+        if record.status == "pending":
+            return TrackLabel(record.track_id, None, record.last_similarity, "pending")
+        key = record.name
+        weight = record.similarity_weight.get(key, 0.0)
+        similarity = record.similarity_sum[key] / weight if weight > 0 else record.last_similarity
+        return TrackLabel(record.track_id, key, similarity, record.status)

@@ -1,0 +1,97 @@
+"""Constant-velocity Kalman filter for boxes, batched over tracks.
+
+State per track: (cx, cy, a, h, vcx, vcy, va, vh) with a = width / height. The measurement is (cx, cy, a, h).
+Noise scales with the box height (as in SORT/DeepSORT/ByteTrack), so a 20 px face and a 400 px face are
+tracked with the same relative uncertainty. Every method takes stacked arrays: means (N, 8), covariances
+(N, 8, 8), measurements (N, 4), so a frame's tracks are predicted or updated in one numpy call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STATE_DIM = 8
+MEASURE_DIM = 4
+
+
+def xyxy_to_xyah(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) x1, y1, x2, y2 -> (N, 4) centre x, centre y, aspect w/h, height."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
+    return np.stack([boxes[:, 0] + w / 2, boxes[:, 1] + h / 2, w / h, h], axis=1)
+
+
+def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
+    """(N, >=4) centre x, centre y, aspect, height -> (N, 4) x1, y1, x2, y2."""
+    xyah = np.asarray(xyah, dtype=np.float64)
+    xyah = xyah.reshape(-1, xyah.shape[-1])
+    h = xyah[:, 3]
+    w = xyah[:, 2] * h
+    return np.stack([xyah[:, 0] - w / 2, xyah[:, 1] - h / 2, xyah[:, 0] + w / 2, xyah[:, 1] + h / 2], axis=1)
+
+
+class KalmanBoxFilter:
+    """Linear Kalman filter with a constant-velocity motion model on (cx, cy, a, h)."""
+
+    def __init__(self, std_weight_position: float = 1.0 / 20, std_weight_velocity: float = 1.0 / 160) -> None:
+        self.std_weight_position = std_weight_position
+        self.std_weight_velocity = std_weight_velocity
+        self.motion = np.eye(STATE_DIM)
+        self.motion[:MEASURE_DIM, MEASURE_DIM:] = np.eye(MEASURE_DIM)  # one frame per step
+        # The measurement is the first four state entries, so H @ x is x[:4] and H P H^T is P[:4, :4].
+
+    def _std(self, heights: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
+        """Per-track standard deviations: weight * height, except aspect terms, which are absolute."""
+        out = np.empty((heights.shape[0], len(weights)))
+        for i, weight in enumerate(weights):
+            out[:, i] = weight * heights if i % 4 != 2 else weight
+        return out
+
+    @staticmethod
+    def _diag(variances: np.ndarray) -> np.ndarray:
+        n, d = variances.shape
+        out = np.zeros((n, d, d))
+        idx = np.arange(d)
+        out[:, idx, idx] = variances
+        return out
+
+    def initiate(self, measurements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """New tracks from (N, 4) xyah measurements: zero velocity, broad velocity uncertainty."""
+        measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASURE_DIM)
+        mean = np.concatenate([measurements, np.zeros_like(measurements)], axis=1)
+        p, v = self.std_weight_position, self.std_weight_velocity
+        std = self._std(measurements[:, 3], (2 * p, 2 * p, 1e-2, 2 * p, 10 * v, 10 * v, 1e-5, 10 * v))
+        return mean, self._diag(std**2)
+
+    def predict(self, mean: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step ahead for all tracks at once."""
+        if mean.shape[0] == 0:
+            return mean.copy(), covariance.copy()
+        p, v = self.std_weight_position, self.std_weight_velocity
+        std = self._std(mean[:, 3], (p, p, 1e-2, p, v, v, 1e-5, v))
+        new_mean = mean @ self.motion.T
+        new_cov = self.motion @ covariance @ self.motion.T + self._diag(std**2)
+        return new_mean, new_cov
+
+    def project(self, mean: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """State distribution -> measurement distribution (adds measurement noise)."""
+        p = self.std_weight_position
+        std = self._std(mean[:, 3], (p, p, 1e-1, p))
+        return mean[:, :MEASURE_DIM].copy(), covariance[:, :MEASURE_DIM, :MEASURE_DIM] + self._diag(std**2)
+
+    def update(
+        self, mean: np.ndarray, covariance: np.ndarray, measurements: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Correct N tracks with their N matched xyah measurements."""
+        measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, MEASURE_DIM)
+        if mean.shape[0] == 0:
+            return mean.copy(), covariance.copy()
+        projected_mean, projected_cov = self.project(mean, covariance)
+        cross = covariance[:, :, :MEASURE_DIM]  # P H^T, (N, 8, 4)
+        # K = P H^T S^-1; S is symmetric positive definite, so solve S K^T = H P^T instead of inverting.
+        gain = np.linalg.solve(projected_cov, cross.transpose(0, 2, 1)).transpose(0, 2, 1)
+        innovation = measurements - projected_mean
+        new_mean = mean + np.einsum("nij,nj->ni", gain, innovation)
+        new_cov = covariance - gain @ projected_cov @ gain.transpose(0, 2, 1)
+        return new_mean, new_cov

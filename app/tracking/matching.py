@@ -1,0 +1,68 @@
+"""Association costs and the gated Hungarian assignment used by ByteTrack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lap
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Result of one association: matched (row, col) pairs and the indices left over on each side."""
+
+    matches: np.ndarray  # (K, 2) int: row index, column index
+    unmatched_rows: np.ndarray  # (R,) int
+    unmatched_cols: np.ndarray  # (C,) int
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) x1, y1, x2, y2 boxes -> (N, M)."""
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return np.zeros((a.shape[0], b.shape[0]))
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    inter_w = np.clip(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+    )
+    inter_h = np.clip(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+    )
+    inter = inter_w * inter_h
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def iou_distance(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """1 - IoU, the cost of pairing track boxes (rows) with detection boxes (columns)."""
+    return 1.0 - box_iou(boxes_a, boxes_b)
+
+
+def fuse_score(cost: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ByteTrack's score fusion: cost 1 - IoU * score, so confident detections are preferred."""
+    if cost.size == 0:
+        return cost
+    return 1.0 - (1.0 - cost) * np.asarray(scores, dtype=np.float64)[None, :]
+
+
+def linear_assignment(cost: np.ndarray, thresh: float) -> Assignment:
+    """Minimum-cost matching (Jonker-Volgenant) where no matched pair may cost more than `thresh`."""
+    rows, cols = cost.shape
+    if cost.size == 0:
+        return Assignment(np.empty((0, 2), dtype=int), np.arange(rows), np.arange(cols))
+    # extend_cost pads the matrix to square; cost_limit lets a row stay unmatched rather than take a pair
+    # costing more than the gate, which is the gate of the paper.
+    _, row_to_col, col_to_row = lap.lapjv(
+        np.ascontiguousarray(cost, dtype=np.float64), extend_cost=True, cost_limit=thresh
+    )
+    matched_rows = np.flatnonzero(row_to_col >= 0)
+    matches = np.stack([matched_rows, row_to_col[matched_rows]], axis=1).astype(int)
+    # lapjv's limit is exclusive only up to rounding; enforce the gate exactly.
+    keep = cost[matches[:, 0], matches[:, 1]] <= thresh
+    matches = matches[keep]
+    unmatched_rows = np.setdiff1d(np.arange(rows), matches[:, 0])
+    unmatched_cols = np.setdiff1d(np.arange(cols), matches[:, 1])
+    return Assignment(matches, unmatched_rows, unmatched_cols)

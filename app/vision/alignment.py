@@ -1,0 +1,96 @@
+"""Face alignment: a least-squares similarity from the 5 RetinaFace points to the embedder's template, then a warp.
+
+Landmark order everywhere is RetinaFace's, in IMAGE coordinates: [image-left eye, image-right eye, nose,
+image-left mouth corner, image-right mouth corner] (for a frontal face the first point has the smaller x; it is
+the person's right eye). Templates in `app.inference.spec` use the same order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from app.inference.spec import EmbedderSpec
+
+# Shrink with INTER_AREA first when the face is this many times larger than the chip: a bilinear warp at a
+# strong downscale samples only 4 source pixels per output pixel and aliases (dlib uses a pyramid for this).
+PRESHRINK_BELOW_SCALE = 0.5
+
+
+def estimate_similarities(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transforms (N,2,3) mapping each src (N,K,2) onto dst (K,2).
+
+    This is Umeyama's method specialised to 2-D: with centred points the optimal scaled rotation
+    [[a,-b],[b,a]] has the closed form a = sum(s.d)/sum(|s|^2), b = sum(s x d)/sum(|s|^2), which never
+    reflects, so no SVD or sign correction is needed and it vectorises over faces.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    src_mean = src.mean(axis=1, keepdims=True)  # (N,1,2)
+    dst_mean = dst.mean(axis=0)  # (2,)
+    s = src - src_mean
+    d = dst - dst_mean
+    norm = np.maximum((s**2).sum(axis=(1, 2)), 1e-12)
+    a = (s[..., 0] * d[:, 0] + s[..., 1] * d[:, 1]).sum(axis=1) / norm
+    b = (s[..., 0] * d[:, 1] - s[..., 1] * d[:, 0]).sum(axis=1) / norm
+    matrices = np.empty((src.shape[0], 2, 3), np.float64)
+    matrices[:, 0, 0] = a
+    matrices[:, 0, 1] = -b
+    matrices[:, 1, 0] = b
+    matrices[:, 1, 1] = a
+    matrices[:, :, 2] = dst_mean - np.einsum("nij,nj->ni", matrices[:, :, :2], src_mean[:, 0, :])
+    return matrices
+
+
+def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2,3) mapping src (K,2) points onto dst (K,2) (Umeyama, no reflection)."""
+    return estimate_similarities(np.asarray(src)[None], dst)[0]
+
+
+def _preshrink(image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the region the chip covers, shrink it with INTER_AREA to about chip scale, and adjust the transform."""
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    w, h = chip_wh
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ inverse.T
+    img_h, img_w = image.shape[:2]
+    x0 = int(np.clip(np.floor(corners[:, 0].min()) - 2, 0, img_w - 1))
+    y0 = int(np.clip(np.floor(corners[:, 1].min()) - 2, 0, img_h - 1))
+    x1 = int(np.clip(np.ceil(corners[:, 0].max()) + 2, x0 + 1, img_w))
+    y1 = int(np.clip(np.ceil(corners[:, 1].max()) + 2, y0 + 1, img_h))
+    crop = image[y0:y1, x0:x1]
+    new_w = max(1, round(crop.shape[1] * scale))
+    new_h = max(1, round(crop.shape[0] * scale))
+    small = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    kx, ky = new_w / crop.shape[1], new_h / crop.shape[0]
+    # OpenCV resize maps pixel centres: source x = (small x + 0.5) / kx - 0.5 (+ crop origin).
+    to_source = np.array([[1 / kx, 0, x0 + 0.5 / kx - 0.5], [0, 1 / ky, y0 + 0.5 / ky - 0.5], [0, 0, 1]])
+    return small, matrix @ to_source
+
+
+def warp_face(image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]) -> np.ndarray:
+    """Warp one face with the (2,3) source->chip transform; pre-shrinks first for faces much larger than the chip."""
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale < PRESHRINK_BELOW_SCALE:
+        image, matrix = _preshrink(image, matrix, chip_wh)
+    return cv2.warpAffine(
+        image, matrix, chip_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+    )
+
+
+def align_faces(image_bgr: np.ndarray, landmarks: np.ndarray, spec: EmbedderSpec) -> np.ndarray:
+    """Aligned chips (N,h,w,3) uint8 in the spec's channel order, one per face's (5,2) landmarks."""
+    landmarks = np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
+    w, h = spec.input_size
+    chips = np.empty((landmarks.shape[0], h, w, 3), np.uint8)
+    if landmarks.shape[0] == 0:
+        return chips
+    matrices = estimate_similarities(landmarks, spec.template)
+    for i, matrix in enumerate(matrices):
+        chips[i] = warp_face(image_bgr, matrix, (w, h))
+    if spec.channel_order == "RGB":
+        chips = chips[..., ::-1]
+    return np.ascontiguousarray(chips)

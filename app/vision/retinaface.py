@@ -1,0 +1,244 @@
+"""RetinaFace (biubug6 export) pre- and post-processing: letterbox, prior boxes, box/landmark decode and NMS.
+
+The detection stage calls `letterbox` per frame and stacks the (3,S,S) blobs into one batch; the post-processing
+stage calls `decode_retinaface` per image on the batched outputs. Every frame is padded to the same square so
+frames of any size batch together; `scale` maps input pixels back to source pixels.
+
+Model contract (biubug6 Pytorch_Retinaface, mobilenet0.25 or ResNet-50): input BGR float minus (104,117,123),
+outputs loc (N,P,4), conf (N,P,2) already softmaxed, landmarks (N,P,10), P priors over strides 8/16/32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from app.inference.backend import Model
+
+MIN_SIZES: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
+STEPS: tuple[int, ...] = (8, 16, 32)
+VARIANCES: tuple[float, float] = (0.1, 0.2)
+BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+PRE_NMS_TOP_K = 5000
+POST_NMS_TOP_K = 750
+
+
+@dataclass
+class Detections:
+    """Faces found in one image, best score first, in source-image pixels."""
+
+    boxes: np.ndarray  # (N,4) float32 x1,y1,x2,y2
+    scores: np.ndarray  # (N,) float32
+    landmarks: np.ndarray  # (N,5,2) float32: image-left eye, image-right eye, nose, left mouth, right mouth
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+    def select(self, index: np.ndarray | Sequence[int] | slice) -> Detections:
+        """The detections at `index` (an index array, a boolean mask or a slice)."""
+        return Detections(self.boxes[index], self.scores[index], self.landmarks[index])
+
+    def areas(self) -> np.ndarray:
+        return (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+
+    def largest(self) -> int | None:
+        """Index of the largest box, or None when there are no faces."""
+        return int(np.argmax(self.areas())) if len(self) else None
+
+
+def detector_input_hw(model: Model, det_size: int) -> tuple[int, int]:
+    """(H,W) to feed the detector: the model's own size when it was exported fixed, else det_size square."""
+    fixed = model.inputs[0].fixed_hw
+    return fixed if fixed is not None else (int(det_size), int(det_size))
+
+
+def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int | np.integer) else (int(size[0]), int(size[1]))
+
+
+def letterbox(
+    image: np.ndarray, size: int | tuple[int, int], out: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """Resize a BGR uint8 image so it fits `size` ((H,W) or square side), pad bottom/right, subtract the mean.
+
+    Returns (blob (3,H,W) float32, scale) where input pixel = source pixel * scale. Pass `out` (a (3,H,W)
+    float32 view, e.g. a row of a batch buffer) to write in place. Padding is 0 after mean subtraction, i.e.
+    the mean colour, which the model reads as background.
+    """
+    h, w = _as_hw(size)
+    src_h, src_w = image.shape[:2]
+    scale = min(h / src_h, w / src_w)
+    # fx/fy (not dsize) so OpenCV maps coordinates with exactly `scale` on both axes.
+    resized = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    rh, rw = min(resized.shape[0], h), min(resized.shape[1], w)
+    blob = np.empty((3, h, w), np.float32) if out is None else out
+    blob[:, rh:, :] = 0.0
+    blob[:, :rh, rw:] = 0.0
+    np.subtract(resized[:rh, :rw].transpose(2, 0, 1), BGR_MEAN[:, None, None], out=blob[:, :rh, :rw])
+    return blob, float(scale)
+
+
+@dataclass(frozen=True)
+class RetinaFacePreprocessor:
+    """Letterboxes frames to one fixed detector input size so they can be batched."""
+
+    input_hw: tuple[int, int]
+
+    @classmethod
+    def for_model(cls, model: Model, det_size: int) -> RetinaFacePreprocessor:
+        return cls(detector_input_hw(model, det_size))
+
+    def __call__(self, image_bgr: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        return letterbox(image_bgr, self.input_hw, out=out)
+
+
+@lru_cache(maxsize=16)
+def prior_boxes(input_hw: tuple[int, int]) -> np.ndarray:
+    """biubug6 priors (P,4) as normalised cx, cy, w, h, in the model's output order (level, row, col, size)."""
+    h, w = input_hw
+    levels = []
+    for step, sizes in zip(STEPS, MIN_SIZES, strict=True):
+        fh, fw = math.ceil(h / step), math.ceil(w / step)
+        cy, cx = np.meshgrid((np.arange(fh) + 0.5) * step / h, (np.arange(fw) + 0.5) * step / w, indexing="ij")
+        level = np.empty((fh, fw, len(sizes), 4), np.float32)
+        level[..., 0] = cx[:, :, None]
+        level[..., 1] = cy[:, :, None]
+        level[..., 2] = np.asarray(sizes, np.float32) / w
+        level[..., 3] = np.asarray(sizes, np.float32) / h
+        levels.append(level.reshape(-1, 4))
+    priors = np.concatenate(levels)
+    priors.setflags(write=False)
+    return priors
+
+
+@lru_cache(maxsize=16)
+def _pixel_priors(input_hw: tuple[int, int]) -> np.ndarray:
+    # Priors in input pixels with the variances folded in: decode is then two FMAs and an exp per candidate.
+    h, w = input_hw
+    p = prior_boxes(input_hw) * np.array([w, h, w, h], np.float32)
+    folded = np.concatenate([p, p[:, 2:] * VARIANCES[0]], axis=1)  # cx, cy, w, h, 0.1*w, 0.1*h
+    folded.setflags(write=False)
+    return folded
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of the kept boxes, best score first.
+
+    A box is dropped when its IoU with a better kept box exceeds `iou_threshold`.
+    """
+    if boxes.shape[0] == 0:
+        return np.zeros((0,), np.int64)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
+        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
+        inter = iw * ih
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+def split_outputs(outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(loc, conf, landmarks) from the model outputs, told apart by their last axis (4, 2, 10), not by name."""
+    by_width = {o.shape[-1]: o for o in outputs}
+    try:
+        return by_width[4], by_width[2], by_width[10]
+    except KeyError:
+        shapes = [tuple(o.shape) for o in outputs]
+        raise ValueError(f"not biubug6 RetinaFace outputs (need last axes 4, 2 and 10): {shapes}") from None
+
+
+def decode_retinaface(
+    loc: np.ndarray,
+    conf: np.ndarray,
+    landms: np.ndarray,
+    scale: float,
+    input_hw: tuple[int, int],
+    score_threshold: float,
+    nms_threshold: float,
+    image_wh: tuple[int, int],
+) -> Detections:
+    """Decode one image's raw outputs ((P,4), (P,2), (P,10), or with a leading batch axis of 1) to Detections.
+
+    Only candidates above `score_threshold` are decoded, so the cost is the threshold pass plus work on tens of
+    boxes. Boxes are clipped to `image_wh` (source pixels); landmarks are not, so cut-off faces still align.
+    """
+    input_hw = (int(input_hw[0]), int(input_hw[1]))
+    scores_all = conf.reshape(-1, 2)[:, 1]
+    priors = _pixel_priors(input_hw)
+    if scores_all.shape[0] != priors.shape[0]:
+        raise ValueError(
+            f"model returned {scores_all.shape[0]} priors but input {input_hw} implies {priors.shape[0]}; "
+            "pass the input size the blob actually had"
+        )
+    idx = np.flatnonzero(scores_all > score_threshold)
+    if idx.size == 0:
+        return Detections.empty()
+    scores = scores_all[idx]
+    if idx.size > PRE_NMS_TOP_K:
+        top = np.argpartition(-scores, PRE_NMS_TOP_K)[:PRE_NMS_TOP_K]
+        idx, scores = idx[top], scores[top]
+    p = priors[idx]
+    d = loc.reshape(-1, 4)[idx]
+    centers = p[:, :2] + d[:, :2] * p[:, 4:6]
+    half = p[:, 2:4] * np.exp(d[:, 2:4] * VARIANCES[1]) * 0.5
+    boxes = np.concatenate([centers - half, centers + half], axis=1)
+    keep = nms(boxes, scores, nms_threshold)[:POST_NMS_TOP_K]
+    boxes, scores, p = boxes[keep], scores[keep], p[keep]
+    lm = landms.reshape(-1, 10)[idx[keep]].reshape(-1, 5, 2)
+    landmarks = p[:, None, :2] + lm * p[:, None, 4:6]
+    inv = np.float32(1.0 / scale)
+    boxes *= inv
+    landmarks *= inv
+    w, h = image_wh
+    np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
+    return Detections(
+        boxes.astype(np.float32, copy=False),
+        scores.astype(np.float32, copy=False),
+        landmarks.astype(np.float32, copy=False),
+    )
+
+
+@dataclass(frozen=True)
+class RetinaFacePostprocessor:
+    """Decodes a batch of raw detector outputs into one Detections per image."""
+
+    input_hw: tuple[int, int]
+    score_threshold: float = 0.6
+    nms_threshold: float = 0.4
+
+    def __call__(
+        self, outputs: Sequence[np.ndarray], scales: Sequence[float], image_whs: Sequence[tuple[int, int]]
+    ) -> list[Detections]:
+        loc, conf, landms = split_outputs(outputs)
+        return [
+            decode_retinaface(
+                loc[i],
+                conf[i],
+                landms[i],
+                scales[i],
+                self.input_hw,
+                self.score_threshold,
+                self.nms_threshold,
+                image_whs[i],
+            )
+            for i in range(len(scales))
+        ]

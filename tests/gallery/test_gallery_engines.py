@@ -1,0 +1,226 @@
+"""Both gallery engines behind one contract: qdrant-edge (embedded) and qdrant-client (local mode, the server API)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from app.config import Settings
+from app.errors import UserError
+from app.gallery import Gallery, GalleryMismatchError, Match, open_gallery
+from app.gallery.edge import EdgeGallery
+from app.gallery.server import ServerGallery
+
+
+@dataclass(frozen=True)
+class Spec:
+    model_id: str
+    dim: int
+    metric: str
+
+
+DLIB = Spec("dlib-0123456789ab", 128, "euclidean")
+ARC = Spec("arcface-ba9876543210", 512, "cosine")
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def open_engine(engine: str, tmp_path: Path, spec: Spec) -> Gallery:
+    settings = Settings(qdrant_path=tmp_path / "gallery", qdrant_collection="faces")
+    if engine == "edge":
+        return open_gallery(settings, spec)
+    return open_gallery(settings, spec, client=QdrantClient(path=str(tmp_path / "qdrant-local")))
+
+
+@pytest.fixture(params=["edge", "server"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def gallery(engine: str, tmp_path: Path) -> Iterator[Gallery]:
+    g = open_engine(engine, tmp_path, DLIB)
+    yield g
+    g.close()
+
+
+def test_factory_picks_engine(tmp_path: Path) -> None:
+    edge = open_engine("edge", tmp_path, DLIB)
+    server = open_engine("server", tmp_path, DLIB)
+    assert isinstance(edge, EdgeGallery) and edge.folder == tmp_path / "gallery" / "faces"
+    assert isinstance(server, ServerGallery)
+    assert isinstance(edge, Gallery) and isinstance(server, Gallery)
+    edge.close()
+    server.close()
+
+
+def test_add_list_vectors_remove(gallery: Gallery) -> None:
+    rng = np.random.default_rng(0)
+    alice, bob = rng.normal(size=(3, 128)).astype(np.float32), rng.normal(size=(2, 128)).astype(np.float32)
+    assert gallery.add("alice", alice, meta=[{"source": f"a{i}.jpg"} for i in range(3)]) == 3
+    assert gallery.add("bob", bob, meta={"source": "b.jpg"}) == 2
+    assert gallery.list() == {"alice": 3, "bob": 2}
+    np.testing.assert_allclose(sorted(map(tuple, gallery.vectors("alice"))), sorted(map(tuple, alice)), rtol=1e-6)
+    info = gallery.info()
+    assert (info.model_id, info.dim, info.metric, info.count, info.persons) == (DLIB.model_id, 128, "euclidean", 5, 2)
+    payloads = [payload for payload, _ in gallery.records("alice")]  # type: ignore[attr-defined]
+    assert sorted(p["source"] for p in payloads) == ["a0.jpg", "a1.jpg", "a2.jpg"]
+    assert all(p["name"] == "alice" and p["added"].endswith("+00:00") for p in payloads)
+    assert gallery.remove("alice") == 3
+    assert gallery.remove("alice") == 0
+    assert gallery.list() == {"bob": 2}
+    assert gallery.vectors("alice").shape == (0, 128)
+
+
+def test_euclidean_similarity_is_one_minus_distance(gallery: Gallery) -> None:
+    base = np.zeros((1, 128), np.float32)
+    gallery.add("near", base + np.eye(128, dtype=np.float32)[0] * 0.3)
+    gallery.add("far", base + np.eye(128, dtype=np.float32)[1] * 0.9)
+    (matches,) = gallery.search(base, k=5)
+    assert [m.name for m in matches] == ["near", "far"]
+    assert matches[0].similarity == pytest.approx(0.7, abs=1e-5)
+    assert matches[1].similarity == pytest.approx(0.1, abs=1e-5)
+
+
+def test_cosine_similarity(engine: str, tmp_path: Path) -> None:
+    g = open_engine(engine, tmp_path, ARC)
+    rng = np.random.default_rng(1)
+    people = unit(rng, 3, 512)
+    for i, v in enumerate(people):
+        g.add(f"p{i}", v[None] * 3.0)  # scale must not matter for cosine
+    query = unit(rng, 4, 512)
+    results = g.search(query, k=3)
+    expected = query @ people.T
+    for row, matches in zip(expected, results, strict=True):
+        assert [m.name for m in matches] == [f"p{j}" for j in np.argsort(-row)]
+        np.testing.assert_allclose([m.similarity for m in matches], np.sort(row)[::-1], atol=1e-5)
+    g.close()
+
+
+def test_search_returns_k_persons_not_k_points(gallery: Gallery) -> None:
+    rng = np.random.default_rng(2)
+    query = np.zeros((1, 128), np.float32)
+    # 100 embeddings of one person all nearer than anyone else: a plain top-k would name only "crowd".
+    gallery.add("crowd", rng.normal(scale=0.01, size=(100, 128)).astype(np.float32))
+    gallery.add("second", np.full((1, 128), 0.05, np.float32))
+    gallery.add("third", np.full((2, 128), 0.08, np.float32))
+    (matches,) = gallery.search(query, k=3)
+    assert [m.name for m in matches] == ["crowd", "second", "third"]
+    assert matches[0].similarity > matches[1].similarity > matches[2].similarity
+    assert matches[1].similarity == pytest.approx(1 - 0.05 * np.sqrt(128), abs=1e-4)
+    (only,) = gallery.search(query, k=10)
+    assert len(only) == 3  # fewer persons than k: all of them, once each
+
+
+def test_search_batch_and_empty(gallery: Gallery) -> None:
+    assert gallery.search(np.zeros((2, 128), np.float32)) == [[], []]
+    rng = np.random.default_rng(3)
+    people = rng.normal(size=(5, 128)).astype(np.float32)
+    for i, v in enumerate(people):
+        gallery.add(f"p{i}", v)
+    results = gallery.search(people + 0.01, k=1)
+    assert [r[0].name for r in results] == [f"p{i}" for i in range(5)]
+    assert all(isinstance(r[0], Match) and r[0].similarity > 0.8 for r in results)
+    with pytest.raises(ValueError):
+        gallery.search(people, k=0)
+
+
+def test_bad_input_leaves_gallery_unchanged(gallery: Gallery) -> None:
+    rng = np.random.default_rng(4)
+    gallery.add("alice", rng.normal(size=(2, 128)).astype(np.float32))
+    before = (gallery.list(), gallery.vectors("alice"))
+    bad = rng.normal(size=(3, 128)).astype(np.float32)
+    bad[2, 5] = np.nan
+    with pytest.raises(ValueError):
+        gallery.add("bob", bad)
+    with pytest.raises(ValueError):
+        gallery.add("bob", rng.normal(size=(2, 64)))
+    with pytest.raises(ValueError):
+        gallery.add("bob", bad[:2], meta=[{"source": "x"}])
+    with pytest.raises(ValueError):
+        gallery.add("bob", bad[:1], meta={"name": "mallory"})
+    with pytest.raises(UserError):
+        gallery.add(" ", bad[:1])
+    assert gallery.list() == before[0]
+    np.testing.assert_array_equal(gallery.vectors("alice"), before[1])
+
+
+def test_reopen_and_model_mismatch(engine: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(2, 128)).astype(np.float32)
+    g = open_engine(engine, tmp_path, DLIB)
+    g.add("alice", vectors)
+    g.close()
+    with pytest.raises(GalleryMismatchError) as excinfo:
+        open_engine(engine, tmp_path, ARC)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert f"was built with embedder {DLIB.model_id} (dim 128); this run uses {ARC.model_id} (dim 512" in message
+    assert "QDRANT_PATH/QDRANT_COLLECTION or re-enroll" in message
+    # Same dim, other model file: refused too (another network's space).
+    with pytest.raises(GalleryMismatchError):
+        open_engine(engine, tmp_path, Spec("dlib-ffffffffffff", 128, "euclidean"))
+    g = open_engine(engine, tmp_path, DLIB)  # the refusals changed nothing
+    assert g.list() == {"alice": 2}
+    np.testing.assert_allclose(np.sort(g.vectors("alice"), axis=0), np.sort(vectors, axis=0))
+    g.close()
+
+
+def test_nothing_written_before_first_add(tmp_path: Path) -> None:
+    g = open_engine("edge", tmp_path, DLIB)
+    assert g.list() == {} and g.search(np.zeros((1, 128), np.float32)) == [[]]
+    assert g.info().count == 0
+    g.close()
+    assert not (tmp_path / "gallery").exists()
+
+
+def test_edge_layout_records_embedder(tmp_path: Path) -> None:
+    import json
+
+    g = open_engine("edge", tmp_path, DLIB)
+    g.add("alice", np.ones((1, 128), np.float32))
+    g.close()
+    folder = tmp_path / "gallery" / "faces"
+    record = json.loads((folder / "gallery.json").read_text())
+    assert (record["model_id"], record["dim"], record["metric"]) == (DLIB.model_id, 128, "euclidean")
+    assert (folder / "shard" / "edge_config.json").is_file()
+
+
+def test_server_records_embedder_in_collection_metadata(tmp_path: Path) -> None:
+    client = QdrantClient(":memory:")
+    g = ServerGallery(client, "people", ARC, where="memory")
+    g.add("alice", np.ones((1, 512), np.float32))
+    config = client.get_collection("people").config
+    assert config.metadata["face_gallery"]["model_id"] == ARC.model_id
+    assert config.params.vectors.size == 512 and config.params.vectors.distance.value == "Cosine"
+    # A collection this gallery did not make is refused, not silently used.
+    client.create_collection("foreign", vectors_config=config.params.vectors)
+    with pytest.raises(UserError, match="not made by this gallery"):
+        ServerGallery(client, "foreign", ARC)
+    g.close()
+
+
+def test_edge_second_open_in_same_process_is_refused(tmp_path: Path) -> None:
+    g = open_engine("edge", tmp_path, DLIB)
+    g.add("alice", np.ones((1, 128), np.float32))
+    with pytest.raises(UserError, match="in use by another process"):
+        open_engine("edge", tmp_path, DLIB)
+    g.close()
+    again = open_engine("edge", tmp_path, DLIB)  # released on close
+    assert again.list() == {"alice": 1}
+    again.close()
+
+
+def test_edge_path_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "faces").write_text("not a gallery")
+    with pytest.raises(UserError, match="is a file"):
+        open_engine("edge", tmp_path, DLIB)
