@@ -102,7 +102,8 @@ def _is_shape_op(node: fx.Node, gm: fx.GraphModule) -> bool:
 def specialise(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     """A copy of `gm` for inputs shaped like `example`, with the shape sub-graph folded to CPU constants.
 
-    Weights and submodules are shared with `gm` (no copy). The copy is only valid for `example.shape`.
+    Weights and submodules are shared with `gm` (no copy). The copy is only valid for `example.shape`, and
+    for gm's device and dtype at the time of the call: move/cast `gm` first, then specialise.
     A node is "static" when its value does not depend on the input's values: initializers, Shape ops, and
     anything computed only from static nodes. Static values that feed device work are replaced by constants:
     integer and empty tensors (shapes, pads, starts/ends, sizes) and every computed static value as CPU
@@ -120,25 +121,37 @@ def specialise(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
 
     values = _record_values(gm, example)
     new_graph = fx.Graph()
-    new_gm = fx.GraphModule(gm, new_graph)  # shares gm's submodules and buffers
+    constants: dict[str, torch.Tensor] = {}
     env: dict[fx.Node, fx.Node] = {}
     for node in graph.nodes:
         kind = _constant_kind(node, values.get(node)) if node in static else None
         if kind is None:
             env[node] = new_graph.node_copy(node, lambda n: env[n])
             continue
-        name = f"_static_{len(env)}"
+        name = f"static_{len(constants)}"
         value = values[node].detach()
-        if kind == "host":
-            # A plain attribute, not a buffer: module.to(cuda)/half() must not move or cast it.
-            object.__setattr__(new_gm, name, value.cpu().clone())
-        else:
-            new_gm.register_buffer(name, value.clone())
+        constants[name] = value.cpu().clone() if kind == "host" else value.clone()
         env[node] = new_graph.get_attr(name)
-    new_graph.eliminate_dead_code()
-    new_graph.lint()
+    # A dict root makes every referenced tensor a plain attribute: shared with `gm` (weights) or ours
+    # (constants), and never moved by a later .to(), so host constants stay on the host.
+    root: dict[str, object] = {}
+    for node in new_graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            target = str(node.target)
+            root[target] = constants[target] if target in constants else _fetch(gm, target)
+    new_gm = fx.GraphModule(root, new_graph)
+    new_gm.graph.eliminate_dead_code()  # the shape sub-graph, now unused
+    new_gm.delete_all_unused_submodules()
     new_gm.recompile()
+    new_gm.eval()
     return new_gm
+
+
+def _fetch(module: torch.nn.Module, target: str) -> object:
+    obj: object = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _constant_kind(node: fx.Node, value: object) -> str | None:

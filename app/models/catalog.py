@@ -138,10 +138,3 @@ DEMO_IMAGES = Artifact(
 )
 
 ARTIFACTS: tuple[Artifact, ...] = (DETECTOR, EMBEDDER, DEMO_IMAGES)
-
-
-def artifact_named(name: str) -> Artifact:
-    for artifact in ARTIFACTS:
-        if artifact.name == name:
-            return artifact
-    raise KeyError(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,9 +115,12 @@ def fetch_artifact(
 def _write_atomically(target: Path, payload: bytes) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(payload)
-        partial.replace(target)
+        # A unique temporary name, so two fetches at once never interleave bytes; the rename is atomic.
+        with tempfile.NamedTemporaryFile(
+            dir=target.parent, prefix=target.name, suffix=".partial", delete=False
+        ) as f:
+            f.write(payload)
+        Path(f.name).replace(target)
     except OSError as error:
         raise UserError(
             f"cannot write {target} ({error}); check the folder's permissions and free space"

@@ -133,9 +133,11 @@ def enroll(
         )
     batch = embed_single_faces(analyzer, name, collect_images(paths))
     if len(batch.vectors) == 0:
+        found = ", ".join(f"{s.path.name}: {s.faces}" for s in batch.skipped[:3])
+        more = ", ..." if len(batch.skipped) > 3 else ""
         raise UserError(
-            f"none of the {len(batch.skipped)} image(s) for {name} holds exactly one face; nothing enrolled "
-            "(use photos showing only that person)"
+            f"none of the {len(batch.skipped)} image(s) for {name} holds exactly one face ({found}{more} "
+            "faces); nothing enrolled: use photos showing only that person"
         )
     meta = [{"source": str(path.resolve())} for path in batch.sources]
     added = gallery.add(name, batch.vectors, meta=meta)

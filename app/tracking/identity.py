@@ -23,7 +23,8 @@ model compare, for re-linking tracks and for aggregating a track's embeddings.
 
 What happens inside:
 - When to embed (`select_for_embedding`): when a track first shows up (confirmed by the tracker); every
-  `pending_interval` frames while it is undecided (up to `max_pending_embeddings`); again when the face is
+  `pending_interval` frames while it is undecided (up to `max_pending_embeddings`) or while its latest
+  vote contradicts its label (as many again); again when the face is
   clearly better (quality above the best embedded one times `better_quality_ratio`); when it comes back
   after being gone; after it crossed another face (once the boxes no longer overlap, since the tracker may
   have swapped them); and otherwise every `refresh_interval` frames. Faces smaller than `min_face_size` or
@@ -105,6 +106,7 @@ class _Record:
     last_similarity: float | None = None
     embeddings: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (quality, vector)
     embedded: int = 0
+    quick_left: int = 0  # embeddings left at pending_interval (undecided or contested tracks)
     last_embed: int = -(10**9)
     best_quality: float = 0.0
     overlapped: bool = False
@@ -196,7 +198,7 @@ class TrackIdentities:
                 or since >= cfg.refresh_interval
                 or (
                     (record.status == "pending" or record.contested)
-                    and record.embedded < cfg.max_pending_embeddings
+                    and record.quick_left > 0
                     and since >= cfg.pending_interval
                 )
             )
@@ -260,7 +262,12 @@ class TrackIdentities:
     def _record(self, track_id: int, frame: int) -> _Record:
         record = self._records.get(track_id)
         if record is None:
-            record = _Record(track_id=track_id, first_seen=frame, last_seen=frame - 1)
+            record = _Record(
+                track_id=track_id,
+                first_seen=frame,
+                last_seen=frame - 1,
+                quick_left=self.config.max_pending_embeddings,
+            )
             self._records[track_id] = record
             self.counters.tracks += 1
         return record
@@ -307,6 +314,7 @@ class TrackIdentities:
     ) -> None:
         cfg = self.config
         record.embedded += 1
+        record.quick_left = max(record.quick_left - 1, 0)
         record.last_embed = frame
         record.best_quality = max(record.best_quality, quality)
         record.overlapped = False
@@ -326,7 +334,7 @@ class TrackIdentities:
             was_contested = record.contested
             record.contested = label != (record.name if record.status == "known" else None)
             if record.contested and not was_contested:
-                record.embedded = min(record.embedded, cfg.max_pending_embeddings // 2)  # budget to settle it
+                record.quick_left = cfg.max_pending_embeddings
         if weight > 0:
             record.votes[label] = record.votes.get(label, 0.0) + weight
             if similarity is not None:

@@ -1,4 +1,4 @@
-"""Both gallery engines behind one contract: qdrant-edge (embedded) and qdrant-client (local mode, the server API)."""
+"""Both gallery engines behind one contract: qdrant-edge and qdrant-client (local mode, the server API)."""
 
 from __future__ import annotations
 
@@ -68,9 +68,17 @@ def test_add_list_vectors_remove(gallery: Gallery) -> None:
     assert gallery.add("alice", alice, meta=[{"source": f"a{i}.jpg"} for i in range(3)]) == 3
     assert gallery.add("bob", bob, meta={"source": "b.jpg"}) == 2
     assert gallery.list() == {"alice": 3, "bob": 2}
-    np.testing.assert_allclose(sorted(map(tuple, gallery.vectors("alice"))), sorted(map(tuple, alice)), rtol=1e-6)
+    np.testing.assert_allclose(
+        sorted(map(tuple, gallery.vectors("alice"))), sorted(map(tuple, alice)), rtol=1e-6
+    )
     info = gallery.info()
-    assert (info.model_id, info.dim, info.metric, info.count, info.persons) == (DLIB.model_id, 128, "euclidean", 5, 2)
+    assert (info.model_id, info.dim, info.metric, info.count, info.persons) == (
+        DLIB.model_id,
+        128,
+        "euclidean",
+        5,
+        2,
+    )
     payloads = [payload for payload, _ in gallery.records("alice")]  # type: ignore[attr-defined]
     assert sorted(p["source"] for p in payloads) == ["a0.jpg", "a1.jpg", "a2.jpg"]
     assert all(p["name"] == "alice" and p["added"].endswith("+00:00") for p in payloads)
@@ -163,7 +171,9 @@ def test_reopen_and_model_mismatch(engine: str, tmp_path: Path) -> None:
         open_engine(engine, tmp_path, ARC)
     message = str(excinfo.value)
     assert "\n" not in message
-    assert f"was built with embedder {DLIB.model_id} (dim 128); this run uses {ARC.model_id} (dim 512" in message
+    assert (
+        f"was built with embedder {DLIB.model_id} (dim 128); this run uses {ARC.model_id} (dim 512" in message
+    )
     assert "QDRANT_PATH/QDRANT_COLLECTION or re-enroll" in message
     # Same dim, other model file: refused too (another network's space).
     with pytest.raises(GalleryMismatchError):

@@ -1,4 +1,4 @@
-"""The embedded gallery across processes: persistence, a crash without close, and a folder held by another process."""
+"""The embedded gallery across processes: persistence, a crash without close, a folder held elsewhere."""
 
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ def test_reopened_in_new_process_returns_same_persons_and_vectors(tmp_path: Path
     assert out["top"] == ["bob"]
     for name, vectors in enrolled.items():
         got = np.asarray(out["vectors"][name], np.float32)
-        np.testing.assert_allclose(np.sort(got, axis=0), np.sort(vectors.astype(np.float32), axis=0), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.sort(got, axis=0), np.sort(vectors.astype(np.float32), axis=0), rtol=1e-6
+        )
 
 
 def test_add_survives_a_process_killed_without_close(tmp_path: Path) -> None:

@@ -110,6 +110,21 @@ def test_label_has_hysteresis_but_recovers_from_a_swap():
     assert manager.counters.label_changes == 1
 
 
+def test_a_swapped_track_is_looked_at_again_quickly_and_renamed():
+    manager = TrackIdentities(None, threshold=THRESHOLD, metric="euclidean")
+    alice = lambda _: (unit(1), [Match("alice", 0.7), Match("bob", 0.2)])  # noqa: E731
+    bob = lambda _: (unit(2), [Match("bob", 0.7), Match("alice", 0.2)])  # noqa: E731
+    for _ in range(100):
+        _, labels = run(manager, [track(1)], alice)
+    assert labels[1].name == "alice"
+    embedded_before = manager.counters.embeddings
+    names = [run(manager, [track(1)], bob)[1][1].name for _ in range(80)]
+    switch = names.index("bob")
+    assert switch <= IdentityConfig().refresh_interval + 20  # found at the next refresh, settled quickly
+    assert set(names[switch:]) == {"bob"}
+    assert manager.counters.embeddings - embedded_before <= 12
+
+
 def test_label_survives_a_short_occlusion_and_the_face_is_rechecked():
     manager = TrackIdentities(None, threshold=THRESHOLD, metric="euclidean")
     answer = lambda _: (unit(1), [Match("alice", 0.7)])  # noqa: E731

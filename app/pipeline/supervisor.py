@@ -1,0 +1,317 @@
+"""The supervisor: starts the stage processes, runs the readiness handshake, watches them, stops them all.
+
+Life of a run (all in the parent process, which never loads a model or opens the source):
+1. Start one `spawn` process per stage, the source first, each with bounded queues to its neighbours and
+   its own duplex control pipe. Every stage runs setup() (open the source, load models) in parallel, reports
+   `Ready(info)`, or `Failed` with one line (e.g. a missing model file), which ends the run as a user error.
+2. With every stage ready, create the frame ring from the source's frame shape and send `Start` to every
+   stage, the source last.
+3. Watch control pipes and process sentinels: `FrameDone` feeds the metrics (a summary line every few
+   seconds); the run ends on the first of: end of stream reaching the sink, the window closed (`Finished`),
+   a stage failing (`Failed`) or dying (its sentinel fires), Ctrl-C / SIGTERM to the parent.
+4. Stop: set the shared stop event; stages leave their loops within `POLL_S` and close (writers flush); any
+   process still alive after `stop_timeout_s` is terminated, then killed. The ring is unlinked in a
+   `finally`, so neither processes nor shared-memory segments outlive the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from app.pipeline.frame_ring import FrameRing, FrameRingHandle
+from app.pipeline.messages import Failed, Finished, FrameDone, Ready, Start
+from app.pipeline.metrics import PipelineMetrics
+from app.pipeline.stage_runner import StageChannels, stage_process_main
+
+log = logging.getLogger(__name__)
+summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; the CLI shows it by default
+
+RING_PREFIX = "facering"
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+@dataclass
+class RunResult:
+    """How a run ended. `summary` is None when the pipeline never started (setup failed or was cut short)."""
+
+    stop_reason: str
+    exit_code: int
+    summary: dict[str, object] | None = None
+    error: str | None = None  # one line for `error: ...` when the run could not start
+    source_info: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class _Child:
+    stage: Any
+    process: Any
+    control: Connection
+    ready: bool = False
+    ready_info: dict[str, object] = field(default_factory=dict)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class Supervisor:
+    """Runs a linear pipeline of stage objects (the first a source with `produce()`, the last a sink)."""
+
+    def __init__(
+        self,
+        stages: list[Any],
+        ring: FrameRingHandle,
+        ring_slots: int,
+        *,
+        log_level: str = "WARNING",
+        startup_timeout_s: float = 300.0,
+        stop_timeout_s: float = 1.5,
+        summary_every_s: float = 5.0,
+    ) -> None:
+        if len(stages) < 2:
+            raise ValueError("a pipeline needs a source and at least one more stage")
+        self.stages = stages
+        self.ring_handle = ring
+        self.ring_slots = ring_slots
+        self.log_level = log_level
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.summary_every_s = summary_every_s
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stop_event = self.ctx.Event()
+        self.metrics = PipelineMetrics([s.name for s in stages])
+        self._children: list[_Child] = []
+        self._queues: list[Any] = []
+        self._ring: FrameRing | None = None
+        self._signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    @staticmethod
+    def new_ring_handle() -> FrameRingHandle:
+        """A fresh ring name and its lock (from the spawn context) to build the stages with."""
+        name = f"{RING_PREFIX}-{os.getpid()}-{secrets.token_hex(4)}"
+        return FrameRingHandle(name, multiprocessing.get_context("spawn").Lock())
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Run to the end; never leaves a process or a shared-memory segment behind."""
+        self._install_signal_handlers()
+        try:
+            self._start_processes()
+            failure = self._wait_until_ready()
+            if failure is not None:
+                return failure
+            source_info = dict(self._children[0].ready_info)
+            self._create_ring(source_info)
+            for child in reversed(self._children):  # consumers first, the source last
+                child.control.send(Start(source_info))
+            self.metrics.start()
+            reason, code = self._watch()
+            self._shutdown()
+            dropped = self._ring.dropped if self._ring is not None else 0
+            summary = self.metrics.summary(dropped=dropped, stop_reason=reason)
+            return RunResult(reason, code, summary, source_info=source_info)
+        finally:
+            self._shutdown()
+            self._release_ring()
+            self._restore_signal_handlers()
+
+    # -- start --------------------------------------------------------------------------------------------
+
+    def _start_processes(self) -> None:
+        n = len(self.stages)
+        for i in range(n - 1):
+            # The source->detect queue may hold refs to frames a live source has since overwritten.
+            size = 2 * self.ring_slots + 2 if i == 0 else self.ring_slots + 2
+            self._queues.append(self.ctx.Queue(maxsize=size))
+        # Children inherit an ignored SIGINT through exec, so a Ctrl-C during their start-up cannot raise
+        # KeyboardInterrupt in them; the parent's own handler is put back right after.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for i, stage in enumerate(self.stages):
+                parent_end, child_end = self.ctx.Pipe(duplex=True)
+                channels = StageChannels(
+                    inbox=self._queues[i - 1] if i > 0 else None,
+                    outbox=self._queues[i] if i < n - 1 else None,
+                    control=child_end,
+                    stop=self.stop_event,
+                )
+                process = self.ctx.Process(
+                    target=stage_process_main,
+                    args=(stage, channels, self.log_level),
+                    name=stage.name,
+                    daemon=True,
+                )
+                process.start()
+                child_end.close()  # only the child holds it now: its death reads as EOF here
+                self._children.append(_Child(stage, process, parent_end))
+                log.debug("started stage %s (pid %d)", stage.name, process.pid)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _wait_until_ready(self) -> RunResult | None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not all(c.ready for c in self._children):
+            if self._signal is not None:
+                return self._abort_startup(self._signal_reason(), self._signal_exit_code())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                slow = ", ".join(c.stage.name for c in self._children if not c.ready)
+                return self._abort_startup(f"stage {slow} not ready after {self.startup_timeout_s:.0f} s", 1)
+            for child, msg in self._poll(min(remaining, 0.1)):
+                if isinstance(msg, Ready):
+                    child.ready = True
+                    child.ready_info = dict(msg.info)
+                    log.debug("stage %s ready: %s", child.stage.name, msg.info)
+                elif isinstance(msg, Failed):
+                    code = EXIT_USER_ERROR if msg.user_error else EXIT_FAILED
+                    result = self._abort_startup(f"{msg.stage}: {msg.message}", code)
+                    result.error = f"{msg.stage}: {msg.message}"
+                    return result
+            for child in self._children:
+                if not child.ready and not child.process.is_alive():
+                    exit_text = describe_exit(child.process.exitcode)
+                    reason = f"stage {child.stage.name} exited during setup ({exit_text})"
+                    result = self._abort_startup(reason, EXIT_FAILED)
+                    result.error = reason
+                    return result
+        return None
+
+    def _abort_startup(self, reason: str, code: int) -> RunResult:
+        self._shutdown(grace_s=0.3)  # stages still loading models do not look at the stop event
+        return RunResult(reason, code)
+
+    def _create_ring(self, source_info: dict[str, object]) -> None:
+        h, w, c = (int(v) for v in source_info["frame_shape"])  # type: ignore[union-attr]
+        handle = self.ring_handle
+        self._ring = FrameRing.create(handle.name, self.ring_slots, (h, w, c), handle.lock)
+        log.debug("frame ring %s: %d slots of %dx%dx%d", handle.name, self.ring_slots, h, w, c)
+
+    # -- run ----------------------------------------------------------------------------------------------
+
+    def _watch(self) -> tuple[str, int]:
+        next_summary = time.monotonic() + self.summary_every_s
+        while True:
+            if self._signal is not None:
+                return self._signal_reason(), self._signal_exit_code()
+            for _, msg in self._poll(0.1):
+                if isinstance(msg, FrameDone):
+                    self.metrics.add(msg.meta)
+                elif isinstance(msg, Finished):
+                    return msg.reason, EXIT_OK
+                elif isinstance(msg, Failed):
+                    return f"stage {msg.stage} failed: {msg.message}", EXIT_FAILED
+            for child in self._children:
+                if not child.process.is_alive() and child.process.exitcode != 0:
+                    # Read what it said before dying: a Failed message explains more than the exit code.
+                    for _, msg in self._drain(child):
+                        if isinstance(msg, Failed):
+                            return f"stage {msg.stage} failed: {msg.message}", EXIT_FAILED
+                    exit_text = describe_exit(child.process.exitcode)
+                    return f"stage {child.stage.name} died unexpectedly ({exit_text})", EXIT_FAILED
+            now = time.monotonic()
+            if now >= next_summary:
+                summary_log.info(self.metrics.interval_line(self._ring.dropped if self._ring else 0, now))
+                next_summary = now + self.summary_every_s
+
+    def _poll(self, timeout: float) -> list[tuple[_Child, Any]]:
+        """Messages from every control pipe that has some, waiting up to `timeout` for the first."""
+        by_conn = {c.control: c for c in self._children if not c.control.closed}
+        sentinels = [c.process.sentinel for c in self._children if c.process.is_alive()]
+        ready = wait([*by_conn, *sentinels], timeout)
+        out: list[tuple[_Child, Any]] = []
+        for item in ready:
+            child = by_conn.get(item)  # type: ignore[call-overload]
+            if child is not None:
+                out.extend(self._drain(child))
+        return out
+
+    @staticmethod
+    def _drain(child: _Child) -> list[tuple[_Child, Any]]:
+        out = []
+        try:
+            while not child.control.closed and child.control.poll():
+                out.append((child, child.control.recv()))
+        except (EOFError, OSError):
+            child.control.close()
+        return out
+
+    # -- signals ------------------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: object) -> None:
+            if self._signal is None:
+                self._signal = signum
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. in some tests): no handlers
+                self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers = {}
+
+    def _signal_reason(self) -> str:
+        return "interrupted (Ctrl-C)" if self._signal == signal.SIGINT else "terminated (SIGTERM)"
+
+    def _signal_exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self._signal == signal.SIGINT else EXIT_TERMINATED
+
+    # -- stop ---------------------------------------------------------------------------------------------
+
+    def _shutdown(self, grace_s: float | None = None) -> None:
+        """Stop every stage: ask, wait up to the grace time (reading their pipes meanwhile), then kill."""
+        if not self._children:
+            return
+        self.stop_event.set()
+        deadline = time.monotonic() + (self.stop_timeout_s if grace_s is None else grace_s)
+        while any(c.process.is_alive() for c in self._children):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # A stage blocked sending FrameDone would never see the stop: keep reading.
+            for _, msg in self._poll(min(remaining, 0.05)):
+                if isinstance(msg, FrameDone):
+                    self.metrics.add(msg.meta)
+        for child in self._children:
+            if child.process.is_alive():
+                log.warning("stage %s did not stop in time; terminating it", child.stage.name)
+                child.process.terminate()
+        for child in self._children:
+            child.process.join(0.2)
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(1.0)
+        for child in self._children:
+            child.control.close()
+            with contextlib.suppress(ValueError):
+                child.process.close()
+        for q in self._queues:
+            q.cancel_join_thread()  # the parent never puts; nothing to flush
+            q.close()
+        self._children = []
+        self._queues = []
+
+    def _release_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring.unlink()
+            self._ring = None
