@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0 = auto)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="photo used for decode/align timing")
+    parser.add_argument(
+        "--image", type=Path, default=DEFAULT_IMAGE, help="photo used for decode/align timing"
+    )
     args = parser.parse_args(argv)
     try:
         from app.config import load_settings
@@ -80,7 +82,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def decode():
         return decode_retinaface(
-            loc[0], conf[0], landms[0], scale, input_hw, settings.det_threshold, settings.nms_threshold, image_wh
+            loc[0],
+            conf[0],
+            landms[0],
+            scale,
+            input_hw,
+            settings.det_threshold,
+            settings.nms_threshold,
+            image_wh,
         )
 
     detections = decode()
@@ -97,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     preprocess_ms = median_ms(lambda: spec.preprocess(chips), r, w) / chips.shape[0]
 
     providers = getattr(analyzer.detector, "providers", [])
-    print(f"providers {providers}, threads {settings.threads or 'auto'}, image {args.image.name} ({len(detections)} faces)")
+    threads = settings.threads or "auto"
+    print(f"providers {providers}, threads {threads}, image {args.image.name} ({len(detections)} faces)")
     print(f"detector {settings.detector_model.name} at {input_hw[1]}x{input_hw[0]}: {detector_ms:.2f} ms")
     print(f"letterbox {image_wh[0]}x{image_wh[1]} -> {input_hw[1]}x{input_hw[0]}: {letterbox_ms:.2f} ms")
     print(f"decode + NMS: {decode_ms:.3f} ms")
     print(f"align: {align_ms:.3f} ms per face; embedder preprocess: {preprocess_ms:.3f} ms per face")
-    print(f"embedder {settings.embedder_model.name}: {embed_b1:.2f} ms at batch 1, {embed_b16:.2f} ms per face at 16")
+    name = settings.embedder_model.name
+    print(f"embedder {name}: {embed_b1:.2f} ms at batch 1, {embed_b16:.2f} ms per face at batch 16")
     line = {
         "detector_ms": round(detector_ms, 3),
         "embed_ms_b1": round(embed_b1, 3),

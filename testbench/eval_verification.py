@@ -75,12 +75,15 @@ def accuracy_at(similarity: np.ndarray, same: np.ndarray, threshold: float) -> f
     return float(np.mean((similarity >= threshold) == same))
 
 
-def best_threshold(similarity: np.ndarray, same: np.ndarray, prefer: float) -> tuple[float, float, tuple[float, float]]:
+def best_threshold(
+    similarity: np.ndarray, same: np.ndarray, prefer: float
+) -> tuple[float, float, tuple[float, float]]:
     """(best accuracy, threshold, (lo, hi)): every threshold t with lo < t <= hi reaches the best accuracy.
 
     Accuracy only changes at the observed similarities, so candidates are the midpoints between consecutive
-    distinct values (plus one below and one above all). Among the best, the one closest to `prefer` (the shipped
-    threshold) is returned, so ties do not move it for no reason; (lo, hi) is that candidate's interval.
+    distinct values (plus one below and one above all). Among the best, the one closest to `prefer` (the
+    shipped threshold) is returned, so ties do not move it for no reason; (lo, hi) is that candidate's
+    interval.
     """
     finite = np.unique(similarity[np.isfinite(similarity)])
     if finite.size == 0:
@@ -120,7 +123,9 @@ def tar_at_far(similarity: np.ndarray, same: np.ndarray, far: float = 1e-2) -> f
     return float(np.mean(positives > negatives[allowed]))
 
 
-def evaluate(similarity: np.ndarray, same: np.ndarray, threshold: float, far: float = 1e-2) -> VerificationReport:
+def evaluate(
+    similarity: np.ndarray, same: np.ndarray, threshold: float, far: float = 1e-2
+) -> VerificationReport:
     best_acc, best_thr, best_range = best_threshold(similarity, same, threshold)
     return VerificationReport(
         pairs=int(same.size),
@@ -159,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, required=True, help="folder the CSV paths are relative to")
     parser.add_argument("--detector", type=Path, help="detector ONNX (default: settings)")
     parser.add_argument("--embedder", type=Path, help="embedder ONNX (default: settings)")
-    parser.add_argument("--kind", choices=("auto", "dlib", "arcface"), help="embedder kind (default: settings)")
-    parser.add_argument("--threshold", type=float, help="similarity threshold to report (default: the shipped one)")
+    parser.add_argument(
+        "--kind", choices=("auto", "dlib", "arcface"), help="embedder kind (default: settings)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, help="similarity threshold to report (default: the shipped one)"
+    )
     parser.add_argument("--det-size", type=int, help="detector input side")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (0 = auto)")
     parser.add_argument("--show", type=int, default=5, help="list this many hardest pairs of each kind")
@@ -217,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label}: {similarity[i]:.3f} {pairs[i].file_x} ~ {pairs[i].file_y}")
     lo, hi = report.best_threshold_range
     print(f"accuracy at shipped threshold {report.threshold:.3f}: {report.accuracy:.4f}")
-    print(f"best accuracy {report.best_accuracy:.4f} at {report.best_threshold:.3f} (any threshold in ({lo:.3f}, {hi:.3f}])")
+    best = f"best accuracy {report.best_accuracy:.4f} at {report.best_threshold:.3f}"
+    print(f"{best} (any threshold in ({lo:.3f}, {hi:.3f}])")
     print(f"ROC AUC {report.auc:.4f}; TAR at FAR {report.far_target:g}: {report.tar_at_far:.4f}")
     line = {
         "pairs": report.pairs,

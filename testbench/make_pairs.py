@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extras", action="store_true", help="add the other distinct single-face photos")
     args = parser.parse_args(argv)
     if not (args.images / "knn_examples" / "train").is_dir():
-        print(f"error: {args.images}/knn_examples/train not found; pass --images DIR of the face data", file=sys.stderr)
+        print(
+            f"error: {args.images}/knn_examples/train not found; pass --images DIR of the face data",
+            file=sys.stderr,
+        )
         return 2
     items = labelled_images(args.images, args.extras)
     pairs = all_pairs(items)
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerow(["file_x", "file_y", "Decision"])
         writer.writerows(pairs)
     positives = sum(p[2] == "Yes" for p in pairs)
-    print(f"{len(items)} images, {len(pairs)} pairs ({positives} same, {len(pairs) - positives} different) -> {args.out}")
+    counts = f"{len(pairs)} pairs ({positives} same, {len(pairs) - positives} different)"
+    print(f"{len(items)} images, {counts} -> {args.out}")
     return 0
 
 

@@ -29,6 +29,8 @@ MODELS = [
     str(REPO / "checkpoints" / "dlib_resnet.onnx"),
 ]
 
+pytestmark = pytest.mark.slow  # each case starts the CLI (and its models) in a new process
+
 
 def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The CLI in a clean environment: no settings from the caller's env or a .env (cwd is a temp dir)."""

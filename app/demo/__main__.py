@@ -1,4 +1,4 @@
-"""``python -m app.demo make|sets``: make a synthetic video with ground truth, or print the demo photo sets."""
+"""``python -m app.demo make|sets``: make a synthetic video with ground truth, or print the demo photos."""
 
 from __future__ import annotations
 
@@ -105,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         scenario = _scenario(args)
         start = time.perf_counter()
         out = write_video(scenario, args.out)
+        elapsed = time.perf_counter() - start
         w, h = scenario.size
         print(
             f"wrote {out} ({scenario.n_frames} frames, {w}x{h} at {scenario.fps:g} fps, "
-            f"{len(scenario.actors)} actors) and {ground_truth_path(out)} in {time.perf_counter() - start:.1f} s"
+            f"{len(scenario.actors)} actors) and {ground_truth_path(out)} in {elapsed:.1f} s"
         )
         return 0
     except UserError as error:

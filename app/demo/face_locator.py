@@ -1,4 +1,4 @@
-"""Finds the face in a sprite photo (and, for tests, the faces in rendered frames) with the RetinaFace detector."""
+"""Finds the face of a sprite photo (and, for tests, the faces of rendered frames) with RetinaFace."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Ground truth of a synthetic video: per frame, each visible face's actor id, label, box and visible fraction.
+"""Ground truth of a synthetic video: per frame, each visible face's actor id, label, box, visible fraction.
 
 Stored as JSON next to the video (`ground_truth_path`): {"version", "size", "fps", "n_frames", "seed",
 "scenario", "actors": [{id, label, image, flip, brightness}], "frames": [[{id, label, box, visible,
-landmarks}, ...], ...]}, `box` = [x1, y1, x2, y2] in frame pixels clipped to the frame (the full face box,
-also where other sprites cover it), `visible` = fraction of the unclipped face box that is inside the frame and
-not covered by a sprite in front, `landmarks` = 5 (x, y) RetinaFace-order points (not clipped).
+landmarks}, ...], ...]}, `box` = [x1, y1, x2, y2] in frame pixels clipped to the frame (the full face
+box, also where other sprites cover it), `visible` = fraction of the unclipped face box that is inside the
+frame and not covered by a sprite in front, `landmarks` = 5 (x, y) RetinaFace-order points (not clipped).
+Faces with nothing showing (fully covered or outside the frame) are left out.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def save_ground_truth(truth: GroundTruth, path: Path) -> Path:
 
 
 def load_ground_truth(path: Path) -> GroundTruth:
-    """Read ground truth from its JSON file, or from the video it belongs to (`demo.mp4` reads `demo.gt.json`)."""
+    """Read ground truth from its JSON file or from its video's path (`demo.mp4` reads `demo.gt.json`)."""
     path = Path(path)
     if not path.name.endswith(".gt.json"):
         path = ground_truth_path(path)

@@ -56,7 +56,7 @@ def _place(
 
 
 def _clip(x: int, y: int, w: int, h: int, frame_wh: tuple[int, int]) -> tuple[slice, slice, slice, slice]:
-    """(frame rows, frame cols, sprite rows, sprite cols) of a w x h sprite at (x, y), clipped to the frame."""
+    """Slices (frame rows, frame cols, sprite rows, sprite cols) of a w x h sprite at (x, y), clipped."""
     fw, fh = frame_wh
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
     return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
@@ -74,7 +74,7 @@ def _blend(frame: np.ndarray, bgra: np.ndarray, x: int, y: int) -> None:
 
 
 def _visible_fraction(face: _Placement, in_front: list[_Placement], frame_wh: tuple[int, int]) -> float:
-    """Share of the face box that is inside the frame and not covered by an opaque pixel of a nearer sprite."""
+    """Share of the face box inside the frame and not covered by an opaque pixel of a nearer sprite."""
     fw, fh = frame_wh
     bx0, by0, bx1, by1 = (int(round(v)) for v in face.face_box)
     total = (bx1 - bx0) * (by1 - by0)
@@ -130,7 +130,7 @@ def render(
             visible = _visible_fraction(p, placed[i + 1 :], frame_wh)
             if visible <= 0.0:
                 continue
-            x1, y1, x2, y2 = p.face_box
+            x1, y1, x2, y2 = (float(v) for v in p.face_box)
             box = (
                 round(min(max(x1, 0.0), fw), 2),
                 round(min(max(y1, 0.0), fh), 2),

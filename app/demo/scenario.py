@@ -1,8 +1,8 @@
 """What a synthetic video shows: actors (a face photo with a label) moving along keyframed paths.
 
-Positions are normalised (x across the width, y down the height, the face centre) and face sizes are a fraction
-of the frame height, so one scenario renders at any resolution. Everything random is drawn from `seed` here,
-when the scenario is built; rendering itself is deterministic.
+Positions are normalised (x across the width, y down the height, the face centre) and face sizes are a
+fraction of the frame height, so one scenario renders at any resolution. Everything random is drawn from
+`seed` here, when the scenario is built; rendering itself is deterministic.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass(frozen=True)
 class Keyframe:
-    """Where an actor's face is at time `t` (seconds); positions are linearly interpolated between keyframes."""
+    """Where an actor's face is at time `t` (seconds); linearly interpolated between keyframes."""
 
     t: float
     x: float  # face centre, fraction of the frame width (may lie outside 0..1: off screen)
@@ -121,7 +121,7 @@ def demo_sets(images_dir: Path = DEMO_IMAGES_DIR) -> DemoSets:
 
 
 def images_from_dir(folder: Path) -> dict[str, list[Path]]:
-    """Labelled photos from `folder`: either `<label>/<any>.jpg` sub-folders, or flat files named `<label><n>.jpg`.
+    """Labelled photos from `folder`: `<label>/<any>.jpg` sub-folders or flat files named `<label><n>.jpg`.
 
     Flat files whose name contains "partial" (cut-off faces) are left out: they make poor sprites.
     """
@@ -167,32 +167,34 @@ def _brightness(rng: np.random.Generator) -> float:
 
 
 # Scripted paths of the standard scenario in normalised time u (0..1 of the video): (u, x, y, face_h).
-# Slot 0 walks in, is crossed in front by slot 1, leaves left and comes back. Slot 1 walks right to left
-# approaching the camera (growing), turns and walks back out. Slot 2 shows up only while slot 0 is away and
-# moves towards the camera. Further slots walk across the top or bottom band, behind everyone.
+# Slot 0 walks in from the left, is crossed in front by slot 1, leaves through the top and comes back from the
+# left. Slot 1 walks right to left approaching the camera (growing), waits at the left edge, turns and walks
+# back out. Slot 2 shows up only while slot 0 is away, moving towards the camera. Further slots walk across
+# the top or bottom band, behind everyone.
 _RETURNER = (
-    (0.00, -0.12, 0.45, 0.17),
-    (0.12, 0.27, 0.43, 0.17),
-    (0.30, 0.31, 0.45, 0.19),
-    (0.40, -0.25, 0.47, 0.19),
-    (0.64, -0.25, 0.50, 0.20),
-    (0.76, 0.24, 0.50, 0.20),
+    (0.00, -0.12, 0.47, 0.17),
+    (0.12, 0.27, 0.46, 0.17),
+    (0.31, 0.31, 0.48, 0.19),
+    (0.40, 0.33, -0.30, 0.19),
+    (0.41, -0.25, -0.30, 0.20),  # behind the scenes: over to the left, off screen
+    (0.65, -0.25, 0.50, 0.20),
+    (0.77, 0.24, 0.50, 0.20),
     (1.00, 0.30, 0.47, 0.17),
 )
 _CROSSER = (
     (0.03, 1.25, 0.52, 0.14),
-    (0.16, 0.72, 0.52, 0.17),
-    (0.36, 0.06, 0.50, 0.24),
+    (0.13, 0.72, 0.52, 0.17),
+    (0.26, 0.06, 0.50, 0.24),
     (0.44, 0.06, 0.50, 0.24),
     (0.56, 0.40, 0.52, 0.22),
     (0.86, 0.75, 0.52, 0.16),
     (0.99, 1.25, 0.52, 0.14),
 )
 _GAP_FILLER = (
-    (0.40, 1.25, 0.42, 0.13),
-    (0.47, 0.68, 0.42, 0.14),
-    (0.56, 0.66, 0.46, 0.26),
-    (0.64, 1.30, 0.46, 0.26),
+    (0.42, 1.25, 0.42, 0.13),
+    (0.49, 0.68, 0.42, 0.14),
+    (0.56, 0.66, 0.46, 0.25),
+    (0.62, 1.35, 0.46, 0.25),
 )
 _TEMPLATES = ((_RETURNER, 1), (_CROSSER, 2), (_GAP_FILLER, 0))
 
@@ -215,7 +217,7 @@ def standard_scenario(
     seconds: float = 12.0,
     seed: int = 0,
 ) -> Scenario:
-    """The demo / test-fixture script: entering and leaving, a crossing with occlusion, scale changes, a return.
+    """The demo / test-fixture script: entering, leaving, a crossing with occlusion, scale changes, a return.
 
     One actor per photo (see `_cast` for the slot order). Faces are 90-190 px tall at 720p and frontal.
     Slot 1 is mirrored; every actor gets a seeded brightness shift and small seeded path jitter.

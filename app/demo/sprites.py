@@ -40,9 +40,11 @@ class Sprite:
             object.__setattr__(self, "pyramid", tuple(levels))
 
     def scaled(self, width: int, height: int) -> np.ndarray:
-        """The sprite resized to width x height. Resizing from the smallest pyramid level that is still at least
-        that large keeps coordinates exact (they scale by width/w, height/h either way) and costs ~1/4 of
-        INTER_AREA on the full sprite."""
+        """The sprite resized to width x height, from the smallest pyramid level at least that large.
+
+        Coordinates stay exact (they scale by width/w, height/h whichever level is used); it costs a fraction
+        of INTER_AREA on the full sprite.
+        """
         source = self.bgra
         for level in self.pyramid[1:]:
             if level.shape[1] < width or level.shape[0] < height:

@@ -23,7 +23,10 @@ def write_video(
     locator: FaceLocator | None = None,
     sprites: dict[int, Sprite] | None = None,
 ) -> Path:
-    """Render `scenario` to `path` (mp4v) and its ground truth to `ground_truth_path(path)`; returns `path`."""
+    """Render `scenario` to `path` (mp4v) and its ground truth to `ground_truth_path(path)`; return `path`.
+
+    Pass `sprites` from `load_sprites` to skip finding the faces in the photos again.
+    """
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise UserError(f"video output {path} must end in .mp4")

@@ -43,25 +43,35 @@ class EmbedderIdentity(Protocol):
     metric: str
 
 
+# One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
+PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
 @runtime_checkable
 class Gallery(Protocol):
-    def add(self, name: str, vectors: np.ndarray, meta: PointMeta = None) -> int: ...
+    def add(self, name: str, vectors: np.ndarray, meta: PointMeta = None) -> int:
+        """Store (N, D) vectors of `name` in one write; returns N."""
+        ...
 
-    def search(self, vectors: np.ndarray, k: int = 1) -> list[list[Match]]: ...
+    def search(self, vectors: np.ndarray, k: int = 1) -> list[list[Match]]:
+        """Per query vector, the best match of each of the k most similar persons, best first."""
+        ...
 
-    def remove(self, name: str) -> int: ...
+    def remove(self, name: str) -> int:
+        """Delete all of `name`'s vectors; returns how many (0 for an unknown name)."""
+        ...
 
-    def list(self) -> dict[str, int]: ...
+    def list(self) -> dict[str, int]:
+        """Name -> number of vectors, sorted by name."""
+        ...
 
-    def vectors(self, name: str) -> np.ndarray: ...
+    def vectors(self, name: str) -> np.ndarray:
+        """(n, D) float32 vectors of `name`, oldest first."""
+        ...
 
     def info(self) -> GalleryInfo: ...
 
     def close(self) -> None: ...
-
-
-# One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
-PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 
 class GalleryInUseError(UserError):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from app.config import Settings
+from app.errors import UserError
 from app.gallery.base import EmbedderIdentity, Gallery
 
 if TYPE_CHECKING:
@@ -31,6 +33,12 @@ def open_gallery(
     gallery that does not exist yet then fails. Raises UserError when the gallery was built by another
     embedder, is held by another process, or the server cannot be reached.
     """
+    collection = settings.qdrant_collection
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", collection):
+        # it names a folder of the embedded gallery, so no separators or dot-names
+        raise UserError(
+            f"QDRANT_COLLECTION={collection!r} is not a valid name: use letters, digits, '_', '-', '.'"
+        )
     if client is not None or settings.qdrant_host:
         # qdrant-client is imported only here: it is slow to import and the embedded path does not need it
         from app.gallery.server import ServerGallery, connect

@@ -111,6 +111,13 @@ class ServerGallery:
             vectors_config=models.VectorParams(size=self.record.dim, distance=_DISTANCES[self.record.metric]),
             metadata={RECORD_KEY: {**self.record.as_dict(), "format": 1}},
         )
+        kept = getattr(self.client.get_collection(self.collection).config, "metadata", None) or {}
+        if RECORD_KEY not in kept:  # a server too old for collection metadata drops it silently
+            self.client.delete_collection(self.collection)
+            raise UserError(
+                f"the Qdrant server of {self.where} does not keep collection metadata, so the gallery cannot "
+                "record its embedder: upgrade the server"
+            )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")  # local mode says so
             self.client.create_payload_index(
@@ -258,8 +265,10 @@ def _name_filter(name: str) -> models.Filter:
 
 def connect(host: str, port: int, api_key: str | None, https: bool) -> tuple[QdrantClient, str]:
     """A client for the server at host (or a full URL in host) and a label for messages."""
+    # No version check at construction: it is a request of its own whose failure is only a warning; the first
+    # real call reports an unreachable or refusing server as a UserError instead.
     if "://" in host:
-        client = QdrantClient(url=host, api_key=api_key)
+        client = QdrantClient(url=host, api_key=api_key, check_compatibility=False)
         return client, host
-    client = QdrantClient(host=host, port=port, api_key=api_key, https=https)
+    client = QdrantClient(host=host, port=port, api_key=api_key, https=https, check_compatibility=False)
     return client, f"{'https' if https else 'http'}://{host}:{port}"

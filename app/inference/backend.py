@@ -20,7 +20,7 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One model input or output. `shape` holds ints for fixed axes and a name (str) or None for dynamic ones."""
+    """One model input or output; `shape` has ints for fixed axes, a name (str) or None for dynamic ones."""
 
     name: str
     shape: tuple[int | str | None, ...]
@@ -67,7 +67,7 @@ def load_model(path: Path, backend: str = "onnxruntime", threads: int = 0) -> Mo
         from app.inference.onnxruntime_backend import OnnxRuntimeModel
 
         return OnnxRuntimeModel(path, threads=threads, require_tensorrt=backend == "tensorrt")
-    # The torch backend is optional (extra "torch"); it lives in its own module so torch is never imported here.
+    # The torch backend is optional (extra "torch"); its own module, so torch is never imported here.
     try:
         module = importlib.import_module("app.inference.torch_backend")
     except ImportError as exc:

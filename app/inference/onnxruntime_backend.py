@@ -1,4 +1,4 @@
-"""ONNX Runtime implementation of `Model`: CPU by default, CUDA (and TensorRT on request) when onnxruntime-gpu has them."""
+"""ONNX Runtime `Model`: CPU by default; CUDA (and TensorRT on request) when onnxruntime-gpu has them."""
 
 from __future__ import annotations
 
@@ -26,15 +26,17 @@ _ORT_DTYPES = {
 
 
 def _tensor_info(node: ort.NodeArg) -> TensorInfo:
-    shape = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in node.shape)
+    shape = tuple(
+        d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in node.shape
+    )
     return TensorInfo(name=node.name, shape=shape, dtype=_ORT_DTYPES.get(node.type, node.type))
 
 
 def choose_providers(require_tensorrt: bool = False, trt_cache_dir: Path | None = None) -> list:
     """Execution providers in priority order.
 
-    CUDA is used whenever onnxruntime-gpu exposes it. TensorRT only when asked (backend=tensorrt): building its
-    engines takes minutes on first load, which would surprise a plain `onnxruntime` user.
+    CUDA is used whenever onnxruntime-gpu exposes it. TensorRT only when asked (backend=tensorrt): building
+    its engines takes minutes on first load, which would surprise a plain `onnxruntime` user.
     """
     available = set(ort.get_available_providers())
     providers: list = []
@@ -84,8 +86,8 @@ class OnnxRuntimeModel:
         if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
             got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
             raise UserError(
-                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; export it with a single "
-                "(N,3,H,W) input"
+                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; "
+                "export it with a single (N,3,H,W) input"
             )
         self.providers: list[str] = self._session.get_providers()
         self._input_name = self.inputs[0].name
@@ -108,7 +110,12 @@ class OnnxRuntimeModel:
             real = part.shape[0]
             if real < fixed:  # pad the tail; the padded rows are dropped below
                 part = np.concatenate([part, np.zeros((fixed - real, *part.shape[1:]), part.dtype)])
-            chunks.append([out[:real] for out in self._session.run(self._output_names, {self._input_name: part})])
+            chunks.append(
+                [out[:real] for out in self._session.run(self._output_names, {self._input_name: part})]
+            )
         if not chunks:
-            return [np.zeros((0, *(d if isinstance(d, int) else 0 for d in o.shape[1:])), np.float32) for o in self.outputs]
+            return [
+                np.zeros((0, *(d if isinstance(d, int) else 0 for d in o.shape[1:])), np.float32)
+                for o in self.outputs
+            ]
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]

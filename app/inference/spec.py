@@ -157,7 +157,9 @@ def _read_io(path: Path) -> tuple[TensorInfo, TensorInfo]:
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:
-        raise UserError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it")
+        raise UserError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it"
+        ) from None
 
     def info(value) -> TensorInfo:
         dims = tuple(
@@ -194,7 +196,9 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
     if kind not in EMBEDDER_KINDS:
         raise UserError(f"unknown embedder kind {kind!r}; use one of: {', '.join(EMBEDDER_KINDS)}")
     if not path.is_file():
-        raise UserError(f"embedder model {path} does not exist; check the path or run `python -m app.models fetch`")
+        raise UserError(
+            f"embedder model {path} does not exist; check the path or run `python -m app.models fetch`"
+        )
     if model is not None:
         input_info, output_info = model.inputs[0], model.outputs[0]
     else:
@@ -205,12 +209,16 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
     if kind == "dlib":
         size, template = 150, DLIB_TEMPLATE
         if hw not in (None, (150, 150)):
-            raise UserError(f"{path} takes {hw[1]}x{hw[0]} input but a dlib embedder needs 150x150; set EMBEDDER=auto")
+            raise UserError(
+                f"{path} takes {hw[1]}x{hw[0]} input but a dlib embedder needs 150x150; set EMBEDDER=auto"
+            )
     else:
         # ArcFace-family models at other square sizes (e.g. 224) use the same template scaled.
         size = hw[0] if hw is not None and hw[0] == hw[1] else 112
         if hw is not None and hw[0] != hw[1]:
-            raise UserError(f"{path} takes a non-square {hw[1]}x{hw[0]} input; ArcFace embedders need a square one")
+            raise UserError(
+                f"{path} takes a non-square {hw[1]}x{hw[0]} input; ArcFace embedders need a square one"
+            )
         template = ARCFACE_TEMPLATE * np.float32(size / 112.0)
     dim = output_info.shape[-1] if output_info.shape and isinstance(output_info.shape[-1], int) else None
     if dim is None and model is not None:

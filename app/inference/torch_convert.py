@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import onnx
@@ -113,11 +114,14 @@ def specialise(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     graph = gm.graph
     static: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "get_attr" or _is_shape_op(node, gm):
+        computed = node.op in ("call_module", "call_function", "call_method")
+        # A computed node with no inputs at all is a Constant: static too.
+        if (
+            node.op == "get_attr"
+            or _is_shape_op(node, gm)
+            or (computed and all(n in static for n in node.all_input_nodes))
+        ):
             static.add(node)
-        elif node.op in ("call_module", "call_function", "call_method"):
-            if all(n in static for n in node.all_input_nodes):  # no inputs at all: a Constant
-                static.add(node)
 
     values = _record_values(gm, example)
     new_graph = fx.Graph()
@@ -175,7 +179,8 @@ def _record_values(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, o
             values[n] = out
             return out
 
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # onnx2torch's Slice indexes with a list; harmless here
         _Recorder(gm).run(example)
     return values
 

@@ -278,14 +278,18 @@ class StageRunner:
 # -- process entry ------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the supervisor dies, so no stage outlives it."""
+PROCESS_NAME_PREFIX = "fp-"  # stage processes show as fp-capture, fp-detect... in ps, top and /proc/PID/comm
+
+
+def _prepare_linux_process(stage_name: str) -> None:
+    """Name the process after its stage, and have Linux SIGKILL it when the supervisor dies (no orphans)."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
+        pr_set_pdeathsig, pr_set_name = 1, 15
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(pr_set_name, ctypes.c_char_p(f"{PROCESS_NAME_PREFIX}{stage_name}"[:15].encode()), 0, 0, 0)
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         os._exit(1)  # the parent died before prctl took effect
@@ -300,7 +304,7 @@ def stage_process_main(stage: Any, channels: StageChannels, log_level: str = "WA
     # Ctrl-C reaches the whole process group; the supervisor alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    _die_with_parent()
+    _prepare_linux_process(stage.name)
     logging.basicConfig(
         level=getattr(logging, str(log_level).upper(), logging.WARNING),
         stream=sys.stderr,

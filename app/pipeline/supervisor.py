@@ -123,6 +123,7 @@ class Supervisor:
             for child in reversed(self._children):  # consumers first, the source last
                 child.control.send(Start(source_info))
             self.metrics.start()
+            log.info("pipeline running: %s", " -> ".join(s.name for s in self.stages))
             reason, code = self._watch()
             self._shutdown()
             dropped = self._ring.dropped if self._ring is not None else 0

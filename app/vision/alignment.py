@@ -1,8 +1,8 @@
-"""Face alignment: a least-squares similarity from the 5 RetinaFace points to the embedder's template, then a warp.
+"""Face alignment: least-squares similarity from the 5 RetinaFace points to the embedder's template, a warp.
 
 Landmark order everywhere is RetinaFace's, in IMAGE coordinates: [image-left eye, image-right eye, nose,
-image-left mouth corner, image-right mouth corner] (for a frontal face the first point has the smaller x; it is
-the person's right eye). Templates in `app.inference.spec` use the same order.
+image-left mouth corner, image-right mouth corner] (for a frontal face the first point has the smaller x;
+it is the person's right eye). Templates in `app.inference.spec` use the same order.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return estimate_similarities(np.asarray(src)[None], dst)[0]
 
 
-def _preshrink(image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop the region the chip covers, shrink it with INTER_AREA to about chip scale, and adjust the transform."""
+def _preshrink(
+    image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the region the chip covers, shrink it (INTER_AREA) to about chip scale, adjust the transform."""
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     w, h = chip_wh
     inverse = cv2.invertAffineTransform(matrix)
@@ -72,7 +74,7 @@ def _preshrink(image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]) 
 
 
 def warp_face(image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]) -> np.ndarray:
-    """Warp one face with the (2,3) source->chip transform; pre-shrinks first for faces much larger than the chip."""
+    """Warp one face with the (2,3) source->chip transform; pre-shrinks faces much larger than the chip."""
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale < PRESHRINK_BELOW_SCALE:
         image, matrix = _preshrink(image, matrix, chip_wh)

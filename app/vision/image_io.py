@@ -1,4 +1,4 @@
-"""Read any still image as BGR uint8: gray, alpha, 16-bit and float files are converted, EXIF rotation applied."""
+"""Read any still image as BGR uint8: gray, alpha, 16-bit and float files converted, EXIF rotation applied."""
 
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ def read_image(path: Path | str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"image {path} does not exist; check the path")
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
-    # ANYDEPTH keeps 16-bit/float samples for a proper conversion; COLOR (unlike UNCHANGED) applies EXIF rotation
-    # and drops alpha, keeping the stored colours of transparent pixels.
+    # ANYDEPTH keeps 16-bit/float samples for a proper conversion; COLOR (unlike UNCHANGED) applies EXIF
+    # rotation and drops alpha, keeping the stored colours of transparent pixels.
     image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
     if image is None or image.size == 0:
-        raise UserError(f"image {path} is empty or not a readable image (jpg, png, bmp, tiff, webp...); replace it")
+        raise UserError(
+            f"image {path} is empty or not a readable image (jpg, png, bmp, tiff, webp...); replace it"
+        )
     return to_bgr_uint8(image)

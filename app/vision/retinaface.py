@@ -1,8 +1,8 @@
 """RetinaFace (biubug6 export) pre- and post-processing: letterbox, prior boxes, box/landmark decode and NMS.
 
-The detection stage calls `letterbox` per frame and stacks the (3,S,S) blobs into one batch; the post-processing
-stage calls `decode_retinaface` per image on the batched outputs. Every frame is padded to the same square so
-frames of any size batch together; `scale` maps input pixels back to source pixels.
+The detection stage calls `letterbox` per frame and stacks the (3,S,S) blobs into one batch; the
+post-processing stage calls `decode_retinaface` per image on the batched outputs. Every frame is padded to
+the same square so frames of any size batch together; `scale` maps input pixels back to source pixels.
 
 Model contract (biubug6 Pytorch_Retinaface, mobilenet0.25 or ResNet-50): input BGR float minus (104,117,123),
 outputs loc (N,P,4), conf (N,P,2) already softmaxed, landmarks (N,P,10), P priors over strides 8/16/32.
@@ -41,9 +41,7 @@ class Detections:
 
     @classmethod
     def empty(cls) -> Detections:
-        return cls(
-            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
-        )
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
 
     def select(self, index: np.ndarray | Sequence[int] | slice) -> Detections:
         """The detections at `index` (an index array, a boolean mask or a slice)."""
@@ -105,12 +103,14 @@ class RetinaFacePreprocessor:
 
 @lru_cache(maxsize=16)
 def prior_boxes(input_hw: tuple[int, int]) -> np.ndarray:
-    """biubug6 priors (P,4) as normalised cx, cy, w, h, in the model's output order (level, row, col, size)."""
+    """biubug6 priors (P,4): normalised cx, cy, w, h in the model's output order (level, row, col, size)."""
     h, w = input_hw
     levels = []
     for step, sizes in zip(STEPS, MIN_SIZES, strict=True):
         fh, fw = math.ceil(h / step), math.ceil(w / step)
-        cy, cx = np.meshgrid((np.arange(fh) + 0.5) * step / h, (np.arange(fw) + 0.5) * step / w, indexing="ij")
+        cy, cx = np.meshgrid(
+            (np.arange(fh) + 0.5) * step / h, (np.arange(fw) + 0.5) * step / w, indexing="ij"
+        )
         level = np.empty((fh, fw, len(sizes), 4), np.float32)
         level[..., 0] = cx[:, :, None]
         level[..., 1] = cy[:, :, None]
@@ -156,7 +156,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
 
 def split_outputs(outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(loc, conf, landmarks) from the model outputs, told apart by their last axis (4, 2, 10), not by name."""
+    """(loc, conf, landmarks) from the model outputs, told apart by the last axis (4, 2, 10), not by name."""
     by_width = {o.shape[-1]: o for o in outputs}
     try:
         return by_width[4], by_width[2], by_width[10]
@@ -177,8 +177,9 @@ def decode_retinaface(
 ) -> Detections:
     """Decode one image's raw outputs ((P,4), (P,2), (P,10), or with a leading batch axis of 1) to Detections.
 
-    Only candidates above `score_threshold` are decoded, so the cost is the threshold pass plus work on tens of
-    boxes. Boxes are clipped to `image_wh` (source pixels); landmarks are not, so cut-off faces still align.
+    Only candidates above `score_threshold` are decoded, so the cost is the threshold pass plus work on tens
+    of boxes. Boxes are clipped to `image_wh` (source pixels); landmarks are not, so cut-off faces still
+    align.
     """
     input_hw = (int(input_hw[0]), int(input_hw[1]))
     scores_all = conf.reshape(-1, 2)[:, 1]

@@ -234,3 +234,32 @@ def test_edge_path_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "gallery" / "faces").write_text("not a gallery")
     with pytest.raises(UserError, match="is a file"):
         open_engine("edge", tmp_path, DLIB)
+
+
+def test_open_without_spec_adopts_the_stored_embedder(engine: str, tmp_path: Path) -> None:
+    fresh = open_engine(engine, tmp_path, None)  # type: ignore[arg-type]
+    assert fresh.list() == {} and fresh.info().count == 0 and fresh.search(np.zeros((2, 8))) == [[], []]
+    with pytest.raises(UserError, match="enroll with an embedder model"):
+        fresh.add("alice", np.ones((1, 128), np.float32))
+    fresh.close()
+    g = open_engine(engine, tmp_path, ARC)
+    g.add("alice", np.ones((2, 512), np.float32))
+    g.close()
+    reader = open_engine(engine, tmp_path, None)  # type: ignore[arg-type]
+    info = reader.info()
+    assert (info.model_id, info.dim, info.metric, info.count) == (ARC.model_id, 512, "cosine", 2)
+    assert reader.search(np.ones((1, 512), np.float32))[0][0].name == "alice"
+    assert reader.remove("alice") == 2 and reader.list() == {}
+    reader.close()
+
+
+def test_unreachable_server_is_a_one_line_user_error(tmp_path: Path) -> None:
+    settings = Settings(qdrant_host="127.0.0.1", qdrant_port=1, qdrant_collection="faces")
+    with pytest.raises(UserError) as excinfo:
+        open_gallery(settings, DLIB)
+    message = str(excinfo.value)
+    assert (
+        "\n" not in message
+        and "http://127.0.0.1:1 collection 'faces'" in message
+        and "QDRANT_HOST" in message
+    )

@@ -32,7 +32,9 @@ def detector():
 def detect(detector, image: np.ndarray, size: int = 640, threshold: float = 0.6) -> Detections:
     blob, scale = letterbox(image, size)
     loc, conf, landms = split_outputs(detector.run(blob[None]))
-    return decode_retinaface(loc[0], conf[0], landms[0], scale, (size, size), threshold, 0.4, image.shape[1::-1])
+    return decode_retinaface(
+        loc[0], conf[0], landms[0], scale, (size, size), threshold, 0.4, image.shape[1::-1]
+    )
 
 
 # --- priors -------------------------------------------------------------------------------------------
@@ -222,7 +224,9 @@ def test_boxes_agree_across_resolutions(detector):
     assert np.abs(boxes - boxes[-1]).max() < 0.01
 
 
-@pytest.mark.parametrize("name", ["edge/32bit.png", "edge/obama_partial_face.jpg", "edge/obama_partial_face2.jpg"])
+@pytest.mark.parametrize(
+    "name", ["edge/32bit.png", "edge/obama_partial_face.jpg", "edge/obama_partial_face2.jpg"]
+)
 def test_edge_images_run(detector, name):
     image = read_image(SHARED_FACES / name)
     det = detect(detector, image)

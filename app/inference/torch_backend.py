@@ -1,0 +1,233 @@
+"""PyTorch implementation of `Model`: the same ONNX files, converted by onnx2torch, on CUDA (fp16) or CPU.
+
+On CUDA the model runs in half precision with channels-last weights, and each (batch bucket, H, W) gets a
+CUDA graph captured on first use: a batch of n rows is copied into the smallest bucket >= n, the graph is
+replayed and the first n rows of each output are returned. The graphs replay a copy of the converted graph
+specialised to that shape (see `torch_convert.specialise`), which is what makes capture possible at all.
+On CPU it runs fp32 without graphs, so tests can compare it with ONNX Runtime on any machine.
+
+`run_torch` takes and returns device tensors, so GPU preprocessing (`gpu_preprocess`) feeds the model
+without a round trip through host memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import fx
+
+from app.errors import UserError
+from app.inference import torch_convert
+from app.inference.backend import TensorInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PRECISIONS = ("fp32", "fp16")
+
+
+def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
+    dims: list[int | str | None] = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or None)
+    elem = value.type.tensor_type.elem_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name if elem else "float32"
+    return TensorInfo(name=value.name, shape=tuple(dims), dtype=dtype)
+
+
+def pick_bucket(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds n rows, or the largest bucket (the caller splits the batch)."""
+    for b in buckets:
+        if b >= n:
+            return b
+    return buckets[-1]
+
+
+class _GraphRunner:
+    """One CUDA graph for one input shape: static input buffer, captured forward, static outputs."""
+
+    def __init__(
+        self, module: Callable, shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool, pool: object
+    ) -> None:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        # Random, not zeros: capture must not depend on values, and zeros would hide unwritten rows.
+        self.static_in = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside capture: cuDNN picks algorithms, lazy inits run
+            for _ in range(2):
+                module(self.static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.static_out = [o.float() for o in _as_list(module(self.static_in))]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n = x.shape[0]
+        self.static_in[:n].copy_(x)
+        self.graph.replay()
+        return [o[:n] for o in self.static_out]
+
+
+def _as_list(out: object) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, list | tuple) else [out]  # type: ignore[list-item]
+
+
+class TorchModel:
+    """An ONNX model run by PyTorch. Same interface as the ONNX Runtime model, plus `run_torch`.
+
+    device: "cuda", "cpu" or None (CUDA when available). precision: "fp16" or "fp32" (default fp16 on CUDA,
+    fp32 on CPU). cuda_graphs: capture per batch bucket (default on for CUDA). compile_mode: a
+    `torch.compile` mode applied to each specialised graph before capture (None = no compile).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 0,
+        device: str | None = None,
+        precision: str | None = None,
+        cuda_graphs: bool | None = None,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        channels_last: bool = True,
+        compile_mode: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"model file {self.path} does not exist; check the path")
+        want_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
+        if want_cuda and not torch.cuda.is_available():
+            raise UserError(
+                "device 'cuda' asked for but torch sees no CUDA GPU; use device=cpu or a CUDA torch"
+            )
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.precision = precision or ("fp16" if want_cuda else "fp32")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and not want_cuda:
+            raise UserError("fp16 needs a CUDA device; use precision=fp32 on the CPU")
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.cuda_graphs = want_cuda if cuda_graphs is None else bool(cuda_graphs and want_cuda)
+        self.channels_last = channels_last and want_cuda  # on the CPU, NCHW convs are the faster path here
+        self.buckets = tuple(sorted(int(b) for b in buckets))
+        self.compile_mode = compile_mode
+        if threads > 0 and not want_cuda:
+            torch.set_num_threads(int(threads))
+
+        proto = torch_convert.load_onnx(self.path)
+        initializers = {i.name for i in proto.graph.initializer}
+        real_inputs = [i for i in proto.graph.input if i.name not in initializers]
+        self.inputs = [_tensor_info(i) for i in real_inputs]
+        self.outputs = [_tensor_info(o) for o in proto.graph.output]
+        self.outputs = [TensorInfo(o.name, o.shape, "float32") for o in self.outputs]  # always float32 out
+        if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
+            got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
+            raise UserError(
+                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; export it with a "
+                "single (N,3,H,W) input"
+            )
+        self._fixed_batch = self.inputs[0].fixed_batch
+
+        module = torch_convert.convert(proto).eval()
+        module = module.to(self.device, dtype=self.dtype)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self._module = module
+        self._specialised: dict[tuple[int, ...], Callable] = {}
+        self._graphs: dict[tuple[int, ...], _GraphRunner] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        log.info(
+            "loaded %s with torch on %s (%s, graphs=%s, compile=%s)",
+            self.path,
+            self.device,
+            self.precision,
+            self.cuda_graphs,
+            compile_mode,
+        )
+
+    # -- public API ---------------------------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run an (N,C,H,W) numpy batch; outputs are float32 numpy arrays in the order of `outputs`."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            outs = self._forward(x)
+            return [o.cpu().numpy() for o in outs]
+
+    def run_torch(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Run an (N,C,H,W) tensor (any float dtype, any device); float32 tensors on the model's device.
+
+        The results are fresh tensors (not views of graph buffers), so they stay valid after the next call.
+        """
+        if batch.ndim != 4:
+            raise ValueError(f"expected an NCHW batch, got shape {tuple(batch.shape)}")
+        with torch.inference_mode():
+            outs = self._forward(batch.to(self.device))
+            return [o.clone() if self.cuda_graphs else o for o in outs]
+
+    def warmup(self, batch_sizes: Sequence[int], hw: tuple[int, int]) -> None:
+        """Specialise (and capture) ahead of time for these batch sizes at spatial size `hw`."""
+        c = self.inputs[0].shape[1] if isinstance(self.inputs[0].shape[1], int) else 3
+        for n in batch_sizes:
+            self.run_torch(torch.zeros((n, c, *hw), dtype=self.dtype, device=self.device))
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n = x.shape[0]
+        if n == 0:  # one dummy row gives the output shapes, which the ONNX file may leave symbolic
+            return [o[:0] for o in self._forward_chunk(torch.zeros((1, *x.shape[1:]), device=x.device))]
+        step = self._fixed_batch or self.buckets[-1]
+        if n > step or (self._fixed_batch and n != step):
+            parts = [self._forward_chunk(x[i : i + step]) for i in range(0, n, step)]
+            return [torch.cat([p[k] for p in parts]) for k in range(len(self.outputs))]
+        return self._forward_chunk(x)
+
+    def _forward_chunk(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n = x.shape[0]
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self._fixed_batch:
+            rows = self._fixed_batch
+        elif self.cuda_graphs:
+            rows = pick_bucket(n, self.buckets)
+        else:
+            rows = n
+        key = (rows, *x.shape[1:])
+        if self.cuda_graphs:
+            runner = self._graphs.get(key)
+            if runner is None:
+                runner = _GraphRunner(self._module_for(key), key, self.dtype, self.channels_last, self._pool)
+                self._graphs[key] = runner
+            return runner(x)
+        if rows != n:  # a fixed-batch model fed fewer rows
+            pad = torch.zeros((rows - n, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            x = torch.cat([x, pad])
+        return [o[:n].float() for o in _as_list(self._module_for(key)(x))]
+
+    def _module_for(self, shape: tuple[int, ...]) -> Callable:
+        module = self._specialised.get(shape)
+        if module is None:
+            example = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            module = specialised = torch_convert.specialise(self._module, example)
+            if self.compile_mode is not None:
+                module = torch.compile(specialised, mode=self.compile_mode, dynamic=False)
+            self._specialised[shape] = module
+            log.debug("specialised %s for input %s", self.path.name, shape)
+        return module
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        """The converted (unspecialised) fx graph: any input shape, eager only."""
+        return self._module

@@ -1,0 +1,460 @@
+"""Tracking and per-track identity on generated sequences with ground truth, against a reference ByteTrack.
+
+    .venv/bin/python testbench/eval_tracking.py                     # standard + strangers scenarios, seed 0
+    .venv/bin/python testbench/eval_tracking.py --scenario standard --seeds 0 1 2
+    .venv/bin/python testbench/eval_tracking.py --video data/demo/demo.mp4   # a written video + its .gt.json
+
+Per frame: RetinaFace (every box above the tracker's low threshold, as ByteTrack wants) -> our ByteTracker ->
+TrackIdentities (embed the selected faces with the dlib model, search a temporary Qdrant-edge gallery of the
+demo enrolment photos, k=2). The same detections also feed the reference tracker (`sv.ByteTrack` from
+supervision, or its successor `trackers.ByteTrackTracker` where supervision no longer ships it), with the same
+identity layer on top, so the comparison isolates association.
+
+Sequences: "standard" is the demo video (obama twice, biden crossing in front of him; both enrolled);
+"strangers" is the same script plus three unenrolled people from the shared test faces walking behind.
+Ground-truth faces less than `--min-visible` visible are "don't care": they are not counted, and tracks on
+them are neither false positives nor misses. Boxes compared are the trackers' matched detection boxes.
+
+Printed: MOTA, IDF1, ID switches (motmetrics, IoU >= 0.5), identity accuracy per frame (a visible face counts
+as correct when its track shows the right name, or "unknown" for an unenrolled person), frames to the first
+correct name per appearance, unknowns named as known, flips of enrolled people's names, embeddings per
+detection (faces embedded / faces detected above the display threshold). The last line is JSON with the
+totals over all sequences: mota, idf1, id_switches, identity_accuracy, unknown_named_as_known,
+embeddings_per_detection, plus the per-sequence and reference-tracker details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import motmetrics as mm
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.config import load_settings  # noqa: E402
+from app.demo import (  # noqa: E402
+    GroundTruthFace,
+    demo_sets,
+    load_ground_truth,
+    load_sprites,
+    render,
+    standard_scenario,
+)
+from app.errors import UserError  # noqa: E402
+from app.gallery.factory import open_gallery  # noqa: E402
+from app.recognition.analyzer import FaceAnalyzer  # noqa: E402
+from app.tracking import ByteTracker, IdentityConfig, TrackerConfig, TrackIdentities, TrackLabel  # noqa: E402
+from app.tracking.matching import box_iou, linear_assignment  # noqa: E402
+
+SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+STRANGERS = ("alex_lacamoire", "kit_harington", "rose_leslie")  # in the shared test faces, never enrolled
+MATCH_IOU = 0.5
+
+
+@dataclass
+class TrackOut:
+    """One tracker's output for one face, whichever tracker made it."""
+
+    track_id: int
+    box: np.ndarray  # the matched detection's box
+    landmarks: np.ndarray | None
+    detection_box: np.ndarray | None = None
+
+
+@dataclass
+class Sequence:
+    name: str
+    fps: float
+    frames: Iterator[tuple[np.ndarray, list[GroundTruthFace]]]
+    n_frames: int
+
+
+@dataclass
+class RunState:
+    """A tracker with its identity layer and the per-frame log the metrics are computed from."""
+
+    name: str
+    tracker: object
+    identities: TrackIdentities
+    log: list[tuple[list[GroundTruthFace], list[TrackOut], dict[int, TrackLabel]]] = field(
+        default_factory=list
+    )
+    seconds: float = 0.0  # tracker update time
+
+
+class ReferenceByteTrack:
+    """supervision's ByteTrack (or its successor in `trackers`) behind our update() shape."""
+
+    def __init__(self, config: TrackerConfig, fps: float) -> None:
+        import supervision as sv
+
+        self.sv = sv
+        if hasattr(sv, "ByteTrack"):
+            self.kind = f"supervision {sv.__version__} sv.ByteTrack"
+            self.tracker = sv.ByteTrack(
+                track_activation_threshold=config.new_track_thresh,
+                lost_track_buffer=config.track_buffer,
+                minimum_matching_threshold=config.match_thresh,
+                frame_rate=int(round(fps)),
+            )
+            self._update = self.tracker.update_with_detections
+        else:
+            import trackers
+
+            self.kind = f"trackers {getattr(trackers, '__version__', '?')} ByteTrackTracker"
+            self.tracker = trackers.ByteTrackTracker(
+                lost_track_buffer=config.track_buffer,
+                frame_rate=fps,
+                track_activation_threshold=config.new_track_thresh,
+                high_conf_det_threshold=config.high_thresh,
+            )
+            self._update = self.tracker.update
+
+    def update(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray) -> list[TrackOut]:
+        detections = self.sv.Detections(
+            xyxy=boxes.astype(np.float32).reshape(-1, 4),
+            confidence=scores.astype(np.float32),
+            class_id=np.zeros(len(scores), dtype=int),
+            data={"index": np.arange(len(scores))},
+        )
+        result = self._update(detections)
+        out = []
+        for i in range(len(result)):
+            track_id = int(result.tracker_id[i])
+            if track_id < 0:
+                continue
+            index = int(result.data["index"][i])
+            out.append(TrackOut(track_id, boxes[index].copy(), landmarks[index].copy()))
+        return out
+
+
+def ours_update(tracker: ByteTracker, boxes, scores, landmarks) -> list[TrackOut]:
+    return [
+        TrackOut(t.track_id, t.detection_box.copy(), t.landmarks, t.detection_box)
+        for t in tracker.update(boxes, scores, landmarks)
+    ]
+
+
+# -- sequences -------------------------------------------------------------------------------------------
+
+
+def scenario_images(kind: str) -> dict[str, list[Path]]:
+    images = dict(demo_sets().video)
+    if kind == "strangers":
+        for name in STRANGERS:
+            folder = SHARED_FACES / "knn_examples" / "train" / name
+            photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if not photos:
+                raise UserError(f"no photos in {folder}; the shared test faces are incomplete")
+            images[name] = photos[:1]
+    return images
+
+
+def generated(kind: str, seed: int, seconds: float, fps: float) -> Sequence:
+    scenario = standard_scenario(scenario_images(kind), fps=fps, seconds=seconds, seed=seed)
+    sprites = load_sprites(scenario)
+    return Sequence(f"{kind}-seed{seed}", fps, render(scenario, sprites=sprites), scenario.n_frames)
+
+
+def from_video(path: Path) -> Sequence:
+    truth = load_ground_truth(path)
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise UserError(f"cannot open video {path}")
+
+    def frames() -> Iterator[tuple[np.ndarray, list[GroundTruthFace]]]:
+        for faces in truth.frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield frame, list(faces)
+        capture.release()
+
+    return Sequence(path.stem, truth.fps, frames(), truth.n_frames)
+
+
+# -- running ---------------------------------------------------------------------------------------------
+
+
+def enrol(analyzer: FaceAnalyzer, gallery) -> set[str]:
+    for name, paths in demo_sets().enroll.items():
+        vectors = []
+        for path in paths:
+            image = cv2.imread(str(path))
+            dets = analyzer.detect(image)
+            best = dets.largest()
+            if best is None:
+                raise UserError(f"no face in enrolment photo {path}")
+            vectors.append(analyzer.embed(image, dets.landmarks[best][None])[0])
+        gallery.add(name, np.stack(vectors))
+    return set(demo_sets().enroll)
+
+
+def run_sequence(
+    sequence: Sequence,
+    analyzer: FaceAnalyzer,
+    gallery,
+    tracker_config: TrackerConfig,
+    identity_config: IdentityConfig,
+    display_threshold: float,
+) -> tuple[list[RunState], int]:
+    spec = analyzer.spec
+    runs = [
+        RunState(name, tracker, TrackIdentities(identity_config, spec.threshold, spec.metric))
+        for name, tracker in (
+            ("ours", ByteTracker(tracker_config, sequence.fps)),
+            ("reference", ReferenceByteTrack(tracker_config, sequence.fps)),
+        )
+    ]
+    detected = 0
+    for frame, faces in sequence.frames:
+        dets = analyzer.detect(frame)
+        detected += int(np.sum(dets.scores >= display_threshold))
+        boxes, scores, lms = dets.boxes.astype(np.float64), dets.scores.astype(np.float64), dets.landmarks
+        for run in runs:
+            start = time.perf_counter()
+            if isinstance(run.tracker, ByteTracker):
+                tracks = ours_update(run.tracker, boxes, scores, lms)
+            else:
+                tracks = run.tracker.update(boxes, scores, lms)
+            run.seconds += time.perf_counter() - start
+            need = run.identities.select_for_embedding(tracks, frame)
+            embeddings, matches = {}, {}
+            if need:
+                by_id = {t.track_id: t for t in tracks}
+                vectors = analyzer.embed(frame, np.stack([by_id[i].landmarks for i in need]))
+                found = gallery.search(vectors, k=2)
+                embeddings = dict(zip(need, vectors, strict=True))
+                matches = dict(zip(need, found, strict=True))
+            labels = run.identities.update(tracks, embeddings, matches)
+            run.log.append((faces, tracks, labels))
+    return runs, detected
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    run: RunState, enrolled: set[str], min_visible: float, detected: int
+) -> tuple[dict, mm.MOTAccumulator]:
+    accumulator = mm.MOTAccumulator(auto_id=True)
+    correct = total = named_unknown = misnamed = false_named = 0
+    last_name: dict[int, str] = {}
+    flips = 0
+    appearance_start: dict[int, int] = {}  # gt id -> frame its current appearance began
+    named_in_appearance: dict[int, bool] = {}
+    to_first_name: list[int] = []
+    never_named: list[str] = []
+    for index, (faces, tracks, labels) in enumerate(run.log):
+        cared = [f for f in faces if f.visible >= min_visible]
+        ignored = [f for f in faces if f.visible < min_visible]
+        hyp_boxes = np.array([t.box for t in tracks]).reshape(-1, 4)
+        # Tracks on a don't-care face are dropped (neither false positive nor a match).
+        if ignored and len(tracks):
+            iou = box_iou(hyp_boxes, np.array([f.box for f in ignored]))
+            cared_iou = box_iou(hyp_boxes, np.array([f.box for f in cared]).reshape(-1, 4))
+            best_cared = cared_iou.max(axis=1) if cared else np.zeros(len(tracks))
+            keep = ~((iou.max(axis=1) >= MATCH_IOU) & (best_cared < MATCH_IOU))
+            tracks = [t for t, k in zip(tracks, keep, strict=True) if k]
+            hyp_boxes = hyp_boxes[keep]
+        gt_boxes = np.array([f.box for f in cared]).reshape(-1, 4)
+        # motmetrics' own iou_matrix uses np.asfarray, gone in NumPy 2: same distances, NaN = cannot match.
+        distances = 1.0 - box_iou(gt_boxes, hyp_boxes)
+        distances[distances > 1.0 - MATCH_IOU] = np.nan
+        accumulator.update([f.id for f in cared], [t.track_id for t in tracks], distances)
+        # Identity: the same IoU matching, one track per face.
+        pairs = linear_assignment(1.0 - box_iou(gt_boxes, hyp_boxes), 1.0 - MATCH_IOU).matches
+        matched = {int(g): tracks[int(h)] for g, h in pairs}
+        matched_tracks = {id(t) for t in matched.values()}
+        for t in tracks:
+            if id(t) not in matched_tracks and labels[t.track_id].status == "known":
+                false_named += 1
+        visible_ids = set()
+        for g, face in enumerate(cared):
+            visible_ids.add(face.id)
+            if face.id not in appearance_start:
+                appearance_start[face.id] = index
+                named_in_appearance[face.id] = False
+            total += 1
+            track = matched.get(g)
+            label = labels[track.track_id] if track is not None else None
+            is_enrolled = face.label in enrolled
+            if label is not None and label.status == "known":
+                if not is_enrolled:
+                    named_unknown += 1
+                elif label.name != face.label:
+                    misnamed += 1
+                if face.id in last_name and last_name[face.id] != label.name:
+                    flips += 1
+                last_name[face.id] = label.name
+            ok = label is not None and (
+                (is_enrolled and label.status == "known" and label.name == face.label)
+                or (not is_enrolled and label.status == "unknown")
+            )
+            correct += ok
+            if is_enrolled and ok and not named_in_appearance[face.id]:
+                named_in_appearance[face.id] = True
+                to_first_name.append(index - appearance_start[face.id])
+        for gt_id in list(appearance_start):
+            if gt_id not in visible_ids:  # the appearance ended
+                if not named_in_appearance[gt_id]:
+                    never_named.append(f"id{gt_id}@{appearance_start[gt_id]}-{index}")
+                del appearance_start[gt_id]
+                del named_in_appearance[gt_id]
+    for gt_id, named in named_in_appearance.items():
+        if not named:
+            never_named.append(f"id{gt_id}@{appearance_start[gt_id]}-end")
+    summary = mm.metrics.create().compute(
+        accumulator,
+        metrics=["mota", "idf1", "num_switches", "precision", "recall", "num_false_positives", "num_misses"],
+    )
+    row = summary.iloc[0]
+    enrolled_never_named = [n for n in never_named if _label_of(run, n) in enrolled]
+    return {
+        "mota": float(row["mota"]),
+        "idf1": float(row["idf1"]),
+        "id_switches": int(row["num_switches"]),
+        "precision": float(row["precision"]),
+        "recall": float(row["recall"]),
+        "false_positives": int(row["num_false_positives"]),
+        "misses": int(row["num_misses"]),
+        "identity_accuracy": correct / max(total, 1),
+        "faces": total,
+        "frames_to_first_correct_name": to_first_name,
+        "appearances_never_named": enrolled_never_named,
+        "unknown_named_as_known": named_unknown,
+        "enrolled_misnamed": misnamed,
+        "identity_flips": flips,
+        "false_tracks_named": false_named,
+        "embeddings": run.identities.counters.embeddings,
+        "detections": detected,
+        "embeddings_per_detection": run.identities.counters.embeddings / max(detected, 1),
+        "relinks": run.identities.counters.relinks,
+        "tracker_ms_per_frame": 1000 * run.seconds / max(len(run.log), 1),
+    }, accumulator
+
+
+def _label_of(run: RunState, appearance: str) -> str | None:
+    gt_id = int(appearance[2:].split("@")[0])
+    for faces, _, _ in run.log:
+        for face in faces:
+            if face.id == gt_id:
+                return face.label
+    return None
+
+
+def combine(results: list[dict], accumulators: list[mm.MOTAccumulator], names: list[str]) -> dict:
+    summary = mm.metrics.create().compute_many(
+        accumulators, metrics=["mota", "idf1", "num_switches"], names=names, generate_overall=True
+    )
+    overall = summary.loc["OVERALL"]
+    faces = sum(r["faces"] for r in results)
+    detections = sum(r["detections"] for r in results)
+    return {
+        "mota": float(overall["mota"]),
+        "idf1": float(overall["idf1"]),
+        "id_switches": int(overall["num_switches"]),
+        "identity_accuracy": sum(r["identity_accuracy"] * r["faces"] for r in results) / max(faces, 1),
+        "unknown_named_as_known": sum(r["unknown_named_as_known"] for r in results),
+        "embeddings_per_detection": sum(r["embeddings"] for r in results) / max(detections, 1),
+        "identity_flips": sum(r["identity_flips"] for r in results),
+        "enrolled_misnamed": sum(r["enrolled_misnamed"] for r in results),
+        "false_tracks_named": sum(r["false_tracks_named"] for r in results),
+        "frames_to_first_correct_name_max": max(
+            max(r["frames_to_first_correct_name"] or [0]) for r in results
+        ),
+    }
+
+
+def print_result(sequence: str, name: str, result: dict) -> None:
+    first = result["frames_to_first_correct_name"]
+    print(
+        f"{sequence:20s} {name:9s} MOTA {result['mota']:.3f}  IDF1 {result['idf1']:.3f}  "
+        f"IDsw {result['id_switches']:2d}  FP {result['false_positives']:3d}  miss {result['misses']:3d}  "
+        f"id-acc {result['identity_accuracy']:.3f}  first-name {first}  "
+        f"unknown-named {result['unknown_named_as_known']}  misnamed {result['enrolled_misnamed']}  "
+        f"flips {result['identity_flips']}  emb/det {result['embeddings_per_detection']:.3f} "
+        f"({result['embeddings']}/{result['detections']})  relinks {result['relinks']}  "
+        f"track {result['tracker_ms_per_frame']:.2f} ms/frame"
+    )
+    if result["appearances_never_named"]:
+        print(f"{'':20s} {'':9s} enrolled appearances never named: {result['appearances_never_named']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("standard", "strangers", "all"), default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--video", type=Path, help="evaluate a written demo video (+ .gt.json) instead")
+    parser.add_argument("--min-visible", type=float, default=0.5, help="faces less visible are don't-care")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        tracker_config, identity_config = TrackerConfig(), IdentityConfig()
+        with tempfile.TemporaryDirectory() as tmp:
+            display = load_settings({"threads": args.threads}, env_file=None)
+            settings = display.replace(det_threshold=tracker_config.low_thresh, qdrant_path=Path(tmp))
+            analyzer = FaceAnalyzer(settings)
+            gallery = open_gallery(settings, analyzer.spec)
+            enrolled = enrol(analyzer, gallery)
+            if args.video is not None:
+                sequences = [from_video(args.video)]
+            else:
+                kinds = ("standard", "strangers") if args.scenario == "all" else (args.scenario,)
+                sequences = [generated(k, s, args.seconds, args.fps) for k in kinds for s in args.seeds]
+            per_tracker: dict[str, tuple[list[dict], list[mm.MOTAccumulator]]] = {
+                "ours": ([], []),
+                "reference": ([], []),
+            }
+            reference_kind = ""
+            details = {}
+            for sequence in sequences:
+                runs, detected = run_sequence(
+                    sequence, analyzer, gallery, tracker_config, identity_config, display.det_threshold
+                )
+                for run in runs:
+                    result, accumulator = evaluate(run, enrolled, args.min_visible, detected)
+                    per_tracker[run.name][0].append(result)
+                    per_tracker[run.name][1].append(accumulator)
+                    details.setdefault(sequence.name, {})[run.name] = result
+                    print_result(sequence.name, run.name, result)
+                    if run.name == "reference":
+                        reference_kind = run.tracker.kind
+            gallery.close()
+        names = [s.name for s in sequences]
+        ours = combine(*per_tracker["ours"], names)
+        reference = combine(*per_tracker["reference"], names)
+        spec = analyzer.spec
+        print(f"reference tracker: {reference_kind}; embedder {spec.model_id} threshold {spec.threshold}")
+        for name, totals in (("ours", ours), ("reference", reference)):
+            print(
+                f"TOTAL {name:9s} MOTA {totals['mota']:.3f}  IDF1 {totals['idf1']:.3f}  "
+                f"IDsw {totals['id_switches']}  id-acc {totals['identity_accuracy']:.3f}  "
+                f"unknown-named {totals['unknown_named_as_known']}  flips {totals['identity_flips']}  "
+                f"emb/det {totals['embeddings_per_detection']:.3f}"
+            )
+        print(
+            json.dumps({**ours, "reference": {"tracker": reference_kind, **reference}, "sequences": details})
+        )
+        return 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Small real stages for supervisor tests: the real capture stage, a pixel statistic, a pass-through, a sink.
+
+Importable by spawned stage processes (spawn copies the parent's sys.path). `python pipeline_fakes.py VIDEO OUT
+[options]` runs the pipeline under a Supervisor like the CLI does: the stop line on stderr, the summary JSON
+as the last stdout line, the exit code of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.errors import UserError
+from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.stage_runner import StopPipeline
+from app.pipeline.supervisor import Supervisor
+from app.stages.capture import CaptureStage
+
+
+def make_video(path: Path, frames: int = 40, size: tuple[int, int] = (64, 48), fps: float = 20.0) -> Path:
+    """A short real video whose frame i is filled with grey level 5 * i (so each frame is recognisable)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), (5 * i) % 256, np.uint8))
+    writer.release()
+    return path
+
+
+class MeanStage:
+    """Like detection: claims the frame from the ring, then measures it."""
+
+    def __init__(self, frames: FrameRingHandle, name: str = "detect", fail_in: str = "", delay_s: float = 0.0):
+        self.name = name
+        self.frames = frames
+        self.fail_in = fail_in
+        self.delay_s = delay_s
+
+    def setup(self) -> dict:
+        if self.fail_in == "setup":
+            raise UserError("model file missing.onnx does not exist; check the path")
+        return {}
+
+    def process(self, msg):
+        ring = self.frames.ring
+        if not ring.claim(msg.meta.slot, msg.meta.seq):
+            return []
+        if self.fail_in == "process" and msg.meta.frame_index == 3:
+            raise ValueError("cannot measure frame 3")
+        msg.meta.mean = float(ring.frame(msg.meta.slot).mean())
+        time.sleep(self.delay_s)
+        return [msg]
+
+    def close(self) -> None:
+        self.frames.close()
+
+
+class PassStage:
+    def __init__(self, name: str, delay_s: float = 0.0) -> None:
+        self.name = name
+        self.delay_s = delay_s
+
+    def setup(self) -> dict:
+        return {}
+
+    def process(self, msg):
+        time.sleep(self.delay_s)
+        return [msg]
+
+    def close(self) -> None:
+        pass
+
+
+class LinesSink:
+    """The last stage: one JSON line per frame (line-buffered), then releases the slot."""
+
+    name = "gui"
+
+    def __init__(self, frames: FrameRingHandle, out: Path, stop_after: int | None = None) -> None:
+        self.frames = frames
+        self.out = out
+        self.stop_after = stop_after
+        self._file = None
+
+    def setup(self) -> dict:
+        self._file = open(self.out, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
+        return {}
+
+    def process(self, msg):
+        meta = msg.meta
+        self._file.write(json.dumps({"frame": meta.frame_index, "mean": meta.mean}) + "\n")
+        self.frames.ring.release(meta.slot, meta.seq)
+        if self.stop_after is not None and meta.frame_index + 1 >= self.stop_after:
+            raise StopPipeline("window closed")
+        return []
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.frames.close()
+
+
+def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None, max_speed: bool = True,
+          delay_s: float = 0.0) -> tuple[list, FrameRingHandle]:  # fmt: skip
+    handle = Supervisor.new_ring_handle()
+    stages = [
+        CaptureStage(str(video), handle, max_speed=max_speed),
+        MeanStage(handle, fail_in=fail, delay_s=delay_s),
+        PassStage("postprocess"),
+        PassStage("recognize"),
+        LinesSink(handle, out, stop_after=stop_after),
+    ]
+    return stages, handle
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("video", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--fail", default="")
+    parser.add_argument("--paced", action="store_true")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    stages, handle = build(args.video, args.out, args.fail, max_speed=not args.paced, delay_s=args.delay)
+    result = Supervisor(stages, handle, ring_slots=4, summary_every_s=1.0).run()
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return result.exit_code
+    print(f"stopped: {result.stop_reason}", file=sys.stderr)
+    print(json.dumps(result.summary), flush=True)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The shared stage loop, driven in-process (a thread, queue.Queue, a real Pipe): no stage processes needed."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.errors import UserError
+from app.pipeline.messages import (
+    EndOfStream,
+    Failed,
+    Finished,
+    FrameDone,
+    FrameMeta,
+    FrameRef,
+    Ready,
+    StageStamp,
+    Start,
+)
+from app.pipeline.stage_runner import NOTHING_YET, StageChannels, StageRunner, StopPipeline, one_line
+
+
+def ref(index: int) -> FrameRef:
+    return FrameRef(FrameMeta(slot=index % 4, seq=index + 1, frame_index=index, source_time=index / 30, width=8,
+                              height=6, stamps=[StageStamp("capture", 0.0, 0.0)]))  # fmt: skip
+
+
+class Harness:
+    """A stage's channels with the supervisor's end of the control pipe."""
+
+    def __init__(self, inbox_size: int = 16, with_outbox: bool = True) -> None:
+        self.supervisor_end, stage_end = multiprocessing.Pipe(duplex=True)
+        self.inbox: queue.Queue = queue.Queue(maxsize=inbox_size)
+        self.outbox: queue.Queue | None = queue.Queue(maxsize=inbox_size) if with_outbox else None
+        self.stop = threading.Event()
+        self.channels = StageChannels(self.inbox, self.outbox, stage_end, self.stop)
+
+    def run(self, stage, start: bool = True) -> tuple[threading.Thread, list]:
+        result: list = []
+        runner = StageRunner(stage, self.channels, poll_s=0.01)
+        thread = threading.Thread(target=lambda: result.append(runner.run()))
+        thread.start()
+        if start:
+            ready = self.supervisor_end.recv()
+            assert isinstance(ready, Ready | Failed)
+            if isinstance(ready, Ready):
+                self.supervisor_end.send(Start({"fps": 25.0}))
+            else:
+                self.early = ready
+        return thread, result
+
+    def messages(self, timeout: float = 1.0) -> list:
+        out = []
+        while self.supervisor_end.poll(timeout):
+            out.append(self.supervisor_end.recv())
+            timeout = 0.05
+        return out
+
+
+class Brightness:
+    """A consumer that computes a real statistic of a payload and records its calls."""
+
+    name = "brightness"
+
+    def __init__(self, max_batch: int = 1) -> None:
+        self.max_batch = max_batch
+        self.calls: list[int] = []
+        self.started_with: dict | None = None
+        self.closed = False
+        self.image = np.arange(48, dtype=np.uint8).reshape(6, 8)
+
+    def setup(self) -> dict:
+        return {"kind": "test"}
+
+    def start(self, source_info: dict) -> None:
+        self.started_with = source_info
+
+    def process(self, msg):
+        return self.process_batch([msg])
+
+    def process_batch(self, msgs):
+        self.calls.append(len(msgs))
+        for msg in msgs:
+            msg.meta.brightness = float((self.image + msg.meta.frame_index).mean())
+        return msgs
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_consumer_stamps_forwards_and_passes_end_of_stream():
+    h = Harness()
+    stage = Brightness()
+    thread, result = h.run(stage)
+    for i in range(3):
+        h.inbox.put(ref(i))
+    h.inbox.put(EndOfStream("end of file", 3))
+    thread.join(5)
+    assert result == [0] and stage.closed and stage.started_with == {"fps": 25.0}
+    out = [h.outbox.get_nowait() for _ in range(4)]
+    assert [m.meta.frame_index for m in out[:3]] == [0, 1, 2]
+    assert [m.meta.brightness for m in out[:3]] == [23.5, 24.5, 25.5]
+    assert all(m.meta.stamps[-1].stage == "brightness" for m in out[:3])
+    assert all(m.meta.stamps[-1].end >= m.meta.stamps[-1].start > 0 for m in out[:3])
+    assert isinstance(out[3], EndOfStream) and out[3].frames == 3
+
+
+def test_batches_only_what_is_already_queued():
+    h = Harness()
+    stage = Brightness(max_batch=4)
+    for i in range(6):
+        h.inbox.put(ref(i))
+    thread, _ = h.run(stage)
+    deadline = time.monotonic() + 2
+    while sum(stage.calls) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stage.calls == [4, 2]  # caught up in bounded batches
+    h.inbox.put(ref(6))  # idle pipeline: a lone frame goes through at once, without waiting for company
+    while sum(stage.calls) < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stage.calls[-1] == 1
+    h.stop.set()
+    thread.join(2)
+    assert not thread.is_alive()
+
+
+def test_last_stage_reports_every_frame_and_the_end():
+    h = Harness(with_outbox=False)
+    thread, result = h.run(Brightness())
+    h.inbox.put(ref(0))
+    h.inbox.put(ref(1))
+    h.inbox.put(EndOfStream("end of file", 2))
+    thread.join(5)
+    messages = h.messages()
+    assert [type(m) for m in messages] == [FrameDone, FrameDone, Finished]
+    assert messages[0].meta.stamps[-1].stage == "brightness"
+    assert messages[2].reason == "end of file" and result == [0]
+
+
+def test_stop_event_ends_a_waiting_stage_quickly():
+    h = Harness()
+    stage = Brightness()
+    thread, result = h.run(stage)
+    started = time.monotonic()
+    h.stop.set()
+    thread.join(2)
+    assert time.monotonic() - started < 0.5 and result == [0] and stage.closed
+
+
+def test_stop_before_start_still_closes():
+    h = Harness()
+    stage = Brightness()
+    thread, result = h.run(stage, start=False)
+    assert isinstance(h.supervisor_end.recv(), Ready)
+    h.stop.set()
+    thread.join(2)
+    assert result == [0] and stage.closed and stage.started_with is None
+
+
+class Broken(Brightness):
+    def __init__(self, fail_in: str, exc: Exception) -> None:
+        super().__init__()
+        self.fail_in, self.exc = fail_in, exc
+
+    def setup(self) -> dict:
+        if self.fail_in == "setup":
+            raise self.exc
+        return {}
+
+    def process(self, msg):
+        if self.fail_in == "process":
+            raise self.exc
+        if self.fail_in == "stop":
+            raise StopPipeline("window closed")
+        return [msg]
+
+
+def test_setup_user_error_is_one_line_and_exit_code_2():
+    h = Harness()
+    stage = Broken("setup", UserError("model file x.onnx does not exist; check the path"))
+    thread, result = h.run(stage)
+    thread.join(2)
+    failed = h.early
+    assert failed == Failed("brightness", "model file x.onnx does not exist; check the path", True, True)
+    assert result == [2] and stage.closed
+
+
+def test_process_error_is_reported_with_its_type():
+    h = Harness()
+    thread, result = h.run(Broken("process", ValueError("bad\nshape")))
+    h.inbox.put(ref(0))
+    thread.join(2)
+    [failed] = h.messages()
+    assert failed == Failed("brightness", "ValueError: bad shape", False, False) and result == [1]
+
+
+def test_stop_pipeline_from_a_stage_is_an_orderly_finish():
+    h = Harness()
+    thread, result = h.run(Broken("stop", ValueError()))
+    h.inbox.put(ref(0))
+    thread.join(2)
+    assert h.messages() == [Finished("brightness", "window closed")] and result == [0]
+
+
+class CountingSource:
+    """A source that yields `total` frames, idling every other call, with an optional live drop policy."""
+
+    name = "capture"
+
+    def __init__(self, total: int, live: bool = False) -> None:
+        self.total = total
+        self.frames_read = 0
+        self.drop_when_blocked = live
+        self.discarded: list[int] = []
+        self.end_reason = "end of file"
+        self._tick = 0
+
+    def setup(self) -> dict:
+        return {"frame_shape": (6, 8, 3)}
+
+    def produce(self):
+        self._tick += 1
+        if self._tick % 2:
+            return NOTHING_YET
+        if self.frames_read == self.total:
+            return None
+        self.frames_read += 1
+        return ref(self.frames_read - 1)
+
+    def discard(self, msg) -> None:
+        self.discarded.append(msg.meta.frame_index)
+
+    def close(self) -> None:
+        pass
+
+
+def test_source_waits_for_start_then_produces_until_the_end():
+    h = Harness()
+    source = CountingSource(3)
+    thread, result = h.run(source, start=False)
+    assert isinstance(h.supervisor_end.recv(), Ready)
+    time.sleep(0.05)
+    assert h.outbox.empty()  # nothing before Start
+    h.supervisor_end.send(Start({}))
+    thread.join(2)
+    out = [h.outbox.get_nowait() for _ in range(4)]
+    assert [m.meta.frame_index for m in out[:3]] == [0, 1, 2]
+    assert out[3] == EndOfStream("end of file", 3) and result == [0]
+
+
+def test_live_source_drops_instead_of_blocking_on_a_full_queue():
+    h = Harness(inbox_size=2)
+    source = CountingSource(5, live=True)
+    thread, result = h.run(source)
+    deadline = time.monotonic() + 2
+    while len(source.discarded) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert source.discarded == [2, 3, 4]  # the queue held two; later frames were given back, not waited on
+    # ...but the end of the stream is never dropped: the runner waits for room for it.
+    time.sleep(0.05)
+    assert thread.is_alive() and h.outbox.qsize() == 2
+    assert [h.outbox.get().meta.frame_index for _ in range(2)] == [0, 1]
+    thread.join(2)
+    assert h.outbox.get_nowait() == EndOfStream("end of file", 5) and result == [0]
+
+
+def test_one_line():
+    assert one_line(UserError("a\n b")) == "a b"
+    assert one_line(KeyError("k")) == "KeyError: 'k'"
+    assert one_line(RuntimeError()) == "RuntimeError"
+
+
+@pytest.mark.parametrize("stage", [Brightness(), CountingSource(1)])
+def test_ready_carries_setup_info(stage):
+    h = Harness()
+    thread, _ = h.run(stage, start=False)
+    ready = h.supervisor_end.recv()
+    assert ready.stage == stage.name and ready.info == stage.setup()
+    h.stop.set()
+    thread.join(2)

@@ -1,0 +1,165 @@
+"""Supervisor: start-up handshake, end of file, errors, Ctrl-C and killed stages, and nothing left behind.
+
+The pipeline here is the real capture stage on a small generated video plus small real stages
+(`pipeline_fakes.py`), so these run in seconds; tests/pipeline/test_pipeline_e2e.py repeats the signal tests
+on the real CLI with real models.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from pipeline_fakes import build, make_video
+from process_checks import RunningPipeline, alive, shm_segments
+
+from app.pipeline.supervisor import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Supervisor
+
+FAKES = Path(__file__).resolve().parent / "pipeline_fakes.py"
+STAGES = ["capture", "detect", "postprocess", "recognize", "gui"]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "grey.mp4", frames=40)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "long.mp4", frames=400)
+
+
+def run_in_process(video: Path, out: Path, **kwargs):
+    stages, handle = build(video, out, **kwargs)
+    started = time.monotonic()
+    result = Supervisor(stages, handle, ring_slots=4).run()
+    return result, handle, time.monotonic() - started
+
+
+def assert_clean(handle) -> None:
+    assert multiprocessing.active_children() == []
+    assert not Path("/dev/shm", handle.name).exists()
+
+
+def test_end_of_file_processes_every_frame_in_order(video, tmp_path):
+    out = tmp_path / "frames.jsonl"
+    result, handle, _ = run_in_process(video, out)
+    assert result.exit_code == 0 and result.stop_reason == "end of stream"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(40))
+    # The pixels that reached the stages are the frames' own: grey level 5 * i (give or take the codec).
+    assert all(abs(r["mean"] - 5 * r["frame"]) < 4 for r in rows[5:])
+    summary = result.summary
+    assert summary["frames"] == 40 and summary["dropped"] == 0 and summary["stop_reason"] == "end of stream"
+    assert set(summary["latency_ms"]) == {*STAGES, "end_to_end"}
+    assert result.source_info["frame_shape"] == (48, 64, 3) and result.source_info["live"] is False
+    assert_clean(handle)
+
+
+def test_paced_file_plays_at_its_own_fps(video, tmp_path):
+    result, handle, elapsed = run_in_process(video, tmp_path / "f.jsonl", max_speed=False)
+    # 40 frames at 20 fps: about 2 s of playback (plus start-up), never faster.
+    assert result.summary["frames"] == 40
+    assert 1.9 <= result.summary["elapsed_s"] <= 2.6
+    assert 1.9 < elapsed
+    assert_clean(handle)
+
+
+def test_setup_failure_is_one_line_user_error_and_nothing_starts(video, tmp_path):
+    result, handle, elapsed = run_in_process(video, tmp_path / "f.jsonl", fail="setup")
+    assert result.exit_code == EXIT_USER_ERROR and result.summary is None
+    assert result.error == "detect: model file missing.onnx does not exist; check the path"
+    assert elapsed < 5
+    assert_clean(handle)
+
+
+def test_stage_exception_stops_the_run_naming_the_stage(video, tmp_path):
+    result, handle, _ = run_in_process(video, tmp_path / "f.jsonl", fail="process")
+    assert result.exit_code == EXIT_FAILED
+    assert result.stop_reason == "stage detect failed: ValueError: cannot measure frame 3"
+    assert result.summary["stop_reason"] == result.stop_reason and result.summary["frames"] <= 3
+    assert_clean(handle)
+
+
+def test_window_closed_ends_the_run_in_order(video, tmp_path):
+    out = tmp_path / "f.jsonl"
+    result, handle, _ = run_in_process(video, out, stop_after=5)
+    assert result.exit_code == 0 and result.stop_reason == "window closed"
+    assert len(out.read_text().splitlines()) == 5
+    assert_clean(handle)
+
+
+def start_fake(video: Path, out: Path, *extra: str) -> RunningPipeline:
+    run = RunningPipeline([str(FAKES), str(video), str(out), "--paced", *extra])
+    assert run.wait_for_stderr("pipeline running", timeout=30), run.stderr
+    time.sleep(0.3)  # frames are flowing
+    # The five stages, plus multiprocessing's resource tracker.
+    assert sorted(c for c in run.record_stages().values() if c.startswith("fp-")) == sorted(
+        f"fp-{s}" for s in STAGES
+    ), run.stage_pids
+    return run
+
+
+def gone_soon(pids, timeout: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive(pids) == []
+
+
+def test_sigint_to_the_parent_stops_everything_within_2_s(long_video, tmp_path):
+    run = start_fake(long_video, tmp_path / "f.jsonl")
+    try:
+        run.signal(signal.SIGINT)
+        took = run.wait(timeout=10)
+    finally:
+        run.kill()
+    assert took < 2.0, run.stderr
+    assert run.proc.returncode == EXIT_INTERRUPTED
+    assert "stopped: interrupted (Ctrl-C)" in run.stderr
+    summary = run.summary()
+    assert summary["stop_reason"] == "interrupted (Ctrl-C)" and summary["frames"] > 0
+    assert gone_soon(run.stage_pids) and shm_segments(run.proc.pid) == []
+    assert "Traceback" not in run.stderr and "leaked" not in run.stderr
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_killed_stage_stops_the_run_within_2_s_naming_it(long_video, tmp_path, stage):
+    run = start_fake(long_video, tmp_path / "f.jsonl")
+    try:
+        os.kill(run.stage_pid(stage), signal.SIGKILL)
+        took = run.wait(timeout=10)
+    finally:
+        run.kill()
+    assert took < 2.0, run.stderr
+    assert run.proc.returncode == EXIT_FAILED
+    assert f"stopped: stage {stage} died unexpectedly (killed by SIGKILL)" in run.stderr
+    assert run.summary()["stop_reason"] == f"stage {stage} died unexpectedly (killed by SIGKILL)"
+    assert gone_soon(run.stage_pids) and shm_segments(run.proc.pid) == []
+    assert "Traceback" not in run.stderr and "leaked" not in run.stderr
+    # The sink's line-buffered file is complete up to where the run stopped.
+    lines = (tmp_path / "f.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(line)["frame"] == i for i, line in enumerate(lines))
+
+
+def test_parent_killed_takes_every_stage_with_it(long_video, tmp_path):
+    run = start_fake(long_video, tmp_path / "f.jsonl")
+    try:
+        run.proc.kill()
+        run.proc.wait(5)
+        deadline = time.monotonic() + 3
+        while alive(run.stage_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive(run.stage_pids) == []
+        # Only the resource tracker can clean up after a SIGKILLed parent; give it a moment.
+        deadline = time.monotonic() + 3
+        while shm_segments(run.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert shm_segments(run.proc.pid) == []
+    finally:
+        run.kill()

@@ -1,0 +1,104 @@
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.config import Settings
+from app.errors import UserError
+from app.inference.spec import DLIB_DEFAULT_THRESHOLD
+from app.recognition.analyzer import FaceAnalyzer
+from app.vision.image_io import read_image
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+TRAIN = SHARED_FACES / "knn_examples" / "train"
+
+
+def settings(**changes) -> Settings:
+    base = Settings(
+        detector_model=REPO / "checkpoints" / "retinaface_mnet025.onnx",
+        embedder_model=REPO / "checkpoints" / "dlib_resnet.onnx",
+    )
+    return base.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> FaceAnalyzer:
+    return FaceAnalyzer(settings())
+
+
+def largest_face_embedding(analyzer: FaceAnalyzer, path: Path) -> np.ndarray:
+    image = read_image(path)
+    det = analyzer.detect(image)
+    i = det.largest()
+    assert i is not None, path
+    return analyzer.embed(image, det.landmarks[i : i + 1])[0]
+
+
+def test_detect_and_embed_two_people(analyzer):
+    image = read_image(SHARED_FACES / "two_people.jpg")
+    det = analyzer.detect(image)
+    assert len(det) == 2
+    emb = analyzer.embed(image, det.landmarks)
+    assert emb.shape == (2, 128) and emb.dtype == np.float32
+    assert np.all(np.isfinite(emb))
+    # two different people
+    assert analyzer.spec.similarity(emb[:1], emb[1:])[0, 0] < analyzer.spec.threshold
+
+
+def test_spec_and_model_id(analyzer):
+    assert analyzer.spec.kind == "dlib" and analyzer.spec.metric == "euclidean"
+    assert analyzer.model_id == analyzer.spec.model_id
+    assert analyzer.model_id.startswith("dlib-") and len(analyzer.model_id) == len("dlib-") + 12
+    assert analyzer.spec.threshold == DLIB_DEFAULT_THRESHOLD
+
+
+def test_match_threshold_setting_overrides_the_default():
+    assert FaceAnalyzer(settings(match_threshold=0.5)).spec.threshold == 0.5
+
+
+def test_batched_embedding_equals_one_by_one(analyzer):
+    image = read_image(SHARED_FACES / "knn_examples" / "test" / "obama_and_biden.jpg")
+    det = analyzer.detect(image)
+    batch = analyzer.embed(image, det.landmarks)
+    singles = np.concatenate([analyzer.embed(image, det.landmarks[i : i + 1]) for i in range(len(det))])
+    np.testing.assert_allclose(batch, singles, atol=1e-4)
+
+
+def test_detect_batch_matches_detect(analyzer):
+    images = [read_image(SHARED_FACES / n) for n in ("obama-480p.jpg", "knn_examples/test/kit_with_rose.jpg")]
+    for image, det in zip(images, analyzer.detect_batch(images), strict=True):
+        single = analyzer.detect(image)
+        np.testing.assert_allclose(det.boxes, single.boxes, atol=0.05)
+
+
+def test_no_landmarks_gives_no_embeddings(analyzer):
+    out = analyzer.embed(np.zeros((50, 50, 3), np.uint8), np.zeros((0, 5, 2), np.float32))
+    assert out.shape == (0, 128)
+
+
+def test_missing_embedder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        FaceAnalyzer(settings(embedder_model=tmp_path / "none.onnx"))
+
+
+def test_embeddings_separate_people(analyzer):
+    """All pairs of the knn_examples training photos: same person above the threshold, others below."""
+    photos = [(p.parent.name, p) for p in sorted(TRAIN.glob("*/*")) if p.suffix.lower() in {".jpg", ".jpeg"}]
+    assert len(photos) == 9
+    emb = {p: largest_face_embedding(analyzer, p) for _, p in photos}
+    threshold = analyzer.spec.threshold
+    same, different = [], []
+    for (na, pa), (nb, pb) in itertools.combinations(photos, 2):
+        sim = float(analyzer.spec.similarity(emb[pa][None], emb[pb][None])[0, 0])
+        (same if na == nb else different).append(sim)
+    assert len(same) == 4 and len(different) == 32
+    assert min(same) > threshold + 0.05, same
+    assert max(different) < threshold - 0.05, different
+
+
+def test_same_person_across_resolutions_is_close(analyzer):
+    small = largest_face_embedding(analyzer, SHARED_FACES / "obama-240p.jpg")
+    large = largest_face_embedding(analyzer, SHARED_FACES / "obama-1080p.jpg")
+    assert analyzer.spec.similarity(small[None], large[None])[0, 0] > 0.6  # distance < 0.4
