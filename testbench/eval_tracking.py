@@ -245,10 +245,17 @@ def run_sequence(
 # -- metrics ---------------------------------------------------------------------------------------------
 
 
+def shown_id(track: TrackOut, labels: dict[int, TrackLabel]) -> int:
+    """The id the pipeline shows: the earlier track's when the identity layer re-linked this one."""
+    linked = labels[track.track_id].linked_id
+    return track.track_id if linked is None else linked
+
+
 def evaluate(
     run: RunState, enrolled: set[str], min_visible: float, detected: int
 ) -> tuple[dict, mm.MOTAccumulator]:
-    accumulator = mm.MOTAccumulator(auto_id=True)
+    accumulator = mm.MOTAccumulator(auto_id=True)  # on shown ids (tracker + re-linking)
+    raw_accumulator = mm.MOTAccumulator(auto_id=True)  # on the tracker's own ids
     correct = total = named_unknown = misnamed = false_named = 0
     last_name: dict[int, str] = {}
     flips = 0
@@ -272,7 +279,8 @@ def evaluate(
         # motmetrics' own iou_matrix uses np.asfarray, gone in NumPy 2: same distances, NaN = cannot match.
         distances = 1.0 - box_iou(gt_boxes, hyp_boxes)
         distances[distances > 1.0 - MATCH_IOU] = np.nan
-        accumulator.update([f.id for f in cared], [t.track_id for t in tracks], distances)
+        accumulator.update([f.id for f in cared], [shown_id(t, labels) for t in tracks], distances)
+        raw_accumulator.update([f.id for f in cared], [t.track_id for t in tracks], distances)
         # Identity: the same IoU matching, one track per face.
         pairs = linear_assignment(1.0 - box_iou(gt_boxes, hyp_boxes), 1.0 - MATCH_IOU).matches
         matched = {int(g): tracks[int(h)] for g, h in pairs}
@@ -320,11 +328,14 @@ def evaluate(
         metrics=["mota", "idf1", "num_switches", "precision", "recall", "num_false_positives", "num_misses"],
     )
     row = summary.iloc[0]
+    raw = mm.metrics.create().compute(raw_accumulator, metrics=["idf1", "num_switches"]).iloc[0]
     enrolled_never_named = [n for n in never_named if _label_of(run, n) in enrolled]
     return {
         "mota": float(row["mota"]),
         "idf1": float(row["idf1"]),
         "id_switches": int(row["num_switches"]),
+        "idf1_tracker_ids": float(raw["idf1"]),
+        "id_switches_tracker_ids": int(raw["num_switches"]),
         "precision": float(row["precision"]),
         "recall": float(row["recall"]),
         "false_positives": int(row["num_false_positives"]),
@@ -381,7 +392,9 @@ def print_result(sequence: str, name: str, result: dict) -> None:
     first = result["frames_to_first_correct_name"]
     print(
         f"{sequence:20s} {name:9s} MOTA {result['mota']:.3f}  IDF1 {result['idf1']:.3f}  "
-        f"IDsw {result['id_switches']:2d}  FP {result['false_positives']:3d}  miss {result['misses']:3d}  "
+        f"IDsw {result['id_switches']:2d}  (tracker ids: IDF1 {result['idf1_tracker_ids']:.3f} "
+        f"IDsw {result['id_switches_tracker_ids']})  "
+        f"FP {result['false_positives']:3d}  miss {result['misses']:3d}  "
         f"id-acc {result['identity_accuracy']:.3f}  first-name {first}  "
         f"unknown-named {result['unknown_named_as_known']}  misnamed {result['enrolled_misnamed']}  "
         f"flips {result['identity_flips']}  emb/det {result['embeddings_per_detection']:.3f} "

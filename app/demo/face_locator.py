@@ -11,7 +11,7 @@ import numpy as np
 from app.errors import UserError
 from app.inference.backend import load_model
 from app.models.paths import DEFAULT_DETECTOR
-from app.vision.retinaface import Detections, decode_retinaface, letterbox, split_outputs
+from app.vision.retinaface import Detections, decode_retinaface, detector_input_hw, letterbox, split_outputs
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,7 @@ class RetinaFaceLocator:
         threads: int = 0,
     ) -> None:
         self.model = load_model(Path(model_path), threads=threads)
-        fixed = self.model.inputs[0].fixed_hw
-        self.input_hw = fixed if fixed is not None else (det_size, det_size)
+        self.input_hw = detector_input_hw(self.model, det_size)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
 

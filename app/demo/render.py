@@ -11,7 +11,7 @@ from app.demo.background import make_background
 from app.demo.face_locator import FaceLocator, RetinaFaceLocator
 from app.demo.ground_truth import ActorInfo, GroundTruth, GroundTruthFace
 from app.demo.scenario import Actor, Scenario
-from app.demo.sprites import OPAQUE, Sprite, load_sprite
+from app.demo.sprites import OPAQUE, Sprite, cut_sprite, locate_photo
 
 
 @dataclass
@@ -27,11 +27,10 @@ class _Placement:
 
 
 def load_sprites(scenario: Scenario, locator: FaceLocator | None = None) -> dict[int, Sprite]:
-    """Each actor's sprite (its photo's face located once per photo)."""
+    """Each actor's sprite; every photo is read and searched for its face once, however many actors use it."""
     locator = locator if locator is not None else RetinaFaceLocator()
-    return {
-        a.id: load_sprite(a.image, locator, flip=a.flip, brightness=a.brightness) for a in scenario.actors
-    }
+    photos = {path: locate_photo(path, locator) for path in dict.fromkeys(a.image for a in scenario.actors)}
+    return {a.id: cut_sprite(*photos[a.image], flip=a.flip, brightness=a.brightness) for a in scenario.actors}
 
 
 def _place(

@@ -17,7 +17,7 @@ ELLIPSE_AX = 0.95
 ELLIPSE_AY = 0.88
 ELLIPSE_UP = 0.04  # ellipse centre above the face-box centre (face heights): more hair, less shirt
 FEATHER = 0.22  # alpha ramps from 1 to 0 over the outer 22% of the ellipse radius
-SPRITE_FACE_H = 260  # sprites are stored with faces at most this tall; frames only ever scale them down
+SPRITE_FACE_H = 260  # stored faces are at most this tall: about the largest face a 1080p scenario shows
 OPAQUE = 128  # alpha (0-255) above which a sprite pixel counts as covering what is behind it
 
 # Landmark order under a horizontal flip: the image-left eye becomes the image-right one, same for the mouth.
@@ -80,9 +80,11 @@ def cut_sprite(
 
     scale = min(1.0, SPRITE_FACE_H / fh)
     if scale < 1.0:
-        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        # An explicit output size: OpenCV then maps coordinates by exactly (output size / input size).
+        size = (round((x1 - x0) * scale), round((y1 - y0) * scale))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
     sh, sw = crop.shape[:2]
-    sx, sy = sw / (x1 - x0), sh / (y1 - y0)  # exact factors after rounding of the output size
+    sx, sy = sw / (x1 - x0), sh / (y1 - y0)
     to_sprite = np.array([sx, sy])
 
     # Soft elliptical mask, evaluated at pixel centres in sprite coordinates.
@@ -104,7 +106,7 @@ def cut_sprite(
     return Sprite(np.ascontiguousarray(bgra), sprite_box.astype(np.float32), sprite_lms.astype(np.float32))
 
 
-def load_sprite(path: Path, locator: FaceLocator, flip: bool = False, brightness: float = 0.0) -> Sprite:
-    """Read a photo, find its main face with `locator` and cut the sprite."""
+def locate_photo(path: Path, locator: FaceLocator) -> tuple[np.ndarray, FaceLocation]:
+    """Read a photo and find its main face with `locator`."""
     image = read_image(path)
-    return cut_sprite(image, locator.locate(image, source=str(path)), flip=flip, brightness=brightness)
+    return image, locator.locate(image, source=str(path))

@@ -24,13 +24,14 @@ model compare, for re-linking tracks and for aggregating a track's embeddings.
 What happens inside:
 - When to embed (`select_for_embedding`): when a track first shows up (confirmed by the tracker); every
   `pending_interval` frames while it is undecided (up to `max_pending_embeddings`) or while its latest
-  vote contradicts its label (as many again); again when the face is
-  clearly better (quality above the best embedded one times `better_quality_ratio`); when it comes back
-  after being gone; after it crossed another face (once the boxes no longer overlap, since the tracker may
-  have swapped them); and otherwise every `refresh_interval` frames. Faces smaller than `min_face_size` or
-  overlapping another track are not embedded. Quality = size term (box height / `reference_face_size`)
-  x frontal term (nose offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian
-  variance of a 64 px grey crop / `reference_sharpness`), each in 0..1.
+  vote contradicts its label (as many again); again when the face is clearly better (quality above the
+  best embedded one times `better_quality_ratio`); when it comes back after being gone; after it crossed
+  another face (once the boxes no longer overlap, since the tracker may have swapped them); and otherwise
+  every `refresh_interval` frames. Faces smaller than `min_face_size`, overlapping another track, or cut
+  by the frame edge (less than `min_inside` of the box inside) are not embedded. Quality = size term (box
+  height / `reference_face_size`) x frontal term (nose offset from the eye-mouth midline, from the
+  landmarks) x sharpness term (Laplacian variance of a 64 px grey crop / `reference_sharpness`) x the
+  fraction inside the frame, each in 0..1.
 - Votes (`update`): each embedding votes for the best gallery match if its similarity reaches `threshold`,
   else for "unknown". A vote weighs its face quality times its strength (weaker just above threshold, full
   at threshold + `confidence_band`); a match within `match_margin` of a different person abstains. Older
@@ -42,7 +43,9 @@ What happens inside:
   under the same id, its label is still there (short occlusions). If a new track's first embedding is
   within `threshold + relink_margin` of a vanished track's aggregate embedding (quality-weighted mean,
   unit-normalised for cosine models) and clearly closer than to any other vanished track, the new track
-  inherits its votes and label.
+  inherits its votes and label, and `TrackLabel.linked_id` names the earlier track (the id to show, so a
+  person who walks out and back in keeps their number). The margin is large on purpose: re-linking means
+  "the same face seen moments ago", not merely "the same person" (that is the gallery's job).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class TrackLabel:
     name: str | None  # set only when status == "known"
     similarity: float | None  # mean similarity of the votes behind the label (latest one while pending)
     status: Status
+    linked_id: int | None = None  # the earlier track this one continues (re-linked by face); show this id
 
 
 @dataclass
@@ -135,6 +139,16 @@ def geometric_quality(boxes: np.ndarray, landmarks: np.ndarray, config: Identity
     return size * (0.3 + 0.7 * frontal)
 
 
+def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
+    """Fraction of each (N, 4) box's area inside a frame of (height, width)."""
+    height, width = frame_hw[:2]
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6) * np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
+    inner_w = np.clip(np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0.0), 0.0, None)
+    inner_h = np.clip(np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0.0), 0.0, None)
+    return np.clip(inner_w * inner_h / area, 0.0, 1.0)
+
+
 def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
     """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1."""
     height, width = frame_bgr.shape[:2]
@@ -182,13 +196,15 @@ class TrackIdentities:
         np.fill_diagonal(overlap, 0.0)
         max_overlap = overlap.max(axis=1)
         geometric = geometric_quality(boxes, np.stack([t.landmarks for t in usable]), cfg)
+        inside = np.ones(len(usable)) if frame_bgr is None else inside_fraction(boxes, frame_bgr.shape[:2])
+        geometric *= inside
         selected = []
         for i, track in enumerate(usable):
             record = self._record(track.track_id, frame)
             if max_overlap[i] >= cfg.cross_iou:
                 record.overlapped = True  # two faces on one spot: the tracker may swap them; check later
                 continue
-            if boxes[i, 3] - boxes[i, 1] < cfg.min_face_size:
+            if boxes[i, 3] - boxes[i, 1] < cfg.min_face_size or inside[i] < cfg.min_inside:
                 continue
             since = frame - record.last_embed
             must = (
@@ -404,7 +420,7 @@ class TrackIdentities:
         record.embeddings = best.embeddings + record.embeddings
         self._trim_embeddings(record)
         record.best_quality = max(record.best_quality, best.best_quality)
-        record.linked_from = best.track_id
+        record.linked_from = best.linked_from if best.linked_from is not None else best.track_id
         del self._records[best.track_id]
         self.counters.relinks += 1
         log.debug("track %d re-linked to vanished track %d", record.track_id, best.track_id)
@@ -416,8 +432,8 @@ class TrackIdentities:
 
     def _label(self, record: _Record) -> TrackLabel:
         if record.status == "pending":
-            return TrackLabel(record.track_id, None, record.last_similarity, "pending")
+            return TrackLabel(record.track_id, None, record.last_similarity, "pending", record.linked_from)
         key = record.name
         weight = record.similarity_weight.get(key, 0.0)
         similarity = record.similarity_sum[key] / weight if weight > 0 else record.last_similarity
-        return TrackLabel(record.track_id, key, similarity, record.status)
+        return TrackLabel(record.track_id, key, similarity, record.status, record.linked_from)

@@ -6,12 +6,17 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pytest
 from conftest import KNN_TRAIN, RenderedDemo
 
 from app.demo import Actor, Keyframe, Scenario, bench_scenario, images_from_dir, render, standard_scenario
+from app.demo.background import make_background
 from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
+from app.demo.sprites import cut_sprite, locate_photo
+from app.errors import UserError
 
 
 def _digests(scenario: Scenario, sprites: dict) -> list[str]:
@@ -188,3 +193,23 @@ def test_strangers_scenario_renders_every_photo(locator: RetinaFaceLocator) -> N
         f.label for _, faces in render(scenario, locator=locator) for f in faces if f.visible >= 0.9
     )
     assert set(seen) == {"alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"}
+
+
+def test_a_photo_without_a_face_is_a_user_error(tmp_path: Path, locator: RetinaFaceLocator) -> None:
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), make_background((320, 240), seed=5))
+    actor = Actor(0, "nobody", blank, (Keyframe(0, 0.5, 0.5, 0.2), Keyframe(1, 0.5, 0.5, 0.2)))
+    with pytest.raises(UserError, match="no face found in .*wall.png"):
+        load_sprites(Scenario(size=(320, 240), fps=1, n_frames=1, actors=(actor,)), locator)
+
+
+def test_a_face_cut_off_by_its_photo_still_makes_a_sprite(
+    demo_images_dir: Path, locator: RetinaFaceLocator
+) -> None:
+    # The ellipse leaves the photo here; the crop is padded with edge pixels instead of shifting the face.
+    image, face = locate_photo(demo_images_dir / "obama_partial_face.jpg", locator)
+    sprite = cut_sprite(image, face)
+    h, w = sprite.bgra.shape[:2]
+    fx1, fy1, fx2, fy2 = sprite.face_box
+    assert 0 < fx1 < fx2 < w and 0 < fy1 < fy2 < h
+    assert abs((fx1 + fx2) / 2 - w / 2) < 2  # the face stays centred in its sprite

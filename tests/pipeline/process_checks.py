@@ -98,9 +98,12 @@ class RunningPipeline:
     def wait(self, timeout: float) -> float:
         """Wait for the exit; returns the seconds it took."""
         started = time.monotonic()
-        self.stdout, _ = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
+        took = time.monotonic() - started
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout.read()
         self._reader.join(2)
-        return time.monotonic() - started
+        return took
 
     def kill(self) -> None:
         if self.proc.poll() is None:

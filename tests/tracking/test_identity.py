@@ -158,6 +158,7 @@ def test_new_track_is_relinked_to_a_vanished_one_of_the_same_face():
     )
     assert labels[7].status == "known" and labels[7].name == "alice"  # at once, by re-linking
     assert labels[8].status == "unknown"
+    assert (labels[7].linked_id, labels[8].linked_id) == (1, 2)  # shown under their old numbers
     assert manager.counters.relinks == 2
 
 

@@ -1,0 +1,171 @@
+"""Outputs of a run: the annotated video, recognition events, and per-frame face tracks.
+
+Text outputs are line-buffered: every line reaches the file when it is written, so a run that is killed
+still leaves a readable file, complete up to its last frame.
+
+- events (`--events x.jsonl`): one JSON object per recognition event, i.e. when a track gets its first
+  decided label or changes it: {"time", "frame", "track", "name" (null = unknown), "status" ("known" |
+  "unknown"), "similarity", "box"}. Pending (undecided) tracks make no event.
+- tracks (`--tracks-out x.jsonl`): for every processed frame, one object per face shown: {"frame" (0-based
+  source index), "time" (s from the source start), "track", "box" [x1,y1,x2,y2] source px, "score",
+  "name" (null unless known), "similarity" (null while pending), "status"}.
+  `--tracks-out x.csv`: MOTChallenge rows `frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1`
+  with 1-based frames.
+- video (`--output x.mp4`): the annotated frames at the source's FPS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import numpy as np
+
+from app.errors import UserError
+from app.pipeline.messages import TrackedFaces
+
+_FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+def open_line_file(path: Path, what: str) -> TextIO:
+    """A text file opened for writing, line-buffered; UserError naming the file when it cannot be."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - the sink closes it
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the {what} file {path}: {exc.strerror or exc}; check the path"
+        ) from None
+
+
+def _box(box: np.ndarray) -> list[float]:
+    return [round(float(v), 1) for v in box]
+
+
+def _similarity(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 4)
+
+
+class EventsSink:
+    """Writes an event when a track's decided label (a name, or unknown) appears or changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: TextIO | None = None
+        self._labels: dict[int, tuple[str, str | None]] = {}
+        self.events = 0
+
+    def open(self) -> None:
+        self._file = open_line_file(self.path, "events")
+
+    def write(self, faces: TrackedFaces) -> None:
+        assert self._file is not None
+        meta = faces.meta
+        for i in range(len(faces)):
+            status = faces.statuses[i]
+            if status == "pending":
+                continue
+            track = int(faces.track_ids[i])
+            label = (status, faces.names[i])
+            if self._labels.get(track) == label:
+                continue
+            self._labels[track] = label
+            event = {
+                "time": round(meta.source_time, 3),
+                "frame": meta.frame_index,
+                "track": track,
+                "name": faces.names[i] if status == "known" else None,
+                "status": status,
+                "similarity": _similarity(faces.similarities[i]),
+                "box": _box(faces.boxes[i]),
+            }
+            self._file.write(json.dumps(event) + "\n")
+            self.events += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class TracksSink:
+    """Every face shown on every frame: JSON lines, or MOTChallenge CSV for a `.csv` name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.mot = self.path.suffix.lower() == ".csv"
+        self._file: TextIO | None = None
+
+    def open(self) -> None:
+        self._file = open_line_file(self.path, "tracks")
+
+    def write(self, faces: TrackedFaces) -> None:
+        assert self._file is not None
+        if not len(faces):
+            return
+        meta = faces.meta
+        lines = []
+        for i in range(len(faces)):
+            x1, y1, x2, y2 = (float(v) for v in faces.boxes[i])
+            track, score = int(faces.track_ids[i]), float(faces.scores[i])
+            if self.mot:
+                box = f"{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f}"
+                lines.append(f"{meta.frame_index + 1},{track},{box},{score:.4f},-1,-1,-1")
+                continue
+            status = faces.statuses[i]
+            row = {
+                "frame": meta.frame_index,
+                "time": round(meta.source_time, 3),
+                "track": track,
+                "box": _box(faces.boxes[i]),
+                "score": round(score, 4),
+                "name": faces.names[i] if status == "known" else None,
+                "similarity": None if status == "pending" else _similarity(faces.similarities[i]),
+                "status": status,
+            }
+            lines.append(json.dumps(row))
+        # One write per frame: with line buffering every line still reaches the file before the next frame.
+        self._file.write("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class VideoSink:
+    """The annotated video, written with OpenCV's FFmpeg writer at the source's FPS."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer: cv2.VideoWriter | None = None
+        self.frames = 0
+
+    def open(self, fps: float, size_wh: tuple[int, int]) -> None:
+        fourcc = _FOURCC_BY_SUFFIX.get(self.path.suffix.lower())
+        if fourcc is None:
+            raise UserError(
+                f"unknown video format for {self.path}: name the --output file .mp4, .mov, .mkv or .avi"
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write the video file {self.path}: {exc.strerror or exc}") from None
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), float(fps), size_wh)
+        if not writer.isOpened():
+            raise UserError(f"cannot write the video file {self.path}; check the folder and the file name")
+        self._writer = writer
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        assert self._writer is not None
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
