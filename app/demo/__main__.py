@@ -39,13 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default="demo",
         help="demo: the README video (obama2, obama3, biden at 720p); "
-        "bench1080: 10+ faces per frame at 1920x1080 from every photo",
+        "bench1080: --faces faces per frame at 1920x1080 from all four photos",
     )
     make.add_argument("--size", type=_size, help="WIDTHxHEIGHT (default 1280x720, bench1080: 1920x1080)")
     make.add_argument("--seconds", type=float, help="duration (default 12, bench1080: 10)")
-    make.add_argument("--fps", type=float, default=25.0)
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--faces", type=int, default=10, help="bench1080: faces per frame")
+    make.add_argument("--fps", type=float, default=25.0, help="frames per second (default 25)")
+    make.add_argument("--seed", type=int, default=0, help="paths, brightness and background (default 0)")
+    make.add_argument("--faces", type=int, default=10, help="bench1080: faces per frame (default 10)")
     make.add_argument(
         "--images",
         type=Path,

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 
 from app.tracking.config import TrackerConfig
-from app.tracking.kalman import KalmanBoxFilter, xyxy_to_xyah
+from app.tracking.kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 from app.tracking.matching import fuse_score, iou_distance, linear_assignment
 from app.tracking.track import Track, TrackState
 
@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def _boxes(tracks: list[Track]) -> np.ndarray:
+    """Kalman boxes of `tracks` as (N, 4) x1, y1, x2, y2, converted in one call."""
     if not tracks:
         return np.zeros((0, 4))
-    return np.stack([t.box for t in tracks])
+    return xyah_to_xyxy(np.array([t.mean[:4] for t in tracks]))
 
 
 class ByteTracker:

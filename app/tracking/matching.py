@@ -51,7 +51,7 @@ def fuse_score(cost: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def linear_assignment(cost: np.ndarray, thresh: float) -> Assignment:
     """Minimum-cost matching (Jonker-Volgenant) where no matched pair may cost more than `thresh`."""
     rows, cols = cost.shape
-    if cost.size == 0:
+    if rows == 0 or cols == 0:
         return Assignment(np.empty((0, 2), dtype=int), np.arange(rows), np.arange(cols))
     # extend_cost pads the matrix to square; cost_limit lets a row stay unmatched rather than take a pair
     # costing more than the gate, which is the gate of the paper.
@@ -63,6 +63,8 @@ def linear_assignment(cost: np.ndarray, thresh: float) -> Assignment:
     # lapjv's limit is exclusive only up to rounding; enforce the gate exactly.
     keep = cost[matches[:, 0], matches[:, 1]] <= thresh
     matches = matches[keep]
-    unmatched_rows = np.setdiff1d(np.arange(rows), matches[:, 0])
-    unmatched_cols = np.setdiff1d(np.arange(cols), matches[:, 1])
-    return Assignment(matches, unmatched_rows, unmatched_cols)
+    row_free = np.ones(rows, dtype=bool)
+    row_free[matches[:, 0]] = False
+    col_free = np.ones(cols, dtype=bool)
+    col_free[matches[:, 1]] = False
+    return Assignment(matches, np.flatnonzero(row_free), np.flatnonzero(col_free))

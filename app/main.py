@@ -1,0 +1,138 @@
+"""CLI of the pipeline: `python -m app.main --source SRC [options]`.
+
+Flags override the environment and `.env` (see `.env.example`); every flag maps to one setting. Output
+contract: logs and the final "stopped: <reason>" line go to stderr; the LAST line of stdout is the run's
+JSON summary (frames, dropped, fps, latency_ms per stage and end_to_end, stop_reason). Exit codes: 0 for an
+orderly end (end of file, window closed), 1 when a stage failed or died, 2 for bad input or setup
+(`error: ...`, one line), 130 for Ctrl-C, 143 for SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from app.config import BACKENDS, EMBEDDER_KINDS, LOG_LEVELS, Settings, load_settings
+from app.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+# Flag -> (Settings field, help). Values go to load_settings as text, so config validates them with its
+# one-line messages. --no-gui, --max-speed and --qdrant-https are switches, --embedder takes a kind or a file.
+SETTING_FLAGS: dict[str, tuple[str, str]] = {
+    "--source": (
+        "video_source",
+        "video file, rtsp:// or http(s):// URL (e.g. an MJPEG phone camera), webcam index",
+    ),
+    "--output": ("output", "write the annotated video here (.mp4)"),
+    "--events": ("events", "write recognition events here (JSON lines)"),
+    "--tracks-out": ("tracks_out", "per-frame faces: .jsonl, or .csv for MOTChallenge"),
+    "--fps-target": ("fps_target", "file playback FPS (0 = the file's own); caps the FPS of live sources"),
+    "--backend": ("backend", f"inference backend: {', '.join(BACKENDS)}"),
+    "--detector": ("detector_model", "RetinaFace model file (also --detector-model)"),
+    "--embedder-model": ("embedder_model", "embedder model file"),
+    "--threshold": ("match_threshold", "similarity needed to name a face (default: the embedder's)"),
+    "--det-threshold": ("det_threshold", "minimum detector score for a face"),
+    "--det-size": ("det_size", "detector input side in pixels"),
+    "--gallery": ("qdrant_path", "folder of the embedded gallery (QDRANT_PATH)"),
+    "--collection": ("qdrant_collection", "gallery collection (QDRANT_COLLECTION)"),
+    "--qdrant-host": ("qdrant_host", "use the Qdrant server at this host instead of the embedded gallery"),
+    "--qdrant-port": ("qdrant_port", "Qdrant server port"),
+    "--qdrant-api-key": ("qdrant_api_key", "Qdrant server API key"),
+    "--threads": ("threads", "threads per inference session (0 = automatic)"),
+    "--ring-slots": ("ring_slots", "frames in flight (shared-memory ring slots)"),
+    "--log-level": ("log_level", f"{', '.join(LOG_LEVELS)} (default WARNING)"),
+}
+SWITCHES: dict[str, tuple[str, object, str]] = {
+    "--no-gui": ("gui", False, "no window (headless)"),
+    "--max-speed": ("max_speed", True, "read files as fast as the pipeline goes"),
+    "--qdrant-https": ("qdrant_https", True, "use https for the Qdrant server"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m app.main",
+        description="Real-time face recognition: detect, track and name faces in a video, stream or webcam.",
+    )
+    for flag, (dest, help_text) in SETTING_FLAGS.items():
+        aliases = [flag, "--detector-model"] if flag == "--detector" else [flag]
+        p.add_argument(*aliases, dest=dest, metavar="VALUE", help=help_text)
+    for flag, (dest, const, help_text) in SWITCHES.items():
+        p.add_argument(flag, dest=dest, action="store_const", const=const, help=help_text)
+    p.add_argument(
+        "--embedder", metavar="KIND|FILE", help=f"embedder kind ({', '.join(EMBEDDER_KINDS)}) or file"
+    )
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames from the source")
+    p.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default: .env)")
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    """CLI flags as `load_settings` overrides (setting name -> value); unset flags are left out."""
+    dests = [dest for dest, _ in SETTING_FLAGS.values()] + [dest for dest, _, _ in SWITCHES.values()]
+    overrides = {dest: getattr(args, dest) for dest in dests if getattr(args, dest) is not None}
+    if args.embedder is not None:
+        if args.embedder.lower() in EMBEDDER_KINDS:
+            overrides["embedder"] = args.embedder.lower()
+        else:
+            overrides["embedder_model"] = args.embedder
+    return overrides
+
+
+def configure_logging(level_name: str) -> None:
+    level = getattr(logging, level_name.upper(), logging.WARNING)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The periodic summary line is the one thing shown by default; ERROR silences it too.
+    summary = logging.getLogger("app.pipeline.summary")
+    summary.setLevel(min(level, logging.INFO) if level < logging.ERROR else level)
+
+
+def preflight(settings: Settings) -> None:
+    """Checks that need no model and no stage process, so their errors come at once."""
+    from app.pipeline.sources import parse_source
+    from app.stages.gui import gui_unavailable_reason
+
+    parse_source(settings.video_source)
+    if settings.gui:
+        reason = gui_unavailable_reason()
+        if reason is not None:
+            raise UserError(reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(overrides_from(args), env_file=args.env_file)
+        if args.max_frames is not None and args.max_frames < 1:
+            raise UserError("--max-frames must be at least 1")
+        configure_logging(settings.log_level)
+        log.debug("settings: %s", settings.redacted())
+        preflight(settings)
+        from app.pipeline.assembly import run_pipeline
+
+        result = run_pipeline(settings, max_frames=args.max_frames)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before the supervisor took over the signal
+        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    if result.error is not None:
+        print(f"error: {result.error}", file=sys.stderr)
+        return result.exit_code
+    print(f"stopped: {result.stop_reason}", file=sys.stderr, flush=True)
+    print(json.dumps(result.summary), flush=True)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

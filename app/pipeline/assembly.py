@@ -1,0 +1,60 @@
+"""Which stages a run has and how they are configured, from one validated `Settings`; and running them.
+
+capture -> detect -> postprocess -> recognize -> gui (window and/or the video, events and tracks files).
+Stage objects are built here, in the parent, but are cheap until their setup() runs in their own process.
+"""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.supervisor import RunResult, Supervisor
+from app.stages.capture import CaptureStage
+from app.stages.detect import DetectStage
+from app.stages.gui import GuiStage
+from app.stages.postprocess import PostprocessStage
+from app.stages.recognize import RecognizeStage
+from app.tracking import TrackerConfig
+
+STAGE_NAMES = ("capture", "detect", "postprocess", "recognize", "gui")
+
+
+def build_stages(settings: Settings, ring: FrameRingHandle, max_frames: int | None = None) -> list[object]:
+    # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
+    score_floor = min(settings.det_threshold, TrackerConfig.from_settings(settings).low_thresh)
+    return [
+        CaptureStage(
+            settings.video_source,
+            ring,
+            fps_target=settings.fps_target,
+            max_speed=settings.max_speed,
+            max_frames=max_frames,
+            verbose=settings.log_level == "DEBUG",
+        ),
+        DetectStage(ring, settings.detector_model, settings.backend, settings.threads, settings.det_size),
+        PostprocessStage(score_floor, settings.nms_threshold),
+        RecognizeStage(ring, settings),
+        GuiStage(
+            ring,
+            show_window=settings.gui,
+            output=settings.output,
+            events=settings.events,
+            tracks_out=settings.tracks_out,
+        ),
+    ]
+
+
+def run_pipeline(
+    settings: Settings, max_frames: int | None = None, summary_every_s: float = 5.0
+) -> RunResult:
+    """Run the whole pipeline to its end (file end, window closed, Ctrl-C, a stage failing or dying)."""
+    ring = Supervisor.new_ring_handle()
+    stages = build_stages(settings, ring, max_frames=max_frames)
+    supervisor = Supervisor(
+        stages,
+        ring,
+        ring_slots=settings.ring_slots,
+        log_level=settings.log_level,
+        summary_every_s=summary_every_s,
+    )
+    return supervisor.run()

@@ -1,0 +1,193 @@
+"""GUI / sink stage: the last consumer of every frame. Draws, shows, writes, then frees the ring slot.
+
+Per frame: copy the pixels out of the ring (only when something will show or store them) and release the
+slot at once, write the events and tracks lines, draw boxes, names, similarity, track ids, FPS and the
+per-stage latency of this frame, then write the video frame and show the window. Closing the window,
+`q` or Esc ends the run (`StopPipeline("window closed")`).
+
+A window needs OpenCV's highgui (the opencv-python wheel, not opencv-python-headless) and a display;
+`gui_unavailable_reason()` tells which is missing before anything starts, and the CLI suggests --no-gui.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+
+from app.errors import UserError
+from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.messages import TrackedFaces
+from app.pipeline.stage_runner import StopPipeline
+from app.stages.sinks import EventsSink, TracksSink, VideoSink
+from app.vision.drawing import draw_faces, draw_overlay
+
+log = logging.getLogger(__name__)
+
+WINDOW_TITLE = "Face recognition (q / Esc to quit)"
+QUIT_KEYS = (ord("q"), ord("Q"), 27)
+SHORT_NAMES = {"postprocess": "post", "recognize": "recog"}
+
+
+def gui_unavailable_reason() -> str | None:
+    """Why no OpenCV window can be opened here, as one line with the fix; None when one can."""
+    match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    if match is None or match.group(1).upper() == "NONE":
+        return (
+            "this OpenCV build has no window support (opencv-python-headless); install opencv-python "
+            "or run with --no-gui"
+        )
+    on_linux = sys.platform.startswith("linux")
+    if on_linux and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or _qt_platform()):
+        # Qt would abort the whole process without a display, so say it before trying.
+        return "no display to open the window on (DISPLAY is not set); run with --no-gui or set DISPLAY"
+    return None
+
+
+def _qt_platform() -> str | None:
+    return os.environ.get("QT_QPA_PLATFORM")
+
+
+class Window(Protocol):
+    def open(self) -> None: ...
+
+    def show(self, image) -> bool: ...  # False = the user asked to quit
+
+    def close(self) -> None: ...
+
+
+class OpenCvWindow:
+    """cv2.imshow with waitKey(1); reports q, Esc and a closed window as a request to quit."""
+
+    def __init__(self, title: str = WINDOW_TITLE) -> None:
+        self.title = title
+        self._shown = False
+
+    def open(self) -> None:
+        reason = gui_unavailable_reason()
+        if reason is not None:
+            raise UserError(reason)
+        try:
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise UserError(
+                f"cannot open a window ({' '.join(str(exc).split())[:120]}); run with --no-gui"
+            ) from None
+
+    def show(self, image) -> bool:
+        if self._shown and self._closed():
+            return False
+        cv2.imshow(self.title, image)
+        self._shown = True
+        key = cv2.waitKey(1) & 0xFF
+        return key not in QUIT_KEYS and not self._closed()
+
+    def _closed(self) -> bool:
+        try:
+            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1
+        except cv2.error:
+            return True
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass
+
+
+class GuiStage:
+    name = "gui"
+
+    def __init__(
+        self,
+        frames: FrameRingHandle,
+        show_window: bool = True,
+        output: Path | None = None,
+        events: Path | None = None,
+        tracks_out: Path | None = None,
+        window_factory: Callable[[], Window] = OpenCvWindow,
+    ) -> None:
+        self.frames = frames
+        self.show_window = show_window
+        self.output = output
+        self.window_factory = window_factory
+        self.events = EventsSink(events) if events is not None else None
+        self.tracks = TracksSink(tracks_out) if tracks_out is not None else None
+        self.video = VideoSink(output) if output is not None else None
+        self.window: Window | None = None
+        self._done_times: deque[float] = deque(maxlen=64)
+        self._stage_ms: dict[str, float] = {}
+
+    def setup(self) -> dict[str, object]:
+        if self.show_window:
+            self.window = self.window_factory()
+            self.window.open()
+        for sink in (self.events, self.tracks):
+            if sink is not None:
+                sink.open()
+        return {}
+
+    def start(self, source_info: dict[str, object]) -> None:
+        if self.video is not None:
+            height, width = (int(v) for v in source_info["frame_shape"][:2])  # type: ignore[index]
+            self.video.open(float(source_info.get("fps") or 30.0), (width, height))  # type: ignore[arg-type]
+
+    def process(self, msg: TrackedFaces) -> list:
+        meta = msg.meta
+        ring = self.frames.ring
+        needs_pixels = self.window is not None or self.video is not None
+        canvas = ring.frame(meta.slot).copy() if needs_pixels else None
+        ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
+        if self.events is not None:
+            self.events.write(msg)
+        if self.tracks is not None:
+            self.tracks.write(msg)
+        if canvas is None:
+            return []
+        draw_faces(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities)
+        draw_overlay(canvas, self._overlay_lines(msg))
+        if self.video is not None:
+            self.video.write(canvas)
+        if self.window is not None and not self.window.show(canvas):
+            raise StopPipeline("window closed")
+        return []
+
+    def _overlay_lines(self, msg: TrackedFaces) -> list[str]:
+        """FPS over the last frames, this frame's latency so far, and smoothed per-stage times."""
+        now = time.monotonic()
+        self._done_times.append(now)
+        span = self._done_times[-1] - self._done_times[0]
+        fps = (len(self._done_times) - 1) / span if span > 0 else 0.0
+        stamps = msg.meta.stamps
+        latency_ms = (now - stamps[0].end) * 1000 if stamps else math.nan
+        for stamp in stamps:
+            ms = (stamp.end - stamp.start) * 1000
+            previous = self._stage_ms.get(stamp.stage)
+            self._stage_ms[stamp.stage] = ms if previous is None else 0.9 * previous + 0.1 * ms
+        stages = "  ".join(f"{SHORT_NAMES.get(k, k)} {v:.0f}" for k, v in self._stage_ms.items())
+        return [
+            f"{fps:4.1f} FPS   latency {latency_ms:.0f} ms   faces {len(msg)}",
+            f"ms: {stages}",
+            f"frame {msg.meta.frame_index}  t={msg.meta.source_time:.2f}s",
+        ]
+
+    def close(self) -> None:
+        for sink in (self.video, self.events, self.tracks):
+            if sink is not None:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - close the others regardless
+                    log.warning("closing %s failed", type(sink).__name__, exc_info=True)
+        if self.window is not None:
+            self.window.close()
+        self.frames.close()

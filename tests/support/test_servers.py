@@ -1,0 +1,332 @@
+"""The loopback camera servers behave like real cameras for cv2's FFmpeg reader: they serve the source frames
+at the requested rate, a stop cuts readers off at once, a freeze makes reads time out (never hang), and a
+restart on the same url is readable again by a fresh VideoCapture."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.support.servers import MjpegServer, RtspServer, load_jpeg_frames, rtsp_support_problem
+
+REPO = Path(__file__).resolve().parents[2]
+HAMILTON_CLIP = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
+
+FPS = 25.0
+WIDTH, HEIGHT = 640, 360
+INDEX_BAND_ROWS = 40  # top band: black with one white 12 px block at x = 12 * frame index
+INDEX_BLOCK_PX = 12
+OPEN_TIMEOUT_MS = 2000
+READ_TIMEOUT_MS = 2000
+# TCP so the test does not depend on UDP; probesize 32 opens in ~0.1 s instead of ~27 frames of probing.
+RTSP_CAPTURE_OPTIONS = "rtsp_transport;tcp|probesize;32"
+
+RTSP_PROBLEM = rtsp_support_problem()
+needs_rtsp = pytest.mark.skipif(RTSP_PROBLEM is not None, reason=RTSP_PROBLEM or "")
+
+
+def make_frame(index: int) -> np.ndarray:
+    """A 640x360 frame whose index can be read back through lossy codecs, plus moving shapes."""
+    frame = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    frame[INDEX_BAND_ROWS:] = (60, 90, 40)
+    x = INDEX_BLOCK_PX * index
+    frame[:INDEX_BAND_ROWS, x : x + INDEX_BLOCK_PX] = 255
+    cv2.circle(frame, (80 + 10 * index, 200), 40, (0, 0, 255), -1)
+    cv2.rectangle(
+        frame, (500 - 6 * index, 100 + 3 * index), (580 - 6 * index, 160 + 3 * index), (255, 200, 0), -1
+    )
+    return frame
+
+
+def frame_index(frame: np.ndarray) -> int:
+    band = frame[5 : INDEX_BAND_ROWS - 5].astype(np.float32).mean(axis=(0, 2))
+    return int(np.argmax(np.convolve(band, np.ones(INDEX_BLOCK_PX), mode="valid")) + INDEX_BLOCK_PX // 2) // (
+        INDEX_BLOCK_PX
+    )
+
+
+def assert_source_frames(frames: list[np.ndarray], source: list[np.ndarray]) -> list[int]:
+    """Every frame is a faithful copy of a source frame, and they come in order, looping."""
+    indices = [frame_index(f) for f in frames]
+    for frame, index in zip(frames, indices, strict=True):
+        assert frame.shape == (HEIGHT, WIDTH, 3)
+        diff = np.abs(frame.astype(np.int16) - source[index].astype(np.int16)).mean()
+        assert diff < 6.0, f"frame {index} differs from the source by {diff:.1f} grey levels on average"
+    steps = {(b - a) % len(source) for a, b in zip(indices, indices[1:], strict=False)}
+    assert steps == {1}, f"frames out of order: {indices}"
+    return indices
+
+
+def open_capture(url: str, read_timeout_ms: int = READ_TIMEOUT_MS) -> cv2.VideoCapture:
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        OPEN_TIMEOUT_MS,
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        read_timeout_ms,
+    ]
+    return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+
+
+def read_frames(cap: cv2.VideoCapture, count: int) -> list[np.ndarray]:
+    frames = []
+    for _ in range(count):
+        ok, frame = cap.read()
+        assert ok, f"read failed after {len(frames)} frames"
+        frames.append(frame)
+    return frames
+
+
+def seconds_until_read_fails(cap: cv2.VideoCapture, limit_s: float) -> tuple[float, float]:
+    """(seconds until read() returns False, longest single read); fails the test past limit_s."""
+    start = time.monotonic()
+    longest = 0.0
+    while True:
+        began = time.monotonic()
+        ok, _ = cap.read()
+        longest = max(longest, time.monotonic() - began)
+        elapsed = time.monotonic() - start
+        if not ok:
+            return elapsed, longest
+        assert elapsed < limit_s, f"reads still succeed {elapsed:.1f} s after the server went away"
+
+
+def port_refuses(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in {"Z", "X"}  # a zombie has exited; its reaper just has not collected it
+
+
+@pytest.fixture(scope="module")
+def source_frames() -> list[np.ndarray]:
+    return [make_frame(i) for i in range(50)]  # 2 s at 25 fps
+
+
+@pytest.fixture(scope="module")
+def source_clip(tmp_path_factory: pytest.TempPathFactory, source_frames: list[np.ndarray]) -> Path:
+    # mp4v is MPEG-4 Part 2: the RTSP server must not depend on the file's codec.
+    path = tmp_path_factory.mktemp("clip") / "shapes.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+    assert writer.isOpened()
+    for frame in source_frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def mjpeg_server(source_frames: list[np.ndarray]) -> Iterator[MjpegServer]:
+    with MjpegServer(source_frames, fps=FPS) as server:
+        yield server
+
+
+@pytest.fixture
+def rtsp_server(source_clip: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RtspServer]:
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", RTSP_CAPTURE_OPTIONS)
+    with RtspServer(source_clip, fps=FPS) as server:
+        yield server
+
+
+def test_load_jpeg_frames_decodes_a_real_h264_clip() -> None:
+    frames = load_jpeg_frames(HAMILTON_CLIP)
+    assert len(frames) == 275
+    first = cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR)
+    assert first.shape == (360, 640, 3)
+
+
+def test_mjpeg_stream_is_multipart_jpeg(mjpeg_server: MjpegServer) -> None:
+    with socket.create_connection(("127.0.0.1", mjpeg_server.port), timeout=5) as conn:
+        conn.sendall(b"GET /video.mjpg HTTP/1.1\r\nHost: camera\r\n\r\n")
+        data = b""
+        while data.count(b"--frame") < 2 and len(data) < 1_000_000:
+            data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"Content-Type: multipart/x-mixed-replace; boundary=frame" in head
+    part_head, _, part_body = body.partition(b"\r\n\r\n")
+    assert part_head.startswith(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ")
+    length = int(part_head.rsplit(b" ", 1)[1])
+    jpeg = np.frombuffer(part_body[:length], np.uint8)
+    assert frame_index(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)) == 0
+    with socket.create_connection(("127.0.0.1", mjpeg_server.port), timeout=5) as conn:
+        conn.sendall(b"GET /other HTTP/1.1\r\nHost: camera\r\n\r\n")
+        assert conn.recv(100).startswith(b"HTTP/1.0 404")
+
+
+def test_mjpeg_serves_source_frames_at_fps_looping(mjpeg_server: MjpegServer, source_frames: list) -> None:
+    cap = open_capture(mjpeg_server.url)
+    assert cap.isOpened()
+    first = read_frames(cap, 1)
+    start = time.monotonic()
+    frames = first + read_frames(cap, 59)
+    elapsed = time.monotonic() - start
+    indices = assert_source_frames(frames, source_frames)
+    assert indices[0] == 0 and indices[-1] == 9, (
+        "60 frames of a 50-frame source end at index 9 after one loop"
+    )
+    assert 59 / FPS * 0.85 < elapsed < 59 / FPS * 2.0, f"59 frame intervals took {elapsed:.2f} s at {FPS} fps"
+    cap.release()
+
+
+def test_mjpeg_stop_cuts_readers_and_restart_serves_same_url(
+    mjpeg_server: MjpegServer, source_frames
+) -> None:
+    url, port = mjpeg_server.url, mjpeg_server.port
+    cap = open_capture(url)
+    read_frames(cap, 5)
+    assert mjpeg_server.client_count == 1
+
+    mjpeg_server.stop()
+    failed_after, _ = seconds_until_read_fails(cap, limit_s=5.0)
+    assert failed_after < 1.0, "a dropped connection must fail the read at once, not after the read timeout"
+    assert port_refuses(port)
+    started = time.monotonic()
+    assert not open_capture(url).isOpened()
+    assert time.monotonic() - started < 1.0
+
+    mjpeg_server.start()
+    assert mjpeg_server.url == url
+    started = time.monotonic()
+    cap = open_capture(url)
+    assert_source_frames(read_frames(cap, 10), source_frames)
+    assert time.monotonic() - started < 2.0
+    cap.release()
+
+
+def test_mjpeg_freeze_times_out_reads_then_reconnect_works(mjpeg_server: MjpegServer, source_frames) -> None:
+    cap = open_capture(mjpeg_server.url, read_timeout_ms=1000)
+    read_frames(cap, 5)
+    mjpeg_server.freeze()
+    failed_after, _ = seconds_until_read_fails(cap, limit_s=5.0)
+    assert 0.8 < failed_after < 2.0, (
+        f"a silent stream should fail the read after ~1 s, took {failed_after:.2f} s"
+    )
+    mjpeg_server.unfreeze()
+    cap = open_capture(mjpeg_server.url)
+    assert_source_frames(read_frames(cap, 5), source_frames)
+    cap.release()
+
+
+def test_mjpeg_restart_helper_and_context_exit_free_the_port(source_frames: list[np.ndarray]) -> None:
+    with MjpegServer(source_frames[:5], fps=50) as server:
+        cap = open_capture(server.url)
+        read_frames(cap, 2)
+        server.restart()
+        assert seconds_until_read_fails(cap, limit_s=5.0)[0] < 1.0
+        assert len(read_frames(open_capture(server.url), 3)) == 3
+        port = server.port
+    assert port_refuses(port)
+
+
+@needs_rtsp
+@pytest.mark.slow
+def test_rtsp_serves_source_frames_looping(rtsp_server: RtspServer, source_frames: list) -> None:
+    started = time.monotonic()
+    cap = open_capture(rtsp_server.url)
+    assert cap.isOpened()
+    frames = read_frames(cap, 60)
+    indices = assert_source_frames(frames, source_frames)
+    assert indices[0] == 0 and indices[-1] == 9
+    assert time.monotonic() - started > 59 / FPS * 0.7, "the server must pace frames at its fps"
+    cap.release()
+
+
+@needs_rtsp
+@pytest.mark.slow
+def test_rtsp_stop_cuts_readers_and_restart_serves_same_url(rtsp_server: RtspServer, source_frames) -> None:
+    url, port, pid = rtsp_server.url, rtsp_server.port, rtsp_server.pid
+    cap = open_capture(url)
+    read_frames(cap, 5)
+
+    rtsp_server.stop()
+    assert pid is not None and process_gone(pid)
+    failed_after, _ = seconds_until_read_fails(cap, limit_s=5.0)
+    assert failed_after < 1.0, "a dropped connection must fail the read at once, not after the read timeout"
+    assert port_refuses(port)
+    started = time.monotonic()
+    assert not open_capture(url).isOpened()
+    assert time.monotonic() - started < 1.0
+
+    rtsp_server.start()
+    assert rtsp_server.url == url and rtsp_server.pid != pid
+    started = time.monotonic()
+    cap = open_capture(url)
+    assert_source_frames(read_frames(cap, 10), source_frames)
+    assert time.monotonic() - started < 2.0, "a restarted camera must be readable again within 2 s"
+    cap.release()
+
+
+@needs_rtsp
+@pytest.mark.slow
+def test_rtsp_freeze_times_out_reads_then_reconnect_works(rtsp_server: RtspServer, source_frames) -> None:
+    timeout_s = 1.0
+    cap = open_capture(rtsp_server.url, read_timeout_ms=int(timeout_s * 1000))
+    read_frames(cap, 5)
+    rtsp_server.freeze()
+    failed_after, longest_read = seconds_until_read_fails(cap, limit_s=10 * timeout_s)
+    # FFmpeg's RTSP reader hands out up to two decoder-delayed frames, each after a full read timeout, before
+    # read() returns False: a stall shows as reads that take the whole timeout, then a failure by ~3x.
+    assert longest_read < timeout_s + 0.5
+    assert 0.8 * timeout_s < failed_after < 3 * timeout_s + 1.5
+    rtsp_server.unfreeze()
+    cap = open_capture(rtsp_server.url)
+    assert_source_frames(read_frames(cap, 5), source_frames)
+    cap.release()
+
+
+@needs_rtsp
+@pytest.mark.slow
+def test_rtsp_child_dies_with_its_parent(tmp_path: Path) -> None:
+    # A test process killed outright (no cleanup code runs) must not leave the RTSP child behind.
+    script = (
+        "import sys, time, numpy as np\n"
+        "from tests.support.servers import RtspServer\n"
+        "server = RtspServer([np.zeros((64, 64, 3), np.uint8)], fps=5).start()\n"
+        "print(server.pid, server.port, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline() if parent.stdout else ""
+        child_pid, port = (int(v) for v in line.split())
+        assert not process_gone(child_pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(5)
+    deadline = time.monotonic() + 5.0
+    while not process_gone(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_gone(child_pid), "the RTSP server outlived its parent"
+    assert port_refuses(port)
+
+
+@needs_rtsp
+def test_rtsp_close_reaps_the_child(source_frames: list[np.ndarray]) -> None:
+    server = RtspServer(source_frames[:3], fps=10)
+    with server:
+        pid, port = server.pid, server.port
+        assert pid is not None and not process_gone(pid)
+    assert process_gone(pid) and port_refuses(port)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
