@@ -84,7 +84,7 @@ class IdentityConfig:
     min_embed_gap: int = 5  # a clearly better view is embedded at most this often
     better_quality_ratio: float = 1.3  # "clearly better": quality above the best embedded one times this
     min_face_size: float = 16.0  # px (box height); smaller faces are not embedded at all
-    min_inside: float = 0.85  # faces cut by the frame edge more than this are not embedded (garbage vectors)
+    min_inside: float = 0.85  # faces with less of their box inside the frame are not embedded (bad vectors)
     cross_iou: float = 0.2  # overlapping another track this much marks the identity for re-checking
     clear_iou: float = 0.05  # ... which happens once the overlap has dropped below this
     # -- face quality (each term in 0..1; quality = size * frontal * sharpness terms) --

@@ -84,14 +84,17 @@ def main(argv: list[str]) -> None:
     frames = [p.read_bytes() for p in frame_paths]
     fps_n, fps_d = Gst.util_double_to_fraction(args.fps)
     frame_ns = Gst.util_uint64_scale_int(Gst.SECOND, fps_d, fps_n)
-    # A keyframe every second: a client that joins or reconnects decodes within a second.
+    # A keyframe every second: a client that joins or reconnects decodes within a second. zerolatency alone
+    # turns on sliced threads, whose multi-slice frames arrive corrupted after rtph264pay (seen with both
+    # FFmpeg and GStreamer clients), hence sliced-threads=false.
     keyframe_every = max(1, round(args.fps))
 
     launch = (
         "( appsrc name=src is-live=false format=time block=false max-bytes=2000000 "
         f"caps=image/jpeg,framerate={fps_n}/{fps_d},pixel-aspect-ratio=1/1 "
         "! jpegdec ! videoconvert ! video/x-raw,format=I420 "
-        f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={keyframe_every} bitrate=2000 "
+        "! x264enc tune=zerolatency sliced-threads=false speed-preset=ultrafast "
+        f"key-int-max={keyframe_every} bitrate=2000 "
         "! video/x-h264,profile=constrained-baseline "
         "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
     )

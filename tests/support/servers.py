@@ -7,9 +7,10 @@
         server.freeze()    # camera stalls: connections stay open but no frames come (reads must time out)
         server.unfreeze()
 
-`source` is a video file (any codec cv2 can decode) or a sequence of BGR uint8 frames; it is decoded once and
-served in a loop. Both servers listen on 127.0.0.1 only. Every wait is bounded, and the RTSP server subprocess
-is killed on stop(), on garbage collection, at interpreter exit, and by itself when its parent dies.
+`source` is a video file (any codec cv2 can decode) or a sequence of BGR uint8 frames of one size; it is
+decoded once (up to `max_frames`) and served in a loop. Both servers listen on 127.0.0.1 only. Every wait is
+bounded, and the RTSP server subprocess is killed on stop(), on garbage collection, at interpreter exit, and
+by itself when its parent dies.
 
 The RTSP server runs under Debian's /usr/bin/python3 (GStreamer's `gi` bindings), see `rtsp_server.py`.
 """
@@ -95,7 +96,7 @@ def _encode_jpeg(frame: np.ndarray) -> bytes:
 
 
 class _VideoServer:
-    """Common start/stop/restart/context-manager behaviour; subclasses implement _start/_stop/_signal."""
+    """Start/stop/restart/context-manager behaviour; subclasses implement _start, _stop, freeze, unfreeze."""
 
     scheme = ""
 
@@ -174,6 +175,9 @@ class MjpegServer(_VideoServer):
     def __init__(self, source: VideoSource, fps: float = 25.0, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
         super().__init__(source, fps, max_frames)
         self._server: MjpegHttpServer | None = None
+        # Through a box, not self, so a forgotten server still closes when its controller is collected.
+        self._server_box: list[MjpegHttpServer | None] = [None]
+        self._finalizer = weakref.finalize(self, MjpegServer._cleanup, self._server_box)
 
     @property
     def path(self) -> str:
@@ -192,12 +196,21 @@ class MjpegServer(_VideoServer):
             self._server = MjpegHttpServer(self.frames, self.fps, self.port)
         except OSError as exc:
             raise ServerError(f"cannot listen on 127.0.0.1:{self.port}: {exc}") from exc
+        self._server_box[0] = self._server
         self.port = self._server.port
 
     def _stop(self) -> None:
         assert self._server is not None
         server, self._server = self._server, None
+        self._server_box[0] = None
         server.close()
+
+    @staticmethod
+    def _cleanup(server_box: list[MjpegHttpServer | None]) -> None:
+        server = server_box[0]
+        if server is not None:
+            server_box[0] = None
+            server.close()
 
     def freeze(self) -> None:
         if self._server is not None:
@@ -219,7 +232,7 @@ def rtsp_support_problem(python: Path = SYSTEM_PYTHON) -> str | None:
             [str(python), "-c", probe], capture_output=True, text=True, timeout=30, env=_system_python_env()
         )
     except subprocess.TimeoutExpired:
-        return f"{python} hung importing the GStreamer RTSP bindings"
+        return None  # not a missing package: let start() fail loudly with the child's own output
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["?"])[-1]
         return (
@@ -272,6 +285,11 @@ class RtspServer(_VideoServer):
         if not mount.startswith("/"):
             raise ValueError(f"mount must start with '/', got {mount!r}")
         super().__init__(source, fps, max_frames)
+        height, width = cv2.imdecode(np.frombuffer(self.frames[0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        if width % 2 or height % 2:
+            raise ServerError(
+                f"H.264 (4:2:0) needs even frame sizes, got {width}x{height}: crop or resize the frames"
+            )
         self.mount = mount
         self.python = python
         self._process: subprocess.Popen[bytes] | None = None

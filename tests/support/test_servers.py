@@ -240,7 +240,6 @@ def test_mjpeg_restart_helper_and_context_exit_free_the_port(source_frames: list
 
 
 @needs_rtsp
-@pytest.mark.slow
 def test_rtsp_serves_source_frames_looping(rtsp_server: RtspServer, source_frames: list) -> None:
     started = time.monotonic()
     cap = open_capture(rtsp_server.url)
@@ -253,7 +252,6 @@ def test_rtsp_serves_source_frames_looping(rtsp_server: RtspServer, source_frame
 
 
 @needs_rtsp
-@pytest.mark.slow
 def test_rtsp_stop_cuts_readers_and_restart_serves_same_url(rtsp_server: RtspServer, source_frames) -> None:
     url, port, pid = rtsp_server.url, rtsp_server.port, rtsp_server.pid
     cap = open_capture(url)
@@ -278,7 +276,6 @@ def test_rtsp_stop_cuts_readers_and_restart_serves_same_url(rtsp_server: RtspSer
 
 
 @needs_rtsp
-@pytest.mark.slow
 def test_rtsp_freeze_times_out_reads_then_reconnect_works(rtsp_server: RtspServer, source_frames) -> None:
     timeout_s = 1.0
     cap = open_capture(rtsp_server.url, read_timeout_ms=int(timeout_s * 1000))
@@ -296,7 +293,6 @@ def test_rtsp_freeze_times_out_reads_then_reconnect_works(rtsp_server: RtspServe
 
 
 @needs_rtsp
-@pytest.mark.slow
 def test_rtsp_child_dies_with_its_parent(tmp_path: Path) -> None:
     # A test process killed outright (no cleanup code runs) must not leave the RTSP child behind.
     script = (

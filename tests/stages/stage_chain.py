@@ -1,0 +1,78 @@
+"""Run real stage objects in this process, chained through a real frame ring: no processes, no queues."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from app.pipeline.frame_ring import FrameRing, FrameRingHandle
+from app.pipeline.messages import FrameMeta, FrameRef, StageStamp
+from app.pipeline.stage_runner import NOTHING_YET
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
+
+
+@contextmanager
+def ring_of(shape: tuple[int, int, int], slots: int = 4) -> Iterator[tuple[FrameRing, FrameRingHandle]]:
+    """A fresh ring and a handle to it (as stages get), unlinked afterwards."""
+    lock = multiprocessing.get_context("spawn").Lock()
+    name = f"facering-{os.getpid()}-test{time.monotonic_ns() % 10**9}"
+    ring = FrameRing.create(name, slots, shape, lock)
+    handle = FrameRingHandle(name, lock)
+    try:
+        yield ring, handle
+    finally:
+        handle.close()
+        ring.close()
+        ring.unlink()
+
+
+def put_frame(ring: FrameRing, image: np.ndarray, index: int, fps: float = 25.0) -> FrameRef:
+    """Write `image` into a free slot as the capture stage would, and return its FrameRef."""
+    slot = ring.acquire(live=False, timeout=1.0)
+    assert slot is not None, "ring full: release frames in the test"
+    ring.frame(slot)[:] = image
+    ring.publish(slot, index + 1)
+    now = time.monotonic()
+    meta = FrameMeta(slot, index + 1, index, index / fps, image.shape[1], image.shape[0],
+                     [StageStamp("capture", now, now)])  # fmt: skip
+    return FrameRef(meta)
+
+
+def setup_all(stages, source_info: dict) -> None:
+    for stage in stages:
+        stage.setup()
+    for stage in stages:
+        if hasattr(stage, "start"):
+            stage.start(source_info)
+
+
+def chain(stages, msgs) -> list:
+    """Push messages through stages in order (one at a time); the outputs of the last stage."""
+    for stage in stages:
+        out = []
+        for msg in msgs:
+            out.extend(stage.process(msg))
+        msgs = out
+    return msgs
+
+
+def run_source(capture, stages, limit: int | None = None) -> list:
+    """Drive a capture stage to its end through `stages`; the last stage's outputs."""
+    outputs = []
+    while limit is None or capture.frames_read <= limit:
+        msg = capture.produce()
+        if msg is None:
+            break
+        if msg is NOTHING_YET:
+            continue
+        outputs.extend(chain(stages, [msg]))
+    return outputs

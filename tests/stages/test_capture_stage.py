@@ -1,0 +1,118 @@
+"""Capture stage on files: every frame into the ring in order, pacing at the file's FPS, frame limits, waiting
+(never dropping) when the ring is full."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+from stage_chain import HAMILTON, ring_of
+
+from app.errors import UserError
+from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.stage_runner import NOTHING_YET
+from app.stages.capture import CaptureStage
+
+
+def read_all(capture: CaptureStage, ring, limit: int = 10_000) -> list:
+    """Produce to the end, consuming each frame at once; (meta, pixels) per frame."""
+    out = []
+    while len(out) < limit:
+        msg = capture.produce()
+        if msg is None:
+            break
+        if msg is NOTHING_YET:
+            continue
+        meta = msg.meta
+        assert ring.claim(meta.slot, meta.seq)
+        out.append((meta, ring.frame(meta.slot).copy()))
+        ring.release(meta.slot, meta.seq)
+    return out
+
+
+def test_file_frames_arrive_in_order_with_their_pixels_and_times():
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True, max_frames=40)
+    info = capture.setup()
+    assert info["frame_shape"] == (360, 640, 3) and info["live"] is False and info["frame_count"] == 275
+    fps = info["fps"]
+    with ring_of(info["frame_shape"]) as (ring, handle):
+        capture.frames = handle
+        got = read_all(capture, ring)
+        capture.close()
+    assert [m.frame_index for m, _ in got] == list(range(40))
+    assert capture.end_reason == "frame limit reached (40)"
+    reference = cv2.VideoCapture(str(HAMILTON))
+    for meta, pixels in got:
+        ok, expected = reference.read()
+        assert ok and np.array_equal(pixels, expected)
+        assert meta.source_time == pytest.approx(meta.frame_index / fps)
+        assert meta.stamps[0].stage == "capture" and meta.stamps[0].end >= meta.stamps[0].start
+    reference.release()
+
+
+def test_files_are_paced_at_their_own_fps_or_the_target():
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_frames=16)
+    info = capture.setup()
+    with ring_of(info["frame_shape"]) as (ring, handle):
+        capture.frames = handle
+        started = time.monotonic()
+        read_all(capture, ring)
+        native = time.monotonic() - started
+        capture.close()
+    assert 15 / info["fps"] - 0.05 < native < 15 / info["fps"] + 0.25  # 16 frames span 15 intervals
+
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), fps_target=100, max_frames=16)
+    capture.setup()
+    with ring_of(info["frame_shape"]) as (ring, handle):
+        capture.frames = handle
+        started = time.monotonic()
+        read_all(capture, ring)
+        fast = time.monotonic() - started
+        capture.close()
+    assert 0.14 < fast < 0.4
+
+
+def test_end_of_file_and_first_frame_timing():
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True)
+    info = capture.setup()
+    time.sleep(0.3)  # models loading elsewhere: the first frame was read in setup, long before the start
+    with ring_of(info["frame_shape"]) as (ring, handle):
+        capture.frames = handle
+        first = capture.produce()
+        assert time.monotonic() - first.meta.stamps[0].end < 0.1  # stamped when published, not when read
+        ring.claim(first.meta.slot, first.meta.seq)
+        ring.release(first.meta.slot, first.meta.seq)
+        rest = read_all(capture, ring)
+        capture.close()
+    assert len(rest) == 274 and capture.end_reason == "end of stream" and capture.frames_read == 275
+
+
+def test_a_full_ring_makes_a_file_wait_and_lose_nothing():
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True, max_frames=10)
+    info = capture.setup()
+    with ring_of(info["frame_shape"], slots=3) as (ring, handle):
+        capture.frames = handle
+        held = []
+        while len(held) < 3:
+            msg = capture.produce()
+            if msg is not NOTHING_YET:
+                held.append(msg.meta)
+        assert capture.produce() is NOTHING_YET  # full: the next frame waits in the stage
+        assert ring.dropped == 0
+        for meta in held:
+            ring.release(meta.slot, meta.seq)
+        rest = read_all(capture, ring)
+        capture.close()
+        assert ring.dropped == 0
+    assert [m.frame_index for m in held] + [m.frame_index for m, _ in rest] == list(range(10))
+
+
+def test_a_source_with_no_frame_fails_setup_in_one_line(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    writer.release()
+    with pytest.raises(UserError) as info:
+        CaptureStage(str(empty), FrameRingHandle("unused", None)).setup()
+    assert str(empty) in str(info.value) and "\n" not in str(info.value)

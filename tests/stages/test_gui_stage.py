@@ -1,0 +1,197 @@
+"""GUI / sink stage: window control, annotated video, events and tracks files (JSON lines and MOT CSV),
+drawing, and the clear error when no window can be opened."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+from stage_chain import put_frame, ring_of
+
+from app.errors import UserError
+from app.pipeline.messages import TrackedFaces
+from app.pipeline.stage_runner import StopPipeline
+from app.stages import gui as gui_module
+from app.stages.gui import GuiStage, gui_unavailable_reason
+from app.vision.drawing import KNOWN_BGR, PENDING_BGR, UNKNOWN_BGR, draw_faces, face_label
+
+SHAPE = (120, 160, 3)
+SOURCE = {"frame_shape": SHAPE, "fps": 20.0, "live": False}
+
+
+class FakeWindow:
+    """Records what was shown; asks to quit after `quit_after` frames (like pressing q)."""
+
+    instances: list[FakeWindow] = []
+
+    def __init__(self, quit_after: int = 10**9) -> None:
+        self.quit_after = quit_after
+        self.shown: list[np.ndarray] = []
+        self.opened = self.closed = False
+        FakeWindow.instances.append(self)
+
+    def open(self) -> None:
+        self.opened = True
+
+    def show(self, image) -> bool:
+        self.shown.append(image.copy())
+        return len(self.shown) < self.quit_after
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def faces(ref, rows) -> TrackedFaces:
+    """rows: (track, (x1,y1,x2,y2), status, name, similarity)."""
+    return TrackedFaces(
+        meta=ref.meta,
+        track_ids=np.array([r[0] for r in rows], np.int64),
+        boxes=np.array([r[1] for r in rows], np.float32).reshape(-1, 4),
+        scores=np.full(len(rows), 0.97, np.float32),
+        names=[r[3] for r in rows],
+        statuses=[r[2] for r in rows],
+        similarities=np.array([math.nan if r[4] is None else r[4] for r in rows], np.float32),
+    )
+
+
+def frame(i: int) -> np.ndarray:
+    return np.full(SHAPE, 40 + i, np.uint8)
+
+
+SCRIPT = [
+    [(1, (10, 20, 50, 70), "pending", None, None)],
+    [(1, (12, 20, 52, 70), "unknown", None, 0.31)],
+    [(1, (14, 20, 54, 70), "known", "Ada", 0.62), (2, (90, 30, 130, 80), "pending", None, 0.2)],
+    [(1, (16, 20, 56, 70), "known", "Ada", 0.64), (2, (92, 30, 132, 80), "known", "Bob", 0.58)],
+    [],
+    [(2, (94, 30, 134, 80), "known", "Bea", 0.55)],
+]
+
+
+def run_script(stage: GuiStage, ring) -> None:
+    for i, rows in enumerate(SCRIPT):
+        ref = put_frame(ring, frame(i), i, fps=20.0)
+        assert ring.claim(ref.meta.slot, ref.meta.seq)
+        assert stage.process(faces(ref, rows)) == []
+        assert ring.states()[ref.meta.slot] == "free"  # released by the last consumer
+
+
+def test_sinks_write_video_events_and_tracks(tmp_path):
+    out = {"output": tmp_path / "out" / "annotated.mp4", "events": tmp_path / "ev.jsonl",
+           "tracks_out": tmp_path / "tracks.jsonl"}  # fmt: skip
+    with ring_of(SHAPE) as (ring, handle):
+        stage = GuiStage(handle, show_window=False, **out)
+        stage.setup()
+        stage.start(SOURCE)
+        run_script(stage, ring)
+        # Line-buffered: everything is on disk before close (a killed run leaves readable files).
+        assert len(out["events"].read_text().splitlines()) == 4
+        stage.close()
+
+    events = [json.loads(line) for line in out["events"].read_text().splitlines()]
+    assert [(e["frame"], e["track"], e["status"], e["name"]) for e in events] == [
+        (1, 1, "unknown", None),  # a label was decided: unknown
+        (2, 1, "known", "Ada"),  # ...then changed to a name
+        (3, 2, "known", "Bob"),  # pending made no event; repeated labels make none either
+        (5, 2, "known", "Bea"),
+    ]
+    assert events[1] == {"time": 0.1, "frame": 2, "track": 1, "name": "Ada", "status": "known",
+                         "similarity": pytest.approx(0.62, abs=1e-4), "box": [14.0, 20.0, 54.0, 70.0]}  # fmt: skip
+
+    rows = [json.loads(line) for line in out["tracks_out"].read_text().splitlines()]
+    assert [(r["frame"], r["track"]) for r in rows] == [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (5, 2)]
+    assert rows[0] == {"frame": 0, "time": 0.0, "track": 1, "box": [10.0, 20.0, 50.0, 70.0], "score": 0.97,
+                       "name": None, "similarity": None, "status": "pending"}  # fmt: skip
+    assert rows[1]["name"] is None and rows[1]["similarity"] == pytest.approx(0.31, abs=1e-4)
+    assert rows[2]["name"] == "Ada" and rows[6]["time"] == 0.25
+
+    video = cv2.VideoCapture(str(out["output"]))
+    assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(20.0)
+    decoded = []
+    while True:
+        ok, image = video.read()
+        if not ok:
+            break
+        decoded.append(image)
+    assert len(decoded) == len(SCRIPT) and decoded[0].shape == SHAPE
+    # Annotated: frame 2 shows Ada's green box where the raw frame was flat grey.
+    edge = decoded[2][45, 11:18].astype(int)  # across the box's left edge (x=14), through codec blur
+    greenness = edge[:, 1] - np.maximum(edge[:, 0], edge[:, 2])
+    assert greenness.max() > 25 and abs(int(decoded[2][100, 80, 0]) - 42) < 6
+
+
+def test_mot_csv_is_one_based_with_widths(tmp_path):
+    path = tmp_path / "tracks.csv"
+    with ring_of(SHAPE) as (ring, handle):
+        stage = GuiStage(handle, show_window=False, tracks_out=path)
+        stage.setup()
+        stage.start(SOURCE)
+        run_script(stage, ring)
+        stage.close()
+    rows = list(csv.reader(path.read_text().splitlines()))
+    assert rows[0] == ["1", "1", "10.00", "20.00", "40.00", "50.00", "0.9700", "-1", "-1", "-1"]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(1, 1), (2, 1), (3, 1), (3, 2), (4, 1), (4, 2), (6, 2)]
+
+
+def test_window_quit_stops_the_pipeline(tmp_path):
+    FakeWindow.instances.clear()
+    with ring_of(SHAPE) as (ring, handle):
+        stage = GuiStage(handle, show_window=True, window_factory=lambda: FakeWindow(quit_after=3))
+        stage.setup()
+        stage.start(SOURCE)
+        window = FakeWindow.instances[-1]
+        assert window.opened
+        for i in range(2):
+            ref = put_frame(ring, frame(i), i)
+            ring.claim(ref.meta.slot, ref.meta.seq)
+            stage.process(faces(ref, SCRIPT[3]))
+        ref = put_frame(ring, frame(2), 2)
+        ring.claim(ref.meta.slot, ref.meta.seq)
+        with pytest.raises(StopPipeline, match="window closed"):
+            stage.process(faces(ref, SCRIPT[3]))
+        assert ring.states()[ref.meta.slot] == "free"  # released even on the last frame
+        stage.close()
+    assert window.closed and len(window.shown) == 3
+    # What the window showed is annotated: boxes and the FPS / latency overlay.
+    shown = window.shown[-1]
+    assert int(shown[1, 1, 0]) < 42 - 10  # the darkened overlay panel in the corner
+    assert tuple(int(v) for v in shown[60, 92]) == KNOWN_BGR  # Bob's box edge (track 2 at x=92)
+
+
+def test_unwritable_outputs_fail_setup_in_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with ring_of(SHAPE) as (_, handle):
+        with pytest.raises(UserError, match="cannot write the events file"):
+            GuiStage(handle, show_window=False, events=blocker / "ev.jsonl").setup()
+        stage = GuiStage(handle, show_window=False, output=tmp_path / "video.webm")
+        stage.setup()
+        with pytest.raises(UserError, match="name the --output file .mp4"):
+            stage.start(SOURCE)
+
+
+def test_no_window_support_or_no_display_is_explained(monkeypatch):
+    monkeypatch.setattr(gui_module.cv2, "getBuildInformation", lambda: "  Video I/O:\n  GUI:   NONE\n")
+    assert "opencv-python-headless" in gui_unavailable_reason() and "--no-gui" in gui_unavailable_reason()
+    monkeypatch.setattr(gui_module.cv2, "getBuildInformation", lambda: "  GUI:   QT5\n")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    assert gui_unavailable_reason().startswith("no display to open the window on")
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert gui_unavailable_reason() is None
+
+
+def test_labels_and_colours():
+    assert face_label(3, "Lin-Manuel Miranda", "known", 0.6234) == "#3 Lin-Manuel Miranda 0.62"
+    assert face_label(4, None, "unknown", 0.21) == "#4 unknown 0.21"
+    assert face_label(5, None, "pending", 0.3) == "#5 ..."
+    assert face_label(6, None, "unknown", math.nan) == "#6 unknown"
+    image = np.zeros((100, 200, 3), np.uint8)
+    draw_faces(image, np.array([[10, 40, 50, 90], [120, 40, 160, 90], [60, 40, 100, 90]], np.float32),
+               [1, 2, 3], ["Ada", None, None], ["known", "unknown", "pending"], [0.6, 0.2, math.nan])  # fmt: skip
+    for x, colour in ((10, KNOWN_BGR), (120, UNKNOWN_BGR), (60, PENDING_BGR)):
+        assert tuple(int(v) for v in image[65, x]) == colour  # the left edge of each box

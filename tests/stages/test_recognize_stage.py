@@ -1,0 +1,106 @@
+"""Recognition stage with the real detector, embedder, tracker, identity voting and an embedded gallery."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from stage_chain import HAMILTON, REPO, SHARED_FACES, put_frame, ring_of, setup_all
+
+from app.config import load_settings
+from app.gallery import open_gallery
+from app.pipeline.messages import TrackedFaces
+from app.recognition.analyzer import FaceAnalyzer
+from app.stages.detect import DetectStage
+from app.stages.postprocess import PostprocessStage
+from app.stages.recognize import RecognizeStage
+from app.vision.image_io import read_image
+
+DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
+LIN = "Lin-Manuel Miranda"
+
+
+@pytest.fixture(scope="module")
+def gallery_dir(tmp_path_factory) -> Path:
+    """A gallery with Lin-Manuel Miranda and Alex Lacamoire, one photo each."""
+    folder = tmp_path_factory.mktemp("gallery")
+    settings = load_settings({"qdrant_path": str(folder)}, env_file=None)
+    analyzer = FaceAnalyzer(settings)
+    with closing(open_gallery(settings, analyzer.spec)) as gallery:
+        for name, photo in ((LIN, "lin-manuel-miranda.png"), ("Alex Lacamoire", "alex-lacamoire.png")):
+            image = read_image(SHARED_FACES / photo)
+            found = analyzer.detect(image)
+            gallery.add(name, analyzer.embed(image, found.landmarks[:1]))
+    return folder
+
+
+def clip(start: int, stop: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(HAMILTON))
+    frames = []
+    for index in range(stop):
+        ok, image = cap.read()
+        assert ok
+        if index >= start:
+            frames.append(image)
+    cap.release()
+    return frames
+
+
+def recognise(frames: list[np.ndarray], gallery: Path, **overrides) -> list[TrackedFaces]:
+    settings = load_settings({"qdrant_path": str(gallery), **overrides}, env_file=None)
+    out = []
+    with ring_of(frames[0].shape) as (ring, handle):
+        stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), RecognizeStage(handle, settings)]
+        setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
+        detect, post, recog = stages
+        try:
+            for i, image in enumerate(frames):
+                ref = put_frame(ring, image, i)
+                [raw] = detect.process(ref)
+                [found] = post.process(raw)
+                [tracked] = recog.process(found)
+                out.append(tracked)
+                ring.release(ref.meta.slot, ref.meta.seq)
+        finally:
+            for stage in stages:
+                stage.close()
+    return out
+
+
+def test_lin_manuel_is_tracked_and_named(gallery_dir):
+    results = recognise(clip(86, 210), gallery_dir)  # one shot of him, large and frontal
+    ids = {int(t) for r in results for t in r.track_ids}
+    assert len(ids) == 1, ids  # one face, one track id from start to end
+    assert all(len(r) == 1 for r in results)
+    statuses = [r.statuses[0] for r in results]
+    named = [r.names[0] == LIN for r in results]
+    assert statuses[0] == "pending" and not named[0]  # evidence first
+    assert sum(named) / len(named) > 0.8, statuses
+    first = named.index(True)
+    assert all(named[first:])  # once named, the label holds
+    similarity = results[-1].similarities[0]
+    assert 0.4 < similarity < 1.0
+    box = results[-1].boxes[0]
+    assert 60 < box[3] - box[1] < 200 and results[-1].scores[0] > 0.9
+
+
+def test_strangers_stay_unnamed(gallery_dir):
+    results = recognise(clip(225, 275), gallery_dir)  # the audience, nobody enrolled
+    assert max(len(r) for r in results) >= 4
+    assert all(name is None for r in results for name in r.names)
+    assert {s for r in results for s in r.statuses} <= {"pending", "unknown"}
+
+
+def test_empty_gallery_means_unknown(tmp_path):
+    results = recognise(clip(86, 130), tmp_path / "empty")
+    assert results[-1].statuses == ["unknown"] and results[-1].names == [None]
+
+
+def test_frames_without_faces_give_empty_results(gallery_dir):
+    black = [np.zeros((360, 640, 3), np.uint8)] * 3
+    results = recognise(black, gallery_dir)
+    assert [len(r) for r in results] == [0, 0, 0]
+    assert results[0].track_ids.dtype == np.int64 and results[0].boxes.shape == (0, 4)
