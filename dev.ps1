@@ -40,7 +40,7 @@ function Setup {
     if ($LASTEXITCODE -ne 0) { Write-Error "error: poetry.lock does not match pyproject.toml: run '$Poetry lock'"; exit 2 }
     Write-Host "== installing dependencies into .venv"
     Invoke-Checked $Poetry @("env", "use", "-q", $Python)
-    Invoke-Checked $Poetry @("sync", "-q", "--no-interaction")
+    Invoke-Checked $Poetry @("install", "-q", "--no-interaction")
     Write-Host "== fetching default models and demo images"
     Invoke-Checked $VenvPython @("-m", "app.models", "fetch")
 }

@@ -32,7 +32,7 @@ setup() {
     "$poetry" check --lock >/dev/null || { echo "error: poetry.lock does not match pyproject.toml: run '$poetry lock'" >&2; exit 2; }
     echo "== installing dependencies into .venv"
     "$poetry" env use -q "$PYTHON" >/dev/null
-    "$poetry" sync -q --no-interaction
+    "$poetry" install -q --no-interaction
     echo "== fetching default models and demo images"
     .venv/bin/python -m app.models fetch
 }

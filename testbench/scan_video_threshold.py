@@ -6,6 +6,7 @@
 
 A face is named P at threshold t when P owns its most similar enrolled vector (a k=1 gallery search; repeat
 --enroll NAME=IMAGE for more images of P) and that similarity is >= t. Models come from the settings (.env).
+Output: a table, then one JSON line (thresholds, named/true/false {name: [per threshold]}, labelled, ...).
 
 Strangers. Scores cannot define them: on this clip Alex's own faces (0.38-0.445) score like unenrolled
 audience faces (up to 0.44), so any score-based rule would be circular. Identity comes only from by-eye
@@ -16,8 +17,6 @@ reaches to an enrolled person it is not; without --truth it is null. Labels for 
 (cuts at frames 20, 82, 211; the curly-haired close-up of frames 20-51 is Alex, not Lin in profile):
     {"Lin": [[0, 19, 480, 0, 640, 140], [82, 210, 100, 0, 420, 220]],
      "Alex": [[0, 19, 20, 150, 110, 240], [20, 50, 360, 0, 640, 360], [51, 51, 520, 0, 640, 360]]}
-
-Prints a table, then a JSON line: thresholds, named/true/false {name: [per threshold]}, labelled, faces...
 """
 
 from __future__ import annotations
@@ -121,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     per_person = np.stack([raw[:, owner == p].max(1) for p in range(len(names))], 1)
     best, best_sim = per_person.argmax(1), per_person.max(1)
     named = (best == np.arange(len(names))[:, None, None]) & (best_sim >= thresholds[:, None])  # (P,T,N)
-    result: dict = {"thresholds": thresholds.tolist(), "faces": len(best), "frames": frames, "named": {}}
-    result["named"], result["max_stranger_similarity"] = {n: named[p].sum(1).tolist() for p, n in enumerate(names)}
+    result: dict = {"thresholds": thresholds.tolist(), "faces": len(best), "frames": frames}
+    result["named"] = {n: named[p].sum(1).tolist() for p, n in enumerate(names)}
+    result["max_stranger_similarity"] = None
     print(f"{analyzer.spec.model_id}: {len(best)} faces in {frames} frames")
     for p, name in enumerate(names):
-        mine = best_sim[best == p]
-        spread = " ".join(f"{q:.3f}" for q in np.percentile(mine, [50, 90, 99, 100])) if mine.size else "-"
-        print(f"  best match {name}: {mine.size} faces, similarity p50 p90 p99 max: {spread}")
+        mine = np.percentile(best_sim[best == p], [50, 90, 99, 100]).round(3) if (best == p).any() else "-"
+        print(f"  best match {name}: {(best == p).sum()} faces, similarity p50 p90 p99 max: {mine}")
     if labels is not None:
         result["labelled"] = {n: int((labels == p).sum()) for p, n in enumerate(names)}
         result["true"] = {n: (named[p] & (labels == p)).sum(1).tolist() for p, n in enumerate(names)}

@@ -14,15 +14,16 @@ Measured with RetinaFace mnet0.25 landmarks, the dlib 150x150 template below and
    (0.330, 0.485] gives 100 % accuracy: stills cannot pick a value inside that gap.
 2. Open set on video (what the threshold is really for): every face of all 275 frames of
    short_hamilton_clip.mp4 compared with a gallery of Lin-Manuel Miranda (lin-manuel-miranda.png) and Alex
-   Lacamoire (alex-lacamoire.png + knn train img1); faces were checked by eye. Strangers (Lin in profile, dark
-   audience faces) reach 0.445 against Alex; frontal Lin frames spread over 0.35-0.66.
-       threshold  0.40: Lin named on 90 % of his faces, 47 faces falsely named Alex
-                  0.42: 81 %, 16 false;  0.44: 71 %, 3 false;  0.45: 69 %, 0;  0.46: 69 %, 0;  0.48: 61 %, 0
-   (Alex's ~24 px face at the piano scores 0.38-0.43 and is named only below 0.43; the face README calls
-   him a bonus.)
-0.46 sits in the middle of the gap between the largest false match seen (0.445, video) and the smallest
-true match on stills (0.485): no false names, and missed frames of a known person are recovered by the
-per-track identity vote, while a false name is not. Override with MATCH_THRESHOLD.
+   Lacamoire (alex-lacamoire.png), faces labelled by eye (regions in testbench/scan_video_threshold.py;
+   reproduce with that script). Alex is the pianist in frames 0-19 AND the large curly-haired profile in
+   frames 20-51. 713 faces, 149 of Lin, 52 of Alex:
+       threshold  0.40: Lin named on 89 % of his faces, 36 strangers falsely named Alex
+                  0.42: 80 %, 9 false;  0.44: 70 %, 0 false;  0.46: 68 %, 0;  0.48: 60 %, 0
+   Real strangers (dark audience faces) reach at most 0.438 against Alex; nobody is ever falsely named Lin.
+   Alex's own faces score 0.38-0.445 (profile and ~24 px at the piano), so he is not named at 0.46.
+0.46 sits between the largest stranger match seen (0.438, video) and the smallest true match on stills
+(0.485), with a margin on the stranger side: no false names, and missed frames of a known person are
+recovered by the per-track identity vote, while a false name is not. Override with MATCH_THRESHOLD.
 
 ArcFace (512-d, cosine): no ArcFace weights ship with the project, so this default is not measured here. 0.35
 is inside the 0.3-0.4 cosine band insightface models (R50/R100, glint360k/ms1mv3) use for 1:1 verification;

@@ -6,12 +6,14 @@
 2. `specialise`: onnx2torch keeps ONNX's shape arithmetic (Shape -> Gather -> Concat -> Reshape/Resize, Pad
    and Slice with tensor arguments) as tensors that live on the model's device, so every call copies small
    tensors between host and GPU. That costs launches and makes CUDA graph capture fail. For one fixed input
-   shape the whole shape sub-graph is a constant: it is evaluated once and kept as CPU tensors, so the
-   remaining graph is pure device work (capturable) and the ops read their arguments without a GPU sync.
+   shape the whole shape sub-graph is a constant: it is evaluated once and kept as CPU tensors, and
+   Reshape/Resize/Pad/Slice are baked into plain torch calls with Python arguments. What remains is pure
+   device work: CUDA-graph capturable, and traceable by torch.compile (fullgraph).
 """
 
 from __future__ import annotations
 
+import operator
 import sys
 import types
 import warnings
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from app.errors import UserError
@@ -127,14 +130,18 @@ def specialise(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     new_graph = fx.Graph()
     constants: dict[str, torch.Tensor] = {}
     env: dict[fx.Node, fx.Node] = {}
+    host: dict[fx.Node, torch.Tensor] = {}  # old node -> its host constant
     for node in graph.nodes:
         kind = _constant_kind(node, values.get(node)) if node in static else None
         if kind is None:
-            env[node] = new_graph.node_copy(node, lambda n: env[n])
+            baked = _bake(node, gm, values, host, env, new_graph)
+            env[node] = baked if baked is not None else new_graph.node_copy(node, lambda n: env[n])
             continue
         name = f"static_{len(constants)}"
         value = values[node].detach()
         constants[name] = value.cpu().clone() if kind == "host" else value.clone()
+        if kind == "host":
+            host[node] = constants[name]
         env[node] = new_graph.get_attr(name)
     # A dict root makes every referenced tensor a plain attribute: shared with `gm` (weights) or ours
     # (constants), and never moved by a later .to(), so host constants stay on the host.
@@ -149,6 +156,72 @@ def specialise(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     new_gm.recompile()
     new_gm.eval()
     return new_gm
+
+
+def _bake(
+    node: fx.Node,
+    gm: fx.GraphModule,
+    values: dict[fx.Node, object],
+    host: dict[fx.Node, torch.Tensor],
+    env: dict[fx.Node, fx.Node],
+    graph: fx.Graph,
+) -> fx.Node | None:
+    """Reshape/Resize/Pad/Slice with host-constant arguments as plain torch calls with Python arguments.
+
+    onnx2torch's modules read those arguments from tensors at every call (`.tolist()`, `torch.Size(t)`),
+    which torch.compile cannot trace; with the values baked in, the graph is plain torch. Returns the new
+    node, or None to copy `node` unchanged.
+    """
+    if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    kind = type(gm.get_submodule(str(node.target))).__name__
+    module = gm.get_submodule(str(node.target))
+    extra = list(node.args[1:]) + list(node.kwargs.values())
+    if not all(a is None or (isinstance(a, fx.Node) and a in host) for a in extra):
+        return None
+    x = env[node.args[0]]
+    out = values.get(node)
+    if not isinstance(out, torch.Tensor):
+        return None
+
+    def arg(i: int) -> torch.Tensor | None:
+        a = node.args[i] if len(node.args) > i else None
+        return host[a] if isinstance(a, fx.Node) else None
+
+    if kind == "OnnxReshape":
+        return graph.call_function(torch.reshape, (x, tuple(out.shape)))
+    if kind == "OnnxResize" and out.dim() == 4:
+        scales = arg(2)
+        if (
+            (scales is not None and scales.numel())
+            or arg(3) is None
+            or getattr(module, "onnx_mode", "") != "nearest"
+        ):
+            return None  # only the nearest/sizes form these models use; other forms keep onnx2torch's module
+        return graph.call_function(F.interpolate, (x,), {"size": tuple(out.shape[2:]), "mode": "nearest"})
+    if kind == "OnnxPadDynamic":
+        pads = [int(p) for p in arg(1).tolist()]
+        half = len(pads) // 2
+        torch_pads: list[int] = []
+        for begin, end in zip(reversed(pads[:half]), reversed(pads[half:]), strict=True):
+            torch_pads += [begin, end]
+        if module.mode != "constant":
+            return None
+        value = arg(2)
+        fill = float(value.item()) if value is not None and value.numel() else 0.0
+        return graph.call_function(F.pad, (x, torch_pads), {"mode": "constant", "value": fill})
+    if kind == "OnnxSlice":
+        starts, ends, axes, steps = arg(1), arg(2), arg(3), arg(4)
+        rank = values[node.args[0]].dim()
+        axes_l = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes.tolist()]
+        steps_l = [1] * len(axes_l) if steps is None else [int(v) for v in steps.tolist()]
+        if any(v <= 0 for v in steps_l):
+            return None
+        index: list[slice] = [slice(None)] * rank
+        for a, lo, hi, st in zip(axes_l, starts.tolist(), ends.tolist(), steps_l, strict=True):
+            index[a] = slice(int(lo), int(hi), st)
+        return graph.call_function(operator.getitem, (x, tuple(index)))
+    return None
 
 
 def _fetch(module: torch.nn.Module, target: str) -> object:

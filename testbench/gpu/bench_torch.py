@@ -119,10 +119,13 @@ def verify(faces: Path, device: torch.device, precisions: list[str]) -> dict:
         det = TorchModel(DETECTOR, device=device.type, precision=precision)
         out = det.run(batch)
         dets = decode_all(out)
-        box_px = []
+        box_px, box_rel = [], []
         for a, b in zip(ref_dets, dets, strict=True):
             if len(a) == len(b) and len(a):
-                box_px.append(float(np.abs(a.boxes - b.boxes).max()))
+                err = np.abs(a.boxes - b.boxes).max(axis=1)
+                side = np.maximum(a.boxes[:, 2] - a.boxes[:, 0], a.boxes[:, 3] - a.boxes[:, 1])
+                box_px.append(float(err.max()))
+                box_rel.append(float((err / side).max()))
         emb = TorchModel(EMBEDDER, device=device.type, precision=precision)
         e = emb.run(emb_in)[0]
         cos = (e * emb_ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(emb_ref, axis=1)
@@ -131,6 +134,8 @@ def verify(faces: Path, device: torch.device, precisions: list[str]) -> dict:
             "detector_counts_ref": [len(d) for d in ref_dets],
             "detector_counts": [len(d) for d in dets],
             "detector_max_box_px": max(box_px) if box_px else None,
+            "detector_box_px_per_image": box_px,
+            "detector_max_box_err_over_side": max(box_rel) if box_rel else None,
             "embedder_rel_err": rel_err(emb_ref, e),
             "embedder_min_cosine": float(cos.min()),
             "embedder_max_euclid_diff": float(np.linalg.norm(e - emb_ref, axis=1).max()),
@@ -163,12 +168,12 @@ def verify(faces: Path, device: torch.device, precisions: list[str]) -> dict:
 
 
 # -- throughput --------------------------------------------------------------------------------------------
-def parse_bench_model(spec: str) -> tuple[str, Path, int, list[int]]:
-    """'name=path@size:b1,b2' -> (name, path, size, [b1, b2])."""
+def parse_bench_model(spec: str) -> tuple[str, Path, int, list[int], str | None]:
+    """'name=path@size:b1,b2[:precision]' -> (name, path, size, [b1, b2], precision or None)."""
     name, rest = spec.split("=", 1)
     path, rest = rest.rsplit("@", 1)
-    size, batches = rest.split(":", 1)
-    return name, Path(path), int(size), [int(b) for b in batches.split(",")]
+    size, batches, *precision = rest.split(":")
+    return name, Path(path), int(size), [int(b) for b in batches.split(",")], (precision or [None])[0]
 
 
 def bench_model(
@@ -233,7 +238,8 @@ def bench_compile(
             model.run_torch(x)
             row["compile_and_capture_s"] = time.perf_counter() - t0
             forward = model._forward
-            t = time_call(lambda x=x, f=forward: f(x), device, max(3, min(50, int(400 / b))))
+            with torch.inference_mode():
+                t = time_call(lambda x=x, f=forward: f(x), device, max(3, min(50, int(400 / b))))
             row["compiled_graph_ms"], row["compiled_graph_per_s"] = t * 1e3, b / t
         except Exception as exc:  # a compile failure is a result to report, not a reason to lose the run
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
@@ -301,10 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     results["bench"] = []
     precision = "fp16" if device.type == "cuda" else "fp32"
     for spec in args.bench_model:
-        name, path, size, batches = parse_bench_model(spec)
+        name, path, size, batches, model_precision = parse_bench_model(spec)
         try:
             results["bench"] += bench_model(
-                name, path, size, batches, device, precision, ["eager", "specialised", "graph"]
+                name,
+                path,
+                size,
+                batches,
+                device,
+                model_precision or precision,
+                ["eager", "specialised", "graph"],
             )
         except Exception as exc:
             results["bench"].append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
@@ -322,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         results["compile"] = []
         deadline = started + args.budget_s
         for spec in args.compile_model:
-            name, path, size, batches = parse_bench_model(spec)
+            name, path, size, batches, _ = parse_bench_model(spec)
             results["compile"] += bench_compile(
                 name, path, size, batches, device, args.compile_mode, deadline
             )
@@ -333,14 +345,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def log_summary(results: dict) -> None:
-    log("\nmodel        size batch  eager/s  specialised/s  graph/s")
+    log("\nmodel        size batch prec  eager/s  specialised/s  graph/s")
     for r in results.get("bench", []):
         if "error" in r:
             log(f"{r['model']:<12} ERROR {r['error'][:80]}")
             continue
         log(
-            f"{r['model']:<12} {r['size']:>4} {r['batch']:>5} {r.get('eager_per_s', 0):>8.0f} "
-            f"{r.get('specialised_per_s', 0):>14.0f} {r.get('graph_per_s', 0):>8.0f}"
+            f"{r['model']:<12} {r['size']:>4} {r['batch']:>5} {r['precision']:>4} "
+            f"{r.get('eager_per_s', 0):>8.0f} {r.get('specialised_per_s', 0):>14.0f} "
+            f"{r.get('graph_per_s', 0):>8.0f}"
         )
     for r in results.get("compile", []):
         log(f"compile {r}")

@@ -42,9 +42,12 @@ python3 -m testbench.gpu.bench_torch --out "$OUT/torch_results.json" --faces "$F
     --bench-model "r100=$MODELS/iresnet100.onnx@112:1,64,256" \
     --bench-model "mnet025=checkpoints/retinaface_mnet025.onnx@640:1,8,32" \
     --bench-model "dlib=checkpoints/dlib_resnet.onnx@150:1,64,256" \
+    --bench-model "mnet025=checkpoints/retinaface_mnet025.onnx@640:1,8,32:fp32" \
+    --bench-model "r50=$MODELS/retinaface_r50.onnx@640:1,8,32:fp32" \
     --compile-mode "${COMPILE_MODE:-default}" \
     --compile-model "mnet025=checkpoints/retinaface_mnet025.onnx@640:1,32" \
-    --compile-model "r100=$MODELS/iresnet100.onnx@112:64"
+    --compile-model "r100=$MODELS/iresnet100.onnx@112:64" \
+    --compile-model "r50=$MODELS/retinaface_r50.onnx@640:8"
 stamp "bench_torch exit $?"
 
 # ---- HOOK: end-to-end pipeline benchmark ------------------------------------------------------------------

@@ -22,7 +22,9 @@ def grey_frames(count: int, size: tuple[int, int] = (320, 240)) -> list[np.ndarr
 
 @contextmanager
 def mjpeg_server(
-    frames: list[np.ndarray] | Callable[[], list[np.ndarray]], fps: float = 25.0, credentials: str | None = None
+    frames: list[np.ndarray] | Callable[[], list[np.ndarray]],
+    fps: float = 25.0,
+    credentials: str | None = None,
 ) -> Iterator[str]:
     """Serve `frames` once per connection at `fps`, then end the stream; yields the stream URL.
 
@@ -51,11 +53,8 @@ def mjpeg_server(
                 ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
                 assert ok
                 data = jpeg.tobytes()
-                part = (
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                    + data
-                    + b"\r\n"
-                )
+                header = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+                part = header.encode() + data + b"\r\n"
                 try:
                     self.wfile.write(part)
                     self.wfile.flush()

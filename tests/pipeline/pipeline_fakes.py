@@ -1,8 +1,8 @@
 """Small real stages for supervisor tests: the real capture stage, a pixel statistic, a pass-through, a sink.
 
-Importable by spawned stage processes (spawn copies the parent's sys.path). `python pipeline_fakes.py VIDEO OUT
-[options]` runs the pipeline under a Supervisor like the CLI does: the stop line on stderr, the summary JSON
-as the last stdout line, the exit code of the run.
+Importable by spawned stage processes (spawn copies the parent's sys.path).
+`python pipeline_fakes.py VIDEO OUT [options]` runs the pipeline under a Supervisor like the CLI does:
+the stop line on stderr, the summary JSON as the last stdout line, the exit code of the run.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def make_video(path: Path, frames: int = 40, size: tuple[int, int] = (64, 48), f
 class MeanStage:
     """Like detection: claims the frame from the ring, then measures it."""
 
-    def __init__(self, frames: FrameRingHandle, name: str = "detect", fail_in: str = "", delay_s: float = 0.0):
+    def __init__(
+        self, frames: FrameRingHandle, name: str = "detect", fail_in: str = "", delay_s: float = 0.0
+    ):
         self.name = name
         self.frames = frames
         self.fail_in = fail_in

@@ -19,7 +19,11 @@ def meta(t0: float, capture_ms: float, wait_ms: float, detect_ms: float, gui_ms:
     d_start = c_end + wait_ms / 1000
     d_end = d_start + detect_ms / 1000
     g_end = d_end + gui_ms / 1000
-    stamps = [StageStamp("capture", t0, c_end), StageStamp("detect", d_start, d_end), StageStamp("gui", d_end, g_end)]
+    stamps = [
+        StageStamp("capture", t0, c_end),
+        StageStamp("detect", d_start, d_end),
+        StageStamp("gui", d_end, g_end),
+    ]
     return FrameMeta(0, 1, 0, 0.0, 8, 6, stamps)
 
 

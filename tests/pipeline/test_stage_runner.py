@@ -1,4 +1,4 @@
-"""The shared stage loop, driven in-process (a thread, queue.Queue, a real Pipe): no stage processes needed."""
+"""The shared stage loop, driven in-process (a thread, queue.Queue, a real Pipe): no stage processes."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from app.pipeline.stage_runner import NOTHING_YET, StageChannels, StageRunner, S
 
 
 def ref(index: int) -> FrameRef:
-    return FrameRef(FrameMeta(slot=index % 4, seq=index + 1, frame_index=index, source_time=index / 30, width=8,
-                              height=6, stamps=[StageStamp("capture", 0.0, 0.0)]))  # fmt: skip
+    stamps = [StageStamp("capture", 0.0, 0.0)]
+    return FrameRef(FrameMeta(index % 4, index + 1, index, index / 30, width=8, height=6, stamps=stamps))
 
 
 class Harness:

@@ -1,4 +1,4 @@
-"""Detection (model only) and post-processing (decode + NMS) stages with the real RetinaFace on real frames."""
+"""Detection (model only) and post-processing (decode + NMS) stages: the real RetinaFace on real frames."""
 
 from __future__ import annotations
 

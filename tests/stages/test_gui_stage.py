@@ -99,11 +99,26 @@ def test_sinks_write_video_events_and_tracks(tmp_path):
         (3, 2, "known", "Bob"),  # pending made no event; repeated labels make none either
         (5, 2, "known", "Bea"),
     ]
-    assert events[1] == {"time": 0.1, "frame": 2, "track": 1, "name": "Ada", "status": "known",
-                         "similarity": pytest.approx(0.62, abs=1e-4), "box": [14.0, 20.0, 54.0, 70.0]}  # fmt: skip
+    assert events[1] == {
+        "time": 0.1,
+        "frame": 2,
+        "track": 1,
+        "name": "Ada",
+        "status": "known",
+        "similarity": pytest.approx(0.62, abs=1e-4),
+        "box": [14.0, 20.0, 54.0, 70.0],
+    }
 
     rows = [json.loads(line) for line in out["tracks_out"].read_text().splitlines()]
-    assert [(r["frame"], r["track"]) for r in rows] == [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (5, 2)]
+    assert [(r["frame"], r["track"]) for r in rows] == [
+        (0, 1),
+        (1, 1),
+        (2, 1),
+        (2, 2),
+        (3, 1),
+        (3, 2),
+        (5, 2),
+    ]
     assert rows[0] == {"frame": 0, "time": 0.0, "track": 1, "box": [10.0, 20.0, 50.0, 70.0], "score": 0.97,
                        "name": None, "similarity": None, "status": "pending"}  # fmt: skip
     assert rows[1]["name"] is None and rows[1]["similarity"] == pytest.approx(0.31, abs=1e-4)
@@ -191,7 +206,9 @@ def test_labels_and_colours():
     assert face_label(5, None, "pending", 0.3) == "#5 ..."
     assert face_label(6, None, "unknown", math.nan) == "#6 unknown"
     image = np.zeros((100, 200, 3), np.uint8)
-    draw_faces(image, np.array([[10, 40, 50, 90], [120, 40, 160, 90], [60, 40, 100, 90]], np.float32),
-               [1, 2, 3], ["Ada", None, None], ["known", "unknown", "pending"], [0.6, 0.2, math.nan])  # fmt: skip
+    boxes = np.array([[10, 40, 50, 90], [120, 40, 160, 90], [60, 40, 100, 90]], np.float32)
+    draw_faces(
+        image, boxes, [1, 2, 3], ["Ada", None, None], ["known", "unknown", "pending"], [0.6, 0.2, math.nan]
+    )
     for x, colour in ((10, KNOWN_BGR), (120, UNKNOWN_BGR), (60, PENDING_BGR)):
         assert tuple(int(v) for v in image[65, x]) == colour  # the left edge of each box
