@@ -34,6 +34,7 @@ from app.vision.drawing import draw_faces, draw_overlay
 log = logging.getLogger(__name__)
 
 WINDOW_TITLE = "Face recognition (q / Esc to quit)"
+SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype", "/usr/share/fonts", "/usr/local/share/fonts")
 QUIT_KEYS = (ord("q"), ord("Q"), 27)
 SHORT_NAMES = {"postprocess": "post", "recognize": "recog"}
 
@@ -57,6 +58,17 @@ def _qt_platform() -> str | None:
     return os.environ.get("QT_QPA_PLATFORM")
 
 
+def _point_qt_at_system_fonts() -> None:
+    """opencv-python's Qt looks for fonts in a folder the wheel does not ship and warns on every frame."""
+    current = os.environ.get("QT_QPA_FONTDIR")
+    if current is None or Path(current).is_dir():
+        return
+    for folder in SYSTEM_FONT_DIRS:
+        if Path(folder).is_dir():
+            os.environ["QT_QPA_FONTDIR"] = folder
+            return
+
+
 class Window(Protocol):
     def open(self) -> None: ...
 
@@ -76,6 +88,7 @@ class OpenCvWindow:
         reason = gui_unavailable_reason()
         if reason is not None:
             raise UserError(reason)
+        _point_qt_at_system_fonts()
         try:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
         except cv2.error as exc:

@@ -98,8 +98,8 @@ def test_generated_video_faces_are_tracked_and_named_correctly(demo, tmp_path):
     out = {name: tmp_path / name for name in ("out.mp4", "ev.jsonl", "tracks.jsonl")}
     _, summary = run_to_end(
         "--source", str(demo["video"]), "--no-gui", "--max-speed", "--gallery", str(demo["gallery"]),
-        "--output", str(out["out.mp4"]), "--events", str(out["ev.jsonl"]), "--tracks-out", str(out["tracks.jsonl"]),
-        tmp_path=tmp_path,
+        "--output", str(out["out.mp4"]), "--events", str(out["ev.jsonl"]),
+        "--tracks-out", str(out["tracks.jsonl"]), tmp_path=tmp_path,
     )  # fmt: skip
     truth = demo["truth"]
     check_summary(summary, truth.n_frames)
@@ -244,9 +244,9 @@ def test_killed_stage_stops_the_pipeline_within_2_s(tmp_path, stage):
 # -- the lead's acceptance run ------------------------------------------------------------------------------
 
 LIN, ALEX = "Lin-Manuel Miranda", "Alex Lacamoire"
-# The clip's shots (scene cuts measured by frame difference): [0,20) stage wide, Lin-Manuel singing and Alex at
-# the piano (~20 px); [20,82) a close-up of someone else and the audience; [82,211) Lin-Manuel, large and
-# frontal; [211,275) the audience (the Obamas among others).
+# The clip's shots (scene cuts measured by frame difference): [0,20) stage wide, Lin-Manuel singing and Alex
+# at the piano (~20 px); [20,82) a close-up of someone else and the audience; [82,211) Lin-Manuel, large
+# and frontal; [211,275) the audience (the Obamas among others).
 LIN_SHOT = range(82, 211)
 WIDE_SHOT = range(0, 20)
 

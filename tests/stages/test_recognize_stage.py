@@ -22,7 +22,7 @@ from app.pipeline.messages import TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
-from app.stages.recognize import RecognizeStage
+from app.stages.recognize import RecognizeStage, SceneCutDetector
 from app.vision.image_io import read_image
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
@@ -114,3 +114,22 @@ def test_frames_without_faces_give_empty_results(gallery_dir):
     results = recognise(black, gallery_dir)
     assert [len(r) for r in results] == [0, 0, 0]
     assert results[0].track_ids.dtype == np.int64 and results[0].boxes.shape == (0, 4)
+
+
+def test_no_track_crosses_a_scene_cut(gallery_dir):
+    results = recognise(clip(70, 100), gallery_dir)  # the clip cuts from the audience to Lin-Manuel at 82
+    before = {int(i) for r in results[:12] for i in r.track_ids}
+    after = {int(i) for r in results[12:] for i in r.track_ids}
+    assert before and after
+    assert min(after) > max(before)  # new ids after the cut, never reused
+
+
+def test_scene_cut_detector_tells_cuts_from_motion():
+    frames = clip(76, 90)
+    detector = SceneCutDetector()
+    cuts = [i + 76 for i, image in enumerate(frames) if detector.is_cut(image)]
+    assert cuts == [82]
+    still = np.full((360, 640, 3), 90, np.uint8)
+    moved = np.roll(frames[-1], 12, axis=1)  # a fast pan
+    detector = SceneCutDetector()
+    assert [detector.is_cut(f) for f in (still, still, frames[-1], moved)] == [False, False, True, False]

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,6 +293,32 @@ def test_rtsp_freeze_times_out_reads_then_reconnect_works(rtsp_server: RtspServe
     cap.release()
 
 
+@pytest.mark.parametrize("server_kind", ["mjpeg", pytest.param("rtsp", marks=needs_rtsp)])
+def test_short_stall_resumes_same_connection_at_fps(
+    server_kind: str, source_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stall shorter than the read timeout: the open reader just waits, then frames continue in order and
+    # at the source rate (no burst of "late" frames after the pause).
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", RTSP_CAPTURE_OPTIONS)
+    server_type = MjpegServer if server_kind == "mjpeg" else RtspServer
+    with server_type(source_frames, fps=FPS) as server:
+        cap = open_capture(server.url)
+        before = read_frames(cap, 10)
+        server.freeze()
+        timer = threading.Timer(0.8, server.unfreeze)
+        timer.start()
+        try:
+            after = read_frames(cap, 12)
+            start = time.monotonic()
+            after += read_frames(cap, 25)
+            elapsed = time.monotonic() - start
+        finally:
+            timer.cancel()
+        assert_source_frames(before + after, source_frames)
+        assert 25 / FPS * 0.8 < elapsed < 25 / FPS * 1.6, f"25 frames after the stall took {elapsed:.2f} s"
+        cap.release()
+
+
 @needs_rtsp
 def test_rtsp_child_dies_with_its_parent(tmp_path: Path) -> None:
     # A test process killed outright (no cleanup code runs) must not leave the RTSP child behind.
@@ -302,7 +329,11 @@ def test_rtsp_child_dies_with_its_parent(tmp_path: Path) -> None:
         "print(server.pid, server.port, flush=True)\n"
         "time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    # TMPDIR: the killed parent cannot remove its frames folder, so keep it inside pytest's tmp_path.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         line = parent.stdout.readline() if parent.stdout else ""
         child_pid, port = (int(v) for v in line.split())
@@ -310,11 +341,12 @@ def test_rtsp_child_dies_with_its_parent(tmp_path: Path) -> None:
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait(5)
+    # The leader thread turns zombie a moment before the last thread closes the sockets: wait for both.
     deadline = time.monotonic() + 5.0
-    while not process_gone(child_pid) and time.monotonic() < deadline:
+    while not (process_gone(child_pid) and port_refuses(port)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process_gone(child_pid), "the RTSP server outlived its parent"
-    assert port_refuses(port)
+    assert port_refuses(port), "the RTSP server's port is still open after its parent died"
 
 
 @needs_rtsp
