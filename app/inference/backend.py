@@ -63,6 +63,12 @@ def load_model(path: Path, backend: str = "onnxruntime", threads: int = 0) -> Mo
     if not path.is_file():
         hint = " (run `python -m app.models fetch`)" if path.parent.name == "checkpoints" else ""
         raise UserError(f"model file {path} does not exist; check the path{hint}")
+    if backend == "tensorrt" and path.suffix.lower() in (".engine", ".plan", ".trt"):
+        # Engine files run on TensorRT's own API (as the original did); ONNX files with backend=tensorrt go
+        # through ONNX Runtime's TensorRT provider, which builds and caches the engine itself.
+        from app.inference.tensorrt_backend import TensorRTModel
+
+        return TensorRTModel(path)
     if backend in ("onnxruntime", "tensorrt"):
         from app.inference.onnxruntime_backend import OnnxRuntimeModel
 
