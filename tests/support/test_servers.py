@@ -308,13 +308,16 @@ def test_short_stall_resumes_same_connection_at_fps(
         timer = threading.Timer(0.8, server.unfreeze)
         timer.start()
         try:
-            after = read_frames(cap, 12)
+            stalled_from = time.monotonic()
+            after = read_frames(cap, 12)  # ~0.5 s of video, spanning the 0.8 s stall
+            stalled_s = time.monotonic() - stalled_from
             start = time.monotonic()
             after += read_frames(cap, 25)
             elapsed = time.monotonic() - start
         finally:
             timer.cancel()
         assert_source_frames(before + after, source_frames)
+        assert stalled_s > 0.8, f"the stream did not stall: 12 frames in {stalled_s:.2f} s"
         assert 25 / FPS * 0.8 < elapsed < 25 / FPS * 1.6, f"25 frames after the stall took {elapsed:.2f} s"
         cap.release()
 
