@@ -49,6 +49,12 @@ switch ($Command) {
     "setup" { Setup }
     "test" {
         Setup
+        if ($env:TEST_TORCH -eq "1") {
+            # Optional torch backend, CPU build, so its tests compare it with ONNX Runtime here too.
+            Write-Host "== installing the optional torch backend (CPU) for its tests"
+            Invoke-Checked $VenvPython @("-m", "pip", "install", "-q", "torch==2.13.0")
+            Invoke-Checked $VenvPython @("-m", "pip", "install", "-q", "--no-deps", "onnx2torch==1.5.15")
+        }
         Write-Host "== lint"
         Invoke-Checked $VenvPython @("-m", "ruff", "check", ".")
         Invoke-Checked $VenvPython @("-m", "ruff", "format", "--check", ".")

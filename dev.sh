@@ -43,6 +43,12 @@ case "$cmd" in
     setup) setup ;;
     test)
         setup
+        if [ "${TEST_TORCH:-0}" = 1 ]; then
+            # Optional torch backend, CPU build, so its tests compare it with ONNX Runtime here too.
+            echo "== installing the optional torch backend (CPU) for its tests"
+            .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+            .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "onnx2torch==1.5.15"
+        fi
         echo "== lint"
         .venv/bin/python -m ruff check .
         .venv/bin/python -m ruff format --check .

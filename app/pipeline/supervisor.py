@@ -81,7 +81,7 @@ class Supervisor:
         *,
         log_level: str = "WARNING",
         startup_timeout_s: float = 300.0,
-        stop_timeout_s: float = 1.5,
+        stop_timeout_s: float = 1.2,
         summary_every_s: float = 5.0,
     ) -> None:
         if len(stages) < 2:
