@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from app.errors import UserError
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.messages import Failed, Finished, FrameDone, Ready, Start
 from app.pipeline.metrics import PipelineMetrics
@@ -144,7 +145,10 @@ class Supervisor:
             self._queues.append(self.ctx.Queue(maxsize=size))
         # Children inherit an ignored SIGINT through exec, so a Ctrl-C during their start-up cannot raise
         # KeyboardInterrupt in them; the parent's own handler is put back right after.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: no signal handling to arrange
+            previous = None
         try:
             for i, stage in enumerate(self.stages):
                 parent_end, child_end = self.ctx.Pipe(duplex=True)
@@ -165,13 +169,16 @@ class Supervisor:
                 self._children.append(_Child(stage, process, parent_end))
                 log.debug("started stage %s (pid %d)", stage.name, process.pid)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     def _wait_until_ready(self) -> RunResult | None:
         deadline = time.monotonic() + self.startup_timeout_s
         while not all(c.ready for c in self._children):
             if self._signal is not None:
-                return self._abort_startup(self._signal_reason(), self._signal_exit_code())
+                result = self._abort_startup(self._signal_reason(), self._signal_exit_code())
+                result.summary = self.metrics.summary(dropped=0, stop_reason=result.stop_reason)
+                return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 slow = ", ".join(c.stage.name for c in self._children if not c.ready)
@@ -202,7 +209,14 @@ class Supervisor:
     def _create_ring(self, source_info: dict[str, object]) -> None:
         h, w, c = (int(v) for v in source_info["frame_shape"])  # type: ignore[union-attr]
         handle = self.ring_handle
-        self._ring = FrameRing.create(handle.name, self.ring_slots, (h, w, c), handle.lock)
+        try:
+            self._ring = FrameRing.create(handle.name, self.ring_slots, (h, w, c), handle.lock)
+        except OSError as exc:
+            size_mb = self.ring_slots * h * w * c / 1e6
+            raise UserError(
+                f"cannot create the {size_mb:.0f} MB shared frame ring in /dev/shm ({exc.strerror or exc}); "
+                "free space there or lower RING_SLOTS"
+            ) from None
         log.debug("frame ring %s: %d slots of %dx%dx%d", handle.name, self.ring_slots, h, w, c)
 
     # -- run ----------------------------------------------------------------------------------------------

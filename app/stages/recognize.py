@@ -25,6 +25,7 @@ import numpy as np
 from app.config import Settings
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FaceDetections, TrackedFaces
+from app.tracking.config import IdentityConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,17 @@ class TrackFace:
 class RecognizeStage:
     name = "recognize"
 
-    def __init__(self, frames: FrameRingHandle, settings: Settings, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        frames: FrameRingHandle,
+        settings: Settings,
+        threads: int | None = None,
+        identity_config: IdentityConfig | None = None,
+    ) -> None:
         self.frames = frames
         self.settings = settings
         self.threads = settings.threads if threads is None else threads
+        self.identity_config = identity_config  # None = the tracking package's defaults
         self.gallery = None
         self.tracker = None
         self.embedded_faces = 0
@@ -77,7 +85,7 @@ class RecognizeStage:
         from app.gallery import gallery_location, open_gallery
         from app.inference.backend import load_model
         from app.inference.spec import embedder_spec_for
-        from app.tracking import IdentityConfig, TrackerConfig, TrackIdentities
+        from app.tracking import TrackerConfig, TrackIdentities
         from app.vision.alignment import align_faces
 
         s = self.settings
@@ -94,7 +102,8 @@ class RecognizeStage:
         if info.persons == 0:
             log.warning("the gallery at %s is empty: every face will be unknown", gallery_location(s))
         self.tracker_config = TrackerConfig.from_settings(s)
-        self.identities = TrackIdentities(IdentityConfig(), threshold=spec.threshold, metric=spec.metric)
+        identity = self.identity_config or IdentityConfig()
+        self.identities = TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
         w, h = spec.input_size
         self._embed(np.zeros((1, h, w, 3), np.uint8))  # warm-up: the first run of a session is slow
         return {
