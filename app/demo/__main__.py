@@ -1,4 +1,4 @@
-"""``python -m app.demo make|sets``: make a synthetic video with ground truth, or print the demo photos."""
+"""``python -m app.demo make|sets|run``: make a synthetic video, print the demo photos, or run the demo."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sets = commands.add_parser("sets", help="print the demo enrollment and video photo sets as JSON")
     sets.add_argument("--images", type=Path, default=DEMO_IMAGES_DIR)
+    run = commands.add_parser(
+        "run", help="enroll the demo people, make the demo video and run the pipeline on it (README main job)"
+    )
+    run.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="extra flags for python -m app.main")
     return parser
 
 
@@ -90,6 +94,10 @@ def _shown(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "run":
+            from app.demo.run import run_demo
+
+            return run_demo(args.pipeline_args)
         if args.command == "sets":
             sets = demo_sets(args.images)
             print(

@@ -80,7 +80,11 @@ class IdentityConfig:
     # -- when to embed --
     pending_interval: int = 2  # frames between embeddings while a track is still undecided
     max_pending_embeddings: int = 8  # after that many, an undecided track falls back to refresh_interval
-    refresh_interval: int = 45  # frames between re-embeddings of a decided track
+    refresh_interval: int = 45  # frames between re-embeddings of a track decided as a known person
+    # An "unknown" decision is revisited sooner: it is often an enrolled person's first poor view (on the
+    # hamilton clip Lin's first embeddings score 0.41-0.43 against a 0.46 threshold); strangers are few, so
+    # the cost stays small. 10 frames: Lin named on 107/129 large-face frames instead of 27, no false names.
+    unknown_refresh_interval: int = 10
     min_embed_gap: int = 5  # a clearly better view is embedded at most this often
     better_quality_ratio: float = 1.3  # "clearly better": quality above the best embedded one times this
     min_face_size: float = 16.0  # px (box height); smaller faces are not embedded at all

@@ -27,11 +27,12 @@ What happens inside:
   vote contradicts its label (as many again); again when the face is clearly better (quality above the
   best embedded one times `better_quality_ratio`); when it comes back after being gone; after it crossed
   another face (once the boxes no longer overlap, since the tracker may have swapped them); and otherwise
-  every `refresh_interval` frames. Faces smaller than `min_face_size`, overlapping another track, or cut
-  by the frame edge (less than `min_inside` of the box inside) are not embedded. Quality = size term (box
-  height / `reference_face_size`) x frontal term (nose offset from the eye-mouth midline, from the
-  landmarks) x sharpness term (Laplacian variance of a 64 px grey crop / `reference_sharpness`) x the
-  fraction inside the frame, each in 0..1.
+  every `refresh_interval` frames (`unknown_refresh_interval` for a track decided unknown, since an
+  early poor view of an enrolled person must not stick). Faces smaller than `min_face_size`, overlapping
+  another track, or cut by the frame edge (less than `min_inside` of the box inside) are not embedded.
+  Quality = size term (box height / `reference_face_size`) x frontal term (nose offset from the eye-mouth
+  midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px grey crop /
+  `reference_sharpness`) x the fraction inside the frame, each in 0..1.
 - Votes (`update`): each embedding votes for the best gallery match if its similarity reaches `threshold`,
   else for "unknown". A vote weighs its face quality times its strength (weaker just above threshold, full
   at threshold + `confidence_band`); a match within `match_margin` of a different person abstains. Older
@@ -211,7 +212,8 @@ class TrackIdentities:
                 record.embedded == 0
                 or record.last_seen < frame - 1  # back after being gone
                 or (record.overlapped and max_overlap[i] < cfg.clear_iou)
-                or since >= cfg.refresh_interval
+                or since
+                >= (cfg.unknown_refresh_interval if record.status == "unknown" else cfg.refresh_interval)
                 or (
                     (record.status == "pending" or record.contested)
                     and record.quick_left > 0
