@@ -90,7 +90,8 @@ class OpenCvWindow:
             raise UserError(reason)
         _point_qt_at_system_fonts()
         try:
-            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+            # Resizable, aspect kept, no Qt toolbar: the video is the whole window.
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         except cv2.error as exc:
             raise UserError(
                 f"cannot open a window ({' '.join(str(exc).split())[:120]}); run with --no-gui"
@@ -99,6 +100,11 @@ class OpenCvWindow:
     def show(self, image) -> bool:
         if self._shown and self._closed():
             return False
+        if not self._shown:
+            # Qt opens WINDOW_NORMAL windows at 400x300; start at the frame's size, capped to a laptop screen.
+            h, w = image.shape[:2]
+            scale = min(1.0, 1280 / w, 800 / h)
+            cv2.resizeWindow(self.title, round(w * scale), round(h * scale))
         cv2.imshow(self.title, image)
         self._shown = True
         key = cv2.waitKey(1) & 0xFF
