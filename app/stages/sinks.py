@@ -113,7 +113,8 @@ class TracksSink:
             x1, y1, x2, y2 = (float(v) for v in faces.boxes[i])
             track, score = int(faces.track_ids[i]), float(faces.scores[i])
             if self.mot:
-                box = f"{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f}"
+                # MOTChallenge boxes are 1-based (the top-left pixel is (1, 1)); its tools subtract 1.
+                box = f"{x1 + 1:.2f},{y1 + 1:.2f},{x2 - x1:.2f},{y2 - y1:.2f}"
                 lines.append(f"{meta.frame_index + 1},{track},{box},{score:.4f},-1,-1,-1")
                 continue
             status = faces.statuses[i]

@@ -148,7 +148,8 @@ def test_mot_csv_is_one_based_with_widths(tmp_path):
         run_script(stage, ring)
         stage.close()
     rows = list(csv.reader(path.read_text().splitlines()))
-    assert rows[0] == ["1", "1", "10.00", "20.00", "40.00", "50.00", "0.9700", "-1", "-1", "-1"]
+    # box (10, 20, 50, 70) in 0-based pixels: MOTChallenge counts pixels from 1
+    assert rows[0] == ["1", "1", "11.00", "21.00", "40.00", "50.00", "0.9700", "-1", "-1", "-1"]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(1, 1), (2, 1), (3, 1), (3, 2), (4, 1), (4, 2), (6, 2)]
 
 
