@@ -32,6 +32,13 @@ class FrameMeta:
     width: int
     height: int
     stamps: list[StageStamp] = field(default_factory=list)
+    # A live source's continuous stretch: capture adds 1 after every gap (a reconnect, a restarted capture
+    # process). Per-stream state (tracker, identities) must not span a change; a counter rather than a flag
+    # on one frame, because that frame may be dropped on its way.
+    segment: int = 0
+    # Non-empty on a placeholder frame sent while the source is away (e.g. "reconnecting to ..."): the pixels
+    # are the last frame dimmed, not the source's; stages skip it and the GUI shows the text.
+    status: str = ""
 
 
 @dataclass
@@ -74,6 +81,7 @@ class TrackedFaces:
     names: list[str | None]  # a person's name, or None (unknown or not decided yet)
     statuses: list[str]  # "known" | "unknown" | "pending" (not enough evidence yet)
     similarities: np.ndarray  # (N,) float32, NaN where there is no match to report
+    gallery_unavailable: bool = False  # the gallery server is not answering: names paused, tracking goes on
 
     @classmethod
     def empty(cls, meta: FrameMeta) -> TrackedFaces:

@@ -12,6 +12,21 @@ Life of a run (all in the parent process, which never loads a model or opens the
 4. Stop: set the shared stop event; stages leave their loops within `POLL_S` and close (writers flush); any
    process still alive after `stop_timeout_s` is terminated, then killed. The ring is unlinked in a
    `finally`, so neither processes nor shared-memory segments outlive the run.
+
+Stage deaths (seen within ~0.1 s: the watch loop waits on every process sentinel):
+- The capture process of a live source (URL, webcam) is restarted, at most `source_restarts` times in
+  `restart_window_s` (then the run stops, naming it). The ring and the queue to detection stay; what the
+  dead process held is taken back first: the ring lock and the queue's write lock if it died holding them,
+  and a slot it was writing. The new process continues sequence numbers and frame indices from the shared
+  `restart_state` and starts a new segment (recognition resets its tracks). Until it is ready the other
+  stages just wait for frames.
+- A file source is not restarted: the run stops cleanly, naming the stage, with every output complete up to
+  the last frame. Resuming a file exactly would need frame-accurate seeking, which FFmpeg does not promise
+  for every file, and a capture that dies on a file mostly died on something in the file (a decoder crash)
+  that a restart would meet again.
+- Any other stage stops the run cleanly within ~2 s, naming it. Their state is expensive and not
+  restartable mid-stream: a loaded model and its GPU context (detect), the tracker and identity votes
+  (recognize), an open video writer (gui); a crash there is a bug to see, not to paper over.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ from typing import Any
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.messages import Failed, Finished, FrameDone, Ready, Start
+from app.pipeline.messages import Failed, Finished, FrameDone, FrameMeta, Ready, Start
 from app.pipeline.metrics import PipelineMetrics
 from app.pipeline.stage_runner import StageChannels, stage_process_main
 
@@ -37,6 +52,9 @@ log = logging.getLogger(__name__)
 summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; the CLI shows it by default
 
 RING_PREFIX = "facering"
+RESTART_STATE_SIZE = 8  # shared doubles for a restartable source; [0] = how often it was restarted
+SOURCE_READY_TIMEOUT_S = 60.0  # a restarted capture opens its source (bounded by its own timeouts) first
+_STUCK_LOCK_S = 0.5  # ring and queue locks are held for microseconds: longer means a dead holder
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
@@ -58,6 +76,7 @@ class _Child:
     control: Connection
     ready: bool = False
     ready_info: dict[str, object] = field(default_factory=dict)
+    started: float = 0.0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -84,6 +103,8 @@ class Supervisor:
         startup_timeout_s: float = 300.0,
         stop_timeout_s: float = 1.2,
         summary_every_s: float = 5.0,
+        source_restarts: int = 5,
+        restart_window_s: float = 60.0,
     ) -> None:
         if len(stages) < 2:
             raise ValueError("a pipeline needs a source and at least one more stage")
@@ -94,6 +115,8 @@ class Supervisor:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.summary_every_s = summary_every_s
+        self.source_restarts = source_restarts
+        self.restart_window_s = restart_window_s
         self.ctx = multiprocessing.get_context("spawn")
         self.stop_event = self.ctx.Event()
         self.metrics = PipelineMetrics([s.name for s in stages])
@@ -102,6 +125,14 @@ class Supervisor:
         self._ring: FrameRing | None = None
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._source_info: dict[str, object] = {}
+        self._restart_times: list[float] = []
+        self.restarts = 0
+        self._restart_state: Any = None
+        if hasattr(stages[0], "restart_state"):
+            # Set before the first spawn, so every process of the source gets it.
+            self._restart_state = self.ctx.RawArray("d", RESTART_STATE_SIZE)
+            stages[0].restart_state = self._restart_state
 
     @staticmethod
     def new_ring_handle() -> FrameRingHandle:
@@ -120,6 +151,7 @@ class Supervisor:
             if failure is not None:
                 return failure
             source_info = dict(self._children[0].ready_info)
+            self._source_info = source_info
             self._create_ring(source_info)
             for child in reversed(self._children):  # consumers first, the source last
                 child.control.send(Start(source_info))
@@ -129,6 +161,8 @@ class Supervisor:
             self._shutdown()
             dropped = self._ring.dropped if self._ring is not None else 0
             summary = self.metrics.summary(dropped=dropped, stop_reason=reason)
+            if self._restart_state is not None:
+                summary["capture_restarts"] = self.restarts
             return RunResult(reason, code, summary, source_info=source_info)
         finally:
             self._shutdown()
@@ -150,27 +184,33 @@ class Supervisor:
         except ValueError:  # not the main thread: no signal handling to arrange
             previous = None
         try:
-            for i, stage in enumerate(self.stages):
-                parent_end, child_end = self.ctx.Pipe(duplex=True)
-                channels = StageChannels(
-                    inbox=self._queues[i - 1] if i > 0 else None,
-                    outbox=self._queues[i] if i < n - 1 else None,
-                    control=child_end,
-                    stop=self.stop_event,
-                )
-                process = self.ctx.Process(
-                    target=stage_process_main,
-                    args=(stage, channels, self.log_level),
-                    name=stage.name,
-                    daemon=True,
-                )
-                process.start()
-                child_end.close()  # only the child holds it now: its death reads as EOF here
-                self._children.append(_Child(stage, process, parent_end))
-                log.debug("started stage %s (pid %d)", stage.name, process.pid)
+            for i in range(n):
+                self._children.append(self._spawn(i))
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _spawn(self, i: int) -> _Child:
+        """Start stage i's process on its queues, with a new control pipe."""
+        stage = self.stages[i]
+        n = len(self.stages)
+        parent_end, child_end = self.ctx.Pipe(duplex=True)
+        channels = StageChannels(
+            inbox=self._queues[i - 1] if i > 0 else None,
+            outbox=self._queues[i] if i < n - 1 else None,
+            control=child_end,
+            stop=self.stop_event,
+        )
+        process = self.ctx.Process(
+            target=stage_process_main,
+            args=(stage, channels, self.log_level),
+            name=stage.name,
+            daemon=True,
+        )
+        process.start()
+        child_end.close()  # only the child holds it now: its death reads as EOF here
+        log.debug("started stage %s (pid %d)", stage.name, process.pid)
+        return _Child(stage, process, parent_end, started=time.monotonic())
 
     def _wait_until_ready(self) -> RunResult | None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -203,7 +243,9 @@ class Supervisor:
         return None
 
     def _abort_startup(self, reason: str, code: int) -> RunResult:
-        self._shutdown(grace_s=0.3)  # stages still loading models do not look at the stop event
+        # Stages still loading models do not look at the stop event, and a failed one may still be exiting:
+        # neither is worth a warning under the one-line error.
+        self._shutdown(grace_s=0.3, quiet=True)
         return RunResult(reason, code)
 
     def _create_ring(self, source_info: dict[str, object]) -> None:
@@ -223,28 +265,107 @@ class Supervisor:
 
     def _watch(self) -> tuple[str, int]:
         next_summary = time.monotonic() + self.summary_every_s
+        source_failure: Failed | None = None  # the source said why before dying: it may be restarted
         while True:
             if self._signal is not None:
                 return self._signal_reason(), self._signal_exit_code()
-            for _, msg in self._poll(0.1):
+            for child, msg in self._poll(0.1):
                 if isinstance(msg, FrameDone):
-                    self.metrics.add(msg.meta)
+                    self._count(msg.meta)
                 elif isinstance(msg, Finished):
                     return msg.reason, EXIT_OK
                 elif isinstance(msg, Failed):
+                    if child is self._children[0] and self._restartable(msg):
+                        source_failure = msg
+                        continue
                     return f"stage {msg.stage} failed: {msg.message}", EXIT_FAILED
+                elif isinstance(msg, Ready) and child is self._children[0] and not child.ready:
+                    child.ready = True
+                    child.control.send(Start(self._source_info))
+                    log.warning("stage %s is running again, %.1f s after its restart",
+                                child.stage.name, time.monotonic() - child.started)  # fmt: skip
+            source = self._children[0]
+            if not source.ready and time.monotonic() - source.started > SOURCE_READY_TIMEOUT_S:
+                return (
+                    f"stage {source.stage.name} not ready {SOURCE_READY_TIMEOUT_S:.0f} s after its restart",
+                    EXIT_FAILED,
+                )
             for child in self._children:
                 if not child.process.is_alive() and child.process.exitcode != 0:
                     # Read what it said before dying: a Failed message explains more than the exit code.
+                    failure = source_failure if child is source else None
                     for _, msg in self._drain(child):
                         if isinstance(msg, Failed):
-                            return f"stage {msg.stage} failed: {msg.message}", EXIT_FAILED
+                            failure = msg
                     exit_text = describe_exit(child.process.exitcode)
-                    return f"stage {child.stage.name} died unexpectedly ({exit_text})", EXIT_FAILED
+                    if failure is not None:
+                        reason = f"stage {failure.stage} failed: {failure.message}"
+                    else:
+                        reason = f"stage {child.stage.name} died unexpectedly ({exit_text})"
+                    if child is source and self._restartable(failure):
+                        refusal = self._restart_source(reason)
+                        if refusal is None:
+                            source_failure = None
+                            break  # the children list changed
+                        return f"{reason}; {refusal}", EXIT_FAILED
+                    return reason, EXIT_FAILED
             now = time.monotonic()
             if now >= next_summary:
                 summary_log.info(self.metrics.interval_line(self._ring.dropped if self._ring else 0, now))
                 next_summary = now + self.summary_every_s
+
+    def _count(self, meta: FrameMeta) -> None:
+        if not meta.status:  # placeholders sent while a source reconnects are not frames of the source
+            self.metrics.add(meta)
+
+    # -- restarting the source ----------------------------------------------------------------------------
+
+    def _restartable(self, failure: Failed | None) -> bool:
+        """Whether the source's process may be replaced: a live source that died, or failed other than by
+        bad input (None = died without a word, e.g. killed)."""
+        if self._restart_state is None or not self._source_info.get("live"):
+            return False
+        return failure is None or not (failure.user_error or failure.during_setup)
+
+    def _restart_source(self, reason: str) -> str | None:
+        """Replace the dead source process; None when restarted, else why not (one clause)."""
+        assert self._restart_state is not None
+        now = time.monotonic()
+        self._restart_times = [t for t in self._restart_times if now - t < self.restart_window_s]
+        if len(self._restart_times) >= self.source_restarts:
+            count, window = len(self._restart_times), self.restart_window_s
+            return f"not restarted again: {count} restarts in the last {window:.0f} s"
+        dead = self._children[0]
+        dead.control.close()
+        with contextlib.suppress(ValueError):
+            dead.process.close()
+        self._take_back_from_dead_source()
+        self._restart_times.append(now)
+        self.restarts += 1
+        self._restart_state[0] = self.restarts
+        log.warning("%s; restarting it (restart %d, at most %d in %.0f s)", reason, self.restarts,
+                    self.source_restarts, self.restart_window_s)  # fmt: skip
+        try:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:
+            previous = None
+        try:
+            self._children[0] = self._spawn(0)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return None
+
+    def _take_back_from_dead_source(self) -> None:
+        """Free what a killed source may have held: the ring lock, the queue's write lock, a slot being
+        written. Each lock is only ever held for microseconds, so one that stays taken has a dead holder."""
+        _release_if_stuck(self.ring_handle.lock)
+        # multiprocessing.Queue has no public way to do this; its feeder thread holds `_wlock` while writing.
+        _release_if_stuck(getattr(self._queues[0], "_wlock", None))
+        if self._ring is not None:
+            for slot, state in enumerate(self._ring.states()):
+                if state == "writing":
+                    self._ring.drop(slot)  # acquired, never published: back to free (counted as dropped)
 
     def _poll(self, timeout: float) -> list[tuple[_Child, Any]]:
         """Messages from every control pipe that has some, waiting up to `timeout` for the first."""
@@ -292,7 +413,7 @@ class Supervisor:
 
     # -- stop ---------------------------------------------------------------------------------------------
 
-    def _shutdown(self, grace_s: float | None = None) -> None:
+    def _shutdown(self, grace_s: float | None = None, quiet: bool = False) -> None:
         """Stop every stage: ask, wait up to the grace time (reading their pipes meanwhile), then kill."""
         if not self._children:
             return
@@ -305,10 +426,11 @@ class Supervisor:
             # A stage blocked sending FrameDone would never see the stop: keep reading.
             for _, msg in self._poll(min(remaining, 0.05)):
                 if isinstance(msg, FrameDone):
-                    self.metrics.add(msg.meta)
+                    self._count(msg.meta)
         for child in self._children:
             if child.process.is_alive():
-                log.warning("stage %s did not stop in time; terminating it", child.stage.name)
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(level, "stage %s did not stop in time; terminating it", child.stage.name)
                 child.process.terminate()
         for child in self._children:
             child.process.join(0.2)
@@ -330,3 +452,15 @@ class Supervisor:
             self._ring.close()
             self._ring.unlink()
             self._ring = None
+
+
+def _release_if_stuck(lock: Any) -> None:
+    """Release `lock` when it stays taken: its holder is dead (a Lock may be released by any process)."""
+    if lock is None:
+        return
+    if lock.acquire(timeout=_STUCK_LOCK_S):
+        lock.release()
+        return
+    log.warning("a lock held by the dead stage was released")
+    with contextlib.suppress(ValueError):
+        lock.release()

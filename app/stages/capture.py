@@ -3,16 +3,37 @@
 - setup() opens the source and reads its first frame (so a dead source fails at start, with one line) and
   reports the frame shape and FPS the supervisor sizes the ring with.
 - Files are paced at their own FPS (or `fps_target`), or read as fast as the pipeline takes them with
-  `max_speed`; a file frame waits for a free slot, so none is lost.
+  `max_speed`; a file frame waits for a free slot, so none is lost. A file that ends (or whose data runs
+  out, e.g. a truncated download) is the end of the run, never a reconnect.
 - Live sources (URLs, webcams) are read as they come; the ring's newest-wins policy drops stale frames, and a
   frame that finds the detection queue full is dropped too (both counted). `fps_target` caps a live rate by
   skipping frames.
+
+Live sources that drop or stall are reconnected, never the end of the run:
+- A read that fails (connection cut, camera gone) or takes about the whole read timeout (a stalled stream:
+  FFmpeg's RTSP reader hands out buffered frames, each after a full timeout, before it fails) loses the
+  source. The stage then reopens it on a capped exponential backoff (`reconnect.SOURCE_BACKOFF`: at once,
+  then 0.1 s doubling to 1 s), returning to the runner between attempts so a stop is seen at once.
+- Meanwhile it sends a placeholder frame every `status_every_s` (the last frame, dimmed, with
+  `meta.status` = "reconnecting to ...") so the GUI keeps drawing and says so; the other stages run on.
+- The first frame after the gap starts a new `meta.segment`, which tells recognition to reset its tracks.
+- A camera that comes back with another resolution is letterboxed into the ring's frame size (the size of
+  the first frame: the ring cannot grow while the pipeline runs), aspect kept, with one warning per new
+  size; boxes and tracks are then in the ring's pixels.
+
+When the supervisor restarts a dead capture process (live sources only), the new process continues from
+`restart_state` (shared doubles the supervisor owns): sequence numbers and frame indices go on where the
+dead one stopped, and a new segment starts. A restarted process never fails on an unreachable source: it
+starts in the reconnecting state instead.
+
+URLs appear in messages only masked (`sources.mask_url`); errors from libraries are scrubbed of them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,12 +41,17 @@ import numpy as np
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, StageStamp
+from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.sources import (
     DEFAULT_FPS,
+    OPEN_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    SourceSpec,
     frame_count,
     open_video,
     parse_source,
     quiet_video_backend,
+    scrub_secrets,
     source_fps,
 )
 from app.pipeline.stage_runner import NOTHING_YET, POLL_S
@@ -33,6 +59,16 @@ from app.pipeline.stage_runner import NOTHING_YET, POLL_S
 log = logging.getLogger(__name__)
 
 _REANCHOR_FRAMES = 2  # a paced file running more than this many frames late restarts its clock
+STALL_FRACTION = 0.8  # a live read taking this share of the read timeout is a stall, not a slow frame
+STATUS_EVERY_S = 0.5  # placeholder frames while a source is away: the GUI stays responsive and says why
+PLACEHOLDER_DIM = 0.35
+# restart_state layout (doubles; index 0 belongs to the supervisor: how often it restarted this stage)
+_RESTARTS, _SEQ, _FRAMES_READ, _LIVE_START, _SEGMENT = range(5)
+RESTART_STATE_SIZE = 8
+
+
+class CaptureError(RuntimeError):
+    """An unexpected capture failure, its message scrubbed of the source URL's credentials."""
 
 
 class CaptureStage:
@@ -46,6 +82,10 @@ class CaptureStage:
         max_speed: bool = False,
         max_frames: int | None = None,
         verbose: bool = False,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        backoff: BackoffPolicy = SOURCE_BACKOFF,
+        status_every_s: float = STATUS_EVERY_S,
     ) -> None:
         self.source = source
         self.frames = frames
@@ -53,17 +93,33 @@ class CaptureStage:
         self.max_speed = max_speed
         self.max_frames = max_frames
         self.verbose = verbose
+        self.open_timeout_s = float(open_timeout_s)
+        self.read_timeout_s = float(read_timeout_s)
+        self.backoff = backoff
+        self.status_every_s = float(status_every_s)
+        # Shared doubles that outlive this process (set by the supervisor before the process starts).
+        self.restart_state: Any = None
         self.frames_read = 0  # frames taken from the source (live: dropped and skipped ones included)
         self.frames_skipped = 0
         self.end_reason = "end of stream"
         self.live = False
         self.drop_when_blocked = False
+        self.segment = 0
+        self.reconnects = 0
+        self.gaps_s: list[float] = []  # how long each outage lasted, lost to first frame back
+        self.restarted = False
+        self.declared_frames: int | None = None  # frames a file's container says it has
         self._cap: cv2.VideoCapture | None = None
         self._pending: tuple[np.ndarray, float, float, int] | None = None  # frame, read start/end, index
+        self._seq = 0  # the last sequence number published
         self._clock_start: float | None = None
         self._live_start: float | None = None
         self._last_emit = -1e9
-        self._warned_resize = False
+        self._last_image: np.ndarray | None = None
+        self._read_problem = ""
+        self._outage: RetrySchedule | None = None
+        self._next_status = 0.0
+        self._sizes_seen: set[tuple[int, int]] = set()
 
     # -- stage API ----------------------------------------------------------------------------------------
 
@@ -71,43 +127,84 @@ class CaptureStage:
         quiet_video_backend(self.verbose)
         spec = parse_source(self.source)
         self.spec = spec
+        try:
+            return self._setup(spec)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - library errors may quote the URL: scrub, keep one line
+            raise CaptureError(scrub_secrets(f"{type(exc).__name__}: {exc}", spec)) from None
+
+    def _setup(self, spec: SourceSpec) -> dict[str, object]:
         self.live = self.drop_when_blocked = spec.live
-        self._cap = open_video(spec)
-        self.fps = source_fps(self._cap) or DEFAULT_FPS
-        first = self._read()
-        if first is None:
-            raise UserError(f"video source {spec.display} opened but gave no frame; check that it plays")
-        self.shape = first[0].shape
-        if spec.live:
-            self._pending = None  # it will be stale by the time the models are loaded
-        else:
-            self._pending = first
+        self.restarted = self._resume()
+        if self.restarted and not spec.live:
+            raise CaptureError("a file source is not resumed by a restarted capture")
+        shape: tuple[int, ...] | None = None
+        self.fps = DEFAULT_FPS
+        try:
+            self._cap = open_video(spec, self.open_timeout_s, self.read_timeout_s)
+        except UserError:
+            if not self.restarted:
+                raise  # at start a dead source is a user error (fail fast); after a restart, reconnect
+        if self._cap is not None:
+            self.fps = source_fps(self._cap) or DEFAULT_FPS
+            first = self._read(self._cap)
+            if first is None:
+                self._release()
+                if not self.restarted:
+                    raise UserError(
+                        f"video source {spec.display} opened but gave no frame; check that it plays"
+                    )
+            else:
+                shape = first[0].shape
+                self._sizes_seen.add((shape[1], shape[0]))
+                # Live: the first frame is stale by the time the models are loaded. Files keep it.
+                self._pending = None if spec.live else first
+        if self._cap is None:
+            self._start_outage("not reachable after the capture restart")
         if self.max_speed or self.live:
             self.pace_fps = 0.0
         else:
             self.pace_fps = self.fps_target or self.fps
-        log.info("source %s: %dx%d at %.2f fps (%s)", spec.display, self.shape[1], self.shape[0], self.fps,
-                 "live" if self.live else "file")  # fmt: skip
+        if shape is not None:
+            log.info("source %s: %dx%d at %.2f fps (%s)", spec.display, shape[1], shape[0], self.fps,
+                     "live" if self.live else "file")  # fmt: skip
+        self.declared_frames = None if self.live or self._cap is None else frame_count(self._cap)
         return {
-            "frame_shape": tuple(int(v) for v in self.shape),
+            "frame_shape": tuple(int(v) for v in shape) if shape is not None else None,
             "fps": self.fps,
             "live": self.live,
             "source": spec.display,
-            "frame_count": None if self.live else frame_count(self._cap),
+            "frame_count": self.declared_frames,
+            "restarted": self.restarted,
         }
 
     def produce(self) -> FrameRef | None:
         """The next frame in the ring as a FrameRef; None at the end; NOTHING_YET while waiting."""
+        try:
+            return self._produce()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise CaptureError(scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec)) from None
+
+    def _produce(self) -> FrameRef | None:
         if self._pending is None:
             if self.max_frames is not None and self.frames_read >= self.max_frames:
                 self.end_reason = f"frame limit reached ({self.max_frames})"
                 return None
+            if self._cap is None:
+                return self._while_away()
             if not self._pace():
                 return NOTHING_YET
-            self._pending = self._read()
+            self._pending = self._read(self._cap)
             if self._pending is None:
-                self.end_reason = "end of stream" if not self.live else "stream ended"
-                return None
+                if not self.live:
+                    self.end_reason = "end of stream"
+                    self._check_complete()
+                    return None
+                self._lose(self._read_problem)
+                return NOTHING_YET
             # Live cap: skip frames that come sooner than the target rate allows.
             if self.live and self.fps_target > 0 and self._pending[2] - self._last_emit < 1 / self.fps_target:
                 self._pending = None
@@ -129,10 +226,12 @@ class CaptureStage:
             self._clock_start = read_end - index / self.pace_fps
         target = ring.frame(slot)
         if image.shape != target.shape:
-            image = self._fit(image, target.shape)
-        np.copyto(target, image)
-        seq = index + 1
-        ring.publish(slot, seq)
+            self._letterbox(image, target)
+        else:
+            np.copyto(target, image)
+        self._last_image = image
+        self._seq += 1
+        ring.publish(slot, self._seq)
         self._last_emit = read_end
         if self.live:
             assert self._live_start is not None
@@ -141,13 +240,15 @@ class CaptureStage:
             source_time = index / self.fps
         meta = FrameMeta(
             slot=slot,
-            seq=seq,
+            seq=self._seq,
             frame_index=index,
             source_time=source_time,
             width=int(target.shape[1]),
             height=int(target.shape[0]),
             stamps=[StageStamp(self.name, read_start, read_end)],
+            segment=self.segment,
         )
+        self._remember()
         return FrameRef(meta)
 
     def discard(self, msg: FrameRef) -> None:
@@ -155,21 +256,31 @@ class CaptureStage:
         self.frames.ring.drop(msg.meta.slot, msg.meta.seq)
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._release()
         self.frames.close()
         if self.frames_skipped:
             log.info("skipped %d frames to stay at %.1f fps", self.frames_skipped, self.fps_target)
+        if self.reconnects:
+            log.info("source reconnected %d times; gaps %s s", self.reconnects,
+                     ", ".join(f"{g:.2f}" for g in self.gaps_s))  # fmt: skip
 
-    # -- helpers ------------------------------------------------------------------------------------------
+    # -- reading ------------------------------------------------------------------------------------------
 
-    def _read(self) -> tuple[np.ndarray, float, float, int] | None:
-        assert self._cap is not None
+    def _read(self, cap: cv2.VideoCapture) -> tuple[np.ndarray, float, float, int] | None:
+        """The next frame with its read times and index; None (and `_read_problem`) when there is none."""
         start = time.monotonic()
-        ok, image = self._cap.read()
+        ok, image = cap.read()
         end = time.monotonic()
+        took = end - start
         if not ok or image is None:
+            stalled = self.live and took >= STALL_FRACTION * self.read_timeout_s
+            self._read_problem = (
+                f"no frame for {took:.1f} s" if stalled else "connection lost or stream ended"
+            )
+            return None
+        if self.live and took >= STALL_FRACTION * self.read_timeout_s:
+            # A frame after a read timeout is one FFmpeg buffered before the stall, not the stream's return.
+            self._read_problem = f"stalled: one frame in {took:.1f} s"
             return None
         if self._live_start is None:
             self._live_start = end
@@ -194,12 +305,143 @@ class CaptureStage:
         time.sleep(min(due - now, POLL_S))
         return time.monotonic() >= due
 
-    def _fit(self, image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """A stream that changed resolution mid-way: scale to the ring's frame size."""
-        if not self._warned_resize:
-            log.warning(
-                "source frame size changed from %dx%d to %dx%d; scaling to the first size",
-                shape[1], shape[0], image.shape[1], image.shape[0],
-            )  # fmt: skip
-            self._warned_resize = True
-        return cv2.resize(image, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA)
+    def _check_complete(self) -> None:
+        """A file that ends well before the frame count its container declares is truncated or damaged:
+        what it had was played, and the user should know the rest is missing."""
+        declared = self.declared_frames
+        if declared and self.frames_read < declared - max(2, declared // 50):  # counts may be approximate
+            log.warning("video file %s ended after %d of the %d frames it declares: truncated or damaged",
+                        self.spec.display, self.frames_read, declared)  # fmt: skip
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    # -- reconnecting -------------------------------------------------------------------------------------
+
+    def _start_outage(self, reason: str) -> None:
+        self._outage = RetrySchedule(self.backoff)
+        self._next_status = time.monotonic()  # say so at once
+        log.warning("source %s lost (%s); reconnecting", self.spec.display, reason)
+
+    def _lose(self, reason: str) -> None:
+        self._release()
+        self._start_outage(reason)
+
+    def _while_away(self) -> FrameRef | None:
+        """One step of the outage: a placeholder when due, else a reconnect attempt when due, else a nap."""
+        outage = self._outage
+        assert outage is not None
+        now = time.monotonic()
+        if now >= self._next_status:
+            self._next_status = now + self.status_every_s
+            placeholder = self._placeholder(outage)
+            if placeholder is not None:
+                return placeholder
+        if not outage.due():
+            time.sleep(min(outage.wait_s(), POLL_S, max(0.0, self._next_status - now)))
+            return NOTHING_YET
+        attempt = outage.failures + 1
+        try:
+            cap = open_video(self.spec, self.open_timeout_s, self.read_timeout_s)
+        except UserError:
+            delay = outage.failed()
+            log.debug("reconnect attempt %d to %s refused; next in %.2f s", attempt, self.spec.display, delay)
+            return NOTHING_YET
+        first = self._read(cap)
+        if first is None:
+            cap.release()
+            delay = outage.failed()
+            log.debug("reconnect attempt %d to %s opened but %s; next in %.2f s", attempt, self.spec.display,
+                      self._read_problem, delay)  # fmt: skip
+            return NOTHING_YET
+        self._cap = cap
+        gap = first[2] - outage.started
+        self._outage = None
+        self.reconnects += 1
+        self.gaps_s.append(gap)
+        self.segment += 1
+        self._pending = first
+        log.warning("source %s back after %.2f s (attempt %d)", self.spec.display, gap, attempt)
+        return NOTHING_YET
+
+    def _placeholder(self, outage: RetrySchedule) -> FrameRef | None:
+        """The last frame, dimmed, flagged with the outage status; None when no slot is free."""
+        ring = self.frames.ring
+        slot = ring.acquire(live=True)
+        if slot is None:
+            return None
+        target = ring.frame(slot)
+        if self._last_image is None:
+            target[:] = 24
+        else:
+            if self._last_image.shape != target.shape:
+                self._letterbox(self._last_image, target, warn=False)
+            else:
+                np.copyto(target, self._last_image)
+            np.multiply(target, PLACEHOLDER_DIM, out=target, casting="unsafe")
+        self._seq += 1
+        ring.publish(slot, self._seq)
+        now = time.monotonic()
+        if self._live_start is None:
+            self._live_start = now
+        status = (
+            f"reconnecting to {self.spec.display} (lost {outage.elapsed_s():.0f} s ago, "
+            f"attempt {outage.failures + 1})"
+        )
+        meta = FrameMeta(
+            slot=slot,
+            seq=self._seq,
+            frame_index=max(0, self.frames_read - 1),
+            source_time=now - self._live_start,
+            width=int(target.shape[1]),
+            height=int(target.shape[0]),
+            stamps=[StageStamp(self.name, now, now)],
+            segment=self.segment,
+            status=status,
+        )
+        self._remember()
+        return FrameRef(meta)
+
+    def _letterbox(self, image: np.ndarray, target: np.ndarray, warn: bool = True) -> None:
+        """A stream that changed resolution (e.g. after a reconnect): fit it into the ring's frame size,
+        aspect ratio kept, black bars around."""
+        height, width = target.shape[:2]
+        in_h, in_w = image.shape[:2]
+        if warn and (in_w, in_h) not in self._sizes_seen:
+            self._sizes_seen.add((in_w, in_h))
+            log.warning("source %s now sends %dx%d frames; letterboxing them into %dx%d (boxes are in those "
+                        "pixels)", self.spec.display, in_w, in_h, width, height)  # fmt: skip
+        scale = min(width / in_w, height / in_h)
+        new_w, new_h = max(1, round(in_w * scale)), max(1, round(in_h * scale))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        if resized.ndim == 2:
+            resized = cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        target[:] = 0
+        target[top : top + new_h, left : left + new_w] = resized[:, :, : target.shape[2]]
+
+    # -- restarts -----------------------------------------------------------------------------------------
+
+    def _resume(self) -> bool:
+        """Continue from a dead predecessor's state; True when this process is a restart."""
+        state = self.restart_state
+        if state is None or state[_RESTARTS] < 1:
+            return False
+        self._seq = int(state[_SEQ])
+        self.frames_read = int(state[_FRAMES_READ])
+        self._live_start = float(state[_LIVE_START]) or None
+        self.segment = int(state[_SEGMENT]) + 1  # whatever the dead process was doing, there is a gap
+        log.info("capture restarted (%d): continuing after frame %d", int(state[_RESTARTS]), self.frames_read)
+        return True
+
+    def _remember(self) -> None:
+        state = self.restart_state
+        if state is None:
+            return
+        state[_SEQ] = self._seq
+        state[_FRAMES_READ] = self.frames_read
+        state[_LIVE_START] = self._live_start or 0.0
+        state[_SEGMENT] = self.segment

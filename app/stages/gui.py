@@ -194,11 +194,17 @@ class GuiStage:
             previous = self._stage_ms.get(stamp.stage)
             self._stage_ms[stamp.stage] = ms if previous is None else 0.9 * previous + 0.1 * ms
         stages = "  ".join(f"{SHORT_NAMES.get(k, k)} {v:.0f}" for k, v in self._stage_ms.items())
-        return [
+        lines = [
             f"{fps:4.1f} FPS   latency {latency_ms:.0f} ms   faces {len(msg)}",
             f"ms: {stages}",
             f"frame {msg.meta.frame_index}  t={msg.meta.source_time:.2f}s",
         ]
+        # Why the picture is stale or faces stay unnamed: a source reconnecting, a gallery server away.
+        if msg.meta.status:
+            lines.append(msg.meta.status)
+        if msg.gallery_unavailable:
+            lines.append("gallery unavailable: no new names, retrying")
+        return lines
 
     def close(self) -> None:
         for sink in (self.video, self.events, self.tracks):

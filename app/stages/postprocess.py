@@ -3,11 +3,21 @@
 The score filter keeps every candidate the tracker can use: ByteTrack's second association wants the
 low-score boxes (blurred or turning faces) too, so the floor is the lower of `det_threshold` and the
 tracker's low threshold; which boxes start tracks and get shown is the tracker's decision.
+
+From the GPU detection path the stage gets `CandidateDetections` (only the priors above the detect stage's
+floor); they are scattered back into full-size buffers, so the one decoder runs on both paths.
 """
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
+
 from app.pipeline.messages import FaceDetections, RawDetections
+from app.stages.detect import CandidateDetections
+
+log = logging.getLogger(__name__)
 
 
 class PostprocessStage:
@@ -16,6 +26,9 @@ class PostprocessStage:
     def __init__(self, score_threshold: float, nms_threshold: float) -> None:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._last_index: dict[int, np.ndarray] = {}
+        self._warned_floor = False
 
     def setup(self) -> dict[str, object]:
         from app.vision.retinaface import decode_retinaface
@@ -25,10 +38,13 @@ class PostprocessStage:
 
     def process(self, msg: RawDetections) -> list[FaceDetections]:
         meta = msg.meta
+        loc, conf, landmarks = msg.loc, msg.conf, msg.landmarks
+        if isinstance(msg, CandidateDetections):
+            loc, conf, landmarks = self._expand(msg)
         found = self._decode(
-            msg.loc,
-            msg.conf,
-            msg.landmarks,
+            loc,
+            conf,
+            landmarks,
             msg.scale,
             msg.input_hw,
             self.score_threshold,
@@ -36,6 +52,31 @@ class PostprocessStage:
             (meta.width, meta.height),
         )
         return [FaceDetections(meta, found.boxes, found.scores, found.landmarks)]
+
+    def _expand(self, msg: CandidateDetections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Full (P,4), (P,2), (P,10) arrays holding the candidates; every other prior scores 0."""
+        if msg.floor > self.score_threshold and not self._warned_floor:
+            log.warning(
+                "detection keeps candidates above %.3f but the score threshold is %.3f: faces in between "
+                "are lost",
+                msg.floor,
+                self.score_threshold,
+            )
+            self._warned_floor = True
+        p = msg.priors
+        if p not in self._buffers:
+            self._buffers[p] = (np.zeros((p, 4), np.float32), np.zeros((p, 2), np.float32),
+                                np.zeros((p, 10), np.float32))  # fmt: skip
+            self._last_index[p] = np.zeros((0,), np.int64)
+        loc, conf, landmarks = self._buffers[p]
+        # Only scores decide what is decoded: clearing the last frame's candidate scores is enough.
+        conf[self._last_index[p]] = 0.0
+        index = msg.prior_index
+        loc[index] = msg.loc
+        conf[index] = msg.conf
+        landmarks[index] = msg.landmarks
+        self._last_index[p] = index
+        return loc, conf, landmarks
 
     def close(self) -> None:
         pass

@@ -10,6 +10,16 @@ Scene cuts (edited video: a hard cut to another camera) break the motion continu
 face box after the cut can overlap a different person's box before it and inherit that track and its label.
 On a cut the stage starts a new tracker whose ids continue after the old ones; the identity manager keeps
 its memory, so a person seen before the cut can still be re-linked by embedding.
+
+A gap in a live source (capture reconnected or was restarted: `meta.segment` changed) resets more: a new
+tracker (ids still continue) and a fresh identity manager, since nothing seen before the gap can be assumed
+to be where it was. Placeholder frames sent while the source is away (`meta.status`) are not tracked.
+
+A gallery server that stops answering mid-run does not stop recognition: tracking goes on, tracks keep the
+names already decided, new faces stay pending, and frames say `gallery_unavailable` (the GUI shows it).
+Searches are retried on a capped exponential backoff (`reconnect.GALLERY_BACKOFF`); no embedding is spent
+in between. An unreachable server at start-up is still a one-line error (`open_gallery` in setup): a
+misconfigured address should fail fast, a server that drops later should degrade.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ import cv2
 import numpy as np
 
 from app.config import Settings
+from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FaceDetections, TrackedFaces
+from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.tracking.config import IdentityConfig
 
 log = logging.getLogger(__name__)
@@ -69,6 +81,7 @@ class RecognizeStage:
         settings: Settings,
         threads: int | None = None,
         identity_config: IdentityConfig | None = None,
+        gallery_backoff: BackoffPolicy = GALLERY_BACKOFF,
     ) -> None:
         self.frames = frames
         self.settings = settings
@@ -80,6 +93,10 @@ class RecognizeStage:
         self.scene_cuts = 0
         self._id_offset = 0  # ids of the trackers before the last cut
         self._max_id = 0
+        self.gallery_backoff = gallery_backoff
+        self.gallery_outages = 0
+        self._gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
+        self._segment = 0
 
     def setup(self) -> dict[str, object]:
         from app.gallery import gallery_location, open_gallery
@@ -123,8 +140,12 @@ class RecognizeStage:
     def process(self, msg: FaceDetections) -> list[TrackedFaces]:
         if self.tracker is None:
             self.start({})
+        if msg.meta.status:  # a placeholder while the source is away: nothing to track on it
+            return [self._faces_of(TrackedFaces.empty(msg.meta))]
         frame = self.frames.ring.frame(msg.meta.slot)
-        if self._cuts.is_cut(frame):
+        if msg.meta.segment != self._segment:
+            self._new_segment(msg.meta.segment, msg.meta.frame_index)
+        if self._cuts.is_cut(frame):  # (never right after a new segment: its detector starts fresh)
             self._restart_tracks(msg.meta.frame_index)
         tracks = [
             TrackFace(t.track_id + self._id_offset, t.detection_box, t.detection_box, t.landmarks, t.score)
@@ -133,19 +154,22 @@ class RecognizeStage:
         if tracks:
             self._max_id = max(self._max_id, max(t.track_id for t in tracks))
         need = self.identities.select_for_embedding(tracks, frame)
+        if need and self._gallery_down is not None and not self._gallery_down.due():
+            need = []  # the gallery is away: no embedding until the next retry (the tracks ask again)
         embeddings: dict[int, np.ndarray] = {}
         matches: dict[int, list] = {}
         if need:
             by_id = {t.track_id: t for t in tracks}
             landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
             vectors = self._embed(self._align(frame, landmarks, self.spec))
-            found = self.gallery.search(vectors, k=GALLERY_K)
-            embeddings = dict(zip(need, vectors, strict=True))
-            matches = dict(zip(need, found, strict=True))
-            self.embedded_faces += len(need)
+            found = self._search(vectors)
+            if found is not None:
+                embeddings = dict(zip(need, vectors, strict=True))
+                matches = dict(zip(need, found, strict=True))
+                self.embedded_faces += len(need)
         labels = self.identities.update(tracks, embeddings, matches)
         if not tracks:
-            return [TrackedFaces.empty(msg.meta)]
+            return [self._faces_of(TrackedFaces.empty(msg.meta))]
         names, statuses, similarities = [], [], []
         for track in tracks:
             label = labels.get(track.track_id)
@@ -163,8 +187,45 @@ class RecognizeStage:
                 names=names,
                 statuses=statuses,
                 similarities=np.array(similarities, np.float32),
+                gallery_unavailable=self._gallery_down is not None,
             )
         ]
+
+    def _faces_of(self, faces: TrackedFaces) -> TrackedFaces:
+        faces.gallery_unavailable = self._gallery_down is not None
+        return faces
+
+    def _search(self, vectors: np.ndarray) -> list | None:
+        """Gallery matches per vector; None while the gallery server is not answering (retried later)."""
+        try:
+            found = self.gallery.search(vectors, k=GALLERY_K)
+        except UserError as exc:  # mid-run every gallery error degrades: the server may come back
+            down = self._gallery_down
+            if down is None:
+                down = self._gallery_down = RetrySchedule(self.gallery_backoff)
+                self.gallery_outages += 1
+                log.warning("gallery unavailable (%s); tracking goes on without new names, retrying", exc)
+            delay = down.failed()
+            log.debug("gallery search failed %d times; next try in %.2f s", down.failures, delay)
+            return None
+        if self._gallery_down is not None:
+            log.warning("gallery available again after %.1f s", self._gallery_down.elapsed_s())
+            self._gallery_down = None
+        return found
+
+    def _new_segment(self, segment: int, frame_index: int) -> None:
+        """The source had a gap: no track and no identity vote carries over; ids continue."""
+        from app.tracking import ByteTracker
+
+        self._segment = segment
+        self._id_offset = self._max_id
+        self.tracker = ByteTracker(self.tracker_config, frame_rate=self._fps)
+        before = self.identities.counters
+        self.identities.reset()
+        self.identities.counters = before  # run totals for the closing log line
+        self._cuts = SceneCutDetector()
+        log.info("source gap before frame %d: tracks and identities reset, ids go on after %d",
+                 frame_index, self._id_offset)  # fmt: skip
 
     def _restart_tracks(self, frame_index: int) -> None:
         """A hard cut: no track continues across it; new ids follow the highest one given so far."""

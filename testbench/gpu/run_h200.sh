@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# One device call on the lent H200: torch backend checked against ONNX Runtime, then model-only throughput.
+# One device call on the lent H200: torch backend checked against ONNX Runtime, model-only throughput, then the
+# end-to-end pipeline benchmark (testbench/bench_pipeline.py).
 #
-# Prepare here (repo root), once:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl onnx2torch==1.5.15
+# Prepare here (repo root), once: the wheels the image lacks, for Python 3.12 manylinux x86_64 (onnx2torch,
+# qdrant-edge-py, lap, python-dotenv; see the device README for the pip download command), into .whl/, and
 #   mkdir -p out/gpu_inputs/faces && cp ../shared/data/faces/{obama-720p.jpg,two_people.jpg,\
 #       lin-manuel-miranda.png,alex-lacamoire.png,obama-1080p.jpg} out/gpu_inputs/faces/
-# Run through the device tool, carrying .whl, checkpoints and out/gpu_inputs:
-#   bash testbench/gpu/run_h200.sh
-# Everything lands in $OUT: run.log, nvidia-smi.csv, torch_results.json (and pipeline_results.json, see HOOK).
-# The image has torch (CUDA), onnx, onnxruntime (CPU), opencv; only onnx2torch travels as a wheel.
+# Run through the device tool, carrying .whl, checkpoints, data/demo/images (and out/gpu_inputs):
+#   bash testbench/gpu/run_h200.sh                       # everything
+#   SKIP_MODEL_BENCH=1 bash testbench/gpu/run_h200.sh    # the pipeline benchmark only
+# Everything lands in $OUT: run.log, nvidia-smi.csv, torch_results.json, and from the pipeline benchmark
+# pipeline_*.json (one JSON line each), stage_logs.txt (the stage processes' log of each run) and
+# gpu_util.txt (nvidia-smi dmon during the runs).
+# The image has torch (CUDA), onnx, onnxruntime (CPU), opencv; the rest travels as wheels.
 set -uo pipefail
 OUT=${OUT:-out/gpu_results}
 MODELS=${MODELS:-/tmp/models}
@@ -36,6 +39,9 @@ stamp "export random-weight RetinaFace-R50 and IResNet100 (benchmark only)"
 python3 -m testbench.export_onnx retinaface_r50 --random-weights -o "$MODELS/retinaface_r50.onnx" --no-check || exit 1
 python3 -m testbench.export_onnx iresnet100 --random-weights -o "$MODELS/iresnet100.onnx" --no-check || exit 1
 
+if [ "${SKIP_MODEL_BENCH:-0}" = 1 ]; then
+    stamp "model benchmark skipped (SKIP_MODEL_BENCH=1)"
+else
 stamp "verify against ONNX Runtime, then throughput"
 python3 -m testbench.gpu.bench_torch --out "$OUT/torch_results.json" --faces "$FACES" --budget-s "$BUDGET_S" \
     --bench-model "r50=$MODELS/retinaface_r50.onnx@640:1,8,32" \
@@ -49,16 +55,37 @@ python3 -m testbench.gpu.bench_torch --out "$OUT/torch_results.json" --faces "$F
     --compile-model "r100=$MODELS/iresnet100.onnx@112:64" \
     --compile-model "r50=$MODELS/retinaface_r50.onnx@640:8"
 stamp "bench_torch exit $?"
+fi
 
-# ---- HOOK: end-to-end pipeline benchmark ------------------------------------------------------------------
-# testbench/bench_pipeline.py (pipeline engineer) runs here once it exists, with the same PYTHONPATH, the
-# default models in checkpoints/, the benchmark models in $MODELS and the faces in $FACES. Set PIPELINE_CMD
-# to its real command line; it should write "$OUT/pipeline_results.json". SKIP_PIPELINE=1 skips it.
-PIPELINE_CMD=${PIPELINE_CMD:-"python3 -m testbench.bench_pipeline --backend torch --out $OUT/pipeline_results.json"}
-if [ "${SKIP_PIPELINE:-0}" != 1 ] && [ -f testbench/bench_pipeline.py ]; then
-    stamp "pipeline benchmark: $PIPELINE_CMD"
+# ---- end-to-end pipeline benchmark -----------------------------------------------------------------------
+# testbench/bench_pipeline.py runs the real five-process pipeline on a generated 1080p clip (ten faces a frame)
+# at full speed, then the model-only ceiling in the same process. Random-weight R50 runs as the "guided"
+# composite (R50 computed in full, detections of the default detector), so the downstream load is real.
+# PIPELINE_CMD replaces the whole step; SKIP_PIPELINE=1 skips it; FRAMES sets the frames per run.
+WORK=${WORK:-/tmp/bench_pipeline}
+pipeline_run() {  # NAME ARGS...: one bench_pipeline run -> $OUT/pipeline_NAME.json, its stage log appended
+    local name=$1
+    shift
+    stamp "pipeline $name: $*"
+    python3 -m testbench.bench_pipeline --work "$WORK" --out "$OUT/pipeline_$name.json" --label "$name" "$@" \
+        || echo "pipeline $name failed (exit $?)"
+    { echo "==== $name"; cat "$WORK/stage_log.txt" 2>/dev/null; } >>"$OUT/stage_logs.txt"
+}
+pipeline_bench() {
+    df -h /dev/shm
+    nvidia-smi dmon -s u -d 1 >"$OUT/gpu_util.txt" 2>&1 &
+    local dmon=$!
+    pipeline_run r50_r100_fp16 --backend torch --resolution 1080p --frames "${FRAMES:-1000}" \
+        --detector "$MODELS/retinaface_r50.onnx" --det-precision fp16 \
+        --embedder "$MODELS/iresnet100.onnx" --embedder-kind arcface
+    pipeline_run default_torch --backend torch --resolution 1080p --frames "${FRAMES:-1000}"
+    pipeline_run default_onnxruntime --backend onnxruntime --resolution 1080p --frames 300
+    kill "$dmon" 2>/dev/null
+}
+PIPELINE_CMD=${PIPELINE_CMD:-pipeline_bench}
+if [ "${SKIP_PIPELINE:-0}" != 1 ]; then
     eval "$PIPELINE_CMD" || echo "pipeline benchmark failed (exit $?)"
 else
-    stamp "pipeline benchmark skipped (SKIP_PIPELINE=${SKIP_PIPELINE:-0}, bench_pipeline.py present: $([ -f testbench/bench_pipeline.py ] && echo yes || echo no))"
+    stamp "pipeline benchmark skipped (SKIP_PIPELINE=1)"
 fi
 stamp done

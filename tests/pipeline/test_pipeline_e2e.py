@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from mjpeg_server import mjpeg_server
 from process_checks import REPO, RunningPipeline, alive, shm_segments
 
 from app.demo import demo_sets, load_ground_truth, standard_scenario, write_video
+from tests.support.servers import MjpegServer
 
 pytestmark = pytest.mark.slow
 
@@ -160,15 +160,16 @@ def clip_frames(count: int) -> list[np.ndarray]:
 
 
 def test_live_mjpeg_stream(tmp_path):
-    """A phone camera: the pipeline reads an HTTP MJPEG stream live and stops when it ends."""
+    """A phone camera: the pipeline reads an HTTP MJPEG stream live (a live stream has no end: the run is
+    stopped by a frame limit here; reconnects are tested in test_reconnect.py)."""
     tracks = tmp_path / "tracks.jsonl"
     frames = clip_frames(120)
-    with mjpeg_server(frames[86:], fps=15) as url:  # Lin-Manuel's shot, at a phone's pace
+    with MjpegServer(frames[86:], fps=15) as server:  # Lin-Manuel's shot, at a phone's pace
         result, summary = run_to_end(
-            "--source", url, "--no-gui", "--gallery", str(tmp_path / "empty"), "--tracks-out", str(tracks),
-            tmp_path=tmp_path,
+            "--source", server.url, "--no-gui", "--gallery", str(tmp_path / "empty"), "--tracks-out",
+            str(tracks), "--max-frames", "30", tmp_path=tmp_path,
         )  # fmt: skip
-    assert summary["stop_reason"] == "stream ended"
+    assert summary["stop_reason"] == "frame limit reached (30)"
     # Live: whatever the pipeline could not keep up with was dropped, never queued without bound.
     assert summary["frames"] + summary["dropped"] >= 25 and summary["frames"] > 0
     rows = [json.loads(line) for line in tracks.read_text().splitlines()]

@@ -3,19 +3,24 @@ live HTTP MJPEG stream (a phone camera) read through the capture stage into the 
 
 from __future__ import annotations
 
+import http.server
 import multiprocessing
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
-from mjpeg_server import grey_frames, mjpeg_server
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.sources import open_video, parse_source
+from app.pipeline.sources import mask_url, open_video, parse_source, scrub_secrets
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
+from tests.support.servers import MjpegServer
 
 REPO = Path(__file__).resolve().parents[2]
 HAMILTON = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
@@ -61,6 +66,25 @@ def test_open_errors_name_the_source_without_credentials(tmp_path):
         open_video(parse_source("7"))
 
 
+def test_mask_url_hides_every_form_of_credentials():
+    assert mask_url("rtsp://admin:secret@10.0.0.5:554/stream1") == "rtsp://***@10.0.0.5:554/stream1"
+    assert mask_url("rtsp://admin:se/cr@et@cam/live") == "rtsp://***@cam/live"  # unescaped '/' and '@'
+    assert mask_url("http://cam/video.cgi?user=admin&pwd=s3cret&res=hd") == (
+        "http://cam/video.cgi?user=***&pwd=***&res=hd"
+    )
+    assert mask_url("http://192.168.1.20:8080/video") == "http://192.168.1.20:8080/video"
+    spec = parse_source("rtsp://admin:hunter2@cam:554/live")
+    scrubbed = scrub_secrets(
+        "Error opening rtsp://admin:hunter2@cam:554/live as admin:hunter2 (hunter2)", spec
+    )
+    assert "hunter2" not in scrubbed and "rtsp://***@cam:554/live" in scrubbed
+
+
+def grey_frames(count: int, size: tuple[int, int] = (320, 240)) -> list[np.ndarray]:
+    """Frame i is filled with grey level 8 * i, so a reader can tell which frame it got."""
+    return [np.full((size[1], size[0], 3), (8 * i) % 256, np.uint8) for i in range(count)]
+
+
 def new_ring(shape, slots: int):
     lock = multiprocessing.get_context("spawn").Lock()
     name = f"facering-{os.getpid()}-src{time.monotonic_ns() % 10**9}"
@@ -80,8 +104,9 @@ def produce_until(capture: CaptureStage, count: int, timeout: float = 10.0) -> l
 
 def test_mjpeg_stream_is_read_live_into_the_ring():
     frames = grey_frames(30)
-    with mjpeg_server(frames, fps=50) as url:
-        capture = CaptureStage(url, FrameRingHandle("unused", None))
+    with MjpegServer(frames, fps=50) as server:
+        url = server.url
+        capture = CaptureStage(url, FrameRingHandle("unused", None), max_frames=30)
         info = capture.setup()
         assert info["live"] is True and info["frame_shape"] == (240, 320, 3) and info["source"] == url
         ring, handle = new_ring(info["frame_shape"], slots=4)
@@ -98,7 +123,7 @@ def test_mjpeg_stream_is_read_live_into_the_ring():
                 assert ring.claim(meta.slot, meta.seq)
                 got.append((meta.frame_index, float(ring.frame(meta.slot).mean()), meta.source_time))
                 ring.release(meta.slot, meta.seq)
-            assert capture.end_reason == "stream ended"
+            assert capture.end_reason == "frame limit reached (30)"
             # The first frame (read during setup) is stale by the start and skipped; the rest arrive in order,
             # each with the pixels of its own frame (grey 8 * i, give or take JPEG).
             assert [i for i, _, _ in got] == list(range(1, 30))
@@ -111,9 +136,9 @@ def test_mjpeg_stream_is_read_live_into_the_ring():
 
 
 def test_live_source_keeps_the_newest_frames_when_the_pipeline_is_stuck():
-    with mjpeg_server(grey_frames(20), fps=100) as url:
+    with MjpegServer(grey_frames(20), fps=100) as server:
         ring, handle = new_ring((240, 320, 3), slots=3)
-        capture = CaptureStage(url, handle)
+        capture = CaptureStage(server.url, handle, max_frames=20)
         capture.setup()
         try:
             # Nobody consumes: a file would wait, a live source overwrites the oldest unclaimed frame.
@@ -131,14 +156,38 @@ def test_live_source_keeps_the_newest_frames_when_the_pipeline_is_stuck():
             ring.unlink()
 
 
+@contextmanager
+def password_refused() -> Iterator[int]:
+    """A camera that answers every request with 401 (a wrong password); yields its port."""
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_stream_credentials_work_and_never_show():
-    with mjpeg_server(grey_frames(5), fps=50, credentials="phone:s3cret") as url:
+    with MjpegServer(grey_frames(5), fps=50) as server:  # takes any credentials
+        url = server.url.replace("http://", "http://phone:s3cret@")
         capture = CaptureStage(url, FrameRingHandle("unused", None))
         info = capture.setup()
         assert "s3cret" not in info["source"] and info["source"].startswith("http://***@127.0.0.1:")
         capture.close()
-    with mjpeg_server(grey_frames(5), fps=50, credentials="phone:s3cret") as url:
-        wrong = url.replace("s3cret", "wrong")
+    with password_refused() as port:
+        wrong = f"http://phone:wrong@127.0.0.1:{port}/video.mjpg"
         with pytest.raises(UserError) as info:
             CaptureStage(wrong, FrameRingHandle("unused", None)).setup()
         assert "http://***@127.0.0.1" in str(info.value) and "wrong" not in str(info.value)

@@ -1,0 +1,224 @@
+"""RetinaFace on the GPU for the detection stage (backend=torch): ring slot -> GPU once, only candidates back.
+
+Per batch of frames:
+1. Upload: each frame goes from its shared-memory ring slot to the GPU as uint8 (6 MB at 1080p), once. The
+   ring's pixel block is page-locked for CUDA in this process (`cudaHostRegister`), so the copy is a DMA
+   straight out of the slot with no CPU copy; where registering fails, frames pass through a pinned staging
+   buffer (one memcpy each).
+2. Letterbox + mean subtraction on the GPU (`gpu_preprocess.letterbox_batch`), in the model's dtype.
+3. The model (`TorchModel.run_torch`: CUDA graphs per batch bucket, every bucket up to `max_batch` captured at
+   warm-up so none is captured mid-run).
+4. Only the candidate priors come back: score above `floor`, at most `top_k` per frame. The raw outputs are
+   16 floats per prior (1.07 MB per frame at 640x640); pickled through the queue to post-processing they cost
+   about 1 ms per frame in each process. The candidates are ~0.1-20 KB and decode to the same faces (see
+   `CandidateDetections` in app/stages/detect.py).
+
+Runs on a CPU torch device too (no registration, no graphs), which is how the tests check it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.inference import gpu_preprocess
+from app.inference.torch_backend import TorchModel, pick_bucket
+from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
+
+log = logging.getLogger(__name__)
+
+RAW_WIDTH = 16  # loc 4 + conf 2 + landmarks 10 values per prior
+
+
+@dataclass
+class FrameCandidates:
+    """One frame's candidate priors: rows of the raw outputs where the face score passed the floor."""
+
+    prior_index: np.ndarray  # (K,) int64, ascending
+    loc: np.ndarray  # (K,4) float32
+    conf: np.ndarray  # (K,2) float32
+    landmarks: np.ndarray  # (K,10) float32
+    scale: float  # detector input pixel = source pixel * scale
+
+
+def compact_candidates(
+    loc: torch.Tensor, conf: torch.Tensor, landmarks: torch.Tensor, floor: float, top_k: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per frame (prior indices (K,), raw rows (K,16)) where conf[...,1] > floor, keeping the top_k scores.
+
+    Keeping the top_k best before decoding changes nothing downstream: the decoder keeps the PRE_NMS_TOP_K
+    best scores above its own threshold (>= floor), and those are always among these. One device->host copy.
+    """
+    n, priors = conf.shape[0], conf.shape[1]
+    scores = conf[:, :, 1]
+    mask = scores > floor
+    if top_k < priors:
+        kth = torch.topk(scores, top_k, dim=1).values[:, -1:]
+        mask &= scores >= kth
+    frame_idx, prior_idx = mask.nonzero(as_tuple=True)
+    packed = torch.cat((loc, conf, landmarks), dim=2)[frame_idx, prior_idx]
+    # Indices travel as float32 beside the rows (exact below 2**24 priors): one transfer, one sync.
+    host = torch.cat((packed.float(), frame_idx[:, None].float(), prior_idx[:, None].float()), dim=1).cpu()
+    host = host.numpy()
+    frames = host[:, RAW_WIDTH].astype(np.int64)
+    counts = np.bincount(frames, minlength=n)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    # nonzero() is row-major: rows come grouped by frame, priors ascending within a frame.
+    return [
+        (host[a:b, RAW_WIDTH + 1].astype(np.int64), host[a:b, :RAW_WIDTH])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+class RingUploader:
+    """Copies ring frames to the device: straight from the page-locked ring, else via pinned staging."""
+
+    def __init__(self, device: torch.device, max_batch: int) -> None:
+        self.device = device
+        self.max_batch = max_batch
+        self._registered: tuple[int, int] | None = None  # (start, end) addresses page-locked for CUDA
+        self._register_tried = False
+        self._device_buf: torch.Tensor | None = None
+        self._staging: torch.Tensor | None = None
+
+    @property
+    def zero_copy(self) -> bool:
+        return self._registered is not None
+
+    def register(self, first_slot: np.ndarray, slots: int) -> bool:
+        """Page-lock `slots` contiguous frames starting at `first_slot` (the ring's pixel block) for DMA.
+
+        Once per process; False (and the staging path) when CUDA refuses, e.g. where locked memory is capped.
+        """
+        if self._register_tried or self.device.type != "cuda":
+            return self.zero_copy
+        self._register_tried = True
+        page = mmap.PAGESIZE
+        base = first_slot.ctypes.data
+        # The ring's mapping starts on a page and is a whole number of pages long: rounding out stays inside.
+        start = base - base % page
+        end = base + slots * first_slot.nbytes
+        end += -end % page
+        try:
+            error = torch.cuda.cudart().cudaHostRegister(start, end - start, 0)
+            failed = int(getattr(error, "value", error)) != 0
+        except (RuntimeError, TypeError, AttributeError) as exc:  # a torch without the binding
+            error, failed = exc, True
+        if failed:
+            log.warning(
+                "cudaHostRegister of the frame ring failed (%s); frames go through pinned staging", error
+            )
+            return False
+        self._registered = (start, end)
+        log.info("frame ring page-locked for CUDA: %.0f MB", (end - start) / 1e6)
+        return True
+
+    def unregister(self) -> None:
+        if self._registered is not None:
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
+                torch.cuda.cudart().cudaHostUnregister(self._registered[0])
+            self._registered = None
+
+    def upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """(n,H,W,3) uint8 on the device; the copies are queued on the current stream (async on CUDA)."""
+        n = len(frames)
+        shape = tuple(frames[0].shape)
+        if self._device_buf is None or tuple(self._device_buf.shape[1:]) != shape:
+            self._device_buf = torch.empty((self.max_batch, *shape), dtype=torch.uint8, device=self.device)
+            self._staging = None
+        buf = self._device_buf
+        for i, frame in enumerate(frames):
+            if self.device.type != "cuda" or self._in_registered(frame):
+                buf[i].copy_(torch.from_numpy(frame), non_blocking=True)
+            else:
+                buf[i].copy_(self._stage(i, frame), non_blocking=True)
+        return buf[:n]
+
+    def _in_registered(self, frame: np.ndarray) -> bool:
+        if self._registered is None:
+            return False
+        address = frame.ctypes.data
+        return self._registered[0] <= address and address + frame.nbytes <= self._registered[1]
+
+    def _stage(self, i: int, frame: np.ndarray) -> torch.Tensor:
+        if self._staging is None or tuple(self._staging.shape[1:]) != frame.shape:
+            self._staging = torch.empty((self.max_batch, *frame.shape), dtype=torch.uint8).pin_memory()
+        # The previous batch's copies out of this buffer finished: detect() ends with a synchronising read.
+        np.copyto(self._staging[i].numpy(), frame)
+        return self._staging[i]
+
+
+class TorchDetector:
+    """RetinaFace through `TorchModel` with GPU preprocessing; `detect(frames)` -> candidates per frame."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        det_size: int = 640,
+        max_batch: int = 16,
+        precision: str | None = None,
+        device: str | None = None,
+        threads: int = 0,
+        floor: float = 0.01,
+        top_k: int = PRE_NMS_TOP_K,
+    ) -> None:
+        self.model = TorchModel(Path(model_path), threads=threads, device=device, precision=precision)
+        self.device = self.model.device
+        if self.device.type == "cuda" and threads > 0:
+            torch.set_num_threads(int(threads))  # the CPU only launches kernels here
+        self.input_hw = detector_input_hw(self.model, det_size)
+        fixed = self.model.inputs[0].fixed_batch
+        self.max_batch = max(1, int(max_batch)) if fixed is None else min(max(1, int(max_batch)), fixed)
+        self.floor = float(floor)
+        self.top_k = int(top_k)
+        self.uploader = RingUploader(self.device, self.max_batch)
+        h, w = self.input_hw
+        self._blob = torch.empty((self.max_batch, 3, h, w), dtype=self.model.dtype, device=self.device)
+
+    @property
+    def precision(self) -> str:
+        return self.model.precision
+
+    def warmup(self) -> None:
+        """Capture the graph of every batch bucket up to max_batch now, so none is captured mid-run, and
+        run the whole path once (a wrong model fails here, at start)."""
+        if self.model.cuda_graphs:
+            buckets = sorted({pick_bucket(b, self.model.buckets) for b in range(1, self.max_batch + 1)})
+            self.model.warmup(buckets, self.input_hw)
+        h, w = self.input_hw
+        self.detect([np.zeros((h, w, 3), np.uint8)])
+
+    def register_ring(self, first_slot: np.ndarray, slots: int) -> bool:
+        return self.uploader.register(first_slot, slots)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
+        """Candidates for each (H,W,3) uint8 BGR frame (all one size); batches over max_batch are split."""
+        out: list[FrameCandidates] = []
+        for i in range(0, len(frames), self.max_batch):
+            out.extend(self._detect_chunk(frames[i : i + self.max_batch]))
+        return out
+
+    def _detect_chunk(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
+        n = len(frames)
+        with torch.inference_mode():
+            pixels = self.uploader.upload(frames)
+            blob, scales = gpu_preprocess.letterbox_batch(
+                list(pixels), self.input_hw, dtype=self.model.dtype, out=self._blob[:n]
+            )
+            loc, conf, landmarks = split_outputs(self.model.run_torch(blob))
+            found = compact_candidates(loc, conf, landmarks, self.floor, self.top_k)
+        return [
+            FrameCandidates(index, rows[:, 0:4], rows[:, 4:6], rows[:, 6:16], scales[i])
+            for i, (index, rows) in enumerate(found)
+        ]
+
+    def close(self) -> None:
+        self.uploader.unregister()

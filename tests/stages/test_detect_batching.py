@@ -1,0 +1,241 @@
+"""Detection batching (several queued frames per model call when behind, none waited for when idle) and the
+GPU detection path (torch preprocessing, candidate compaction), run on the CPU with the real RetinaFace."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from stage_chain import HAMILTON, REPO, put_frame, ring_of
+
+from app.pipeline.messages import EndOfStream, FaceDetections, Ready, Start
+from app.pipeline.stage_runner import StageChannels, StageRunner
+from app.stages.detect import CANDIDATE_FLOOR, CandidateDetections, DetectStage
+from app.stages.postprocess import PostprocessStage
+from app.vision.retinaface import PRE_NMS_TOP_K, decode_retinaface, prior_boxes
+
+DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
+HW = (640, 640)
+
+
+@pytest.fixture(scope="module")
+def clip_frames() -> list[np.ndarray]:
+    """Frames 0 (two small faces), 90 (one large face), 240 (an audience) of the Hamilton clip, at 1280x720
+    so the letterbox really resizes (the clip is 640x360)."""
+    cap = cv2.VideoCapture(str(HAMILTON))
+    frames, index = [], 0
+    while len(frames) < 3:
+        ok, frame = cap.read()
+        assert ok
+        if index in (0, 90, 240):
+            frames.append(cv2.resize(frame, (1280, 720), interpolation=cv2.INTER_LINEAR))
+        index += 1
+    cap.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def torch_mod():
+    return pytest.importorskip("torch", reason="the GPU detection path is part of the optional 'torch' extra")
+
+
+class RecordingDetect(DetectStage):
+    """The real stage, recording how many frames each call got."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[int] = []
+
+    def process_batch(self, msgs):
+        self.calls.append(len(msgs))
+        return super().process_batch(msgs)
+
+
+def start_runner(stage, inbox: queue.Queue, outbox: queue.Queue) -> tuple[threading.Thread, object]:
+    supervisor_end, stage_end = multiprocessing.Pipe(duplex=True)
+    stop = threading.Event()
+    runner = StageRunner(stage, StageChannels(inbox, outbox, stage_end, stop), poll_s=0.01)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    assert isinstance(supervisor_end.recv(), Ready)  # setup done (the model is loaded)
+    return thread, (supervisor_end, stop)
+
+
+def test_a_stage_behind_takes_every_queued_frame_in_one_call(clip_frames):
+    frames = [clip_frames[i % 3] for i in range(6)]
+    with ring_of(frames[0].shape, slots=6) as (ring, handle):
+        stage = RecordingDetect(handle, DETECTOR, max_batch=4)
+        inbox, outbox = queue.Queue(), queue.Queue()
+        thread, (control, stop) = start_runner(stage, inbox, outbox)
+        refs = [put_frame(ring, frame, i) for i, frame in enumerate(frames)]
+        for ref in refs:  # all queued before the stage starts: it is "behind"
+            inbox.put(ref)
+        inbox.put(EndOfStream("end of file", len(refs)))
+        control.send(Start({"fps": 25.0}))
+        thread.join(30)
+        assert not thread.is_alive()
+        out = []
+        while not outbox.empty():
+            out.append(outbox.get())
+        assert stage.calls == [4, 2]  # bounded by max_batch, then what was left
+        raw = out[:-1]
+        assert isinstance(out[-1], EndOfStream)
+        assert [r.meta.frame_index for r in raw] == list(range(6))
+        # Frames of one call share the call's stamp; each frame carries its own outputs.
+        detect_stamps = [(r.meta.stamps[-1].start, r.meta.stamps[-1].end) for r in raw]
+        assert len(set(detect_stamps[:4])) == 1 and detect_stamps[4] == detect_stamps[5] != detect_stamps[0]
+        np.testing.assert_array_equal(raw[0].conf, raw[3].conf)  # frame 3 is frame 0 again
+        assert not np.array_equal(raw[0].conf, raw[1].conf)
+        stop.set()
+        control.close()
+
+
+def test_an_idle_stage_runs_each_frame_at_once(clip_frames):
+    with ring_of(clip_frames[0].shape, slots=4) as (ring, handle):
+        stage = RecordingDetect(handle, DETECTOR, max_batch=4)
+        inbox, outbox = queue.Queue(), queue.Queue()
+        thread, (control, stop) = start_runner(stage, inbox, outbox)
+        control.send(Start({"fps": 25.0}))
+        waits = []
+        for i in range(3):
+            put_at = time.monotonic()
+            inbox.put(put_frame(ring, clip_frames[i], i))
+            out = outbox.get(timeout=10)  # answered before the next frame exists: no batch is waited for
+            waits.append(time.monotonic() - put_at)
+            assert out.meta.frame_index == i
+        stop.set()
+        thread.join(10)
+        control.close()
+        assert stage.calls == [1, 1, 1]
+        assert max(waits) < 2.0, waits  # mnet0.25 runs a frame in ~10-100 ms; a batch wait would add seconds
+
+
+def decode(raw, threshold: float = 0.1) -> FaceDetections:
+    post = PostprocessStage(threshold, 0.4)
+    post.setup()
+    return post.process(raw)[0]
+
+
+def test_gpu_path_on_the_cpu_finds_the_faces_the_cpu_path_finds(clip_frames, torch_mod):
+    with ring_of(clip_frames[0].shape, slots=6) as (ring, handle):
+        gpu = DetectStage(handle, DETECTOR, backend="torch", device="cpu", max_batch=4)
+        cpu = DetectStage(handle, DETECTOR, backend="onnxruntime", max_batch=4)
+        info = gpu.setup()
+        cpu.setup()
+        assert info["device"] == "cpu" and info["max_batch"] == 4 and info["input_hw"] == HW
+        got = gpu.process_batch([put_frame(ring, f, i) for i, f in enumerate(clip_frames)])
+        want = cpu.process_batch([put_frame(ring, f, i + 3) for i, f in enumerate(clip_frames)])
+        priors = prior_boxes(HW).shape[0]
+        for g, w in zip(got, want, strict=True):
+            assert isinstance(g, CandidateDetections) and not isinstance(w, CandidateDetections)
+            assert g.priors == priors == w.conf.shape[0] and g.floor == CANDIDATE_FLOOR
+            # Only the candidates travel: a few hundred rows of 16 floats, not 16800.
+            assert 0 < len(g.prior_index) < 2000 and g.loc.shape == (len(g.prior_index), 4)
+            assert (g.conf[:, 1] > CANDIDATE_FLOOR).all() and (np.diff(g.prior_index) > 0).all()
+            assert g.scale == pytest.approx(w.scale) == pytest.approx(0.5)
+            a, b = decode(g), decode(w)
+            # The GPU letterbox rounds like OpenCV but some pixels differ by one grey level.
+            # Faces of near-equal score may swap places: pair each face with its nearest counterpart.
+            assert len(a.scores) == len(b.scores) > 0
+            gap = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(axis=2)
+            pair = gap.argmin(axis=1)
+            assert sorted(pair) == list(range(len(b.scores)))
+            side = (b.boxes[pair, 2:] - b.boxes[pair, :2]).max(axis=1)
+            assert (gap.min(axis=1) / side).max() < 0.03  # ~1 px at the detector input on 40-130 px faces
+            np.testing.assert_allclose(a.scores, b.scores[pair], atol=0.02)
+        gpu.close()
+        cpu.close()
+
+
+def test_candidates_decode_exactly_like_the_full_outputs(clip_frames, torch_mod):
+    from app.inference.torch_backend import TorchModel
+    from app.stages.gpu_detect import compact_candidates
+    from app.vision.retinaface import letterbox, split_outputs
+
+    torch = torch_mod
+    model = TorchModel(DETECTOR, device="cpu")
+    blobs = np.stack([letterbox(f, HW)[0] for f in clip_frames])
+    loc, conf, lm = split_outputs(model.run_torch(torch.from_numpy(blobs)))
+    found = compact_candidates(loc, conf, lm, 0.01, PRE_NMS_TOP_K)
+    post = PostprocessStage(0.05, 0.4)  # one stage for all frames: its buffers are reused frame to frame
+    post.setup()
+    for i, (index, rows) in enumerate(found):
+        meta = _meta(i)
+        msg = CandidateDetections(
+            meta, rows[:, :4], rows[:, 4:6], rows[:, 6:], 0.5, HW, index, len(conf[i]), 0.01
+        )
+        got = post.process(msg)[0]
+        full = decode_retinaface(
+            loc[i].numpy(), conf[i].numpy(), lm[i].numpy(), 0.5, HW, 0.05, 0.4, (meta.width, meta.height)
+        )
+        assert len(got.scores) == len(full) > 0
+        np.testing.assert_array_equal(got.boxes, full.boxes)
+        np.testing.assert_array_equal(got.landmarks, full.landmarks)
+    # A frame with no candidates after busy ones: nothing of the earlier frames may leak through the buffers.
+    empty = CandidateDetections(_meta(9), *(np.zeros((0, k), np.float32) for k in (4, 2, 10)), 0.5, HW,
+                                np.zeros((0,), np.int64), len(conf[0]), 0.01)  # fmt: skip
+    assert len(post.process(empty)[0].scores) == 0
+
+
+def test_compaction_keeps_the_best_scores_when_everything_passes_the_floor(torch_mod):
+    from app.stages.gpu_detect import compact_candidates
+
+    torch = torch_mod
+    gen = torch.Generator().manual_seed(0)
+    n, p = 2, prior_boxes(HW).shape[0]
+    # Random weights look like this: every prior a "face". Distinct scores, so the order after NMS is unique.
+    face = torch.stack([torch.randperm(p, generator=gen) for _ in range(n)]).float() / (2 * p) + 0.5
+    conf = torch.stack([1 - face, face], dim=2)
+    loc = torch.randn((n, p, 4), generator=gen) * 0.1
+    lm = torch.randn((n, p, 10), generator=gen) * 0.1
+    found = compact_candidates(loc, conf, lm, 0.01, 5000)
+    assert [len(index) for index, _ in found] == [5000, 5000]
+    for i, (index, rows) in enumerate(found):
+        kept = conf[i, index, 1].numpy()
+        assert kept.min() >= np.sort(face[i].numpy())[-5000]  # exactly the 5000 best
+        np.testing.assert_array_equal(rows[:, 6:], lm[i, index].numpy())
+        full = decode_retinaface(loc[i].numpy(), conf[i].numpy(), lm[i].numpy(), 1.0, HW, 0.6, 0.4, HW)
+        post = PostprocessStage(0.6, 0.4)
+        post.setup()
+        msg = CandidateDetections(
+            _meta(i, HW), rows[:, :4], rows[:, 4:6], rows[:, 6:], 1.0, HW, index, p, 0.01
+        )
+        got = post.process(msg)[0]
+        np.testing.assert_array_equal(got.boxes, full.boxes)
+
+
+def test_post_processing_warns_once_when_the_detect_floor_is_above_its_threshold(caplog):
+    post = PostprocessStage(0.005, 0.4)
+    post.setup()
+    p = prior_boxes(HW).shape[0]
+    empty = (np.zeros((0, 4), np.float32), np.zeros((0, 2), np.float32), np.zeros((0, 10), np.float32))
+    with caplog.at_level(logging.WARNING, logger="app.stages.postprocess"):
+        for i in range(3):
+            post.process(CandidateDetections(_meta(i), *empty, 1.0, HW, np.zeros((0,), np.int64), p, 0.01))
+    assert [r.getMessage() for r in caplog.records if "candidates above 0.010" in r.getMessage()] != []
+    assert len(caplog.records) == 1
+
+
+def test_uploader_copies_frames_and_registers_nothing_on_the_cpu(clip_frames, torch_mod):
+    from app.stages.gpu_detect import RingUploader
+
+    torch = torch_mod
+    up = RingUploader(torch.device("cpu"), max_batch=4)
+    block = np.stack(clip_frames)
+    assert up.register(block[0], len(block)) is False and not up.zero_copy
+    pixels = up.upload(list(block[::-1]))
+    assert pixels.shape == (3, 720, 1280, 3) and pixels.dtype == torch.uint8
+    np.testing.assert_array_equal(pixels.numpy(), block[::-1])
+    up.unregister()
+
+
+def _meta(i: int, wh: tuple[int, int] = (1280, 720)):
+    from app.pipeline.messages import FrameMeta
+
+    return FrameMeta(i, i + 1, i, i / 25, wh[0], wh[1])
