@@ -285,7 +285,12 @@ class _CpuSampler:
 
 
 def run_pipeline(
-    settings: Any, frames: int, det_batch: int | None, det_precision: str | None, stage_log: Path
+    settings: Any,
+    frames: int,
+    det_batch: int | None,
+    det_precision: str | None,
+    stage_log: Path,
+    det_device: str | None = None,
 ) -> dict[str, Any]:
     """Run the real pipeline (assembly API) to the end of `frames` frames; summary plus what _FrameLog saw."""
     from app.pipeline.assembly import build_stages
@@ -297,8 +302,9 @@ def run_pipeline(
     detect = next(s for s in stages if isinstance(s, DetectStage))
     # The knobs Settings has no field for (yet): set on the stage object before it is sent to its process.
     if det_batch is not None:
-        detect.max_batch = detect._max_batch_asked = max(1, det_batch)
+        detect.batch_limit = max(1, det_batch)
     detect.precision = det_precision
+    detect.device = det_device
     supervisor = Supervisor(
         stages, ring, ring_slots=settings.ring_slots, log_level="INFO", summary_every_s=5.0
     )
@@ -507,6 +513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=600, help="frames the pipeline processes")
     p.add_argument("--det-batch", type=int, help="detection stage max batch (default: the stage's)")
     p.add_argument("--det-precision", choices=("auto", "fp16", "fp32"), help="torch detector precision")
+    p.add_argument("--det-device", help="run the detection stage's torch path on this device (cpu: test it)")
     p.add_argument("--det-size", type=int, default=640)
     p.add_argument("--ring-slots", type=int, help="frame ring slots (default: 8 on CPU, 32 with torch)")
     p.add_argument("--threads", type=int, default=0, help="THREADS setting (0 = automatic)")
@@ -603,7 +610,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         f"pipeline: {args.backend}, {detector.name} + {args.embedder.name}, {clip.name}, {args.frames} frames"
     )
     started = time.perf_counter()
-    run = run_pipeline(settings, args.frames, args.det_batch, args.det_precision, work / "stage_log.txt")
+    stage_log = work / "stage_log.txt"
+    run = run_pipeline(settings, args.frames, args.det_batch, args.det_precision, stage_log, args.det_device)
     load_after = os.getloadavg()
     det_threads, embed_threads = inference_threads(settings)
     result: dict[str, Any] = {

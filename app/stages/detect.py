@@ -76,8 +76,8 @@ class DetectStage:
         self.backend = backend
         self.threads = threads
         self.det_size = det_size
-        self.max_batch = DEFAULT_MAX_BATCH if max_batch is None else max(1, int(max_batch))
-        self._max_batch_asked = max_batch
+        self.batch_limit = None if max_batch is None else max(1, int(max_batch))  # None: the path's default
+        self.max_batch = self.batch_limit or DEFAULT_MAX_BATCH  # the runner reads it after setup()
         self.precision = precision
         self.device = device
         self.candidate_floor = float(candidate_floor)
@@ -107,7 +107,7 @@ class DetectStage:
                 f"backend 'torch' is not available ({exc}); install the 'torch' extra or use "
                 "backend=onnxruntime"
             ) from None
-        batch = GPU_MAX_BATCH if self._max_batch_asked is None else self.max_batch
+        batch = self.batch_limit or GPU_MAX_BATCH
         self.gpu = TorchDetector(
             self.model_path,
             det_size=self.det_size,
@@ -140,6 +140,7 @@ class DetectStage:
         self.input_hw = self.preprocess.input_hw
         self._split = split_outputs
         fixed = self.model.inputs[0].fixed_batch
+        self.max_batch = self.batch_limit or DEFAULT_MAX_BATCH
         if fixed is not None:
             self.max_batch = 1 if fixed == 1 else min(self.max_batch, fixed)
         self._fixed_batch = fixed

@@ -67,8 +67,8 @@ pipeline_run() {  # NAME ARGS...: one bench_pipeline run -> $OUT/pipeline_NAME.j
     local name=$1
     shift
     stamp "pipeline $name: $*"
-    python3 -m testbench.bench_pipeline --work "$WORK" --out "$OUT/pipeline_$name.json" --label "$name" "$@" \
-        || echo "pipeline $name failed (exit $?)"
+    timeout "${RUN_TIMEOUT_S:-240}" python3 -m testbench.bench_pipeline --work "$WORK" \
+        --out "$OUT/pipeline_$name.json" --label "$name" "$@" || echo "pipeline $name failed (exit $?)"
     { echo "==== $name"; cat "$WORK/stage_log.txt" 2>/dev/null; } >>"$OUT/stage_logs.txt"
 }
 pipeline_bench() {
