@@ -143,13 +143,16 @@ class Pipeline:
         started = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
         try:
-            stdout, _ = self.proc.communicate(timeout=STOP_TIMEOUT_S)
+            self.proc.wait(timeout=STOP_TIMEOUT_S)  # stdout holds one summary line: it cannot fill its pipe
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            stdout, _ = self.proc.communicate()
+            self.proc.wait()
         took = time.monotonic() - started
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout.read()
+        self.proc.stdout.close()
         self._reader.join(2)
-        lines = [line for line in (stdout or "").splitlines() if line.startswith("{")]
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
         return self.proc.returncode, took, json.loads(lines[-1]) if lines else None
 
     def leftovers(self, settle_s: float = 1.0) -> tuple[list[int], list[str]]:
@@ -336,8 +339,10 @@ def cycles(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp, looping_source(args, Path(tmp)) as (url, people):
         work = Path(tmp)
         enroll_people(work / "gallery", people)
+        entries_before = len(list(SHM.iterdir()))
         results = []
-        print(" cycle  start_s  stop_s  exit  frames  left_procs  left_shm", flush=True)
+        late_stages: list[str] = []  # stages the supervisor had to terminate for not stopping in time
+        print(" cycle  start_s  stop_s  exit  frames  left_procs  left_shm  terminated", flush=True)
         for index in range(args.cycles):
             pipeline = Pipeline(pipeline_argv(args, url, work))
             try:
@@ -348,11 +353,16 @@ def cycles(args: argparse.Namespace) -> dict:
                 code, stop_s, summary = pipeline.stop()
             processes, segments = pipeline.leftovers()
             frames = summary.get("frames") if summary else None
+            late = [
+                line.split("stage ", 1)[1].split()[0] for line in pipeline.stderr if "did not stop in" in line
+            ]
+            late_stages.extend(late)
             results.append(
                 (startup_s, stop_s, code, frames, len(processes), len(segments), len(pipeline.pids))
             )
+            terminated = ",".join(late) or "-"
             print(f"{index + 1:6d}  {startup_s:7.2f}  {stop_s:6.2f}  {code:4d}  {frames!s:>6}  "
-                  f"{len(processes):10d}  {len(segments):8d}", flush=True)  # fmt: skip
+                  f"{len(processes):10d}  {len(segments):8d}  {terminated}", flush=True)  # fmt: skip
         starts = [r[0] for r in results]
         stops = [r[1] for r in results]
         return {
@@ -366,6 +376,9 @@ def cycles(args: argparse.Namespace) -> dict:
             "start_s": {"mean": round(sum(starts) / len(starts), 2), "max": round(max(starts), 2)},
             "stop_s": {"mean": round(sum(stops) / len(stops), 2), "max": round(max(stops), 2)},
             "frames_per_run_min": min((r[3] or 0) for r in results),
+            "terminated_stages": {name: late_stages.count(name) for name in sorted(set(late_stages))},
+            # Everything in /dev/shm (rings, multiprocessing semaphores), other programs' included.
+            "shm_entries": {"before": entries_before, "after": len(list(SHM.iterdir()))},
         }
 
 
@@ -396,8 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` that stops the pipeline
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.minutes is not None and args.minutes <= 0 or args.cycles is not None and args.cycles < 1:
             raise UserError("--minutes must be > 0 and --cycles at least 1")
