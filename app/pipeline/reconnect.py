@@ -37,9 +37,11 @@ class BackoffPolicy:
         return base
 
 
-# A camera: reconnects within 1 s of its return, i.e. well inside the 2 s the pipeline promises to resume in
-# (the open and the first frame take ~0.1 s more on a LAN), at about one connection attempt per second.
-SOURCE_BACKOFF = BackoffPolicy(first_s=0.1, factor=2.0, cap_s=1.0, jitter=0.2)
+# A camera: the next attempt comes at most 0.5 s after its return; an RTSP camera then still needs up to a
+# keyframe interval (often 1 s) before the first frame decodes, and the whole must stay inside the 2 s the
+# pipeline promises to resume in. Two attempts a second cost a refused connection each; an unreachable host
+# paces itself by the open timeout.
+SOURCE_BACKOFF = BackoffPolicy(first_s=0.1, factor=2.0, cap_s=0.5, jitter=0.2)
 # A gallery server: searches are retried on the next frame that needs one once the delay has passed.
 GALLERY_BACKOFF = BackoffPolicy(first_s=0.25, factor=2.0, cap_s=2.0, jitter=0.2)
 

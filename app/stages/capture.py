@@ -13,7 +13,7 @@ Live sources that drop or stall are reconnected, never the end of the run:
 - A read that fails (connection cut, camera gone) or takes about the whole read timeout (a stalled stream:
   FFmpeg's RTSP reader hands out buffered frames, each after a full timeout, before it fails) loses the
   source. The stage then reopens it on a capped exponential backoff (`reconnect.SOURCE_BACKOFF`: at once,
-  then 0.1 s doubling to 1 s), returning to the runner between attempts so a stop is seen at once.
+  then 0.1 s doubling to 0.5 s), returning to the runner between attempts so a stop is seen at once.
 - Meanwhile it sends a placeholder frame every `status_every_s` (the last frame, dimmed, with
   `meta.status` = "reconnecting to ...") so the GUI keeps drawing and says so; the other stages run on.
 - The first frame after the gap starts a new `meta.segment`, which tells recognition to reset its tracks.
