@@ -1,3 +1,3 @@
-"""Real-time face recognition pipeline: capture, RetinaFace detection, alignment, embedding, tracking, gallery."""
+"""Real-time face recognition pipeline: capture, RetinaFace, alignment, embedding, tracking, gallery."""
 
 __version__ = "0.1.0"

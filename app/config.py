@@ -16,6 +16,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from app.errors import UserError
+from app.url_masking import mask_url
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 EMBEDDER_KINDS = ("auto", "dlib", "arcface")
@@ -113,19 +114,10 @@ class Settings:
             elif isinstance(value, Path):
                 value = str(value)
             out[f.name] = value
-        out["video_source"] = mask_credentials(self.video_source)
+        out["video_source"] = mask_url(self.video_source)
+        if self.qdrant_host:
+            out["qdrant_host"] = mask_url(self.qdrant_host)
         return out
-
-
-def mask_credentials(url: str) -> str:
-    """Hide `user:password@` in a URL so camera passwords never reach logs or errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
-        return url
-    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
 def env_name(field_name: str) -> str:

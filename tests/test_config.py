@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, Settings, describe_settings, load_settings, mask_credentials
+from app.config import ConfigError, Settings, describe_settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,9 +64,10 @@ def test_env_example_documents_every_setting():
         assert f"\n{name}=" in text, name
 
 
-def test_mask_credentials_and_redacted():
-    url = "rtsp://admin:s3cret@10.0.0.5:554/stream1"
-    assert mask_credentials(url) == "rtsp://***@10.0.0.5:554/stream1"
-    assert mask_credentials("http://cam.local/video") == "http://cam.local/video"
-    shown = load_settings({"video_source": url, "qdrant_api_key": "key"}, env_file=None).redacted()
-    assert "s3cret" not in str(shown) and shown["qdrant_api_key"] == "***"
+def test_redacted_settings_hide_credentials():
+    url = "rtsp://admin:s3/cret@10.0.0.5:554/stream1"
+    overrides = {"video_source": url, "qdrant_api_key": "key", "qdrant_host": "https://u:hidden@qdrant.local"}
+    shown = load_settings(overrides, env_file=None).redacted()
+    assert shown["video_source"] == "rtsp://***@10.0.0.5:554/stream1"
+    assert shown["qdrant_host"] == "https://***@qdrant.local"
+    assert "s3/cret" not in str(shown) and "hidden" not in str(shown) and shown["qdrant_api_key"] == "***"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from app.config import Settings
 from app.errors import UserError
 from app.gallery.base import EmbedderIdentity, Gallery
+from app.url_masking import mask_url
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -18,7 +19,7 @@ def gallery_location(settings: Settings) -> str:
     if settings.qdrant_host:
         scheme = "https" if settings.qdrant_https else "http"
         host = settings.qdrant_host
-        server = host if "://" in host else f"{scheme}://{host}:{settings.qdrant_port}"
+        server = mask_url(host) if "://" in host else f"{scheme}://{host}:{settings.qdrant_port}"
         return f"{server} collection {settings.qdrant_collection!r}"
     return str(settings.qdrant_path / settings.qdrant_collection)
 

@@ -31,6 +31,7 @@ from app.gallery.base import (
     point_payloads,
     search_per_person,
 )
+from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,6 @@ def connect(host: str, port: int, api_key: str | None, https: bool) -> tuple[Qdr
     # real call reports an unreachable or refusing server as a UserError instead.
     if "://" in host:
         client = QdrantClient(url=host, api_key=api_key, check_compatibility=False)
-        return client, host
+        return client, mask_url(host)
     client = QdrantClient(host=host, port=port, api_key=api_key, https=https, check_compatibility=False)
     return client, f"{'https' if https else 'http'}://{host}:{port}"

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import cv2
 
 from app.errors import UserError
+from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ OPEN_TIMEOUT_S = 5.0  # connecting and reading the stream header
 READ_TIMEOUT_S = 3.0  # one frame; a read that takes about this long is a stalled stream
 RTSP_CAPTURE_OPTIONS = "rtsp_transport;tcp|probesize;32"
 CAPTURE_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:user(?:name)?|login|pass(?:word|wd)?|pwd|token|access_token|api_?key|key|auth|secret)=)"
-    r"[^&;#]*"
-)
 
 
 @dataclass(frozen=True)
@@ -85,22 +81,6 @@ def parse_source(text: str) -> SourceSpec:
             f"video source {path} is not a file; pass a video file, a stream URL or a webcam number"
         )
     return SourceSpec("file", str(path), str(path))
-
-
-def mask_url(url: str) -> str:
-    """`url` safe to print: user:password and password-like query values replaced by ***.
-
-    Stricter than `config.mask_credentials`: a password holding a '/' (not escaped) still hides, since
-    everything before the last '@' ahead of the query is taken for credentials (at worst a path holding
-    an '@' hides the host too).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    head, qmark, query = rest.partition("?")
-    if "@" in head:
-        head = "***@" + head.rsplit("@", 1)[1]
-    return _SECRET_QUERY.sub(r"\1***", f"{scheme}://{head}{qmark}{query}")
 
 
 def scrub_secrets(text: str, spec: SourceSpec) -> str:
