@@ -5,8 +5,8 @@ through the model in one call; an idle pipeline never waits to fill a batch. Dec
 post-processing stage's job, so this process spends its time in the model.
 
 Two paths:
-- CPU (ONNX Runtime, or torch without CUDA): cv2 letterbox per frame into one float32 batch; the raw outputs
-  of every prior go to post-processing as `RawDetections`.
+- CPU (ONNX Runtime, or torch without CUDA): cv2 letterbox per frame into one float32 batch; the outputs of
+  the candidate priors (score above `candidate_floor`) go to post-processing as `CandidateDetections`.
 - GPU (backend=torch with CUDA; `gpu_detect.TorchDetector`): each frame goes from its ring slot to the GPU
   once, as uint8, through page-locked memory; letterbox, normalisation and the model run there, and only the
   candidate priors (score above `candidate_floor`) come back, as `CandidateDetections`: ~0.1-20 KB a frame
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 4  # CPU: batching saves little there; a small cap keeps latency low
 GPU_MAX_BATCH = 16  # GPU: a batch of 8-16 runs RetinaFace-R50 at 2x the frames/s of batch 1 (H200)
-# Candidates kept on the GPU path: below any score floor post-processing uses (min(det_threshold, the
+# Candidates kept: below any score floor post-processing uses (min(det_threshold, the
 # tracker's low threshold 0.1)) unless DET_THRESHOLD is set under it; mnet0.25 on busy frames gives <1100.
 CANDIDATE_FLOOR = 0.01
 
@@ -170,10 +170,26 @@ class DetectStage:
         ]
         batch = self._buffer[: self._fixed_batch or n]
         loc, conf, landmarks = self._split(self.model.run(batch))
-        hw = self.input_hw
-        return [
-            RawDetections(m.meta, loc[i], conf[i], landmarks[i], scales[i], hw) for i, m in enumerate(frames)
-        ]
+        hw, priors, floor = self.input_hw, loc.shape[1], self.candidate_floor
+        out: list[RawDetections] = []
+        for i, m in enumerate(frames):
+            # Only candidate priors travel, as on the GPU path: pickling all 16800 priors (1 MB a frame at
+            # 640) cost ~2 ms a message and could leave a half-written message behind at shutdown.
+            index = np.flatnonzero(conf[i, :, 1] > floor)
+            out.append(
+                CandidateDetections(
+                    m.meta,
+                    loc[i, index],
+                    conf[i, index],
+                    landmarks[i, index],
+                    scales[i],
+                    hw,
+                    index,
+                    priors,
+                    floor,
+                )
+            )
+        return out
 
     def _detect_gpu(self, frames: list[FrameRef]) -> list[RawDetections]:
         ring = self.frames.ring

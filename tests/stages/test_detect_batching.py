@@ -133,8 +133,8 @@ def test_gpu_path_on_the_cpu_finds_the_faces_the_cpu_path_finds(clip_frames, tor
         want = cpu.process_batch([put_frame(ring, f, i + 3) for i, f in enumerate(clip_frames)])
         priors = prior_boxes(HW).shape[0]
         for g, w in zip(got, want, strict=True):
-            assert isinstance(g, CandidateDetections) and not isinstance(w, CandidateDetections)
-            assert g.priors == priors == w.conf.shape[0] and g.floor == CANDIDATE_FLOOR
+            assert isinstance(g, CandidateDetections) and isinstance(w, CandidateDetections)
+            assert g.priors == priors == w.priors and g.floor == CANDIDATE_FLOOR == w.floor
             # Only the candidates travel: a few hundred rows of 16 floats, not 16800.
             assert 0 < len(g.prior_index) < 2000 and g.loc.shape == (len(g.prior_index), 4)
             assert (g.conf[:, 1] > CANDIDATE_FLOOR).all() and (np.diff(g.prior_index) > 0).all()

@@ -11,9 +11,9 @@ from stage_chain import HAMILTON, REPO, put_frame, ring_of
 
 from app.config import load_settings
 from app.errors import UserError
-from app.pipeline.messages import FaceDetections, RawDetections
+from app.pipeline.messages import FaceDetections
 from app.recognition.analyzer import FaceAnalyzer
-from app.stages.detect import DetectStage
+from app.stages.detect import CandidateDetections, DetectStage
 from app.stages.postprocess import PostprocessStage
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
@@ -49,7 +49,9 @@ def test_batched_detection_matches_the_single_process_analyzer(clip_frames, anal
         refs = [put_frame(ring, frame, i) for i, frame in enumerate(clip_frames)]
         raw = detect.process_batch(refs)  # one model call for the three frames
         assert [r.meta.frame_index for r in raw] == [0, 1, 2]
-        assert all(isinstance(r, RawDetections) and r.loc.shape == (16800, 4) for r in raw)
+        # Only the candidate priors of the 16800 travel to post-processing.
+        assert all(isinstance(r, CandidateDetections) and r.priors == 16800 for r in raw)
+        assert all(0 < len(r.prior_index) < 2000 and r.loc.shape == (len(r.prior_index), 4) for r in raw)
         assert all(state == "claimed" for state in ring.states()[:3])
         found = [post.process(r)[0] for r in raw]
         expected = analyzer.detect_batch(clip_frames)
