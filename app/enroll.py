@@ -20,6 +20,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.cli_exit import run_cli
 from app.config import Settings, load_settings
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
@@ -213,18 +214,15 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "identify": cmd_identify}
 
 
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return COMMANDS[args.command](args, settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from(args)
-        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-        return COMMANDS[args.command](args, settings)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(args), interrupted_message="interrupted")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from app.cli_exit import run_cli
 from app.config import BACKENDS, EMBEDDER_KINDS, LOG_LEVELS, Settings, load_settings
 from app.errors import UserError
 
@@ -108,30 +109,28 @@ def preflight(settings: Settings) -> None:
             raise UserError(reason)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = load_settings(overrides_from(args), env_file=args.env_file)
-        if args.max_frames is not None and args.max_frames < 1:
-            raise UserError("--max-frames must be at least 1")
-        configure_logging(settings.log_level)
-        log.debug("settings: %s", settings.redacted())
-        preflight(settings)
-        from app.pipeline.assembly import run_pipeline
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(overrides_from(args), env_file=args.env_file)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError("--max-frames must be at least 1")
+    configure_logging(settings.log_level)
+    log.debug("settings: %s", settings.redacted())
+    preflight(settings)
+    from app.pipeline.assembly import run_pipeline
 
-        result = run_pipeline(settings, max_frames=args.max_frames)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C before the supervisor took over the signal
-        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
-        return 130
+    result = run_pipeline(settings, max_frames=args.max_frames)
     if result.error is not None:
         print(f"error: {result.error}", file=sys.stderr)
         return result.exit_code
     print(f"stopped: {result.stop_reason}", file=sys.stderr, flush=True)
     print(json.dumps(result.summary), flush=True)
     return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # A KeyboardInterrupt here is a Ctrl-C before the supervisor took over the signal (or after it let go).
+    return run_cli(lambda: _run(args), interrupted_message="stopped: interrupted (Ctrl-C)")
 
 
 if __name__ == "__main__":

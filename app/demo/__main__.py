@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from app.cli_exit import run_cli
 from app.demo.ground_truth import ground_truth_path
 from app.demo.scenario import Scenario, bench_scenario, demo_sets, images_from_dir, standard_scenario
 from app.demo.video import write_video
@@ -91,41 +91,38 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            from app.demo.run import run_demo
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from app.demo.run import run_demo
 
-            return run_demo(args.pipeline_args)
-        if args.command == "sets":
-            sets = demo_sets(args.images)
-            print(
-                json.dumps(
-                    {
-                        name: {label: [_shown(p) for p in paths] for label, paths in part.items()}
-                        for name, part in (("enroll", sets.enroll), ("video", sets.video))
-                    },
-                    indent=2,
-                )
-            )
-            return 0
-        scenario = _scenario(args)
-        start = time.perf_counter()
-        out = write_video(scenario, args.out)
-        elapsed = time.perf_counter() - start
-        w, h = scenario.size
+        return run_demo(args.pipeline_args)
+    if args.command == "sets":
+        sets = demo_sets(args.images)
         print(
-            f"wrote {out} ({scenario.n_frames} frames, {w}x{h} at {scenario.fps:g} fps, "
-            f"{len(scenario.actors)} actors) and {ground_truth_path(out)} in {elapsed:.1f} s"
+            json.dumps(
+                {
+                    name: {label: [_shown(p) for p in paths] for label, paths in part.items()}
+                    for name, part in (("enroll", sets.enroll), ("video", sets.video))
+                },
+                indent=2,
+            )
         )
         return 0
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    scenario = _scenario(args)
+    start = time.perf_counter()
+    out = write_video(scenario, args.out)
+    elapsed = time.perf_counter() - start
+    w, h = scenario.size
+    print(
+        f"wrote {out} ({scenario.n_frames} frames, {w}x{h} at {scenario.fps:g} fps, "
+        f"{len(scenario.actors)} actors) and {ground_truth_path(out)} in {elapsed:.1f} s"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run_cli(lambda: _run(args))
 
 
 if __name__ == "__main__":

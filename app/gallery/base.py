@@ -7,10 +7,14 @@ in the embedder spec's similarity units (higher = more alike).
 
 from __future__ import annotations
 
+import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +22,7 @@ from app.errors import UserError
 
 METRICS = ("euclidean", "cosine")
 RESERVED_PAYLOAD_KEYS = ("name", "added")
+SCROLL_PAGE = 1024  # points per scroll request when reading a gallery back
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,12 @@ class GalleryRecord:
             )
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an engine's error message, for one-line UserErrors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise UserError("a person's name must be a non-empty string")
@@ -207,3 +218,157 @@ def search_per_person(
         pending = short
         limit = min(total, limit * 4)
     return results
+
+
+class QdrantGalleryBase(ABC):
+    """The Gallery operations both Qdrant engines share, built on a few engine primitives.
+
+    An engine supplies where it is (`_location`), whether its storage exists yet (`_has_storage`), counting,
+    batched nearest-neighbour queries, name facets, scrolling, upsert and delete by name; it may map its own
+    errors to UserErrors in `_engine_errors`.
+    """
+
+    def __init__(self, spec: EmbedderIdentity | None) -> None:
+        self.record: GalleryRecord | None = GalleryRecord.of(spec) if spec is not None else None
+        self._closed = False
+
+    # --- engine primitives -------------------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def _location(self) -> str:
+        """Where the gallery is, for messages."""
+
+    @abstractmethod
+    def _has_storage(self) -> bool:
+        """Whether the engine's collection exists (nothing is created before the first add)."""
+
+    @abstractmethod
+    def _count(self, name: str | None = None) -> int:
+        """Points of `name` (or all points); 0 when there is no storage yet."""
+
+    @abstractmethod
+    def _query(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
+        """Per vector, (name, Qdrant score) of its `limit` nearest points, best first."""
+
+    @abstractmethod
+    def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
+        """(name, points) of up to `limit` names (a facet on the name index)."""
+
+    @abstractmethod
+    def _scroll_page(
+        self, name: str | None, offset: Any, limit: int, with_vectors: bool
+    ) -> tuple[Sequence[Any], Any]:
+        """One page of points (objects with .payload and .vector) of `name` (or all) and the next offset."""
+
+    @abstractmethod
+    def _upsert(self, vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
+        """Store one point per row in one write, creating the storage on the first add."""
+
+    @abstractmethod
+    def _delete_name(self, name: str) -> None:
+        """Delete every point of `name` in one write."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _engine_errors(self, action: str) -> AbstractContextManager[None]:
+        """Maps the engine's failures to "action" the gallery to UserErrors; the default maps nothing."""
+        return contextlib.nullcontext()
+
+    # --- the Gallery operations ----------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the gallery is closed")
+
+    def _require_record(self) -> GalleryRecord:
+        self._require_open()
+        if self.record is None:
+            raise UserError(f"no gallery at {self._location} yet: enroll with an embedder model to create it")
+        return self.record
+
+    def add(self, name: str, vectors: np.ndarray, meta: PointMeta = None) -> int:
+        """Store each row as a point of `name` in one write; returns how many were added."""
+        record = self._require_record()
+        check_name(name)
+        array = check_vectors(vectors, record.dim)
+        payloads = point_payloads(name, len(array), meta)
+        if len(array) == 0:
+            return 0
+        with self._engine_errors("add to"):
+            self._upsert(array, payloads)
+        return len(array)
+
+    def search(self, vectors: np.ndarray, k: int = 1) -> list[list[Match]]:
+        self._require_open()
+        if self.record is None:  # opened without a spec and nothing enrolled yet
+            return [[] for _ in np.atleast_2d(vectors)]
+        array = check_vectors(vectors, self.record.dim)
+        with self._engine_errors("search"):
+            return search_per_person(self._query, array, k, self._count(), self.record.metric)
+
+    def remove(self, name: str) -> int:
+        """Delete every point of `name` in one write; returns how many were removed (0 if unknown)."""
+        self._require_open()
+        with self._engine_errors("remove from"):
+            count = self._count(name)
+            if count:
+                self._delete_name(name)
+        return count
+
+    def list(self) -> dict[str, int]:
+        """Persons and their number of embeddings, sorted by name."""
+        self._require_open()
+        with self._engine_errors("list"):
+            total = self._count()
+            if total == 0:
+                return {}
+            counts = sorted(self._name_counts(total), key=lambda item: item[0])
+        # The keyword index can keep a deleted name with count 0 until the segment is optimised.
+        return {name: count for name, count in counts if count > 0}
+
+    def vectors(self, name: str) -> np.ndarray:
+        """(n, dim) float32 embeddings of `name`, oldest first (cosine ones come back unit-normalised)."""
+        records = self.records(name, with_vectors=True)
+        if not records:
+            return np.zeros((0, self.record.dim if self.record else 0), np.float32)
+        return np.asarray([vector for _, vector in records], dtype=np.float32)
+
+    def records(
+        self, name: str | None = None, with_vectors: bool = False
+    ) -> list[tuple[dict[str, Any], Any]]:
+        """(payload, vector or None) of every point (of `name` if given), ordered by time added."""
+        self._require_open()
+        if not self._has_storage():
+            return []
+        out: list[tuple[dict[str, Any], Any]] = []
+        offset = None
+        with self._engine_errors("read"):
+            while True:
+                page, offset = self._scroll_page(name, offset, SCROLL_PAGE, with_vectors)
+                out.extend((dict(rec.payload or {}), rec.vector if with_vectors else None) for rec in page)
+                if offset is None:
+                    break
+        out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
+        return out
+
+    def info(self) -> GalleryInfo:
+        self._require_open()
+        if self.record is None:
+            return GalleryInfo(model_id="", dim=0, metric="", count=0, persons=0)
+        return GalleryInfo(
+            model_id=self.record.model_id,
+            dim=self.record.dim,
+            metric=self.record.metric,
+            count=self._count(),
+            persons=len(self.list()),
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -14,8 +14,8 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -24,15 +24,10 @@ import qdrant_edge as qe
 from app.errors import UserError
 from app.gallery.base import (
     EmbedderIdentity,
-    GalleryInfo,
     GalleryInUseError,
     GalleryRecord,
-    Match,
-    PointMeta,
-    check_name,
-    check_vectors,
-    point_payloads,
-    search_per_person,
+    QdrantGalleryBase,
+    first_line,
 )
 
 try:
@@ -47,12 +42,6 @@ SHARD_DIR = "shard"
 LOCK_FILE = ".lock"
 FORMAT_VERSION = 1
 _DISTANCES = {"euclidean": qe.Distance.Euclid, "cosine": qe.Distance.Cosine}
-_SCROLL_PAGE = 1024
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _FolderLock:
@@ -100,7 +89,7 @@ def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-class EdgeGallery:
+class EdgeGallery(QdrantGalleryBase):
     """Gallery in a local folder through qdrant-edge; one process at a time holds it.
 
     `spec` None opens whatever embedder built the gallery (to list or remove without loading a model).
@@ -108,10 +97,9 @@ class EdgeGallery:
 
     def __init__(self, folder: Path, spec: EmbedderIdentity | None) -> None:
         self.folder = Path(folder)
-        self.record: GalleryRecord | None = GalleryRecord.of(spec) if spec is not None else None
+        super().__init__(spec)
         self._lock = _FolderLock(self.folder)
         self._shard: qe.EdgeShard | None = None
-        self._closed = False
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"gallery path {self.folder} is a file, not a folder: use another QDRANT_PATH")
         if self._record_path.exists() or self._shard_path.exists():
@@ -140,7 +128,7 @@ class EdgeGallery:
             data = json.loads(self._record_path.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(
-                f"cannot read {self._record_path} ({_first_line(exc)}): restore or remove it"
+                f"cannot read {self._record_path} ({first_line(exc)}): restore or remove it"
             ) from None
         return GalleryRecord.from_mapping(data, str(self.folder))
 
@@ -153,7 +141,7 @@ class EdgeGallery:
             try:
                 self._shard = qe.EdgeShard.load(str(self._shard_path))
             except Exception as exc:  # the engine raises plain Exception with Qdrant's message
-                message = _first_line(exc)
+                message = first_line(exc)
                 if "WouldBlock" in message:
                     raise GalleryInUseError(
                         f"gallery at {self.folder} is in use by another process: stop it, or use another "
@@ -185,15 +173,12 @@ class EdgeGallery:
         log.info("created gallery %s for %s", self.folder, self.record.model_id)
         return shard
 
-    def _require_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("the gallery is closed")
+    @property
+    def _location(self) -> str:
+        return str(self.folder)
 
-    def _require_record(self) -> GalleryRecord:
-        self._require_open()
-        if self.record is None:
-            raise UserError(f"no gallery at {self.folder} yet: enroll with an embedder model to create it")
-        return self.record
+    def _has_storage(self) -> bool:
+        return self._shard is not None
 
     def _count(self, name: str | None = None) -> int:
         if self._shard is None:
@@ -202,29 +187,14 @@ class EdgeGallery:
             return self._shard.info().points_count
         return self._shard.count(qe.CountRequest(exact=True, filter=_name_filter(name)))
 
-    def add(self, name: str, vectors: np.ndarray, meta: PointMeta = None) -> int:
-        """Store each row as a point of `name`, all in one update operation; returns how many were added."""
-        record = self._require_record()
-        check_name(name)
-        array = check_vectors(vectors, record.dim)
-        payloads = point_payloads(name, len(array), meta)
-        if len(array) == 0:
-            return 0
+    def _upsert(self, vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
         shard = self._shard or self._create()
         points = [
             qe.Point(str(uuid.uuid4()), row.tolist(), payload)
-            for row, payload in zip(array, payloads, strict=True)
+            for row, payload in zip(vectors, payloads, strict=True)
         ]
         shard.update(qe.UpdateOperation.upsert_points(points))
         shard.flush()
-        return len(points)
-
-    def search(self, vectors: np.ndarray, k: int = 1) -> list[list[Match]]:
-        self._require_open()
-        if self.record is None:  # opened without a spec and nothing enrolled yet
-            return [[] for _ in np.atleast_2d(vectors)]
-        array = check_vectors(vectors, self.record.dim)
-        return search_per_person(self._query, array, k, self._count(), self.record.metric)
 
     def _query(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         assert self._shard is not None
@@ -235,69 +205,28 @@ class EdgeGallery:
         batches = self._shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(hit.payload["name"], hit.score) for hit in hits] for hits in batches]
 
-    def remove(self, name: str) -> int:
-        """Delete every point of `name` in one operation; returns how many were removed (0 if unknown)."""
-        self._require_open()
-        count = self._count(name)
-        if count:
-            assert self._shard is not None
-            self._shard.update(qe.UpdateOperation.delete_points_by_filter(_name_filter(name)))
-            self._shard.flush()
-        return count
-
-    def list(self) -> dict[str, int]:
-        """Persons and their number of embeddings, sorted by name."""
-        self._require_open()
-        total = self._count()
-        if total == 0:
-            return {}
+    def _delete_name(self, name: str) -> None:
         assert self._shard is not None
-        facets = self._shard.facet(qe.FacetRequest(key="name", limit=total, exact=True))
-        # The keyword index can keep a deleted name with count 0 until the segment is optimised.
-        return {hit.value: hit.count for hit in sorted(facets, key=lambda hit: hit.value) if hit.count > 0}
+        self._shard.update(qe.UpdateOperation.delete_points_by_filter(_name_filter(name)))
+        self._shard.flush()
 
-    def vectors(self, name: str) -> np.ndarray:
-        """(n, dim) float32 embeddings of `name`, oldest first (cosine ones come back unit-normalised)."""
-        records = self.records(name, with_vectors=True)
-        if not records:
-            return np.zeros((0, self.record.dim if self.record else 0), np.float32)
-        return np.asarray([vector for _, vector in records], dtype=np.float32)
+    def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
+        assert self._shard is not None
+        facets = self._shard.facet(qe.FacetRequest(key="name", limit=limit, exact=True))
+        return [(hit.value, hit.count) for hit in facets]
 
-    def records(
-        self, name: str | None = None, with_vectors: bool = False
-    ) -> list[tuple[dict[str, Any], Any]]:
-        """(payload, vector or None) of every point (of `name` if given), ordered by time added."""
-        self._require_open()
-        if self._shard is None:
-            return []
-        out: list[tuple[dict[str, Any], Any]] = []
-        offset = None
-        while True:
-            request = qe.ScrollRequest(
-                offset=offset,
-                limit=_SCROLL_PAGE,
-                filter=_name_filter(name) if name else None,
-                with_payload=True,
-                with_vector=with_vectors,
-            )
-            page, offset = self._shard.scroll(request)
-            out.extend((dict(rec.payload or {}), rec.vector if with_vectors else None) for rec in page)
-            if offset is None:
-                break
-        out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
-        return out
-
-    def info(self) -> GalleryInfo:
-        self._require_open()
-        if self.record is None:
-            return GalleryInfo(model_id="", dim=0, metric="", count=0, persons=0)
-        return GalleryInfo(
-            model_id=self.record.model_id,
-            dim=self.record.dim,
-            metric=self.record.metric,
-            count=self._count(),
-            persons=len(self.list()),
+    def _scroll_page(
+        self, name: str | None, offset: Any, limit: int, with_vectors: bool
+    ) -> tuple[Sequence[Any], Any]:
+        assert self._shard is not None
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=_name_filter(name) if name else None,
+            with_payload=True,
+            with_vector=with_vectors,
         )
+        return self._shard.scroll(request)
 
     def optimize(self) -> bool:
         """Build the HNSW index (worth it for ~100k points: ~4 -> ~2.5 ms a query; takes ~30 s on 2 cores)."""
@@ -313,14 +242,6 @@ class EdgeGallery:
                 self._shard = None
         self._lock.release()
         self._closed = True
-
-    def __enter__(self) -> EdgeGallery:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"EdgeGallery({str(self.folder)!r}, {self.record.model_id if self.record else None})"

@@ -11,8 +11,7 @@ import contextlib
 import logging
 import uuid
 import warnings
-from collections.abc import Iterator
-from types import TracebackType
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,32 +19,16 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
 from app.errors import UserError
-from app.gallery.base import (
-    EmbedderIdentity,
-    GalleryInfo,
-    GalleryRecord,
-    Match,
-    PointMeta,
-    check_name,
-    check_vectors,
-    point_payloads,
-    search_per_person,
-)
+from app.gallery.base import EmbedderIdentity, GalleryRecord, QdrantGalleryBase, first_line
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
 
 RECORD_KEY = "face_gallery"  # key of the embedder record inside the collection metadata
 _DISTANCES = {"euclidean": models.Distance.EUCLID, "cosine": models.Distance.COSINE}
-_SCROLL_PAGE = 1024
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class ServerGallery:
+class ServerGallery(QdrantGalleryBase):
     """Gallery in collection `collection` of the Qdrant behind `client`; `where` names it in messages.
 
     The gallery owns `client` (closes it). `spec` None opens whatever embedder built the collection.
@@ -54,14 +37,13 @@ class ServerGallery:
     def __init__(
         self, client: QdrantClient, collection: str, spec: EmbedderIdentity | None, where: str = ""
     ) -> None:
+        super().__init__(spec)
         self.client = client
         self.collection = collection
-        self.record: GalleryRecord | None = GalleryRecord.of(spec) if spec is not None else None
         self.where = f"{where or 'Qdrant'} collection {collection!r}"
         self._exists = False
-        self._closed = False
         try:
-            with self._server_errors("open"):
+            with self._engine_errors("open"):
                 if client.collection_exists(collection):
                     self._check_existing()
                     self._exists = True
@@ -70,12 +52,12 @@ class ServerGallery:
             raise
 
     @contextlib.contextmanager
-    def _server_errors(self, action: str) -> Iterator[None]:
+    def _engine_errors(self, action: str) -> Iterator[None]:
         try:
             yield
         except ApiException as exc:
             raise UserError(
-                f"Qdrant failed to {action} the gallery at {self.where}: {_first_line(exc)} "
+                f"Qdrant failed to {action} the gallery at {self.where}: {first_line(exc)} "
                 "(check QDRANT_HOST, QDRANT_PORT, QDRANT_API_KEY, QDRANT_HTTPS)"
             ) from None
 
@@ -127,15 +109,12 @@ class ServerGallery:
         self._exists = True
         log.info("created %s for %s", self.where, self.record.model_id)
 
-    def _require_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("the gallery is closed")
+    @property
+    def _location(self) -> str:
+        return self.where
 
-    def _require_record(self) -> GalleryRecord:
-        self._require_open()
-        if self.record is None:
-            raise UserError(f"no gallery at {self.where} yet: enroll with an embedder model to create it")
-        return self.record
+    def _has_storage(self) -> bool:
+        return self._exists
 
     def _count(self, name: str | None = None) -> int:
         if not self._exists:
@@ -145,31 +124,14 @@ class ServerGallery:
         )
         return response.count
 
-    def add(self, name: str, vectors: np.ndarray, meta: PointMeta = None) -> int:
-        """Store each row as a point of `name` in one upsert request; returns how many were added."""
-        record = self._require_record()
-        check_name(name)
-        array = check_vectors(vectors, record.dim)
-        payloads = point_payloads(name, len(array), meta)
-        if len(array) == 0:
-            return 0
+    def _upsert(self, vectors: np.ndarray, payloads: list[dict[str, Any]]) -> None:
         points = [
             models.PointStruct(id=str(uuid.uuid4()), vector=row.tolist(), payload=payload)
-            for row, payload in zip(array, payloads, strict=True)
+            for row, payload in zip(vectors, payloads, strict=True)
         ]
-        with self._server_errors("add to"):
-            if not self._exists:
-                self._create()
-            self.client.upsert(self.collection, points=points, wait=True)
-        return len(points)
-
-    def search(self, vectors: np.ndarray, k: int = 1) -> list[list[Match]]:
-        self._require_open()
-        if self.record is None:  # opened without a spec and nothing enrolled yet
-            return [[] for _ in np.atleast_2d(vectors)]
-        array = check_vectors(vectors, self.record.dim)
-        with self._server_errors("search"):
-            return search_per_person(self._query, array, k, self._count(), self.record.metric)
+        if not self._exists:
+            self._create()
+        self.client.upsert(self.collection, points=points, wait=True)
 
     def _query(self, vectors: np.ndarray, limit: int) -> list[list[tuple[str, float]]]:
         requests = [
@@ -178,83 +140,30 @@ class ServerGallery:
         responses = self.client.query_batch_points(self.collection, requests)
         return [[(hit.payload["name"], hit.score) for hit in response.points] for response in responses]
 
-    def remove(self, name: str) -> int:
-        """Delete every point of `name` in one request; returns how many were removed (0 if unknown)."""
-        self._require_open()
-        with self._server_errors("remove from"):
-            count = self._count(name)
-            if count:
-                selector = models.FilterSelector(filter=_name_filter(name))
-                self.client.delete(self.collection, points_selector=selector, wait=True)
-        return count
+    def _delete_name(self, name: str) -> None:
+        selector = models.FilterSelector(filter=_name_filter(name))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
 
-    def list(self) -> dict[str, int]:
-        """Persons and their number of embeddings, sorted by name."""
-        self._require_open()
-        with self._server_errors("list"):
-            total = self._count()
-            if total == 0:
-                return {}
-            response = self.client.facet(self.collection, "name", limit=total, exact=True)
-        hits = sorted(response.hits, key=lambda hit: str(hit.value))
-        return {str(hit.value): hit.count for hit in hits if hit.count > 0}
+    def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
+        response = self.client.facet(self.collection, "name", limit=limit, exact=True)
+        return [(str(hit.value), hit.count) for hit in response.hits]
 
-    def vectors(self, name: str) -> np.ndarray:
-        """(n, dim) float32 embeddings of `name`, oldest first (cosine ones come back unit-normalised)."""
-        records = self.records(name, with_vectors=True)
-        if not records:
-            return np.zeros((0, self.record.dim if self.record else 0), np.float32)
-        return np.asarray([vector for _, vector in records], dtype=np.float32)
-
-    def records(
-        self, name: str | None = None, with_vectors: bool = False
-    ) -> list[tuple[dict[str, Any], Any]]:
-        """(payload, vector or None) of every point (of `name` if given), ordered by time added."""
-        self._require_open()
-        if not self._exists:
-            return []
-        out: list[tuple[dict[str, Any], Any]] = []
-        offset = None
-        with self._server_errors("read"):
-            while True:
-                page, offset = self.client.scroll(
-                    self.collection,
-                    scroll_filter=_name_filter(name) if name else None,
-                    limit=_SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=with_vectors,
-                )
-                out.extend((dict(rec.payload or {}), rec.vector if with_vectors else None) for rec in page)
-                if offset is None:
-                    break
-        out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
-        return out
-
-    def info(self) -> GalleryInfo:
-        self._require_open()
-        if self.record is None:
-            return GalleryInfo(model_id="", dim=0, metric="", count=0, persons=0)
-        return GalleryInfo(
-            model_id=self.record.model_id,
-            dim=self.record.dim,
-            metric=self.record.metric,
-            count=self._count(),
-            persons=len(self.list()),
+    def _scroll_page(
+        self, name: str | None, offset: Any, limit: int, with_vectors: bool
+    ) -> tuple[Sequence[Any], Any]:
+        return self.client.scroll(
+            self.collection,
+            scroll_filter=_name_filter(name) if name else None,
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=with_vectors,
         )
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.client.close()
-
-    def __enter__(self) -> ServerGallery:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ServerGallery({self.where}, {self.record.model_id if self.record else None})"

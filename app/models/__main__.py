@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.errors import UserError
+from app.cli_exit import run_cli
 from app.models import paths
 from app.models.catalog import ARTIFACTS
 from app.models.fetch import artifact_problems, fetch_artifact
@@ -51,18 +51,15 @@ def _verify() -> int:
     return 1 if failed else 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "fetch":
+        return _fetch(args.force, progress=not args.quiet and sys.stderr.isatty())
+    return _verify()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "fetch":
-            return _fetch(args.force, progress=not args.quiet and sys.stderr.isatty())
-        return _verify()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""How the CLIs end on bad input or Ctrl-C: one line on stderr and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from app.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
+def run_cli(command: Callable[[], int], interrupted_message: str = "error: interrupted") -> int:
+    """`command()`'s exit status; a UserError prints `error: <message>` and gives 2, Ctrl-C prints
+    `interrupted_message` and gives 130."""
+    try:
+        return command()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(interrupted_message, file=sys.stderr)
+        return EXIT_INTERRUPTED
