@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.cli_exit import run_cli
 from app.errors import UserError
 from app.inference import engine_cache
 from app.inference.engine_cache import Profile
@@ -187,37 +188,33 @@ def make_calibrator(batches: Iterator[np.ndarray], shape: tuple[int, ...], cache
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        precision = precision_of(args)
-        workspace = engine_cache.parse_workspace(args.mem_pool)
-        input_name, onnx_shape = onnx_input(args.onnx)
-        profile = resolve_profile(args, input_name, onnx_shape)
-        calibrator = None
-        if precision == "int8":
-            import onnx
+    return run_cli(lambda: _run(args))
 
-            outputs = len(onnx.load(str(args.onnx), load_external_data=False).graph.output)
-            paths = calibration_images(args.calib, args.calib_images) if args.calib else []
-            batches = calibration_batches(
-                paths, profile.opt_shape, args.onnx, is_detector(onnx_shape, outputs)
-            )
-            calibrator = make_calibrator(batches, profile.opt_shape, args.calib_cache)
 
-        from app.inference import tensorrt_backend
+def _run(args: argparse.Namespace) -> int:
+    precision = precision_of(args)
+    workspace = engine_cache.parse_workspace(args.mem_pool)
+    input_name, onnx_shape = onnx_input(args.onnx)
+    profile = resolve_profile(args, input_name, onnx_shape)
+    calibrator = None
+    if precision == "int8":
+        import onnx
 
-        save = args.save_engine
-        if save is None:
-            trt, cuda = tensorrt_backend.import_tensorrt()
-            version, gpu = tensorrt_backend.current_target(cuda, trt)
-            key = engine_cache.EngineKey(
-                engine_cache.file_sha256(args.onnx), version, gpu, precision, profile
-            )
-            save = engine_cache.cached_engine_path(args.onnx.parent / "trt_cache", args.onnx, key)
-        path = tensorrt_backend.build_engine(args.onnx, save, profile, precision, workspace, calibrator)
-        print(f"wrote {path} ({precision}, {profile.describe()}, workspace {workspace} MiB)")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        outputs = len(onnx.load(str(args.onnx), load_external_data=False).graph.output)
+        paths = calibration_images(args.calib, args.calib_images) if args.calib else []
+        batches = calibration_batches(paths, profile.opt_shape, args.onnx, is_detector(onnx_shape, outputs))
+        calibrator = make_calibrator(batches, profile.opt_shape, args.calib_cache)
+
+    from app.inference import tensorrt_backend
+
+    save = args.save_engine
+    if save is None:
+        trt, cuda = tensorrt_backend.import_tensorrt()
+        version, gpu = tensorrt_backend.current_target(cuda, trt)
+        key = engine_cache.EngineKey(engine_cache.file_sha256(args.onnx), version, gpu, precision, profile)
+        save = engine_cache.cached_engine_path(args.onnx.parent / "trt_cache", args.onnx, key)
+    path = tensorrt_backend.build_engine(args.onnx, save, profile, precision, workspace, calibrator)
+    print(f"wrote {path} ({precision}, {profile.describe()}, workspace {workspace} MiB)")
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from app.cli_exit import run_cli
 from app.errors import UserError
 
 try:
@@ -463,27 +464,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model = build_model(args.arch)
-        if args.random_weights:
-            print(
-                f"warning: exporting {args.arch} with RANDOM weights: for benchmarking only, its outputs are "
-                f"meaningless (marked '{RANDOM_WEIGHTS_KEY}' in the ONNX metadata)",
-                file=sys.stderr,
-            )
-            randomise(model, args.seed)
-            source = f"random seed {args.seed}"
-        else:
-            load_checkpoint(model, args.checkpoint)
-            source = f"{args.checkpoint.name} sha256 {_sha256(args.checkpoint)}"
-        path = export(model, args.arch, args.output, args.size, args.opset, args.random_weights, source)
-        print(f"wrote {path}")
-        if not args.no_check:
-            diff = check_against_onnxruntime(model, path, args.arch, args.size)
-            print(f"torch vs ONNX Runtime max relative difference: {diff:.2e}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = build_model(args.arch)
+    if args.random_weights:
+        print(
+            f"warning: exporting {args.arch} with RANDOM weights: for benchmarking only, its outputs are "
+            f"meaningless (marked '{RANDOM_WEIGHTS_KEY}' in the ONNX metadata)",
+            file=sys.stderr,
+        )
+        randomise(model, args.seed)
+        source = f"random seed {args.seed}"
+    else:
+        load_checkpoint(model, args.checkpoint)
+        source = f"{args.checkpoint.name} sha256 {_sha256(args.checkpoint)}"
+    path = export(model, args.arch, args.output, args.size, args.opset, args.random_weights, source)
+    print(f"wrote {path}")
+    if not args.no_check:
+        diff = check_against_onnxruntime(model, path, args.arch, args.size)
+        print(f"torch vs ONNX Runtime max relative difference: {diff:.2e}")
     return 0
 
 
