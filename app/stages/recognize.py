@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -85,6 +87,7 @@ class RecognizeStage:
         threads: int | None = None,
         identity_config: IdentityConfig | None = None,
         gallery_backoff: BackoffPolicy = GALLERY_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.frames = frames
         self.settings = settings
@@ -97,6 +100,7 @@ class RecognizeStage:
         self._id_offset = 0  # ids of the trackers before the last cut
         self._max_id = 0
         self.gallery_backoff = gallery_backoff
+        self.clock = clock  # paces gallery retries; tests pass a frame clock so the pacing is deterministic
         self.gallery_outages = 0
         self._gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
         self._segment = 0
@@ -213,7 +217,7 @@ class RecognizeStage:
         except UserError as exc:  # mid-run every gallery error degrades: the server may come back
             down = self._gallery_down
             if down is None:
-                down = self._gallery_down = RetrySchedule(self.gallery_backoff)
+                down = self._gallery_down = RetrySchedule(self.gallery_backoff, self.clock)
                 self.gallery_outages += 1
                 log.warning("gallery unavailable (%s); tracking goes on without new names, retrying", exc)
             delay = down.failed()
