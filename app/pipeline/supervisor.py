@@ -4,6 +4,7 @@ Life of a run (all in the parent process, which never loads a model or opens the
 1. Start one `spawn` process per stage, the source first, each with bounded queues to its neighbours and
    its own duplex control pipe. Every stage runs setup() (open the source, load models) in parallel, reports
    `Ready(info)`, or `Failed` with one line (e.g. a missing model file), which ends the run as a user error.
+   When several stages fail, the one nearest the source is reported, whatever order they fail in.
 2. With every stage ready, create the frame ring from the source's frame shape and send `Start` to every
    stage, the source last.
 3. Watch control pipes and process sentinels: `FrameDone` feeds the metrics (a summary line every few
@@ -54,6 +55,7 @@ summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; th
 RING_PREFIX = "facering"
 RESTART_STATE_SIZE = 8  # shared doubles for a restartable source; [0] = how often it was restarted
 SOURCE_READY_TIMEOUT_S = 60.0  # a restarted capture opens its source (bounded by its own timeouts) first
+SETUP_FAILURE_SETTLE_S = 2.0  # how long earlier stages may take to report their own setup failure
 _STUCK_LOCK_S = 0.5  # ring and queue locks are held for microseconds: longer means a dead holder
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -233,6 +235,7 @@ class Supervisor:
                     child.ready_info = dict(msg.info)
                     log.debug("stage %s ready: %s", child.stage.name, msg.info)
                 elif isinstance(msg, Failed):
+                    msg = self._first_setup_failure(child, msg)
                     code = EXIT_USER_ERROR if msg.user_error else EXIT_FAILED
                     result = self._abort_startup(f"{msg.stage}: {msg.message}", code)
                     result.error = f"{msg.stage}: {msg.message}"
@@ -245,6 +248,31 @@ class Supervisor:
                     result.error = reason
                     return result
         return None
+
+    def _first_setup_failure(self, failed: _Child, failure: Failed) -> Failed:
+        """The setup failure of the stage nearest the source, `failure` unless an earlier stage fails too.
+
+        Stages set up in parallel, so two bad settings (say a TensorRT engine for the detector and a
+        backend the embedder cannot use) fail in an order that is down to timing. The user gets the one a
+        fix should start with, every time: the stages before `failed` get `SETUP_FAILURE_SETTLE_S` to
+        report too.
+        """
+        earlier = {id(c): c for c in self._children[: self._children.index(failed)] if not c.ready}
+        deadline = time.monotonic() + SETUP_FAILURE_SETTLE_S
+        first, first_at = failure, self._children.index(failed)
+        while earlier and time.monotonic() < deadline:
+            news = self._poll(min(0.05, max(0.0, deadline - time.monotonic())))
+            dead = [c for c in earlier.values() if not c.process.is_alive()]
+            for child in dead:
+                news += self._drain(child)
+            for child, msg in news:
+                if id(child) in earlier and isinstance(msg, Ready | Failed):
+                    earlier.pop(id(child))
+                    if isinstance(msg, Failed) and self._children.index(child) < first_at:
+                        first, first_at = msg, self._children.index(child)
+            for child in dead:
+                earlier.pop(id(child), None)  # died without a word: the failures reported stand
+        return first
 
     def _abort_startup(self, reason: str, code: int) -> RunResult:
         # Stages still loading models do not look at the stop event, and a failed one may still be exiting:

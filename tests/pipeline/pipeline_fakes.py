@@ -37,14 +37,21 @@ class MeanStage:
     """Like detection: claims the frame from the ring, then measures it."""
 
     def __init__(
-        self, frames: FrameRingHandle, name: str = "detect", fail_in: str = "", delay_s: float = 0.0
+        self,
+        frames: FrameRingHandle,
+        name: str = "detect",
+        fail_in: str = "",
+        delay_s: float = 0.0,
+        setup_s: float = 0.0,
     ):
         self.name = name
         self.frames = frames
         self.fail_in = fail_in
         self.delay_s = delay_s
+        self.setup_s = setup_s  # a model that takes this long to load
 
     def setup(self) -> dict:
+        time.sleep(self.setup_s)
         if self.fail_in == "setup":
             raise UserError("model file missing.onnx does not exist; check the path")
         return {}
@@ -64,11 +71,14 @@ class MeanStage:
 
 
 class PassStage:
-    def __init__(self, name: str, delay_s: float = 0.0) -> None:
+    def __init__(self, name: str, delay_s: float = 0.0, setup_error: str = "") -> None:
         self.name = name
         self.delay_s = delay_s
+        self.setup_error = setup_error
 
     def setup(self) -> dict:
+        if self.setup_error:
+            raise UserError(self.setup_error)
         return {}
 
     def process(self, msg):
@@ -109,13 +119,14 @@ class LinesSink:
 
 
 def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None, max_speed: bool = True,
-          delay_s: float = 0.0) -> tuple[list, FrameRingHandle]:  # fmt: skip
+          delay_s: float = 0.0, setup_s: float = 0.0, recognize_error: str = "",
+          ) -> tuple[list, FrameRingHandle]:  # fmt: skip
     handle = Supervisor.new_ring_handle()
     stages = [
         CaptureStage(str(video), handle, max_speed=max_speed),
-        MeanStage(handle, fail_in=fail, delay_s=delay_s),
+        MeanStage(handle, fail_in=fail, delay_s=delay_s, setup_s=setup_s),
         PassStage("postprocess"),
-        PassStage("recognize"),
+        PassStage("recognize", setup_error=recognize_error),
         LinesSink(handle, out, stop_after=stop_after),
     ]
     return stages, handle

@@ -78,6 +78,32 @@ def test_setup_failure_is_one_line_user_error_and_nothing_starts(video, tmp_path
     assert_clean(handle)
 
 
+GALLERY_ERROR = "gallery of 512-d vectors, embedder gives 128; use another QDRANT_COLLECTION"
+
+
+@pytest.mark.parametrize("detect_setup_s", [0.0, 0.6])
+def test_two_setup_failures_report_the_one_nearest_the_source(video, tmp_path, detect_setup_s):
+    # Recognition fails at once; detection fails too, after loading for a while: its error is the one shown,
+    # whatever the order the two arrive in.
+    result, handle, elapsed = run_in_process(
+        video, tmp_path / "f.jsonl", fail="setup", setup_s=detect_setup_s, recognize_error=GALLERY_ERROR
+    )
+    assert result.exit_code == EXIT_USER_ERROR and result.summary is None
+    assert result.error == "detect: model file missing.onnx does not exist; check the path"
+    assert elapsed < 5
+    assert_clean(handle)
+
+
+def test_a_setup_failure_waits_only_briefly_for_slower_stages(video, tmp_path):
+    # Detection is fine but slow to load (a big model): recognition's error is shown after a short wait.
+    result, handle, elapsed = run_in_process(
+        video, tmp_path / "f.jsonl", setup_s=8.0, recognize_error=GALLERY_ERROR
+    )
+    assert result.exit_code == EXIT_USER_ERROR and result.error == f"recognize: {GALLERY_ERROR}"
+    assert elapsed < 5
+    assert_clean(handle)
+
+
 def test_stage_exception_stops_the_run_naming_the_stage(video, tmp_path):
     result, handle, _ = run_in_process(video, tmp_path / "f.jsonl", fail="process")
     assert result.exit_code == EXIT_FAILED
