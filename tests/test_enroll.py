@@ -16,9 +16,9 @@ import pytest
 
 from app.config import Settings, env_name
 from app.gallery import open_gallery
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 TRAIN = SHARED_FACES / "knn_examples" / "train"
 TEST = SHARED_FACES / "knn_examples" / "test"
 PEOPLE = ["alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"]

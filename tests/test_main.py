@@ -12,9 +12,9 @@ import pytest
 
 from app.config import load_settings
 from app.main import build_parser, overrides_from
+from tests.support.shared_data import HAMILTON
 
 REPO = Path(__file__).resolve().parents[1]
-HAMILTON = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
 
 
 def settings_for(*argv: str):

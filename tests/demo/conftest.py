@@ -12,9 +12,8 @@ from app.demo import GroundTruthFace, Scenario, demo_sets, render, standard_scen
 from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
 from app.demo.sprites import Sprite
+from tests.support.shared_data import SHARED_FACES
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 KNN_TRAIN = SHARED_FACES / "knn_examples" / "train"
 
 # The demo images folder as `python -m app.models fetch` lays it out, built from the same files.

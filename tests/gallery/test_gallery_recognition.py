@@ -15,9 +15,9 @@ from app.gallery import Gallery, open_gallery
 from app.recognition.analyzer import FaceAnalyzer
 from app.recognition.enrollment import UNKNOWN, enroll, identify_paths
 from app.vision.image_io import read_image
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 TRAIN = SHARED_FACES / "knn_examples" / "train"
 TEST = SHARED_FACES / "knn_examples" / "test"
 PEOPLE = ["alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"]

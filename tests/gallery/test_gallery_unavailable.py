@@ -34,9 +34,9 @@ from app.gallery.server import ServerGallery
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, StageStamp, TrackedFaces
 from app.pipeline.reconnect import BackoffPolicy
+from tests.support.shared_data import HAMILTON
 
 REPO = Path(__file__).resolve().parents[2]
-HAMILTON = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 LIN = "Lin-Manuel Miranda"
 FAST = BackoffPolicy(first_s=0.05, factor=2.0, cap_s=0.4, jitter=0.0)

@@ -13,9 +13,9 @@ from app.inference.spec import embedder_spec_for  # noqa: E402
 from app.vision.alignment import align_faces, estimate_similarities  # noqa: E402
 from app.vision.image_io import read_image  # noqa: E402
 from app.vision.retinaface import decode_retinaface, letterbox, split_outputs  # noqa: E402
+from tests.support.shared_data import SHARED_FACES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 EMBEDDER = REPO / "checkpoints" / "dlib_resnet.onnx"
 

@@ -14,9 +14,6 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
-
 # dlib's 150x150 chip: left eye, right eye, nose, left and right mouth corner (image left/right).
 DLIB_CHIP_POINTS = np.array(
     [[46.21, 44.95], [100.50, 44.61], [72.88, 76.97], [49.71, 99.16], [98.56, 98.98]], dtype=np.float32

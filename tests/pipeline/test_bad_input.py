@@ -32,9 +32,9 @@ from onnx import TensorProto, helper
 from app.config import Settings
 from app.gallery import open_gallery
 from app.inference import engine_cache
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 
 

@@ -19,10 +19,10 @@ from process_checks import REPO, RunningPipeline, alive, shm_segments
 
 from app.demo import demo_sets, load_ground_truth, standard_scenario, write_video
 from tests.support.servers import MjpegServer
+from tests.support.shared_data import SHARED_FACES
 
 pytestmark = pytest.mark.slow
 
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 STAGES = ["capture", "detect", "postprocess", "recognize", "gui"]
 DEMO_FILES = {  # the demo images folder as `python -m app.models fetch` lays it out, from the shared data

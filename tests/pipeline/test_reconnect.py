@@ -36,8 +36,8 @@ from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
 from app.stages.gui import GuiStage
 from tests.support.servers import MjpegServer, RtspServer, rtsp_support_problem
+from tests.support.shared_data import HAMILTON
 
-HAMILTON = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 RTSP_PROBLEM = rtsp_support_problem()
 needs_rtsp = pytest.mark.skipif(RTSP_PROBLEM is not None, reason=RTSP_PROBLEM or "")

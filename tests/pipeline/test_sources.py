@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,7 @@ from app.pipeline.sources import mask_url, open_video, parse_source, scrub_secre
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
 from tests.support.servers import MjpegServer
-
-REPO = Path(__file__).resolve().parents[2]
-HAMILTON = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
+from tests.support.shared_data import HAMILTON
 
 
 def test_parse_source_kinds():

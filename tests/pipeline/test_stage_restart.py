@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pipeline_fakes import LinesSink, MeanStage, PassStage
-from process_checks import REPO, RunningPipeline, alive, children_of, shm_segments
+from process_checks import RunningPipeline, alive, children_of, shm_segments
 
 from app.pipeline.supervisor import EXIT_FAILED, RunResult, Supervisor
 from app.stages.capture import CaptureStage
 from tests.support.servers import MjpegServer
+from tests.support.shared_data import HAMILTON
 
 DETECTION_LIMIT_S = 1.0
 
@@ -199,7 +200,7 @@ def wait_rows(run: RunningPipeline, tracks: Path, count: int, timeout: float = 3
 def lin_manuel_shot() -> list[np.ndarray]:
     import cv2
 
-    cap = cv2.VideoCapture(str(REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"))
+    cap = cv2.VideoCapture(str(HAMILTON))
     frames = [cap.read()[1] for _ in range(211)]
     cap.release()
     return frames[86:]

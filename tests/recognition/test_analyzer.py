@@ -9,9 +9,9 @@ from app.errors import UserError
 from app.inference.spec import DLIB_DEFAULT_THRESHOLD
 from app.recognition.analyzer import FaceAnalyzer
 from app.vision.image_io import read_image
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 TRAIN = SHARED_FACES / "knn_examples" / "train"
 
 

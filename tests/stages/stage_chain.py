@@ -7,17 +7,12 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, StageStamp
 from app.pipeline.stage_runner import NOTHING_YET
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
-HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 
 
 @contextmanager

@@ -8,12 +8,13 @@ import time
 import cv2
 import numpy as np
 import pytest
-from stage_chain import HAMILTON, ring_of
+from stage_chain import ring_of
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
+from tests.support.shared_data import HAMILTON
 
 
 def read_all(capture: CaptureStage, ring, limit: int = 10_000) -> list:

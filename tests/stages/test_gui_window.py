@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from app.stages.gui import gui_unavailable_reason
+from tests.support.shared_data import HAMILTON
 
 REPO = Path(__file__).resolve().parents[2]
-HAMILTON = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
 
 pytestmark = [
     pytest.mark.slow,

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from app.demo import demo_sets, load_ground_truth, standard_scenario, write_video
+from tests.support.shared_data import SHARED_FACES
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 DEMO_FILES = {
     "obama.jpg": SHARED_FACES / "knn_examples" / "train" / "obama" / "obama.jpg",
     "obama2.jpg": SHARED_FACES / "knn_examples" / "train" / "obama" / "obama2.jpg",

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from tests.support.servers import MjpegServer, RtspServer, load_jpeg_frames, rtsp_support_problem
+from tests.support.shared_data import HAMILTON as HAMILTON_CLIP
 
 REPO = Path(__file__).resolve().parents[2]
-HAMILTON_CLIP = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
 
 FPS = 25.0
 WIDTH, HEIGHT = 640, 360

@@ -11,9 +11,9 @@ from app.inference.engine_cache import Profile
 from app.vision.image_io import read_image
 from app.vision.retinaface import letterbox
 from testbench import create_engine
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 EMBEDDER = REPO / "checkpoints" / "dlib_resnet.onnx"
 

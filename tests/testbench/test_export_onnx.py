@@ -17,9 +17,9 @@ from app.inference.torch_convert import fold_identities  # noqa: E402
 from app.vision.image_io import read_image  # noqa: E402
 from app.vision.retinaface import decode_retinaface, letterbox, prior_boxes, split_outputs  # noqa: E402
 from testbench import export_onnx  # noqa: E402
+from tests.support.shared_data import SHARED_FACES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 SHIPPED = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from app.errors import UserError
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 CLIP = SHARED_FACES / "short_hamilton_clip.mp4"
 ENROLL = [
     "--enroll",

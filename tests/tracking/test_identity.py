@@ -1,5 +1,4 @@
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,9 +7,8 @@ import pytest
 from app.gallery.base import Match
 from app.tracking.config import IdentityConfig
 from app.tracking.identity import TrackIdentities, TrackLabel, geometric_quality, sharpness
+from tests.support.shared_data import SHARED_FACES
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 THRESHOLD = 0.4  # dlib: 1 - distance 0.6
 
 

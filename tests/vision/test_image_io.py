@@ -1,14 +1,10 @@
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
 from app.errors import UserError
 from app.vision.image_io import read_image, to_bgr_uint8
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+from tests.support.shared_data import SHARED_FACES
 
 
 def test_rgba_png_becomes_bgr():

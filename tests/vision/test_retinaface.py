@@ -18,9 +18,9 @@ from app.vision.retinaface import (
     prior_boxes,
     split_outputs,
 )
+from tests.support.shared_data import SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 
 

@@ -1,0 +1,9 @@
+"""Where tests find the project's shared face data: `shared/` beside the repository root, read in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
