@@ -4,6 +4,9 @@ Frame pixels never travel in a message: they stay in the shared-memory ring (`fr
 names the slot and the sequence number the slot held when the frame was written. Every stage appends one
 `StageStamp` to `FrameMeta.stamps`, so the sink can hand the supervisor the frame's whole timing history.
 
+Every frame message carries its stream (`FrameMeta.stream`, the camera's index in the run's camera list):
+one run may serve several cameras through shared stages, and all per-stream state downstream is keyed by it.
+
 Times are `time.monotonic()` seconds: CLOCK_MONOTONIC is one clock for all processes of the machine.
 """
 
@@ -39,6 +42,7 @@ class FrameMeta:
     # Non-empty on a placeholder frame sent while the source is away (e.g. "reconnecting to ..."): the pixels
     # are the last frame dimmed, not the source's; stages skip it and the GUI shows the text.
     status: str = ""
+    stream: int = 0  # which camera (index in the run's camera list); picks the ring and per-stream state
 
 
 @dataclass
@@ -105,9 +109,24 @@ class EndOfStream:
 
     reason: str  # e.g. "end of file"
     frames: int  # frames the source delivered
+    stream: int = 0  # the stream that ended; the others go on
 
 
 FrameMessage = FrameRef | RawDetections | FaceDetections | TrackedFaces
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a capture stage found when it opened its source (its `Ready` info), per stream."""
+
+    frame_shape: tuple[int, int, int] | None  # None: a restarted capture whose source is still away
+    fps: float
+    live: bool
+    source: str  # for messages: credentials masked
+    frame_count: int | None = None  # frames a file's container declares
+    restarted: bool = False
+    stream: int = 0
+    camera: str = "default"
 
 
 # -- supervisor -> stage ---
@@ -115,9 +134,20 @@ FrameMessage = FrameRef | RawDetections | FaceDetections | TrackedFaces
 
 @dataclass
 class Start:
-    """All stages are ready and the ring exists: go. `source` is the capture stage's Ready info."""
+    """All stages are ready and every ring exists: go.
 
-    source: dict[str, object]
+    `sources`: the streams this run serves, stream -> its capture's SourceInfo (a stage hosting several
+    streams sizes its per-stream state from it). `notes`: streams that could not start, stream -> why (the
+    window shows it in their tile). A stage's input ends after an EndOfStream from every stream in `sources`
+    (no sources: one stream, 0).
+    """
+
+    sources: dict[int, SourceInfo] = field(default_factory=dict)
+    notes: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> set[int]:
+        return set(self.sources) or {0}
 
 
 # -- stage -> supervisor -------------------------------------------------------------------------------------
@@ -128,7 +158,7 @@ class Ready:
     """The stage finished setup(); `info` carries what the supervisor needs (capture: frame shape, fps...)."""
 
     stage: str
-    info: dict[str, object]
+    info: dict[str, object] | SourceInfo
 
 
 @dataclass
@@ -144,6 +174,7 @@ class Finished:
 
     stage: str
     reason: str
+    stream: int | None = None  # set: only this stream ended (its end of stream reached the sink)
 
 
 @dataclass

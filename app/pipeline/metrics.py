@@ -122,6 +122,9 @@ class PipelineMetrics:
             p50, p95 = reservoir.percentiles((50, 95))
             return {"p50": _round(p50), "p95": _round(p95)}
 
+        latency: dict[str, dict[str, float | None]] = {name: pair(r) for name, r in self.latency.items()}
+        latency[END_TO_END] = self.end_to_end_ms()
+
         elapsed = None
         if self.started_at is not None and self.last_done_at is not None:
             elapsed = round(self.last_done_at - self.started_at, 3)
@@ -130,10 +133,66 @@ class PipelineMetrics:
             "dropped": dropped,
             "fps": round(self.fps, 2),
             "elapsed_s": elapsed,
-            "latency_ms": {name: pair(r) for name, r in self.latency.items()},
+            "latency_ms": latency,
             "queue_wait_ms": {name: pair(r) for name, r in self.wait.items()},
             "stop_reason": stop_reason,
         }
+
+
+    def end_to_end_ms(self) -> dict[str, float | None]:
+        p50, p95, p99 = self.latency[END_TO_END].percentiles((50, 95, 99))
+        return {"p50": _round(p50), "p95": _round(p95), "p99": _round(p99)}
+
+
+class StreamMetrics:
+    """Metrics of a run serving several streams: in total and per camera (`FrameMeta.stream`)."""
+
+    def __init__(self, stage_names: Iterable[str], cameras: list[str], capacity: int = 50_000) -> None:
+        names = list(stage_names)
+        self.cameras = list(cameras)
+        self.total = PipelineMetrics(names, capacity)
+        self.per_stream = [PipelineMetrics(names, capacity) for _ in self.cameras]
+
+    @property
+    def frames(self) -> int:
+        return self.total.frames
+
+    def start(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for metrics in (self.total, *self.per_stream):
+            metrics.start(now)
+
+    def add(self, meta: FrameMeta) -> None:
+        self.total.add(meta)
+        if 0 <= meta.stream < len(self.per_stream):
+            self.per_stream[meta.stream].add(meta)
+
+    def interval_line(self, dropped: dict[int, int], now: float | None = None) -> str:
+        now = time.monotonic() if now is None else now
+        line = self.total.interval_line(sum(dropped.values()), now)
+        if len(self.cameras) == 1:
+            return line
+        rates = []
+        for i, metrics in enumerate(self.per_stream):
+            elapsed = max(now - metrics._interval_start, 1e-9)
+            rates.append(f"{self.cameras[i]} {metrics._interval_frames / elapsed:.1f}")
+            metrics.interval_line(dropped.get(i, 0), now)  # starts the camera's next interval
+        return f"{line} | fps per camera: {', '.join(rates)}"
+
+    def summary(self, dropped: dict[int, int], stop_reason: str) -> dict[str, object]:
+        """The total summary (PipelineMetrics.summary) plus `cameras`: name -> frames, fps, dropped,
+        end-to-end latency p50/p95/p99."""
+        out = self.total.summary(sum(dropped.values()), stop_reason)
+        out["cameras"] = {
+            name: {
+                "frames": metrics.frames,
+                "fps": round(metrics.fps, 2),
+                "dropped": dropped.get(i, 0),
+                "latency_ms": {END_TO_END: metrics.end_to_end_ms()},
+            }
+            for i, (name, metrics) in enumerate(zip(self.cameras, self.per_stream, strict=True))
+        }
+        return out
 
 
 def _round(value: float) -> float | None:

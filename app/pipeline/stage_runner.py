@@ -1,23 +1,30 @@
 """The one process wrapper every stage runs in: setup handshake, queue loop, batching, timing, shutdown.
 
-A stage is a plain class (so it unit-tests without processes):
+A stage is a plain class (so it unit-tests without processes), and declares what it can do in one typed
+`capabilities` attribute (`Capabilities`; a class without one is a plain consumer):
 
     class Stage:
         name: str
-        max_batch: int = 1                  # optional: >1 = process_batch() gets up to this many messages
-        def setup(self) -> dict: ...        # load models / open the source; the dict goes to the supervisor
-        def process(self, msg) -> list: ... # zero or more messages for the next stage
-        def process_batch(self, msgs) -> list: ...   # only with max_batch > 1
+        capabilities = Capabilities(batched=True, starts=True)
+        max_batch: int = 4                  # batched: process_batch() gets up to this many messages
+        def setup(self) -> dict | SourceInfo: ...  # load models / open the source; goes to the supervisor
+        def start(self, sources) -> None: ...      # starts: every stage is ready (stream -> SourceInfo)
+        def process(self, msg) -> list: ...        # zero or more messages for the next stage
+        def process_batch(self, msgs) -> list: ... # batched only
         def close(self) -> None: ...
 
-After setup() the stage reports `Ready(info)` and waits for the supervisor's `Start(source_info)` (sent once
-every stage is ready and the frame ring exists); a stage with a `start(source_info)` method gets it then
-(e.g. the source's FPS for the tracker or the video writer).
+After setup() the stage reports `Ready(info)` and waits for the supervisor's `Start` (sent once every stage
+is ready and the frame rings exist).
 
-A source stage (capture) has `produce()` instead of `process()`: it returns the next message, None at the
-end of the stream, or `NOTHING_YET` when it has nothing to send right now (e.g. waiting for a free ring slot),
-so the runner can check for a stop in between. A source with `drop_when_blocked = True` (live sources) is not
-blocked by a full queue: the runner calls its `discard(msg)` instead.
+A source stage (`Capabilities(source=True)`, capture) has `produce()` instead of `process()`: it returns the
+next message, None at the end of the stream, or `NOTHING_YET` when it has nothing to send right now (e.g.
+waiting for a free ring slot), so the runner can check for a stop in between. A live source (its setup()
+returned a `SourceInfo` with `live`) is not blocked by a full queue: the runner calls its `discard(msg)`.
+
+A stage may serve several streams (Start.sources): its input ends when an `EndOfStream` came from every
+one of them; each one is passed on (or, by the last stage, reported as `Finished(stream=...)`) as it comes,
+so one camera's end of file ends that stream only. Inputs may be several queues (one per producer), read in
+turn (`channels.FairInbox`).
 
 A stage may raise `StopPipeline(reason)` (e.g. the GUI window was closed) to end the whole run in order.
 Messages keep their `meta` object from stage to stage; the runner appends this stage's `StageStamp` to each
@@ -36,10 +43,20 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from app.errors import UserError
-from app.pipeline.messages import EndOfStream, Failed, Finished, FrameDone, Ready, StageStamp, Start
+from app.pipeline.channels import FairInbox
+from app.pipeline.messages import (
+    EndOfStream,
+    Failed,
+    Finished,
+    FrameDone,
+    Ready,
+    SourceInfo,
+    StageStamp,
+    Start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +75,33 @@ class StopPipeline(Exception):
     """Raised by a stage to end the run in order; `str(exc)` is the reason shown to the user."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a stage can do, declared by its class (`capabilities = Capabilities(...)`), read by the runner
+    and the supervisor; never discovered from which methods happen to exist."""
+
+    source: bool = False  # produce() instead of process(): the head of a stream
+    batched: bool = False  # process_batch(msgs) with up to `max_batch` messages (read after setup)
+    starts: bool = False  # start(sources) once every stage is ready
+    restartable: bool = False  # a source whose dead process may be replaced (live sources only)
+
+
+PLAIN = Capabilities()
+
+
+def capabilities_of(stage: Any) -> Capabilities:
+    """The stage's declared capabilities; a class that declares none is a plain consumer."""
+    caps = getattr(type(stage), "capabilities", PLAIN)
+    if not isinstance(caps, Capabilities):
+        raise TypeError(f"{type(stage).__name__}.capabilities must be a Capabilities")
+    return caps
+
+
 class Stage(Protocol):
     name: str
+    capabilities: ClassVar[Capabilities]
 
-    def setup(self) -> dict[str, object]: ...
+    def setup(self) -> dict[str, object] | SourceInfo: ...
 
     def process(self, msg: Any) -> list[Any]: ...
 
@@ -70,10 +110,15 @@ class Stage(Protocol):
 
 class SourceStage(Protocol):
     name: str
+    capabilities: ClassVar[Capabilities]
+    frames_read: int  # frames taken from the source so far (the end-of-stream message says how many)
+    end_reason: str  # why produce() returned None
 
-    def setup(self) -> dict[str, object]: ...
+    def setup(self) -> SourceInfo: ...
 
     def produce(self) -> Any: ...
+
+    def discard(self, msg: Any) -> None: ...
 
     def close(self) -> None: ...
 
@@ -82,7 +127,7 @@ class SourceStage(Protocol):
 class StageChannels:
     """A stage's connections: bounded queues in and out, its control pipe, and the run-wide stop event."""
 
-    inbox: Any  # multiprocessing Queue (or queue.Queue in tests); None for the source
+    inbox: Any  # multiprocessing Queue (or queue.Queue in tests), or a list of them; None for the source
     outbox: Any  # None for the last stage
     control: Any  # this stage's end of a duplex Pipe: sends Ready/FrameDone/Finished/Failed, receives Start
     stop: Any  # Event: the supervisor wants every stage to stop now
@@ -107,9 +152,15 @@ class StageRunner:
         self.stage = stage
         self.channels = channels
         self.poll_s = poll_s
-        self.is_source = hasattr(stage, "produce")
+        self.caps = capabilities_of(stage)
+        self.is_source = self.caps.source
         self.max_batch = 1
-        self._pending_eos: EndOfStream | None = None
+        self.live = False
+        self.stream = 0  # a source's stream
+        self._pending_eos: list[EndOfStream] = []
+        self._open_streams: set[int] = {0}
+        inbox = channels.inbox
+        self._inbox = None if inbox is None else FairInbox(inbox if isinstance(inbox, list) else [inbox])
 
     # -- entry --------------------------------------------------------------------------------------------
 
@@ -123,8 +174,13 @@ class StageRunner:
             self._send(Failed(name, one_line(exc), during_setup=True, user_error=isinstance(exc, UserError)))
             self._close_stage()
             return 2 if isinstance(exc, UserError) else 1
-        self.max_batch = max(1, int(getattr(self.stage, "max_batch", 1)))  # setup() may have lowered it
-        if not self._send(Ready(name, dict(info))):
+        if self.caps.batched:
+            self.max_batch = max(1, int(self.stage.max_batch))  # setup() may have lowered it
+        if isinstance(info, SourceInfo):
+            self.live, self.stream = info.live, info.stream
+        else:
+            info = dict(info)
+        if not self._send(Ready(name, info)):
             self._close_stage()
             return 1
         code = 0
@@ -132,8 +188,9 @@ class StageRunner:
         try:
             start = self._wait_for_start()
             if start is not None:
-                if hasattr(self.stage, "start"):
-                    self.stage.start(dict(start.source))
+                self._open_streams = start.streams
+                if self.caps.starts:
+                    self.stage.start(dict(start.sources))
                 orderly = self._run_source() if self.is_source else self._run_consumer()
         except StopPipeline as exc:
             self._send(Finished(name, str(exc) or "stopped"))
@@ -169,15 +226,14 @@ class StageRunner:
     def _run_source(self) -> bool:
         """Produce until the end of the stream (True) or a stop request (False)."""
         ch = self.channels
-        drop_when_blocked = bool(getattr(self.stage, "drop_when_blocked", False))
         while not ch.stop.is_set():
             msg = self.stage.produce()
             if msg is NOTHING_YET:
                 continue
             if msg is None:
-                eos = EndOfStream(getattr(self.stage, "end_reason", "end of stream"), self._frames_produced())
+                eos = EndOfStream(self.stage.end_reason, int(self.stage.frames_read), self.stream)
                 return self._put(eos)
-            if drop_when_blocked:
+            if self.live:
                 try:
                     ch.outbox.put_nowait(msg)
                 except queue.Full:
@@ -185,9 +241,6 @@ class StageRunner:
             elif not self._put(msg):
                 return False
         return False
-
-    def _frames_produced(self) -> int:
-        return int(getattr(self.stage, "frames_read", 0))
 
     def _run_consumer(self) -> bool:
         """Process until end of stream (True) or a stop request (False)."""
@@ -199,7 +252,7 @@ class StageRunner:
                 return False
             if batch:
                 start = stamp_now()
-                if self.max_batch > 1:
+                if self.caps.batched and self.max_batch > 1:
                     outputs = self.stage.process_batch(batch)
                 else:
                     outputs = self.stage.process(batch[0])
@@ -214,36 +267,44 @@ class StageRunner:
                     for out in outputs:
                         if not self._put(out):
                             return False
-            if self._pending_eos is not None:
-                eos = self._pending_eos
+            pending, self._pending_eos = self._pending_eos, []
+            for eos in pending:
+                self._open_streams.discard(eos.stream)
                 if ch.outbox is None:
-                    self._send(Finished(name, eos.reason))
-                    return True
-                return self._put(eos)
+                    if not self._send(Finished(name, eos.reason, stream=eos.stream)):
+                        return False
+                elif not self._put(eos):
+                    return False
+            if pending and not self._open_streams:
+                return True
 
     def _next_batch(self) -> list[Any] | None:
-        """Up to max_batch queued messages (blocking only for the first); None on a stop request."""
+        """Up to max_batch queued messages (blocking only for the first); None on a stop request.
+
+        An EndOfStream ends the batch (it is passed on after the batch's frames, which came before it)."""
         ch = self.channels
+        inbox = self._inbox
+        assert inbox is not None
         while True:
             if ch.stop.is_set():
                 return None
             try:
-                first = ch.inbox.get(timeout=self.poll_s)
+                first = inbox.get(timeout=self.poll_s)
                 break
             except queue.Empty:
                 continue
         if isinstance(first, EndOfStream):
-            self._pending_eos = first
+            self._pending_eos.append(first)
             return []
         batch = [first]
         # Catch up when behind: take what is already queued, but never wait for more.
         while len(batch) < self.max_batch:
             try:
-                msg = ch.inbox.get_nowait()
+                msg = inbox.get_nowait()
             except queue.Empty:
                 break
             if isinstance(msg, EndOfStream):
-                self._pending_eos = msg
+                self._pending_eos.append(msg)
                 break
             batch.append(msg)
         return batch
@@ -299,12 +360,16 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through close(), so writers are flushed
 
 
-def stage_process_main(stage: Any, channels: StageChannels, log_level: str = "WARNING") -> None:
-    """Target of each stage process (spawn): prepare the process, run the stage, exit with its code."""
+def stage_process_main(
+    stage: Any, channels: StageChannels, log_level: str = "WARNING", node_name: str | None = None
+) -> None:
+    """Target of each stage process (spawn): prepare the process, run the stage, exit with its code.
+
+    `node_name` names the process (several capture nodes run the same stage class, one per camera)."""
     # Ctrl-C reaches the whole process group; the supervisor alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    _prepare_linux_process(stage.name)
+    _prepare_linux_process(node_name or stage.name)
     logging.basicConfig(
         level=getattr(logging, str(log_level).upper(), logging.WARNING),
         stream=sys.stderr,

@@ -1,12 +1,18 @@
-"""The supervisor: starts the stage processes, runs the readiness handshake, watches them, stops them all.
+"""The supervisor: starts the stage processes of a graph, runs the readiness handshake, watches, stops them all.
+
+The run is a `PipelineGraph` (graph.py): named nodes, one process each, and the channels between them; N
+cameras are N capture nodes (one stream and one shared-memory ring each) feeding shared nodes. A stream's
+end of file ends that stream; the run ends when every stream has ended (or on the window closed, Ctrl-C, a
+shared stage failing). With several cameras, one whose source fails at start is a warning (its tile shows
+why) and the others run; when every camera fails, the run stops with the first one's error as with one.
 
 Life of a run (all in the parent process, which never loads a model or opens the source):
 1. Start one `spawn` process per stage, the source first, each with bounded queues to its neighbours and
    its own duplex control pipe. Every stage runs setup() (open the source, load models) in parallel, reports
    `Ready(info)`, or `Failed` with one line (e.g. a missing model file), which ends the run as a user error.
    When several stages fail, the one nearest the source is reported, whatever order they fail in.
-2. With every stage ready, create the frame ring from the source's frame shape and send `Start` to every
-   stage, the source last.
+2. With every stage ready, create each camera's frame ring from its frame shape and send `Start` (the
+   running streams' SourceInfo, and why the others are not running) to every stage, the sources last.
 3. Watch control pipes and process sentinels: `FrameDone` feeds the metrics (a summary line every few
    seconds); the run ends on the first of: end of stream reaching the sink, the window closed (`Finished`),
    a stage failing (`Failed`) or dying (its sentinel fires), Ctrl-C / SIGTERM to the parent.
@@ -15,9 +21,9 @@ Life of a run (all in the parent process, which never loads a model or opens the
    `finally`, so neither processes nor shared-memory segments outlive the run.
 
 Stage deaths (seen within ~0.1 s: the watch loop waits on every process sentinel):
-- The capture process of a live source (URL, webcam) is restarted, at most `source_restarts` times in
-  `restart_window_s` (then the run stops, naming it). The ring and the queue to detection stay; what the
-  dead process held is taken back first: the ring lock and the queue's write lock if it died holding them,
+- The capture process of a live source (URL, webcam) is restarted on its own, at most `source_restarts`
+  times in `restart_window_s` per camera (then the run stops, naming it); the other cameras never notice.
+  Its ring and its queue to detection stay; what the dead process held is taken back first: the ring lock and the queue's write lock if it died holding them,
   and a slot it was writing. The new process continues sequence numbers and frame indices from the shared
   `restart_state` and starts a new segment (recognition resets its tracks). Until it is ready the other
   stages just wait for frames.
@@ -45,8 +51,9 @@ from typing import Any
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.messages import Failed, Finished, FrameDone, FrameMeta, Ready, Start
-from app.pipeline.metrics import PipelineMetrics
+from app.pipeline.graph import Node, PipelineGraph, Stream
+from app.pipeline.messages import Failed, Finished, FrameDone, FrameMeta, Ready, SourceInfo, Start
+from app.pipeline.metrics import StreamMetrics
 from app.pipeline.stage_runner import StageChannels, stage_process_main
 
 log = logging.getLogger(__name__)
@@ -68,17 +75,33 @@ class RunResult:
     exit_code: int
     summary: dict[str, object] | None = None
     error: str | None = None  # one line for `error: ...` when the run could not start
-    source_info: dict[str, object] = field(default_factory=dict)
+    source_info: SourceInfo | None = None  # the first running camera's
+    sources: dict[int, SourceInfo] = field(default_factory=dict)
+    camera_errors: dict[str, str] = field(default_factory=dict)  # cameras that could not start, and why
 
 
 @dataclass
 class _Child:
-    stage: Any
+    node: Node
     process: Any
     control: Connection
     ready: bool = False
-    ready_info: dict[str, object] = field(default_factory=dict)
+    ready_info: dict[str, object] | SourceInfo = field(default_factory=dict)
     started: float = 0.0
+    failure: Failed | None = None  # a source's last word before dying: it may be restarted
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+
+@dataclass
+class _Restarts:
+    """One restartable source's restart budget and the shared state its next process resumes from."""
+
+    state: Any  # RawArray of RESTART_STATE_SIZE doubles
+    times: list[float] = field(default_factory=list)
+    count: int = 0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -93,13 +116,13 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class Supervisor:
-    """Runs a linear pipeline of stage objects (the first a source with `produce()`, the last a sink)."""
+    """Runs a pipeline graph (or, given a list of stages, the one-camera line of them: the first a source)."""
 
     def __init__(
         self,
-        stages: list[Any],
-        ring: FrameRingHandle,
-        ring_slots: int,
+        stages: list[Any] | PipelineGraph,
+        ring: FrameRingHandle | None = None,
+        ring_slots: int = 8,
         *,
         log_level: str = "WARNING",
         startup_timeout_s: float = 300.0,
@@ -108,10 +131,13 @@ class Supervisor:
         source_restarts: int = 5,
         restart_window_s: float = 60.0,
     ) -> None:
-        if len(stages) < 2:
-            raise ValueError("a pipeline needs a source and at least one more stage")
-        self.stages = stages
-        self.ring_handle = ring
+        if isinstance(stages, PipelineGraph):
+            graph = stages
+        else:
+            if ring is None:
+                raise ValueError("a list of stages needs its ring handle")
+            graph = PipelineGraph.linear(stages, ring, ring_slots)
+        self.graph = graph
         self.ring_slots = ring_slots
         self.log_level = log_level
         self.startup_timeout_s = startup_timeout_s
@@ -121,20 +147,27 @@ class Supervisor:
         self.restart_window_s = restart_window_s
         self.ctx = multiprocessing.get_context("spawn")
         self.stop_event = self.ctx.Event()
-        self.metrics = PipelineMetrics([s.name for s in stages])
-        self._children: list[_Child] = []
-        self._queues: list[Any] = []
-        self._ring: FrameRing | None = None
+        self.stage_names = graph.stage_names()
+        self.metrics = StreamMetrics(self.stage_names, [s.camera for s in graph.streams])
+        self._children: dict[str, _Child] = {}
+        self._queues: dict[tuple[str, str], Any] = {}
+        self._rings: dict[int, FrameRing] = {}
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
-        self._source_info: dict[str, object] = {}
-        self._restart_times: list[float] = []
-        self.restarts = 0
-        self._restart_state: Any = None
-        if hasattr(stages[0], "restart_state"):
-            # Set before the first spawn, so every process of the source gets it.
-            self._restart_state = self.ctx.RawArray("d", RESTART_STATE_SIZE)
-            stages[0].restart_state = self._restart_state
+        self._sources: dict[int, SourceInfo] = {}  # running streams
+        self._notes: dict[int, str] = {}  # streams that could not start: why
+        self._ended: dict[int, str] = {}  # streams whose end reached the sink: why they ended
+        self._restarts: dict[str, _Restarts] = {}
+        for node in graph.nodes:
+            if node.caps.restartable:
+                # Set before the first spawn, so every process of the source gets it.
+                state = self.ctx.RawArray("d", RESTART_STATE_SIZE)
+                node.stage.restart_state = state
+                self._restarts[node.name] = _Restarts(state)
+
+    @property
+    def restarts(self) -> int:
+        return sum(r.count for r in self._restarts.values())
 
     @staticmethod
     def new_ring_handle() -> FrameRingHandle:
@@ -152,54 +185,52 @@ class Supervisor:
             failure = self._wait_until_ready()
             if failure is not None:
                 return failure
-            source_info = dict(self._children[0].ready_info)
-            self._source_info = source_info
-            self._create_ring(source_info)
-            for child in reversed(self._children):  # consumers first, the source last
-                child.control.send(Start(source_info))
+            self._create_rings()
+            start = Start(dict(self._sources), dict(self._notes))
+            sources = [c for c in self._children.values() if c.node.caps.source]
+            for child in [c for c in self._children.values() if not c.node.caps.source] + sources:
+                if child.ready:  # consumers first, the sources last
+                    child.control.send(start)
             self.metrics.start()
-            log.info("pipeline running: %s", " -> ".join(s.name for s in self.stages))
+            log.info("pipeline running: %s", ", ".join(self._children))
             reason, code = self._watch()
             self._shutdown()
-            dropped = self._ring.dropped if self._ring is not None else 0
-            summary = self.metrics.summary(dropped=dropped, stop_reason=reason)
-            if self._restart_state is not None:
+            summary = self.metrics.summary(self._dropped(), stop_reason=reason)
+            if self._restarts:
                 summary["capture_restarts"] = self.restarts
-            return RunResult(reason, code, summary, source_info=source_info)
+            first = self._sources[min(self._sources)]
+            return RunResult(reason, code, summary, source_info=first, sources=dict(self._sources),
+                             camera_errors=self._camera_errors())  # fmt: skip
         finally:
             self._shutdown()
-            self._release_ring()
+            self._release_rings()
             self._restore_signal_handlers()
+
+    def _camera_errors(self) -> dict[str, str]:
+        return {self.graph.streams[i].camera: note for i, note in self._notes.items()}
+
+    def _dropped(self) -> dict[int, int]:
+        return {i: ring.dropped for i, ring in self._rings.items()}
 
     # -- start --------------------------------------------------------------------------------------------
 
     def _start_processes(self) -> None:
-        n = len(self.stages)
-        for i in range(n - 1):
-            # The source->detect queue may hold refs to frames a live source has since overwritten.
-            size = 2 * self.ring_slots + 2 if i == 0 else self.ring_slots + 2
-            self._queues.append(self.ctx.Queue(maxsize=size))
+        for ch in self.graph.channels:
+            self._queues[(ch.src, ch.dst)] = self.ctx.Queue(maxsize=ch.maxsize)
         # Children inherit an ignored SIGINT through exec, so a Ctrl-C during their start-up cannot raise
         # KeyboardInterrupt in them; the parent's own handler is put back right after.
-        try:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:  # not the main thread: no signal handling to arrange
-            previous = None
-        try:
-            for i in range(n):
-                self._children.append(self._spawn(i))
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        with _sigint_ignored():
+            for node in self.graph.nodes:
+                self._children[node.name] = self._spawn(node)
 
-    def _spawn(self, i: int) -> _Child:
-        """Start stage i's process on its queues, with a new control pipe."""
-        stage = self.stages[i]
-        n = len(self.stages)
+    def _spawn(self, node: Node) -> _Child:
+        """Start a node's process on its queues, with a new control pipe."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
+        inputs = [self._queues[(ch.src, ch.dst)] for ch in self.graph.inputs(node.name)]
+        output = self.graph.output(node.name)
         channels = StageChannels(
-            inbox=self._queues[i - 1] if i > 0 else None,
-            outbox=self._queues[i] if i < n - 1 else None,
+            inbox=None if not inputs else inputs[0] if len(inputs) == 1 else inputs,
+            outbox=None if output is None else self._queues[(output.src, output.dst)],
             control=child_end,
             stop=self.stop_event,
         )
@@ -209,45 +240,83 @@ class Supervisor:
             os.environ.setdefault(variable, "1")
         process = self.ctx.Process(
             target=stage_process_main,
-            args=(stage, channels, self.log_level),
-            name=stage.name,
+            args=(node.stage, channels, self.log_level, node.name),
+            name=node.name,
             daemon=True,
         )
         process.start()
         child_end.close()  # only the child holds it now: its death reads as EOF here
-        log.debug("started stage %s (pid %d)", stage.name, process.pid)
-        return _Child(stage, process, parent_end, started=time.monotonic())
+        log.debug("started %s (pid %d)", node.name, process.pid)
+        return _Child(node, process, parent_end, started=time.monotonic())
+
+    def _multi_camera(self) -> bool:
+        return len(self.graph.streams) > 1
 
     def _wait_until_ready(self) -> RunResult | None:
         deadline = time.monotonic() + self.startup_timeout_s
-        while not all(c.ready for c in self._children):
+        while not all(c.ready or self._excluded(c) for c in self._children.values()):
             if self._signal is not None:
                 result = self._abort_startup(self._signal_reason(), self._signal_exit_code())
-                result.summary = self.metrics.summary(dropped=0, stop_reason=result.stop_reason)
+                result.summary = self.metrics.summary({}, stop_reason=result.stop_reason)
                 return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                slow = ", ".join(c.stage.name for c in self._children if not c.ready)
+                slow = ", ".join(n for n, c in self._children.items() if not c.ready and not self._excluded(c))
                 return self._abort_startup(f"stage {slow} not ready after {self.startup_timeout_s:.0f} s", 1)
             for child, msg in self._poll(min(remaining, 0.1)):
                 if isinstance(msg, Ready):
                     child.ready = True
-                    child.ready_info = dict(msg.info)
-                    log.debug("stage %s ready: %s", child.stage.name, msg.info)
+                    child.ready_info = msg.info
+                    if isinstance(msg.info, SourceInfo) and child.node.stream is not None:
+                        self._sources[child.node.stream] = msg.info
+                    log.debug("%s ready: %s", child.name, msg.info)
                 elif isinstance(msg, Failed):
-                    msg = self._first_setup_failure(child, msg)
-                    code = EXIT_USER_ERROR if msg.user_error else EXIT_FAILED
-                    result = self._abort_startup(f"{msg.stage}: {msg.message}", code)
-                    result.error = f"{msg.stage}: {msg.message}"
-                    return result
-            for child in self._children:
-                if not child.ready and not child.process.is_alive():
+                    if self._camera_may_fail(child):
+                        self._camera_failed(child, f"{msg.stage}: {msg.message}", msg)
+                        continue
+                    return self._setup_failed(child, msg)
+            for child in self._children.values():
+                if not child.ready and not self._excluded(child) and not child.process.is_alive():
                     exit_text = describe_exit(child.process.exitcode)
-                    reason = f"stage {child.stage.name} exited during setup ({exit_text})"
+                    reason = f"stage {child.name} exited during setup ({exit_text})"
+                    if self._camera_may_fail(child):
+                        self._camera_failed(child, reason, None)
+                        continue
                     result = self._abort_startup(reason, EXIT_FAILED)
                     result.error = reason
                     return result
+            if self._multi_camera() and len(self._notes) == len(self.graph.streams):
+                # Every camera failed: the first one's error, as with one camera.
+                first = min(self._notes)
+                failed = self._children[self.graph.streams[first].source].failure
+                if failed is not None:
+                    return self._setup_failed(self._children[self.graph.streams[first].source], failed)
+                result = self._abort_startup(self._notes[first], EXIT_FAILED)
+                result.error = self._notes[first]
+                return result
         return None
+
+    def _excluded(self, child: _Child) -> bool:
+        return child.node.stream is not None and child.node.stream in self._notes
+
+    def _camera_may_fail(self, child: _Child) -> bool:
+        """With several cameras, a camera that cannot start does not stop the others."""
+        return self._multi_camera() and child.node.caps.source and child.node.stream is not None
+
+    def _camera_failed(self, child: _Child, reason: str, failure: Failed | None) -> None:
+        stream = self.graph.streams[child.node.stream]  # type: ignore[index]
+        child.failure = failure
+        text = failure.message if failure is not None else reason
+        self._notes[stream.index] = text
+        if len(self._notes) < len(self.graph.streams):
+            log.warning("camera %s did not start (%s); the other cameras run", stream.camera, text)
+
+    def _setup_failed(self, child: _Child, msg: Failed) -> RunResult:
+        msg = self._first_setup_failure(child, msg)
+        code = EXIT_USER_ERROR if msg.user_error else EXIT_FAILED
+        result = self._abort_startup(f"{msg.stage}: {msg.message}", code)
+        result.error = f"{msg.stage}: {msg.message}"
+        return result
 
     def _first_setup_failure(self, failed: _Child, failure: Failed) -> Failed:
         """The setup failure of the stage nearest the source, `failure` unless an earlier stage fails too.
@@ -255,11 +324,15 @@ class Supervisor:
         Stages set up in parallel, so two bad settings (say a TensorRT engine for the detector and a
         backend the embedder cannot use) fail in an order that is down to timing. The user gets the one a
         fix should start with, every time: the stages before `failed` get `SETUP_FAILURE_SETTLE_S` to
-        report too.
+        report too. (With several cameras a camera's own failure does not count here.)
         """
-        earlier = {id(c): c for c in self._children[: self._children.index(failed)] if not c.ready}
+        order = list(self._children.values())
+        position = order.index(failed)
+        earlier = {
+            id(c): c for c in order[:position] if not c.ready and not self._excluded(c) and c is not failed
+        }
         deadline = time.monotonic() + SETUP_FAILURE_SETTLE_S
-        first, first_at = failure, self._children.index(failed)
+        first, first_at = failure, position
         while earlier and time.monotonic() < deadline:
             news = self._poll(min(0.05, max(0.0, deadline - time.monotonic())))
             dead = [c for c in earlier.values() if not c.process.is_alive()]
@@ -268,8 +341,10 @@ class Supervisor:
             for child, msg in news:
                 if id(child) in earlier and isinstance(msg, Ready | Failed):
                     earlier.pop(id(child))
-                    if isinstance(msg, Failed) and self._children.index(child) < first_at:
-                        first, first_at = msg, self._children.index(child)
+                    if isinstance(msg, Failed) and order.index(child) < first_at:
+                        if self._camera_may_fail(child):
+                            continue
+                        first, first_at = msg, order.index(child)
             for child in dead:
                 earlier.pop(id(child), None)  # died without a word: the failures reported stand
         return first
@@ -280,24 +355,26 @@ class Supervisor:
         self._shutdown(grace_s=0.3, quiet=True)
         return RunResult(reason, code)
 
-    def _create_ring(self, source_info: dict[str, object]) -> None:
-        h, w, c = (int(v) for v in source_info["frame_shape"])  # type: ignore[union-attr]
-        handle = self.ring_handle
-        try:
-            self._ring = FrameRing.create(handle.name, self.ring_slots, (h, w, c), handle.lock)
-        except OSError as exc:
-            size_mb = self.ring_slots * h * w * c / 1e6
-            raise UserError(
-                f"cannot create the {size_mb:.0f} MB shared frame ring in /dev/shm ({exc.strerror or exc}); "
-                "free space there or lower RING_SLOTS"
-            ) from None
-        log.debug("frame ring %s: %d slots of %dx%dx%d", handle.name, self.ring_slots, h, w, c)
+    def _create_rings(self) -> None:
+        for index, info in sorted(self._sources.items()):
+            stream = self.graph.streams[index]
+            assert info.frame_shape is not None  # a first start always read a frame
+            h, w, c = info.frame_shape
+            handle = stream.ring
+            try:
+                self._rings[index] = FrameRing.create(handle.name, self.ring_slots, (h, w, c), handle.lock)
+            except OSError as exc:
+                size_mb = self.ring_slots * h * w * c / 1e6
+                raise UserError(
+                    f"cannot create the {size_mb:.0f} MB shared frame ring of camera {stream.camera} in "
+                    f"/dev/shm ({exc.strerror or exc}); free space there or lower RING_SLOTS"
+                ) from None
+            log.debug("frame ring %s: %d slots of %dx%dx%d", handle.name, self.ring_slots, h, w, c)
 
     # -- run ----------------------------------------------------------------------------------------------
 
     def _watch(self) -> tuple[str, int]:
         next_summary = time.monotonic() + self.summary_every_s
-        source_failure: Failed | None = None  # the source said why before dying: it may be restarted
         while True:
             if self._signal is not None:
                 return self._signal_reason(), self._signal_exit_code()
@@ -305,104 +382,126 @@ class Supervisor:
                 if isinstance(msg, FrameDone):
                     self._count(msg.meta)
                 elif isinstance(msg, Finished):
-                    return msg.reason, EXIT_OK
+                    if msg.stream is None:
+                        return msg.reason, EXIT_OK
+                    self._ended[msg.stream] = msg.reason
+                    if len(self._sources) > 1:
+                        log.info("camera %s: %s", self.graph.streams[msg.stream].camera, msg.reason)
+                    if set(self._sources) <= set(self._ended):
+                        return self._end_reason(), EXIT_OK
                 elif isinstance(msg, Failed):
-                    if child is self._children[0] and self._restartable(msg):
-                        source_failure = msg
+                    if child.node.caps.source and self._restartable(child, msg):
+                        child.failure = msg
                         continue
                     return f"stage {msg.stage} failed: {msg.message}", EXIT_FAILED
-                elif isinstance(msg, Ready) and child is self._children[0] and not child.ready:
+                elif isinstance(msg, Ready) and child.node.caps.source and not child.ready:
                     child.ready = True
-                    child.control.send(Start(self._source_info))
+                    child.control.send(Start(dict(self._sources), dict(self._notes)))
                     log.warning("stage %s is running again, %.1f s after its restart",
-                                child.stage.name, time.monotonic() - child.started)  # fmt: skip
-            source = self._children[0]
-            if not source.ready and time.monotonic() - source.started > SOURCE_READY_TIMEOUT_S:
-                return (
-                    f"stage {source.stage.name} not ready {SOURCE_READY_TIMEOUT_S:.0f} s after its restart",
-                    EXIT_FAILED,
-                )
-            for child in self._children:
-                if not child.process.is_alive() and child.process.exitcode != 0:
-                    # Read what it said before dying: a Failed message explains more than the exit code.
-                    failure = source_failure if child is source else None
-                    for _, msg in self._drain(child):
-                        if isinstance(msg, Failed):
-                            failure = msg
-                    exit_text = describe_exit(child.process.exitcode)
-                    if failure is not None:
-                        reason = f"stage {failure.stage} failed: {failure.message}"
-                    else:
-                        reason = f"stage {child.stage.name} died unexpectedly ({exit_text})"
-                    if child is source and self._restartable(failure):
-                        refusal = self._restart_source(reason)
-                        if refusal is None:
-                            source_failure = None
-                            break  # the children list changed
-                        return f"{reason}; {refusal}", EXIT_FAILED
-                    return reason, EXIT_FAILED
+                                child.name, time.monotonic() - child.started)  # fmt: skip
+            for child in self._children.values():
+                if self._excluded(child):
+                    continue
+                if (
+                    child.node.caps.source
+                    and not child.ready
+                    and time.monotonic() - child.started > SOURCE_READY_TIMEOUT_S
+                ):
+                    return f"stage {child.name} not ready {SOURCE_READY_TIMEOUT_S:.0f} s after its restart", 1
+            outcome = self._check_deaths()
+            if outcome is not None:
+                return outcome
             now = time.monotonic()
             if now >= next_summary:
-                summary_log.info(self.metrics.interval_line(self._ring.dropped if self._ring else 0, now))
+                summary_log.info(self.metrics.interval_line(self._dropped(), now))
                 next_summary = now + self.summary_every_s
+
+    def _end_reason(self) -> str:
+        reasons = set(self._ended.values())
+        if len(self._sources) == 1 or len(reasons) == 1:
+            return next(iter(reasons))
+        return "every camera ended"
+
+    def _check_deaths(self) -> tuple[str, int] | None:
+        for child in list(self._children.values()):
+            if self._excluded(child) or child.process.is_alive() or child.process.exitcode == 0:
+                continue
+            # Read what it said before dying: a Failed message explains more than the exit code.
+            failure = child.failure
+            for _, msg in self._drain(child):
+                if isinstance(msg, Failed):
+                    failure = msg
+            exit_text = describe_exit(child.process.exitcode)
+            if failure is not None:
+                reason = f"stage {failure.stage} failed: {failure.message}"
+                if self._multi_camera() and child.node.caps.source:
+                    reason = f"{child.name} failed: {failure.message}"
+            else:
+                reason = f"stage {child.name} died unexpectedly ({exit_text})"
+            if child.node.caps.source and self._restartable(child, failure):
+                refusal = self._restart_source(child, reason)
+                if refusal is None:
+                    return None  # the children changed: look again on the next round
+                return f"{reason}; {refusal}", EXIT_FAILED
+            return reason, EXIT_FAILED
+        return None
 
     def _count(self, meta: FrameMeta) -> None:
         if not meta.status:  # placeholders sent while a source reconnects are not frames of the source
             self.metrics.add(meta)
 
-    # -- restarting the source ----------------------------------------------------------------------------
+    # -- restarting a source ------------------------------------------------------------------------------
 
-    def _restartable(self, failure: Failed | None) -> bool:
-        """Whether the source's process may be replaced: a live source that died, or failed other than by
+    def _restartable(self, child: _Child, failure: Failed | None) -> bool:
+        """Whether a source's process may be replaced: a live source that died, or failed other than by
         bad input (None = died without a word, e.g. killed)."""
-        if self._restart_state is None or not self._source_info.get("live"):
+        info = self._sources.get(child.node.stream) if child.node.stream is not None else None
+        if child.name not in self._restarts or info is None or not info.live:
             return False
         return failure is None or not (failure.user_error or failure.during_setup)
 
-    def _restart_source(self, reason: str) -> str | None:
-        """Replace the dead source process; None when restarted, else why not (one clause)."""
-        assert self._restart_state is not None
+    def _restart_source(self, dead: _Child, reason: str) -> str | None:
+        """Replace a dead source process; None when restarted, else why not (one clause)."""
+        budget = self._restarts[dead.name]
         now = time.monotonic()
-        self._restart_times = [t for t in self._restart_times if now - t < self.restart_window_s]
-        if len(self._restart_times) >= self.source_restarts:
-            count, window = len(self._restart_times), self.restart_window_s
+        budget.times = [t for t in budget.times if now - t < self.restart_window_s]
+        if len(budget.times) >= self.source_restarts:
+            count, window = len(budget.times), self.restart_window_s
             return f"not restarted again: {count} restarts in the last {window:.0f} s"
-        dead = self._children[0]
         dead.control.close()
         with contextlib.suppress(ValueError):
             dead.process.close()
-        self._take_back_from_dead_source()
-        self._restart_times.append(now)
-        self.restarts += 1
-        self._restart_state[0] = self.restarts
-        log.warning("%s; restarting it (restart %d, at most %d in %.0f s)", reason, self.restarts,
+        self._take_back_from_dead_source(dead.node)
+        budget.times.append(now)
+        budget.count += 1
+        budget.state[0] = budget.count
+        log.warning("%s; restarting it (restart %d, at most %d in %.0f s)", reason, budget.count,
                     self.source_restarts, self.restart_window_s)  # fmt: skip
-        try:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:
-            previous = None
-        try:
-            self._children[0] = self._spawn(0)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        with _sigint_ignored():
+            self._children[dead.name] = self._spawn(dead.node)
         return None
 
-    def _take_back_from_dead_source(self) -> None:
-        """Free what a killed source may have held: the ring lock, the queue's write lock, a slot being
+    def _take_back_from_dead_source(self, node: Node) -> None:
+        """Free what a killed source may have held: its ring's lock, its queue's write lock, a slot being
         written. Each lock is only ever held for microseconds, so one that stays taken has a dead holder."""
-        _release_if_stuck(self.ring_handle.lock)
-        # multiprocessing.Queue has no public way to do this; its feeder thread holds `_wlock` while writing.
-        _release_if_stuck(getattr(self._queues[0], "_wlock", None))
-        if self._ring is not None:
-            for slot, state in enumerate(self._ring.states()):
+        stream: Stream | None = self.graph.stream_of(node)
+        assert stream is not None
+        _release_if_stuck(stream.ring.lock)
+        output = self.graph.output(node.name)
+        if output is not None:
+            # multiprocessing.Queue has no public way to do this; its feeder thread holds `_wlock` writing.
+            _release_if_stuck(getattr(self._queues[(output.src, output.dst)], "_wlock", None))
+        ring = self._rings.get(stream.index)
+        if ring is not None:
+            for slot, state in enumerate(ring.states()):
                 if state == "writing":
-                    self._ring.drop(slot)  # acquired, never published: back to free (counted as dropped)
+                    ring.drop(slot)  # acquired, never published: back to free (counted as dropped)
 
     def _poll(self, timeout: float) -> list[tuple[_Child, Any]]:
         """Messages from every control pipe that has some, waiting up to `timeout` for the first."""
-        by_conn = {c.control: c for c in self._children if not c.control.closed}
-        sentinels = [c.process.sentinel for c in self._children if c.process.is_alive()]
+        children = list(self._children.values())
+        by_conn = {c.control: c for c in children if not c.control.closed}
+        sentinels = [c.process.sentinel for c in children if c.process.is_alive()]
         ready = wait([*by_conn, *sentinels], timeout)
         out: list[tuple[_Child, Any]] = []
         for item in ready:
@@ -449,9 +548,10 @@ class Supervisor:
         """Stop every stage: ask, wait up to the grace time (reading their pipes meanwhile), then kill."""
         if not self._children:
             return
+        children = list(self._children.values())
         self.stop_event.set()
         deadline = time.monotonic() + (self.stop_timeout_s if grace_s is None else grace_s)
-        while any(c.process.is_alive() for c in self._children):
+        while any(c.process.is_alive() for c in children):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -459,31 +559,46 @@ class Supervisor:
             for _, msg in self._poll(min(remaining, 0.05)):
                 if isinstance(msg, FrameDone):
                     self._count(msg.meta)
-        for child in self._children:
+        for child in children:
             if child.process.is_alive():
                 level = logging.DEBUG if quiet else logging.WARNING
-                log.log(level, "stage %s did not stop in time; terminating it", child.stage.name)
+                log.log(level, "stage %s did not stop in time; terminating it", child.name)
                 child.process.terminate()
-        for child in self._children:
+        for child in children:
             child.process.join(0.2)
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(1.0)
-        for child in self._children:
+        for child in children:
             child.control.close()
             with contextlib.suppress(ValueError):
                 child.process.close()
-        for q in self._queues:
+        for q in [*self._queues.values(), *self.graph.side_queues]:
             q.cancel_join_thread()  # the parent never puts; nothing to flush
             q.close()
-        self._children = []
-        self._queues = []
+        self._children = {}
+        self._queues = {}
+        self.graph.side_queues = []
 
-    def _release_ring(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-            self._ring.unlink()
-            self._ring = None
+    def _release_rings(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+            ring.unlink()
+        self._rings = {}
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Spawned children inherit an ignored SIGINT (a Ctrl-C during their start cannot hit them half-made)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no signal handling to arrange
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _release_if_stuck(lock: Any) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
-from app.pipeline.messages import FrameMeta, FrameRef, StageStamp
+from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.sources import (
     DEFAULT_FPS,
@@ -54,7 +54,7 @@ from app.pipeline.sources import (
     scrub_secrets,
     source_fps,
 )
-from app.pipeline.stage_runner import NOTHING_YET, POLL_S
+from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class CaptureError(RuntimeError):
 
 class CaptureStage:
     name = "capture"
+    capabilities = Capabilities(source=True, restartable=True)
 
     def __init__(
         self,
@@ -86,8 +87,12 @@ class CaptureStage:
         read_timeout_s: float = READ_TIMEOUT_S,
         backoff: BackoffPolicy = SOURCE_BACKOFF,
         status_every_s: float = STATUS_EVERY_S,
+        stream: int = 0,
+        camera: str = "default",
     ) -> None:
         self.source = source
+        self.stream = int(stream)
+        self.camera = camera
         self.frames = frames
         self.fps_target = float(fps_target)
         self.max_speed = max_speed
@@ -103,7 +108,6 @@ class CaptureStage:
         self.frames_skipped = 0
         self.end_reason = "end of stream"
         self.live = False
-        self.drop_when_blocked = False
         self.segment = 0
         self.reconnects = 0
         self.gaps_s: list[float] = []  # how long each outage lasted, lost to first frame back
@@ -123,7 +127,7 @@ class CaptureStage:
 
     # -- stage API ----------------------------------------------------------------------------------------
 
-    def setup(self) -> dict[str, object]:
+    def setup(self) -> SourceInfo:
         quiet_video_backend(self.verbose)
         spec = parse_source(self.source)
         self.spec = spec
@@ -134,8 +138,8 @@ class CaptureStage:
         except Exception as exc:  # noqa: BLE001 - library errors may quote the URL: scrub, keep one line
             raise CaptureError(scrub_secrets(f"{type(exc).__name__}: {exc}", spec)) from None
 
-    def _setup(self, spec: SourceSpec) -> dict[str, object]:
-        self.live = self.drop_when_blocked = spec.live
+    def _setup(self, spec: SourceSpec) -> SourceInfo:
+        self.live = spec.live
         self.restarted = self._resume()
         if self.restarted and not spec.live:
             raise CaptureError("a file source is not resumed by a restarted capture")
@@ -170,14 +174,16 @@ class CaptureStage:
             log.info("source %s: %dx%d at %.2f fps (%s)", spec.display, shape[1], shape[0], self.fps,
                      "live" if self.live else "file")  # fmt: skip
         self.declared_frames = None if self.live or self._cap is None else frame_count(self._cap)
-        return {
-            "frame_shape": tuple(int(v) for v in shape) if shape is not None else None,
-            "fps": self.fps,
-            "live": self.live,
-            "source": spec.display,
-            "frame_count": self.declared_frames,
-            "restarted": self.restarted,
-        }
+        return SourceInfo(
+            frame_shape=(int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None else None,
+            fps=self.fps,
+            live=self.live,
+            source=spec.display,
+            frame_count=self.declared_frames,
+            restarted=self.restarted,
+            stream=self.stream,
+            camera=self.camera,
+        )
 
     def produce(self) -> FrameRef | None:
         """The next frame in the ring as a FrameRef; None at the end; NOTHING_YET while waiting."""
@@ -247,6 +253,7 @@ class CaptureStage:
             height=int(target.shape[0]),
             stamps=[StageStamp(self.name, read_start, read_end)],
             segment=self.segment,
+            stream=self.stream,
         )
         self._remember()
         return FrameRef(meta)
@@ -400,6 +407,7 @@ class CaptureStage:
             stamps=[StageStamp(self.name, now, now)],
             segment=self.segment,
             status=status,
+            stream=self.stream,
         )
         self._remember()
         return FrameRef(meta)

@@ -53,7 +53,7 @@ def test_stage_latency_wait_and_end_to_end_percentiles():
 def test_empty_run_summary_is_valid_json_with_nulls():
     summary = PipelineMetrics(STAGES).summary(dropped=0, stop_reason="interrupted (Ctrl-C)")
     assert summary["frames"] == 0 and summary["fps"] == 0.0
-    assert summary["latency_ms"]["end_to_end"] == {"p50": None, "p95": None}
+    assert summary["latency_ms"]["end_to_end"] == {"p50": None, "p95": None, "p99": None}
     assert json.loads(json.dumps(summary))["stop_reason"] == "interrupted (Ctrl-C)"
 
 

@@ -151,7 +151,7 @@ class Reader:
 def reading(url: str, **options) -> Iterator[Reader]:
     capture = CaptureStage(url, FrameRingHandle("unused", None), **options)
     info = capture.setup()
-    with ring_for(info["frame_shape"]) as (ring, handle):
+    with ring_for(info.frame_shape) as (ring, handle):
         capture.frames = handle
         try:
             yield Reader(capture, ring)

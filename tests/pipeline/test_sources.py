@@ -105,8 +105,8 @@ def test_mjpeg_stream_is_read_live_into_the_ring():
         url = server.url
         capture = CaptureStage(url, FrameRingHandle("unused", None), max_frames=30)
         info = capture.setup()
-        assert info["live"] is True and info["frame_shape"] == (240, 320, 3) and info["source"] == url
-        ring, handle = new_ring(info["frame_shape"], slots=4)
+        assert info.live is True and info.frame_shape == (240, 320, 3) and info.source == url
+        ring, handle = new_ring(info.frame_shape, slots=4)
         capture.frames = handle
         try:
             got = []
@@ -181,7 +181,7 @@ def test_stream_credentials_work_and_never_show():
         url = server.url.replace("http://", "http://phone:s3cret@")
         capture = CaptureStage(url, FrameRingHandle("unused", None))
         info = capture.setup()
-        assert "s3cret" not in info["source"] and info["source"].startswith("http://***@127.0.0.1:")
+        assert "s3cret" not in info.source and info.source.startswith("http://***@127.0.0.1:")
         capture.close()
     with password_refused() as port:
         wrong = f"http://phone:wrong@127.0.0.1:{port}/video.mjpg"

@@ -19,10 +19,20 @@ from app.pipeline.messages import (
     FrameMeta,
     FrameRef,
     Ready,
+    SourceInfo,
     StageStamp,
     Start,
 )
-from app.pipeline.stage_runner import NOTHING_YET, StageChannels, StageRunner, StopPipeline, one_line
+from app.pipeline.stage_runner import (
+    NOTHING_YET,
+    Capabilities,
+    StageChannels,
+    StageRunner,
+    StopPipeline,
+    one_line,
+)
+
+SOURCE = SourceInfo(frame_shape=(6, 8, 3), fps=25.0, live=False, source="test")
 
 
 def ref(index: int) -> FrameRef:
@@ -49,7 +59,7 @@ class Harness:
             ready = self.supervisor_end.recv()
             assert isinstance(ready, Ready | Failed)
             if isinstance(ready, Ready):
-                self.supervisor_end.send(Start({"fps": 25.0}))
+                self.supervisor_end.send(Start({0: SOURCE}))
             else:
                 self.early = ready
         return thread, result
@@ -66,6 +76,7 @@ class Brightness:
     """A consumer that computes a real statistic of a payload and records its calls."""
 
     name = "brightness"
+    capabilities = Capabilities(batched=True, starts=True)
 
     def __init__(self, max_batch: int = 1) -> None:
         self.max_batch = max_batch
@@ -101,7 +112,7 @@ def test_consumer_stamps_forwards_and_passes_end_of_stream():
         h.inbox.put(ref(i))
     h.inbox.put(EndOfStream("end of file", 3))
     thread.join(5)
-    assert result == [0] and stage.closed and stage.started_with == {"fps": 25.0}
+    assert result == [0] and stage.closed and stage.started_with == {0: SOURCE}
     out = [h.outbox.get_nowait() for _ in range(4)]
     assert [m.meta.frame_index for m in out[:3]] == [0, 1, 2]
     assert [m.meta.brightness for m in out[:3]] == [23.5, 24.5, 25.5]
@@ -211,17 +222,18 @@ class CountingSource:
     """A source that yields `total` frames, idling every other call, with an optional live drop policy."""
 
     name = "capture"
+    capabilities = Capabilities(source=True)
 
     def __init__(self, total: int, live: bool = False) -> None:
         self.total = total
         self.frames_read = 0
-        self.drop_when_blocked = live
+        self.live = live
         self.discarded: list[int] = []
         self.end_reason = "end of file"
         self._tick = 0
 
-    def setup(self) -> dict:
-        return {"frame_shape": (6, 8, 3)}
+    def setup(self) -> SourceInfo:
+        return SourceInfo(frame_shape=(6, 8, 3), fps=25.0, live=self.live, source="counting")
 
     def produce(self):
         self._tick += 1

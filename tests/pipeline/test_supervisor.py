@@ -57,7 +57,7 @@ def test_end_of_file_processes_every_frame_in_order(video, tmp_path):
     summary = result.summary
     assert summary["frames"] == 40 and summary["dropped"] == 0 and summary["stop_reason"] == "end of stream"
     assert set(summary["latency_ms"]) == {*STAGES, "end_to_end"}
-    assert result.source_info["frame_shape"] == (48, 64, 3) and result.source_info["live"] is False
+    assert result.source_info.frame_shape == (48, 64, 3) and result.source_info.live is False
     assert_clean(handle)
 
 

@@ -36,9 +36,9 @@ def read_all(capture: CaptureStage, ring, limit: int = 10_000) -> list:
 def test_file_frames_arrive_in_order_with_their_pixels_and_times():
     capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True, max_frames=40)
     info = capture.setup()
-    assert info["frame_shape"] == (360, 640, 3) and info["live"] is False and info["frame_count"] == 275
-    fps = info["fps"]
-    with ring_of(info["frame_shape"]) as (ring, handle):
+    assert info.frame_shape == (360, 640, 3) and info.live is False and info.frame_count == 275
+    fps = info.fps
+    with ring_of(info.frame_shape) as (ring, handle):
         capture.frames = handle
         got = read_all(capture, ring)
         capture.close()
@@ -56,17 +56,17 @@ def test_file_frames_arrive_in_order_with_their_pixels_and_times():
 def test_files_are_paced_at_their_own_fps_or_the_target():
     capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_frames=16)
     info = capture.setup()
-    with ring_of(info["frame_shape"]) as (ring, handle):
+    with ring_of(info.frame_shape) as (ring, handle):
         capture.frames = handle
         started = time.monotonic()
         read_all(capture, ring)
         native = time.monotonic() - started
         capture.close()
-    assert 15 / info["fps"] - 0.05 < native < 15 / info["fps"] + 0.25  # 16 frames span 15 intervals
+    assert 15 / info.fps - 0.05 < native < 15 / info.fps + 0.25  # 16 frames span 15 intervals
 
     capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), fps_target=100, max_frames=16)
     capture.setup()
-    with ring_of(info["frame_shape"]) as (ring, handle):
+    with ring_of(info.frame_shape) as (ring, handle):
         capture.frames = handle
         started = time.monotonic()
         read_all(capture, ring)
@@ -79,7 +79,7 @@ def test_end_of_file_and_first_frame_timing():
     capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True)
     info = capture.setup()
     time.sleep(0.3)  # models loading elsewhere: the first frame was read in setup, long before the start
-    with ring_of(info["frame_shape"]) as (ring, handle):
+    with ring_of(info.frame_shape) as (ring, handle):
         capture.frames = handle
         first = capture.produce()
         assert time.monotonic() - first.meta.stamps[0].end < 0.1  # stamped when published, not when read
@@ -93,7 +93,7 @@ def test_end_of_file_and_first_frame_timing():
 def test_a_full_ring_makes_a_file_wait_and_lose_nothing():
     capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True, max_frames=10)
     info = capture.setup()
-    with ring_of(info["frame_shape"], slots=3) as (ring, handle):
+    with ring_of(info.frame_shape, slots=3) as (ring, handle):
         capture.frames = handle
         held = []
         while len(held) < 3:

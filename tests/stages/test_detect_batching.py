@@ -78,7 +78,7 @@ def test_a_stage_behind_takes_every_queued_frame_in_one_call(clip_frames):
         for ref in refs:  # all queued before the stage starts: it is "behind"
             inbox.put(ref)
         inbox.put(EndOfStream("end of file", len(refs)))
-        control.send(Start({"fps": 25.0}))
+        control.send(Start())
         thread.join(30)
         assert not thread.is_alive()
         out = []
@@ -102,7 +102,7 @@ def test_an_idle_stage_runs_each_frame_at_once(clip_frames):
         stage = RecordingDetect(handle, DETECTOR, max_batch=4)
         inbox, outbox = queue.Queue(), queue.Queue()
         thread, (control, stop) = start_runner(stage, inbox, outbox)
-        control.send(Start({"fps": 25.0}))
+        control.send(Start())
         waits = []
         for i in range(3):
             put_at = time.monotonic()
