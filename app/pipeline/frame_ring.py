@@ -26,6 +26,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
@@ -266,3 +267,24 @@ class FrameRingHandle:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"name": self.name, "lock": self.lock, "_ring": None}
+
+
+class StreamRings:
+    """The rings of every stream a stage serves (one per camera), by stream; one handle = stream 0.
+
+    Like a handle, it attaches each ring on first use, in the stage's own process."""
+
+    def __init__(self, handles: FrameRingHandle | Mapping[int, FrameRingHandle]) -> None:
+        self.handles: dict[int, FrameRingHandle] = (
+            {0: handles} if isinstance(handles, FrameRingHandle) else dict(handles)
+        )
+
+    def ring(self, stream: int) -> FrameRing:
+        return self.handles[stream].ring
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.handles)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()

@@ -138,7 +138,6 @@ class PipelineMetrics:
             "stop_reason": stop_reason,
         }
 
-
     def end_to_end_ms(self) -> dict[str, float | None]:
         p50, p95, p99 = self.latency[END_TO_END].percentiles((50, 95, 99))
         return {"p50": _round(p50), "p95": _round(p95), "p99": _round(p99)}

@@ -1,4 +1,4 @@
-"""The supervisor: starts the stage processes of a graph, runs the readiness handshake, watches, stops them all.
+"""The supervisor: starts a graph's stage processes, runs the readiness handshake, watches, stops them all.
 
 The run is a `PipelineGraph` (graph.py): named nodes, one process each, and the channels between them; N
 cameras are N capture nodes (one stream and one shared-memory ring each) feeding shared nodes. A stream's
@@ -23,10 +23,10 @@ Life of a run (all in the parent process, which never loads a model or opens the
 Stage deaths (seen within ~0.1 s: the watch loop waits on every process sentinel):
 - The capture process of a live source (URL, webcam) is restarted on its own, at most `source_restarts`
   times in `restart_window_s` per camera (then the run stops, naming it); the other cameras never notice.
-  Its ring and its queue to detection stay; what the dead process held is taken back first: the ring lock and the queue's write lock if it died holding them,
-  and a slot it was writing. The new process continues sequence numbers and frame indices from the shared
-  `restart_state` and starts a new segment (recognition resets its tracks). Until it is ready the other
-  stages just wait for frames.
+  Its ring and its queue to detection stay; what the dead process held is taken back first: the ring
+  lock and the queue's write lock if it died holding them, and a slot it was writing. The new process
+  continues sequence numbers and frame indices from the shared `restart_state` and starts a new segment
+  (recognition resets its tracks). Until it is ready the other stages just wait for its frames.
 - A file source is not restarted: the run stops cleanly, naming the stage, with every output complete up to
   the last frame. Resuming a file exactly would need frame-accurate seeking, which FFmpeg does not promise
   for every file, and a capture that dies on a file mostly died on something in the file (a decoder crash)
@@ -261,7 +261,8 @@ class Supervisor:
                 return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                slow = ", ".join(n for n, c in self._children.items() if not c.ready and not self._excluded(c))
+                waiting = [n for n, c in self._children.items() if not c.ready and not self._excluded(c)]
+                slow = ", ".join(waiting)
                 return self._abort_startup(f"stage {slow} not ready after {self.startup_timeout_s:.0f} s", 1)
             for child, msg in self._poll(min(remaining, 0.1)):
                 if isinstance(msg, Ready):

@@ -12,6 +12,9 @@ Two paths:
   candidate priors (score above `candidate_floor`) come back, as `CandidateDetections`: ~0.1-20 KB a frame
   instead of 1 MB of raw outputs to pickle through the queue.
 
+One detection stage serves every camera: a batch holds frames of several streams (each claimed from its own
+camera's ring); frames of different sizes are letterboxed to the same detector input.
+
 Each frame is claimed from the ring here: a live frame overwritten while it waited in the queue fails the
 claim and is skipped (the ring already counted it as dropped).
 """
@@ -25,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import UserError
-from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import FrameRef, RawDetections
+from app.pipeline.stage_runner import Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +57,11 @@ class CandidateDetections(RawDetections):
 
 class DetectStage:
     name = "detect"
+    capabilities = Capabilities(batched=True)
 
     def __init__(
         self,
-        frames: FrameRingHandle,
+        frames: FrameRingHandle | StreamRings,
         model_path: Path,
         backend: str = "onnxruntime",
         threads: int = 0,
@@ -71,7 +76,7 @@ class DetectStage:
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
         device "cpu" runs the GPU path on the CPU (tests).
         """
-        self.frames = frames
+        self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.model_path = Path(model_path)
         self.backend = backend
         self.threads = threads
@@ -158,15 +163,16 @@ class DetectStage:
         return self.process_batch([msg])
 
     def process_batch(self, msgs: list[FrameRef]) -> list[RawDetections]:
-        ring = self.frames.ring
-        frames = [m for m in msgs if ring.claim(m.meta.slot, m.meta.seq)]
+        rings = self.frames
+        frames = [m for m in msgs if rings.ring(m.meta.stream).claim(m.meta.slot, m.meta.seq)]
         if not frames:
             return []
         if self.gpu is not None:
             return self._detect_gpu(frames)
         n = len(frames)
         scales = [
-            self.preprocess(ring.frame(m.meta.slot), out=self._buffer[i])[1] for i, m in enumerate(frames)
+            self.preprocess(rings.ring(m.meta.stream).frame(m.meta.slot), out=self._buffer[i])[1]
+            for i, m in enumerate(frames)
         ]
         batch = self._buffer[: self._fixed_batch or n]
         loc, conf, landmarks = self._split(self.model.run(batch))
@@ -192,10 +198,13 @@ class DetectStage:
         return out
 
     def _detect_gpu(self, frames: list[FrameRef]) -> list[RawDetections]:
-        ring = self.frames.ring
-        if not self.gpu.uploader.zero_copy:
-            self.gpu.register_ring(ring.frame(0), ring.slots)  # once: later frames DMA from their slot
-        found = self.gpu.detect([ring.frame(m.meta.slot) for m in frames])
+        images = []
+        for m in frames:
+            ring = self.frames.ring(m.meta.stream)
+            if not self.gpu.uploader.registered(ring.frame(0)):
+                self.gpu.register_ring(ring.frame(0), ring.slots)  # once a ring: later frames DMA from it
+            images.append(ring.frame(m.meta.slot))
+        found = self.gpu.detect(images)
         priors = self._priors()
         return [
             CandidateDetections(

@@ -78,30 +78,36 @@ def compact_candidates(
 
 
 class RingUploader:
-    """Copies ring frames to the device: straight from the page-locked ring, else via pinned staging."""
+    """Copies ring frames to the device: straight from a page-locked ring, else via pinned staging.
+
+    Several rings (one per camera) may be registered; device and staging buffers are kept per frame size,
+    since cameras of different resolutions alternate in the batches of one detector."""
 
     def __init__(self, device: torch.device, max_batch: int) -> None:
         self.device = device
         self.max_batch = max_batch
-        self._registered: tuple[int, int] | None = None  # (start, end) addresses page-locked for CUDA
-        self._register_tried = False
-        self._device_buf: torch.Tensor | None = None
-        self._staging: torch.Tensor | None = None
+        self._registered: list[tuple[int, int]] = []  # (start, end) addresses page-locked for CUDA
+        self._register_tried: set[int] = set()
+        self._device_bufs: dict[tuple[int, ...], torch.Tensor] = {}
+        self._staging: dict[tuple[int, ...], torch.Tensor] = {}
 
     @property
     def zero_copy(self) -> bool:
-        return self._registered is not None
+        return bool(self._registered)
+
+    def registered(self, first_slot: np.ndarray) -> bool:
+        return first_slot.ctypes.data in self._register_tried
 
     def register(self, first_slot: np.ndarray, slots: int) -> bool:
-        """Page-lock `slots` contiguous frames starting at `first_slot` (the ring's pixel block) for DMA.
+        """Page-lock `slots` contiguous frames starting at `first_slot` (a ring's pixel block) for DMA.
 
-        Once per process; False (and the staging path) when CUDA refuses, e.g. where locked memory is capped.
+        Once per ring; False (and the staging path) when CUDA refuses, e.g. where locked memory is capped.
         """
-        if self._register_tried or self.device.type != "cuda":
-            return self.zero_copy
-        self._register_tried = True
-        page = mmap.PAGESIZE
         base = first_slot.ctypes.data
+        if base in self._register_tried or self.device.type != "cuda":
+            return self._in_registered(first_slot)
+        self._register_tried.add(base)
+        page = mmap.PAGESIZE
         # The ring's mapping starts on a page and is a whole number of pages long: rounding out stays inside.
         start = base - base % page
         end = base + slots * first_slot.nbytes
@@ -113,28 +119,30 @@ class RingUploader:
             error, failed = exc, True
         if failed:
             log.warning(
-                "cudaHostRegister of the frame ring failed (%s); frames go through pinned staging", error
+                "cudaHostRegister of a frame ring failed (%s); its frames go through pinned staging", error
             )
             return False
-        self._registered = (start, end)
+        self._registered.append((start, end))
         log.info("frame ring page-locked for CUDA: %.0f MB", (end - start) / 1e6)
         return True
 
     def unregister(self) -> None:
-        if self._registered is not None:
+        if self._registered:
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize()
-                torch.cuda.cudart().cudaHostUnregister(self._registered[0])
-            self._registered = None
+                for start, _ in self._registered:
+                    torch.cuda.cudart().cudaHostUnregister(start)
+            self._registered = []
 
     def upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        """(n,H,W,3) uint8 on the device; the copies are queued on the current stream (async on CUDA)."""
+        """(n,H,W,3) uint8 on the device (all frames one size); the copies are queued on the current stream
+        (async on CUDA)."""
         n = len(frames)
         shape = tuple(frames[0].shape)
-        if self._device_buf is None or tuple(self._device_buf.shape[1:]) != shape:
-            self._device_buf = torch.empty((self.max_batch, *shape), dtype=torch.uint8, device=self.device)
-            self._staging = None
-        buf = self._device_buf
+        buf = self._device_bufs.get(shape)
+        if buf is None:
+            buf = torch.empty((self.max_batch, *shape), dtype=torch.uint8, device=self.device)
+            self._device_bufs[shape] = buf
         for i, frame in enumerate(frames):
             if self.device.type != "cuda" or self._in_registered(frame):
                 buf[i].copy_(torch.from_numpy(frame), non_blocking=True)
@@ -143,17 +151,17 @@ class RingUploader:
         return buf[:n]
 
     def _in_registered(self, frame: np.ndarray) -> bool:
-        if self._registered is None:
-            return False
         address = frame.ctypes.data
-        return self._registered[0] <= address and address + frame.nbytes <= self._registered[1]
+        return any(start <= address and address + frame.nbytes <= end for start, end in self._registered)
 
     def _stage(self, i: int, frame: np.ndarray) -> torch.Tensor:
-        if self._staging is None or tuple(self._staging.shape[1:]) != frame.shape:
-            self._staging = torch.empty((self.max_batch, *frame.shape), dtype=torch.uint8).pin_memory()
+        staging = self._staging.get(frame.shape)
+        if staging is None:
+            staging = torch.empty((self.max_batch, *frame.shape), dtype=torch.uint8).pin_memory()
+            self._staging[frame.shape] = staging
         # The previous batch's copies out of this buffer finished: detect() ends with a synchronising read.
-        np.copyto(self._staging[i].numpy(), frame)
-        return self._staging[i]
+        np.copyto(staging[i].numpy(), frame)
+        return staging[i]
 
 
 class TorchDetector:
@@ -200,11 +208,18 @@ class TorchDetector:
         return self.uploader.register(first_slot, slots)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
-        """Candidates for each (H,W,3) uint8 BGR frame (all one size); batches over max_batch are split."""
-        out: list[FrameCandidates] = []
-        for i in range(0, len(frames), self.max_batch):
-            out.extend(self._detect_chunk(frames[i : i + self.max_batch]))
-        return out
+        """Candidates for each (H,W,3) uint8 BGR frame, in order; frames of each size go through the model
+        together (every frame is letterboxed to the one detector input), batches over max_batch split."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, frame in enumerate(frames):
+            by_shape.setdefault(tuple(frame.shape), []).append(i)
+        out: list[FrameCandidates | None] = [None] * len(frames)
+        for indices in by_shape.values():
+            for i in range(0, len(indices), self.max_batch):
+                chunk = indices[i : i + self.max_batch]
+                for j, found in zip(chunk, self._detect_chunk([frames[k] for k in chunk]), strict=True):
+                    out[j] = found
+        return out  # type: ignore[return-value]
 
     def _detect_chunk(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
         n = len(frames)

@@ -1,4 +1,8 @@
-"""GUI / sink stage: the last consumer of every frame. Draws, shows, writes, then frees the ring slot.
+"""GUI / sink stage: the last consumer of every frame of every camera. Draws, shows, writes, frees the slot.
+
+One process serves every stream: one window (a mosaic of the cameras when there are several), one events
+and one tracks file whose rows carry `camera`, and one annotated video per camera (`--output` is the file
+with one camera, a folder of NAME.mp4 with several).
 
 Per frame: copy the pixels out of the ring (only when something will show or store them) and release the
 slot at once, write the events and tracks lines, draw boxes, names, similarity, track ids, FPS and the
@@ -25,9 +29,9 @@ from typing import Protocol
 import cv2
 
 from app.errors import UserError
-from app.pipeline.frame_ring import FrameRingHandle
-from app.pipeline.messages import TrackedFaces
-from app.pipeline.stage_runner import StopPipeline
+from app.pipeline.frame_ring import FrameRingHandle, StreamRings
+from app.pipeline.messages import SourceInfo, TrackedFaces
+from app.pipeline.stage_runner import Capabilities, StopPipeline
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
 from app.vision.drawing import draw_faces, draw_overlay
 
@@ -124,69 +128,114 @@ class OpenCvWindow:
             pass
 
 
+def video_paths(output: Path, cameras: list[str]) -> list[Path]:
+    """Where each camera's annotated video goes: `output` itself for one camera, else NAME.mp4 under the
+    folder `output` (its suffix, if it has one, is kept for the files)."""
+    output = Path(output)
+    if len(cameras) == 1:
+        return [output]
+    suffix = output.suffix if output.suffix else ".mp4"
+    folder = output.with_suffix("") if output.suffix else output
+    return [folder / f"{name}{suffix}" for name in cameras]
+
+
 class GuiStage:
     name = "gui"
+    capabilities = Capabilities(starts=True)
 
     def __init__(
         self,
-        frames: FrameRingHandle,
+        frames: FrameRingHandle | StreamRings,
         show_window: bool = True,
         output: Path | None = None,
         events: Path | None = None,
         tracks_out: Path | None = None,
-        window_factory: Callable[[], Window] = OpenCvWindow,
+        window_factory: Callable[[], Window] | None = None,
+        cameras: list[str] | None = None,
     ) -> None:
-        self.frames = frames
+        self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
+        self.cameras = list(cameras or ["default"])
         self.show_window = show_window
         self.output = output
         self.window_factory = window_factory
         self.events = EventsSink(events) if events is not None else None
         self.tracks = TracksSink(tracks_out) if tracks_out is not None else None
-        self.video = VideoSink(output) if output is not None else None
+        paths = video_paths(output, self.cameras) if output is not None else []
+        self.videos: dict[int, VideoSink] = {i: VideoSink(path) for i, path in enumerate(paths)}
         self.window: Window | None = None
-        self._done_times: deque[float] = deque(maxlen=64)
+        self.mosaic = None  # several cameras: one window of tiles (app.stages.window.MosaicWindow)
+        self._done_times: dict[int, deque[float]] = {}
         self._stage_ms: dict[str, float] = {}
+
+    @property
+    def video(self) -> VideoSink | None:  # the one camera's video (one-camera callers)
+        return self.videos.get(0)
 
     def setup(self) -> dict[str, object]:
         if self.show_window:
-            self.window = self.window_factory()
-            self.window.open()
+            if len(self.cameras) > 1 and self.window_factory is None:
+                from app.stages.window import MosaicWindow
+
+                self.mosaic = MosaicWindow(self.cameras)
+                self.mosaic.open()
+            else:
+                self.window = (self.window_factory or OpenCvWindow)()
+                self.window.open()
         for sink in (self.events, self.tracks):
             if sink is not None:
                 sink.open()
         return {}
 
-    def start(self, source_info: dict[str, object]) -> None:
-        if self.video is not None:
-            height, width = (int(v) for v in source_info["frame_shape"][:2])  # type: ignore[index]
-            self.video.open(float(source_info.get("fps") or 30.0), (width, height))  # type: ignore[arg-type]
+    def start(self, sources: dict[int, SourceInfo], notes: dict[int, str] | None = None) -> None:
+        for stream, video in self.videos.items():
+            info = sources.get(stream)
+            if info is None or info.frame_shape is None:
+                continue  # a camera that did not start writes no video
+            height, width = info.frame_shape[:2]
+            video.open(float(info.fps or 30.0), (width, height))
+        self.videos = {i: v for i, v in self.videos.items() if i in sources}
+        if self.mosaic is not None:
+            for stream, note in (notes or {}).items():
+                self.mosaic.set_note(stream, note)
+
+    def note(self, stream: int, text: str) -> None:
+        """A camera that could not start: its tile says why."""
+        if self.mosaic is not None:
+            self.mosaic.set_note(stream, text)
 
     def process(self, msg: TrackedFaces) -> list:
         meta = msg.meta
-        ring = self.frames.ring
-        needs_pixels = self.window is not None or self.video is not None
+        ring = self.frames.ring(meta.stream)
+        video = self.videos.get(meta.stream)
+        needs_pixels = self.window is not None or self.mosaic is not None or video is not None
         canvas = ring.frame(meta.slot).copy() if needs_pixels else None
         ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
+        camera = self.cameras[meta.stream] if meta.stream < len(self.cameras) else str(meta.stream)
         if self.events is not None:
-            self.events.write(msg)
+            self.events.write(msg, camera)
         if self.tracks is not None:
-            self.tracks.write(msg)
+            self.tracks.write(msg, camera)
         if canvas is None:
             return []
         draw_faces(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities)
         draw_overlay(canvas, self._overlay_lines(msg))
-        if self.video is not None:
-            self.video.write(canvas)
+        if video is not None:
+            video.write(canvas)
         if self.window is not None and not self.window.show(canvas):
             raise StopPipeline("window closed")
+        if self.mosaic is not None:
+            self.mosaic.update(meta.stream, canvas)
+            if not self.mosaic.show():
+                raise StopPipeline(self.mosaic.last_stop_reason or "window closed")
         return []
 
     def _overlay_lines(self, msg: TrackedFaces) -> list[str]:
         """FPS over the last frames, this frame's latency so far, and smoothed per-stage times."""
         now = time.monotonic()
-        self._done_times.append(now)
-        span = self._done_times[-1] - self._done_times[0]
-        fps = (len(self._done_times) - 1) / span if span > 0 else 0.0
+        done = self._done_times.setdefault(msg.meta.stream, deque(maxlen=64))
+        done.append(now)
+        span = done[-1] - done[0]
+        fps = (len(done) - 1) / span if span > 0 else 0.0
         stamps = msg.meta.stamps
         latency_ms = (now - stamps[0].end) * 1000 if stamps else math.nan
         for stamp in stamps:
@@ -207,12 +256,13 @@ class GuiStage:
         return lines
 
     def close(self) -> None:
-        for sink in (self.video, self.events, self.tracks):
+        for sink in (*self.videos.values(), self.events, self.tracks):
             if sink is not None:
                 try:
                     sink.close()
                 except Exception:  # noqa: BLE001 - close the others regardless
                     log.warning("closing %s failed", type(sink).__name__, exc_info=True)
-        if self.window is not None:
-            self.window.close()
+        for window in (self.window, self.mosaic):
+            if window is not None:
+                window.close()
         self.frames.close()

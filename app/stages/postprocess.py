@@ -4,6 +4,9 @@ The score filter keeps every candidate the tracker can use: ByteTrack's second a
 low-score boxes (blurred or turning faces) too, so the floor is the lower of `det_threshold` and the
 tracker's low threshold; which boxes start tracks and get shown is the tracker's decision.
 
+Cameras may override the score threshold and set a minimum face size (`score_thresholds`, `min_faces`, by
+stream): faces shorter than that many source pixels are dropped here, before tracking.
+
 From the GPU detection path the stage gets `CandidateDetections` (only the priors above the detect stage's
 floor); they are scattered back into full-size buffers, so the one decoder runs on both paths.
 """
@@ -11,6 +14,7 @@ floor); they are scattered back into full-size buffers, so the one decoder runs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -23,9 +27,17 @@ log = logging.getLogger(__name__)
 class PostprocessStage:
     name = "postprocess"
 
-    def __init__(self, score_threshold: float, nms_threshold: float) -> None:
+    def __init__(
+        self,
+        score_threshold: float,
+        nms_threshold: float,
+        score_thresholds: Mapping[int, float] | None = None,
+        min_faces: Mapping[int, float] | None = None,
+    ) -> None:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
+        self.score_thresholds = {int(k): float(v) for k, v in (score_thresholds or {}).items()}
+        self.min_faces = {int(k): float(v) for k, v in (min_faces or {}).items() if v and v > 0}
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._last_index: dict[int, np.ndarray] = {}
         self._warned_floor = False
@@ -47,11 +59,16 @@ class PostprocessStage:
             landmarks,
             msg.scale,
             msg.input_hw,
-            self.score_threshold,
+            self.score_thresholds.get(meta.stream, self.score_threshold),
             self.nms_threshold,
             (meta.width, meta.height),
         )
-        return [FaceDetections(meta, found.boxes, found.scores, found.landmarks)]
+        boxes, scores, landmarks = found.boxes, found.scores, found.landmarks
+        min_face = self.min_faces.get(meta.stream)
+        if min_face is not None and len(boxes):
+            keep = (boxes[:, 3] - boxes[:, 1]) >= min_face
+            boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+        return [FaceDetections(meta, boxes, scores, landmarks)]
 
     def _expand(self, msg: CandidateDetections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Full (P,4), (P,2), (P,10) arrays holding the candidates; every other prior scores 0."""

@@ -1,5 +1,9 @@
 """Recognition stage: track faces (ByteTrack), embed the few that need it, ask the gallery, vote per track.
 
+One stage hosts the trackers of several streams: every piece of per-stream state (tracker, scene-cut
+detector, identity memory, segment, track-id offset) lives in a `StreamTracks` keyed by `meta.stream`, so
+cameras never share a track, an id or a vote; the embedder and the gallery are shared.
+
 Per frame: `ByteTracker.update` with every decoded face -> confirmed tracks with ids; `TrackIdentities`
 picks the tracks worth embedding now (new, still undecided, a clearly better view, back after a gap...);
 those faces are aligned from the frame in the ring, embedded in one model call and searched in the gallery;
@@ -36,10 +40,11 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import UserError
-from app.pipeline.frame_ring import FrameRingHandle
-from app.pipeline.messages import FaceDetections, TrackedFaces
+from app.pipeline.frame_ring import FrameRingHandle, StreamRings
+from app.pipeline.messages import FaceDetections, SourceInfo, TrackedFaces
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
-from app.tracking.config import IdentityConfig
+from app.pipeline.stage_runner import Capabilities
+from app.tracking.config import IdentityConfig, TrackerConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,39 +84,61 @@ class TrackFace:
     score: float
 
 
+class StreamTracks:
+    """One stream's tracking state: its tracker, scene-cut detector, identity memory and id numbering."""
+
+    def __init__(self, tracker_config: TrackerConfig, identities: object, fps: float) -> None:
+        from app.tracking import ByteTracker
+
+        self.fps = fps
+        self.tracker_config = tracker_config
+        self.tracker = ByteTracker(tracker_config, frame_rate=fps)
+        self.cuts = SceneCutDetector()
+        self.identities = identities
+        self.segment = 0
+        self.id_offset = 0  # ids of the trackers before the last cut or gap
+        self.max_id = 0
+        self.scene_cuts = 0
+
+    def new_tracker(self) -> None:
+        """Ids go on after the highest one given so far."""
+        from app.tracking import ByteTracker
+
+        self.id_offset = self.max_id
+        self.tracker = ByteTracker(self.tracker_config, frame_rate=self.fps)
+
+
 class RecognizeStage:
     name = "recognize"
+    capabilities = Capabilities(starts=True)
 
     def __init__(
         self,
-        frames: FrameRingHandle,
+        frames: FrameRingHandle | StreamRings,
         settings: Settings,
         threads: int | None = None,
         identity_config: IdentityConfig | None = None,
         gallery_backoff: BackoffPolicy = GALLERY_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.frames = frames
+        self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.settings = settings
         self.threads = settings.threads if threads is None else threads
         self.identity_config = identity_config  # None = the tracking package's defaults
         self.gallery = None
-        self.tracker = None
+        self.streams: dict[int, StreamTracks] = {}
+        self._fps: dict[int, float] = {}
         self.embedded_faces = 0
-        self.scene_cuts = 0
-        self._id_offset = 0  # ids of the trackers before the last cut
-        self._max_id = 0
         self.gallery_backoff = gallery_backoff
         self.clock = clock  # paces gallery retries; tests pass a frame clock so the pacing is deterministic
         self.gallery_outages = 0
         self._gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
-        self._segment = 0
 
     def setup(self) -> dict[str, object]:
         from app.gallery import gallery_location, open_gallery
         from app.inference.backend import load_model
         from app.inference.spec import embedder_spec_for
-        from app.tracking import TrackerConfig, TrackIdentities
+        from app.tracking import TrackIdentities
         from app.vision.alignment import align_faces
 
         s = self.settings
@@ -129,7 +156,7 @@ class RecognizeStage:
             log.warning("the gallery at %s is empty: every face will be unknown", gallery_location(s))
         self.tracker_config = TrackerConfig.from_settings(s)
         identity = self.identity_config or IdentityConfig()
-        self.identities = TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
+        self._new_identities = lambda: TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
         # Alignment warps are tiny: OpenCV's thread pool only adds contention with the other stages.
         cv2.setNumThreads(1)
         w, h = spec.input_size
@@ -145,30 +172,45 @@ class RecognizeStage:
             "persons": info.persons,
         }
 
-    def start(self, source_info: dict[str, object]) -> None:
-        from app.tracking import ByteTracker
+    def start(self, sources: dict[int, SourceInfo]) -> None:
+        """Each stream's tracker runs at its source's FPS (the lost-track buffer is counted in frames)."""
+        self._fps = {int(i): float(info.fps or 30.0) for i, info in sources.items()}
+        for stream in self._fps:
+            self._stream(stream)
 
-        self._fps = float(source_info.get("fps") or 30.0)  # type: ignore[arg-type]
-        self.tracker = ByteTracker(self.tracker_config, frame_rate=self._fps)
-        self._cuts = SceneCutDetector()
+    def _stream(self, stream: int) -> StreamTracks:
+        state = self.streams.get(stream)
+        if state is None:
+            state = StreamTracks(self.tracker_config, self._new_identities(), self._fps.get(stream, 30.0))
+            self.streams[stream] = state
+        return state
+
+    @property
+    def identities(self):  # the first stream's identity manager (one-camera callers and tests)
+        return self._stream(min(self.streams, default=0)).identities
+
+    @property
+    def scene_cuts(self) -> int:
+        return sum(state.scene_cuts for state in self.streams.values())
 
     def process(self, msg: FaceDetections) -> list[TrackedFaces]:
-        if self.tracker is None:
-            self.start({})
+        state = self._stream(msg.meta.stream)
         if msg.meta.status:  # a placeholder while the source is away: nothing to track on it
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
-        frame = self.frames.ring.frame(msg.meta.slot)
-        if msg.meta.segment != self._segment:
-            self._new_segment(msg.meta.segment, msg.meta.frame_index)
-        if self._cuts.is_cut(frame):  # (never right after a new segment: its detector starts fresh)
-            self._restart_tracks(msg.meta.frame_index)
+        frame = self.frames.ring(msg.meta.stream).frame(msg.meta.slot)
+        if msg.meta.segment != state.segment:
+            self._new_segment(state, msg.meta.segment, msg.meta.frame_index)
+        if state.cuts.is_cut(frame):  # (never right after a new segment: its detector starts fresh)
+            self._restart_tracks(state, msg.meta.frame_index)
+        offset = state.id_offset
         tracks = [
-            TrackFace(t.track_id + self._id_offset, t.detection_box, t.detection_box, t.landmarks, t.score)
-            for t in self.tracker.update(msg.boxes, msg.scores, msg.landmarks)
+            TrackFace(t.track_id + offset, t.detection_box, t.detection_box, t.landmarks, t.score)
+            for t in state.tracker.update(msg.boxes, msg.scores, msg.landmarks)
         ]
         if tracks:
-            self._max_id = max(self._max_id, max(t.track_id for t in tracks))
-        need = self.identities.select_for_embedding(tracks, frame)
+            state.max_id = max(state.max_id, max(t.track_id for t in tracks))
+        identities = state.identities
+        need = identities.select_for_embedding(tracks, frame)
         if need and self._gallery_down is not None and not self._gallery_down.due():
             need = []  # the gallery is away: no embedding until the next retry (the tracks ask again)
         embeddings: dict[int, np.ndarray] = {}
@@ -182,7 +224,7 @@ class RecognizeStage:
                 embeddings = dict(zip(need, vectors, strict=True))
                 matches = dict(zip(need, found, strict=True))
                 self.embedded_faces += len(need)
-        labels = self.identities.update(tracks, embeddings, matches)
+        labels = identities.update(tracks, embeddings, matches)
         if not tracks:
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
         names, statuses, similarities, shown_ids = [], [], [], []
@@ -230,28 +272,22 @@ class RecognizeStage:
             self._gallery_down = None
         return found
 
-    def _new_segment(self, segment: int, frame_index: int) -> None:
+    def _new_segment(self, state: StreamTracks, segment: int, frame_index: int) -> None:
         """The source had a gap: no track and no identity vote carries over; ids continue."""
-        from app.tracking import ByteTracker
-
-        self._segment = segment
-        self._id_offset = self._max_id
-        self.tracker = ByteTracker(self.tracker_config, frame_rate=self._fps)
-        before = self.identities.counters
-        self.identities.reset()
-        self.identities.counters = before  # run totals for the closing log line
-        self._cuts = SceneCutDetector()
+        state.segment = segment
+        state.new_tracker()
+        before = state.identities.counters
+        state.identities.reset()
+        state.identities.counters = before  # run totals for the closing log line
+        state.cuts = SceneCutDetector()
         log.info("source gap before frame %d: tracks and identities reset, ids go on after %d",
-                 frame_index, self._id_offset)  # fmt: skip
+                 frame_index, state.id_offset)  # fmt: skip
 
-    def _restart_tracks(self, frame_index: int) -> None:
+    def _restart_tracks(self, state: StreamTracks, frame_index: int) -> None:
         """A hard cut: no track continues across it; new ids follow the highest one given so far."""
-        from app.tracking import ByteTracker
-
-        self.scene_cuts += 1
-        self._id_offset = self._max_id
-        self.tracker = ByteTracker(self.tracker_config, frame_rate=self._fps)
-        log.debug("scene cut at frame %d: tracks restart after id %d", frame_index, self._id_offset)
+        state.scene_cuts += 1
+        state.new_tracker()
+        log.debug("scene cut at frame %d: tracks restart after id %d", frame_index, state.id_offset)
 
     def _embed(self, chips: np.ndarray) -> np.ndarray:
         """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, batched when the model can."""
@@ -265,8 +301,10 @@ class RecognizeStage:
         if self.gallery is not None:
             self.gallery.close()
             self.gallery = None
-        if hasattr(self, "identities"):
-            c = self.identities.counters
+        if self.streams:
+            counters = [state.identities.counters for state in self.streams.values()]
+            kinds = ("tracks", "embeddings", "named", "relinks")
+            totals = [sum(getattr(c, k) for c in counters) for k in kinds]
             log.info("recognition: %d tracks, %d faces embedded, %d named, %d re-linked, %d scene cuts",
-                     c.tracks, c.embeddings, c.named, c.relinks, self.scene_cuts)  # fmt: skip
+                     *totals, self.scene_cuts)  # fmt: skip
         self.frames.close()

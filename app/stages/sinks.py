@@ -4,13 +4,14 @@ Text outputs are line-buffered: every line reaches the file when it is written, 
 still leaves a readable file, complete up to its last frame.
 
 - events (`--events x.jsonl`): one JSON object per recognition event, i.e. when a track gets its first
-  decided label or changes it: {"time", "frame", "track", "name" (null = unknown), "status" ("known" |
-  "unknown"), "similarity", "box"}. Pending (undecided) tracks make no event.
-- tracks (`--tracks-out x.jsonl`): for every processed frame, one object per face shown: {"frame" (0-based
-  source index), "time" (s from the source start), "track", "box" [x1,y1,x2,y2] source px, "score",
-  "name" (null unless known), "similarity" (null while pending), "status"}.
+  decided label or changes it: {"camera", "time", "frame", "track", "name" (null = unknown), "status"
+  ("known" | "unknown"), "similarity", "box"}. Pending (undecided) tracks make no event.
+- tracks (`--tracks-out x.jsonl`): for every processed frame, one object per face shown: {"camera",
+  "frame" (0-based source index), "time" (s from the source start), "track", "box" [x1,y1,x2,y2] source px,
+  "score", "name" (null unless known), "similarity" (null while pending), "status"}. Track ids, frames and
+  times are the camera's own.
   `--tracks-out x.csv`: MOTChallenge rows `frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1`
-  with 1-based frames.
+  with 1-based frames (the format has no camera column: one camera's run per CSV file).
 - video (`--output x.mp4`): the annotated frames at the source's FPS.
 """
 
@@ -56,13 +57,13 @@ class EventsSink:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._file: TextIO | None = None
-        self._labels: dict[int, tuple[str, str | None]] = {}
+        self._labels: dict[tuple[str, int], tuple[str, str | None]] = {}
         self.events = 0
 
     def open(self) -> None:
         self._file = open_line_file(self.path, "events")
 
-    def write(self, faces: TrackedFaces) -> None:
+    def write(self, faces: TrackedFaces, camera: str = "default") -> None:
         assert self._file is not None
         meta = faces.meta
         for i in range(len(faces)):
@@ -71,10 +72,11 @@ class EventsSink:
                 continue
             track = int(faces.track_ids[i])
             label = (status, faces.names[i])
-            if self._labels.get(track) == label:
+            if self._labels.get((camera, track)) == label:
                 continue
-            self._labels[track] = label
+            self._labels[(camera, track)] = label
             event = {
+                "camera": camera,
                 "time": round(meta.source_time, 3),
                 "frame": meta.frame_index,
                 "track": track,
@@ -103,7 +105,7 @@ class TracksSink:
     def open(self) -> None:
         self._file = open_line_file(self.path, "tracks")
 
-    def write(self, faces: TrackedFaces) -> None:
+    def write(self, faces: TrackedFaces, camera: str = "default") -> None:
         assert self._file is not None
         if not len(faces):
             return
@@ -119,6 +121,7 @@ class TracksSink:
                 continue
             status = faces.statuses[i]
             row = {
+                "camera": camera,
                 "frame": meta.frame_index,
                 "time": round(meta.source_time, 3),
                 "track": track,

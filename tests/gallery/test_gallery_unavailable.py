@@ -32,7 +32,7 @@ from app.config import load_settings
 from app.errors import UserError
 from app.gallery.server import ServerGallery
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.messages import FrameMeta, FrameRef, StageStamp, TrackedFaces
+from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp, TrackedFaces
 from app.pipeline.reconnect import BackoffPolicy
 from tests.support.shared_data import HAMILTON
 
@@ -186,7 +186,7 @@ def recognition(
         for stage in stages:
             stage.setup()
         recognize = stages[2]
-        recognize.start({"fps": 29.97, "frame_shape": (360, 640, 3)})
+        recognize.start({0: SourceInfo(frame_shape=(360, 640, 3), fps=29.97, live=False, source="test")})
         recognize.gallery.close()  # the embedded one from the settings: replaced by the "server"
         recognize.gallery = ServerGallery(client, "faces", recognize.spec, where="http://qdrant:6333")
         recognize.gallery.add(LIN, vectors)

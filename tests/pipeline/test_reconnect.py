@@ -30,7 +30,7 @@ from process_checks import REPO, RunningPipeline, alive, shm_segments
 
 from app.config import load_settings
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.messages import FrameMeta, FrameRef, StageStamp, TrackedFaces
+from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp, TrackedFaces
 from app.pipeline.reconnect import BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
@@ -291,7 +291,7 @@ def test_recognition_resets_tracks_on_a_new_segment_and_skips_placeholders(tmp_p
         stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), RecognizeStage(handle, settings)]
         for stage in stages:
             stage.setup()
-        stages[2].start({"fps": 29.97, "frame_shape": frames[0].shape})
+        stages[2].start({0: SourceInfo(frame_shape=frames[0].shape, fps=29.97, live=False, source="test")})
         try:
             for i, image in enumerate(frames):
                 segment = 0 if i < 15 else 1  # a reconnect between frames 14 and 15

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.messages import FrameMeta, FrameRef, StageStamp
-from app.pipeline.stage_runner import NOTHING_YET
+from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
+from app.pipeline.stage_runner import NOTHING_YET, capabilities_of
 
 
 @contextmanager
@@ -42,12 +42,21 @@ def put_frame(ring: FrameRing, image: np.ndarray, index: int, fps: float = 25.0)
     return FrameRef(meta)
 
 
+def sources(fps: float, frame_shape: tuple[int, ...], live: bool = False) -> dict[int, SourceInfo]:
+    """What Start carries for one camera (stream 0)."""
+    h, w, c = (int(v) for v in frame_shape)
+    return {0: SourceInfo(frame_shape=(h, w, c), fps=fps, live=live, source="test")}
+
+
 def setup_all(stages, source_info: dict) -> None:
+    """setup() every stage, then start() those that declare it, as the runner does (one camera)."""
     for stage in stages:
         stage.setup()
+    fps, live = source_info.get("fps", 25.0), source_info.get("live", False)
+    started = sources(fps, source_info["frame_shape"], live)
     for stage in stages:
-        if hasattr(stage, "start"):
-            stage.start(source_info)
+        if capabilities_of(stage).starts:
+            stage.start(started)
 
 
 def chain(stages, msgs) -> list:

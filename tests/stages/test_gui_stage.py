@@ -13,14 +13,14 @@ import pytest
 from stage_chain import put_frame, ring_of
 
 from app.errors import UserError
-from app.pipeline.messages import TrackedFaces
+from app.pipeline.messages import SourceInfo, TrackedFaces
 from app.pipeline.stage_runner import StopPipeline
 from app.stages import gui as gui_module
 from app.stages.gui import GuiStage, gui_unavailable_reason
 from app.vision.drawing import KNOWN_BGR, PENDING_BGR, UNKNOWN_BGR, draw_faces, face_label
 
 SHAPE = (120, 160, 3)
-SOURCE = {"frame_shape": SHAPE, "fps": 20.0, "live": False}
+SOURCE = {0: SourceInfo(frame_shape=SHAPE, fps=20.0, live=False, source="test")}
 
 
 class FakeWindow:
@@ -100,6 +100,7 @@ def test_sinks_write_video_events_and_tracks(tmp_path):
         (5, 2, "known", "Bea"),
     ]
     assert events[1] == {
+        "camera": "default",
         "time": 0.1,
         "frame": 2,
         "track": 1,
@@ -119,7 +120,8 @@ def test_sinks_write_video_events_and_tracks(tmp_path):
         (3, 2),
         (5, 2),
     ]
-    assert rows[0] == {"frame": 0, "time": 0.0, "track": 1, "box": [10.0, 20.0, 50.0, 70.0], "score": 0.97,
+    assert rows[0] == {"camera": "default", "frame": 0, "time": 0.0, "track": 1,
+                       "box": [10.0, 20.0, 50.0, 70.0], "score": 0.97,
                        "name": None, "similarity": None, "status": "pending"}  # fmt: skip
     assert rows[1]["name"] is None and rows[1]["similarity"] == pytest.approx(0.31, abs=1e-4)
     assert rows[2]["name"] == "Ada" and rows[6]["time"] == 0.25
