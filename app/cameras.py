@@ -164,11 +164,10 @@ def _override(key: str, value: Any, label: str) -> float | int:
         raise ConfigError(f"{label}: {key} = {_toml_value(value)} must be a whole number")
     if kind == "float" and not is_number:
         raise ConfigError(f"{label}: {key} = {_toml_value(value)} must be a number")
-    value = float(value) if kind == "float" else value
     problem = range_problem(f, value)
     if problem is not None:
         raise ConfigError(f"{label}: {key} = {_toml_value(value)} {problem}")
-    return value
+    return float(value) if kind == "float" else value
 
 
 def _toml_value(value: Any) -> str:

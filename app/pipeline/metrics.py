@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -134,6 +135,43 @@ class PipelineMetrics:
             "queue_wait_ms": {name: pair(r) for name, r in self.wait.items()},
             "stop_reason": stop_reason,
         }
+
+
+class RollingFps:
+    """Frames per second over the last `window_s` seconds: what the picture does now, not since the start.
+
+    Before a full window has passed it is the rate since the first frame ((frames - 1) / elapsed), so the
+    figure is right from the second frame on and joins the windowed one without a jump.
+    """
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.window_s = window_s
+        self._clock = clock
+        self._times: deque[float] = deque()
+        self._first: float | None = None
+
+    def tick(self, now: float | None = None) -> float:
+        """Count one frame done at `now` (default: the clock) and return the current rate."""
+        now = self._clock() if now is None else now
+        if self._first is None:
+            self._first = now
+        self._times.append(now)
+        return self.rate(now)
+
+    def rate(self, now: float | None = None) -> float:
+        """Frames per second at `now`: 0 when no frame came in the last window."""
+        now = self._clock() if now is None else now
+        start = now - self.window_s
+        while self._times and self._times[0] <= start:
+            self._times.popleft()
+        if self._first is None or not self._times:
+            return 0.0
+        elapsed = now - self._first
+        if elapsed < self.window_s:
+            return (len(self._times) - 1) / elapsed if elapsed > 0 else 0.0
+        return len(self._times) / self.window_s
 
 
 def _round(value: float) -> float | None:
