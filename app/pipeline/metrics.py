@@ -140,8 +140,9 @@ class PipelineMetrics:
 class RollingFps:
     """Frames per second over the last `window_s` seconds: what the picture does now, not since the start.
 
-    Before a full window has passed it is the rate since the first frame ((frames - 1) / elapsed), so the
-    figure is right from the second frame on and joins the windowed one without a jump.
+    The rate is (frames - 1) / (last - first) over the frames of the window, so a frame that falls exactly
+    on the window's edge does not make it jump, and it is right from the second frame on. No frame in the
+    last window reads 0.
     """
 
     def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -150,28 +151,23 @@ class RollingFps:
         self.window_s = window_s
         self._clock = clock
         self._times: deque[float] = deque()
-        self._first: float | None = None
 
     def tick(self, now: float | None = None) -> float:
         """Count one frame done at `now` (default: the clock) and return the current rate."""
         now = self._clock() if now is None else now
-        if self._first is None:
-            self._first = now
         self._times.append(now)
         return self.rate(now)
 
     def rate(self, now: float | None = None) -> float:
-        """Frames per second at `now`: 0 when no frame came in the last window."""
+        """Frames per second at `now`, from the frames of the last window."""
         now = self._clock() if now is None else now
         start = now - self.window_s
-        while self._times and self._times[0] <= start:
+        while self._times and self._times[0] < start:
             self._times.popleft()
-        if self._first is None or not self._times:
+        if len(self._times) < 2:
             return 0.0
-        elapsed = now - self._first
-        if elapsed < self.window_s:
-            return (len(self._times) - 1) / elapsed if elapsed > 0 else 0.0
-        return len(self._times) / self.window_s
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
 def _round(value: float) -> float | None:

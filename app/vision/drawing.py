@@ -151,15 +151,11 @@ def draw_legend(image: np.ndarray, keys: Sequence[str] = ("q quit",)) -> None:
 
 
 def fit_lines(text: str, max_width: int, scale: float, thickness: int, max_lines: int = 4) -> list[str]:
-    """`text` wrapped at spaces into lines no wider than `max_width` pixels; the last line cut with "..."."""
+    """`text` wrapped into lines no wider than `max_width` pixels: at spaces, and inside a word (a long
+    URL) only when the word alone is too wide. Past `max_lines` the last line ends with "..."."""
 
     def width(line: str) -> int:
         return cv2.getTextSize(line, FONT, scale, thickness)[0][0]
-
-    def cut(line: str) -> str:
-        while line and width(line + "...") > max_width:
-            line = line[:-1]
-        return line + "..."
 
     lines: list[str] = []
     current = ""
@@ -170,11 +166,20 @@ def fit_lines(text: str, max_width: int, scale: float, thickness: int, max_lines
             continue
         if current:
             lines.append(current)
-        current = word if width(word) <= max_width else cut(word)
+        current = word
+        while width(current) > max_width and len(current) > 1:
+            cut = len(current) - 1
+            while cut > 1 and width(current[:cut]) > max_width:
+                cut -= 1
+            lines.append(current[:cut])
+            current = current[cut:]
     if current:
         lines.append(current)
     if len(lines) > max_lines:
-        lines = [*lines[: max_lines - 1], cut(lines[max_lines - 1])]
+        last = lines[max_lines - 1]
+        while last and width(last + "...") > max_width:
+            last = last[:-1]
+        lines = [*lines[: max_lines - 1], last + "..."]
     return lines
 
 
