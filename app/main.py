@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     preflight(settings, source_flags_from(args))
     from app.pipeline.assembly import run_pipeline
 
-    result = run_pipeline(settings, max_frames=args.max_frames)
+    result = run_pipeline(settings, max_frames=args.max_frames, source_flags=source_flags_from(args))
     if result.error is not None:
         print(f"error: {result.error}", file=sys.stderr)
         return result.exit_code

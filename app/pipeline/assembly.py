@@ -1,15 +1,27 @@
-"""Which stages a run has and how they are configured, from one validated `Settings`; and running them.
+"""Which nodes a run has and how they are configured, from one validated `Settings` and the camera list.
 
-capture -> detect -> postprocess -> recognize -> gui (window and/or the video, events and tracks files).
-Stage objects are built here, in the parent, but are cheap until their setup() runs in their own process.
+    capture[camera 1..N] ─▶ detect (shared) ─▶ postprocess (shared) ─▶ recognize (shared) ─▶ gui (shared)
+
+One capture node (one process, one shared-memory ring) per camera; the others serve every stream. Stage
+objects are built here, in the parent, but are cheap until their setup() runs in their own process. One
+camera builds the same five processes (and the same node names) as the single-stream pipeline always had.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+from app.cameras import (
+    CameraConfig,
+    effective_det_threshold,
+    effective_fps_target,
+    effective_min_face,
+    resolve_cameras,
+)
 from app.config import Settings
-from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.frame_ring import StreamRings
+from app.pipeline.graph import Channel, Node, PipelineGraph, Stream
 from app.pipeline.supervisor import RunResult, Supervisor
 from app.stages.capture import CaptureStage
 from app.stages.detect import DetectStage
@@ -34,41 +46,102 @@ def inference_threads(settings: Settings) -> tuple[int, int]:
     return max(1, cpus // 2), max(1, cpus // 4)
 
 
-def build_stages(settings: Settings, ring: FrameRingHandle, max_frames: int | None = None) -> list[object]:
-    # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
+def capture_node_name(camera: CameraConfig, cameras: Sequence[CameraConfig]) -> str:
+    """`capture` with one camera (as always), `capture:NAME` with several (the process is fp-capture:NAME)."""
+    return "capture" if len(cameras) == 1 else f"capture:{camera.name}"
+
+
+def build_graph(
+    settings: Settings,
+    cameras: Sequence[CameraConfig],
+    max_frames: int | None = None,
+    det_max_batch: int | None = None,
+    det_precision: str | None = None,
+    det_device: str | None = None,
+) -> PipelineGraph:
+    """The run's graph: a capture node and a ring per camera, then the shared stages."""
+    if not cameras:
+        raise ValueError("a run needs at least one camera")
     score_floor = min(settings.det_threshold, TrackerConfig.from_settings(settings).low_thresh)
     detect_threads, embed_threads = inference_threads(settings)
-    return [
-        CaptureStage(
-            settings.video_source,
+    slots = settings.ring_slots
+    streams: list[Stream] = []
+    nodes: list[Node] = []
+    channels: list[Channel] = []
+    for index, camera in enumerate(cameras):
+        ring = Supervisor.new_ring_handle()
+        name = capture_node_name(camera, cameras)
+        capture = CaptureStage(
+            camera.source,
             ring,
-            fps_target=settings.fps_target,
+            fps_target=effective_fps_target(camera, settings),
             max_speed=settings.max_speed,
             max_frames=max_frames,
             verbose=settings.log_level == "DEBUG",
+            stream=index,
+            camera=camera.name,
+        )
+        nodes.append(Node(name, capture, stream=index))
+        streams.append(Stream(index, camera.name, ring, name))
+        # Frames of a live camera may wait here after its capture overwrote them (they are then skipped).
+        channels.append(Channel(name, "detect", 2 * slots + 2))
+    rings = StreamRings({s.index: s.ring for s in streams})
+    # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
+    thresholds = {
+        i: min(effective_det_threshold(c, settings), score_floor) for i, c in enumerate(cameras)
+    }
+    min_faces = {i: effective_min_face(c, settings) for i, c in enumerate(cameras)}
+    # Frames in flight after detection: every camera's ring slots at most.
+    downstream = len(cameras) * slots + 2
+    nodes += [
+        Node(
+            "detect",
+            DetectStage(
+                rings,
+                settings.detector_model,
+                settings.backend,
+                detect_threads,
+                settings.det_size,
+                max_batch=det_max_batch,
+                precision=det_precision,
+                device=det_device,
+            ),
         ),
-        DetectStage(ring, settings.detector_model, settings.backend, detect_threads, settings.det_size),
-        PostprocessStage(score_floor, settings.nms_threshold),
-        RecognizeStage(ring, settings, threads=embed_threads),
-        GuiStage(
-            ring,
-            show_window=settings.gui,
-            output=settings.output,
-            events=settings.events,
-            tracks_out=settings.tracks_out,
+        Node("postprocess", PostprocessStage(score_floor, settings.nms_threshold, thresholds, min_faces)),
+        Node("recognize", RecognizeStage(rings, settings, threads=embed_threads)),
+        Node(
+            "gui",
+            GuiStage(
+                rings,
+                show_window=settings.gui,
+                output=settings.output,
+                events=settings.events,
+                tracks_out=settings.tracks_out,
+                cameras=[c.name for c in cameras],
+            ),
         ),
     ]
+    channels += [
+        Channel("detect", "postprocess", downstream),
+        Channel("postprocess", "recognize", downstream),
+        Channel("recognize", "gui", downstream),
+    ]
+    return PipelineGraph(nodes, channels, streams)
 
 
 def run_pipeline(
-    settings: Settings, max_frames: int | None = None, summary_every_s: float = 5.0
+    settings: Settings,
+    max_frames: int | None = None,
+    summary_every_s: float = 5.0,
+    source_flags: Sequence[str] | None = None,
+    cameras: Sequence[CameraConfig] | None = None,
 ) -> RunResult:
-    """Run the whole pipeline to its end (file end, window closed, Ctrl-C, a stage failing or dying)."""
-    ring = Supervisor.new_ring_handle()
-    stages = build_stages(settings, ring, max_frames=max_frames)
+    """Run the whole pipeline to its end (every stream ended, window closed, Ctrl-C, a stage failing)."""
+    if cameras is None:
+        cameras = resolve_cameras(settings, source_flags)
+    graph = build_graph(settings, cameras, max_frames=max_frames)
     supervisor = Supervisor(
-        stages,
-        ring,
+        graph,
         ring_slots=settings.ring_slots,
         log_level=settings.log_level,
         summary_every_s=summary_every_s,

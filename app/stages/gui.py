@@ -173,13 +173,13 @@ class GuiStage:
 
     def setup(self) -> dict[str, object]:
         if self.show_window:
-            if len(self.cameras) > 1 and self.window_factory is None:
+            if self.window_factory is None:
                 from app.stages.window import MosaicWindow
 
                 self.mosaic = MosaicWindow(self.cameras)
                 self.mosaic.open()
             else:
-                self.window = (self.window_factory or OpenCvWindow)()
+                self.window = self.window_factory()
                 self.window.open()
         for sink in (self.events, self.tracks):
             if sink is not None:
@@ -225,6 +225,7 @@ class GuiStage:
             raise StopPipeline("window closed")
         if self.mosaic is not None:
             self.mosaic.update(meta.stream, canvas)
+            self.mosaic.set_note(meta.stream, meta.status or None)  # e.g. "reconnecting to ..."
             if not self.mosaic.show():
                 raise StopPipeline(self.mosaic.last_stop_reason or "window closed")
         return []

@@ -5,7 +5,7 @@ low-score boxes (blurred or turning faces) too, so the floor is the lower of `de
 tracker's low threshold; which boxes start tracks and get shown is the tracker's decision.
 
 Cameras may override the score threshold and set a minimum face size (`score_thresholds`, `min_faces`, by
-stream): faces shorter than that many source pixels are dropped here, before tracking.
+stream): faces whose box's short side is below that many source pixels are dropped here, before tracking.
 
 From the GPU detection path the stage gets `CandidateDetections` (only the priors above the detect stage's
 floor); they are scattered back into full-size buffers, so the one decoder runs on both paths.
@@ -66,7 +66,7 @@ class PostprocessStage:
         boxes, scores, landmarks = found.boxes, found.scores, found.landmarks
         min_face = self.min_faces.get(meta.stream)
         if min_face is not None and len(boxes):
-            keep = (boxes[:, 3] - boxes[:, 1]) >= min_face
+            keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face
             boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
         return [FaceDetections(meta, boxes, scores, landmarks)]
 
