@@ -1,14 +1,19 @@
 """Which nodes a run has and how they are configured, from one validated `Settings` and the camera list.
 
     capture[camera 1..N] ─▶ detect (shared) ─▶ postprocess (shared) ─▶ recognize (shared) ─▶ gui (shared)
+                                                                        ▲ │ embed requests / results
+                                                                        │ ▼   (side queues)
+                                                                    embed (shared: embedder + gallery)
 
 One capture node (one process, one shared-memory ring) per camera; the others serve every stream. Stage
 objects are built here, in the parent, but are cheap until their setup() runs in their own process. One
-camera builds the same five processes (and the same node names) as the single-stream pipeline always had.
+camera builds the same five stages (and node names) as the single-stream pipeline always had, plus the
+embedding worker.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Sequence
 
@@ -25,12 +30,14 @@ from app.pipeline.graph import Channel, Node, PipelineGraph, Stream
 from app.pipeline.supervisor import RunResult, Supervisor
 from app.stages.capture import CaptureStage
 from app.stages.detect import DetectStage
+from app.stages.embed import EmbedStage
 from app.stages.gui import GuiStage
 from app.stages.postprocess import PostprocessStage
-from app.stages.recognize import RecognizeStage
+from app.stages.recognize import EmbedChannel, RecognizeStage
 from app.tracking import TrackerConfig
 
 STAGE_NAMES = ("capture", "detect", "postprocess", "recognize", "gui")
+EMBED_REQUESTS_PER_CAMERA = 4  # requests in flight per camera (a file stream has at most its result lag)
 
 
 def inference_threads(settings: Settings) -> tuple[int, int]:
@@ -87,12 +94,13 @@ def build_graph(
         channels.append(Channel(name, "detect", 2 * slots + 2))
     rings = StreamRings({s.index: s.ring for s in streams})
     # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
-    thresholds = {
-        i: min(effective_det_threshold(c, settings), score_floor) for i, c in enumerate(cameras)
-    }
+    thresholds = {i: min(effective_det_threshold(c, settings), score_floor) for i, c in enumerate(cameras)}
     min_faces = {i: effective_min_face(c, settings) for i, c in enumerate(cameras)}
     # Frames in flight after detection: every camera's ring slots at most.
     downstream = len(cameras) * slots + 2
+    ctx = multiprocessing.get_context("spawn")
+    # Results are never refused (the worker must not block on them; tracking drains them every frame).
+    embed = EmbedChannel(ctx.Queue(maxsize=EMBED_REQUESTS_PER_CAMERA * len(cameras) + 4), ctx.Queue())
     nodes += [
         Node(
             "detect",
@@ -108,7 +116,7 @@ def build_graph(
             ),
         ),
         Node("postprocess", PostprocessStage(score_floor, settings.nms_threshold, thresholds, min_faces)),
-        Node("recognize", RecognizeStage(rings, settings, threads=embed_threads)),
+        Node("recognize", RecognizeStage(rings, settings, threads=embed_threads, embed=embed)),
         Node(
             "gui",
             GuiStage(
@@ -126,7 +134,8 @@ def build_graph(
         Channel("postprocess", "recognize", downstream),
         Channel("recognize", "gui", downstream),
     ]
-    return PipelineGraph(nodes, channels, streams)
+    nodes.append(Node("embed", EmbedStage(settings, embed.requests, embed.results, threads=embed_threads)))
+    return PipelineGraph(nodes, channels, streams, side_queues=[embed.requests, embed.results])
 
 
 def run_pipeline(

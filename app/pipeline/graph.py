@@ -95,10 +95,11 @@ class PipelineGraph:
         return None if node.stream is None else self.streams[node.stream]
 
     def stage_names(self) -> list[str]:
-        """Distinct stage names in node order (what the metrics report: capture, detect, ...)."""
+        """Distinct names of the stages frames go through, in node order (what the metrics report: capture,
+        detect, ...); services (the embedding worker) stamp no frame."""
         out: list[str] = []
         for node in self.nodes:
-            if node.stage.name not in out:
+            if not node.caps.service and node.stage.name not in out:
                 out.append(node.stage.name)
         return out
 

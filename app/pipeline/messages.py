@@ -115,6 +115,38 @@ class EndOfStream:
 FrameMessage = FrameRef | RawDetections | FaceDetections | TrackedFaces
 
 
+# -- tracking <-> embedding worker (side channel) ---
+
+
+@dataclass
+class EmbedRequest:
+    """recognize -> embed: aligned face chips of some tracks of one frame, to embed and look up."""
+
+    request: int  # unique per requesting stage; the answer carries it
+    stream: int
+    frame: int  # the stream's frame counter at the request (the tracker's, not the source's index)
+    track_ids: list[int]
+    qualities: list[float]  # the identity policy's quality of each face when it was picked
+    chips: np.ndarray  # (N,h,w,3) uint8, the embedder's input size and channel order
+
+
+@dataclass
+class EmbedResult:
+    """embed -> recognize: the embeddings and gallery matches of one request.
+
+    `matches` None: the gallery did not answer (a server away); the vectors are then not used either, and
+    `gallery_unavailable` tells the GUI."""
+
+    request: int
+    stream: int
+    frame: int
+    track_ids: list[int]
+    qualities: list[float]
+    vectors: np.ndarray  # (N,dim) float32
+    matches: list | None  # per track: best-first Match per person
+    gallery_unavailable: bool = False
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What a capture stage found when it opened its source (its `Ready` info), per stream."""

@@ -21,6 +21,9 @@ next message, None at the end of the stream, or `NOTHING_YET` when it has nothin
 waiting for a free ring slot), so the runner can check for a stop in between. A live source (its setup()
 returned a `SourceInfo` with `live`) is not blocked by a full queue: the runner calls its `discard(msg)`.
 
+A service stage (`Capabilities(service=True)`, the shared embedding worker) has neither frames in nor out:
+the runner calls `serve(timeout)` until the run stops; it answers requests on queues its stage object holds.
+
 A stage may serve several streams (Start.sources): its input ends when an `EndOfStream` came from every
 one of them; each one is passed on (or, by the last stage, reported as `Finished(stream=...)`) as it comes,
 so one camera's end of file ends that stream only. Inputs may be several queues (one per producer), read in
@@ -84,6 +87,7 @@ class Capabilities:
     batched: bool = False  # process_batch(msgs) with up to `max_batch` messages (read after setup)
     starts: bool = False  # start(sources) once every stage is ready
     restartable: bool = False  # a source whose dead process may be replaced (live sources only)
+    service: bool = False  # no frames in or out: serve(timeout) answers requests on its own side channels
 
 
 PLAIN = Capabilities()
@@ -191,7 +195,10 @@ class StageRunner:
                 self._open_streams = start.streams
                 if self.caps.starts:
                     self.stage.start(dict(start.sources))
-                orderly = self._run_source() if self.is_source else self._run_consumer()
+                if self.caps.service:
+                    orderly = self._run_service()
+                else:
+                    orderly = self._run_source() if self.is_source else self._run_consumer()
         except StopPipeline as exc:
             self._send(Finished(name, str(exc) or "stopped"))
         except Exception as exc:  # noqa: BLE001
@@ -241,6 +248,12 @@ class StageRunner:
             elif not self._put(msg):
                 return False
         return False
+
+    def _run_service(self) -> bool:
+        """Serve until the stop request: a service has no stream of its own to end."""
+        while not self.channels.stop.is_set():
+            self.stage.serve(self.poll_s)
+        return True
 
     def _run_consumer(self) -> bool:
         """Process until end of stream (True) or a stop request (False)."""

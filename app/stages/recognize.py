@@ -19,6 +19,13 @@ A gap in a live source (capture reconnected or was restarted: `meta.segment` cha
 tracker (ids still continue) and a fresh identity manager, since nothing seen before the gap can be assumed
 to be where it was. Placeholder frames sent while the source is away (`meta.status`) are not tracked.
 
+Embedding and gallery search run in the shared embedding worker (`embed.py`) when the stage is given its
+queues (`EmbedChannel`): tracking sends the chips of the tracks to look at and never waits for the answer
+on a live source. On a file the answer to a request made on a stream's frame n is applied on its frame
+n + `RESULT_LAG_FRAMES` (waiting for it then if it is late), so a file's tracks and names come out the same
+on every run and whatever else the worker serves; on a live camera an answer is applied as soon as it is
+back. Without the queues (one-process use, tests) the stage embeds in-process, on the frame itself.
+
 A gallery server that stops answering mid-run does not stop recognition: tracking goes on, tracks keep the
 names already decided, new faces stay pending, and frames say `gallery_unavailable` (the GUI shows it).
 Searches are retried on a capped exponential backoff (`reconnect.GALLERY_BACKOFF`); no embedding is spent
@@ -28,27 +35,34 @@ misconfigured address should fail fast, a server that drops later should degrade
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import logging
 import math
+import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 
 from app.config import Settings
-from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.messages import FaceDetections, SourceInfo, TrackedFaces
-from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
+from app.pipeline.messages import EmbedRequest, EmbedResult, FaceDetections, SourceInfo, TrackedFaces
+from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
+from app.stages.embed import FaceEmbedder
 from app.tracking.config import IdentityConfig, TrackerConfig
 
 log = logging.getLogger(__name__)
 
-GALLERY_K = 2  # the runner-up person lets the identity manager abstain on near ties
+# Frames of a file stream between an embed request and the frame its answer is applied on: the worker's
+# round trip overlaps the next frame's detection, and the tracker waits only when it takes longer than that.
+# Measured on the Hamilton clip (Lin-Manuel Miranda enrolled): named on 107 rows in-process, 107 at lag 1,
+# 101 at lag 2, 59 at lag 3 (a track being looked at is not asked about again until its answer is in).
+RESULT_LAG_FRAMES = 1
+RESULT_WAIT_S = 30.0  # a due answer this late means a stuck worker: the request is given up (logged)
 # Mean absolute difference (0-255) of consecutive 64x36 grey thumbnails at a hard cut. Measured on the
 # Hamilton clip: cuts 27.7-30.4, camera moves at most 13.6; synthetic demo videos at most 7.
 SCENE_CUT_DIFF = 20.0
@@ -84,13 +98,28 @@ class TrackFace:
     score: float
 
 
+@dataclass
+class EmbedChannel:
+    """The side queues to the shared embedding worker: requests out, results back."""
+
+    requests: Any
+    results: Any
+
+
+@dataclass
+class _Pending:
+    request: EmbedRequest
+    result: EmbedResult | None = None
+
+
 class StreamTracks:
     """One stream's tracking state: its tracker, scene-cut detector, identity memory and id numbering."""
 
-    def __init__(self, tracker_config: TrackerConfig, identities: object, fps: float) -> None:
+    def __init__(self, tracker_config: TrackerConfig, identities: Any, fps: float, live: bool) -> None:
         from app.tracking import ByteTracker
 
         self.fps = fps
+        self.live = live
         self.tracker_config = tracker_config
         self.tracker = ByteTracker(tracker_config, frame_rate=fps)
         self.cuts = SceneCutDetector()
@@ -99,6 +128,8 @@ class StreamTracks:
         self.id_offset = 0  # ids of the trackers before the last cut or gap
         self.max_id = 0
         self.scene_cuts = 0
+        self.frame = 0  # frames tracked (placeholders not counted): embed requests are timed in these
+        self.pending: dict[int, _Pending] = {}  # request id -> request sent, answer when it came
 
     def new_tracker(self) -> None:
         """Ids go on after the highest one given so far."""
@@ -106,6 +137,18 @@ class StreamTracks:
 
         self.id_offset = self.max_id
         self.tracker = ByteTracker(self.tracker_config, frame_rate=self.fps)
+
+    def in_flight(self) -> set[int]:
+        return {t for p in self.pending.values() for t in p.request.track_ids}
+
+
+@dataclass
+class _Answers:
+    """What the identity policy gets on a frame: embeddings, matches and the faces' qualities by track."""
+
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)
+    matches: dict[int, list] = field(default_factory=dict)
+    qualities: dict[int, float] = field(default_factory=dict)
 
 
 class RecognizeStage:
@@ -120,73 +163,85 @@ class RecognizeStage:
         identity_config: IdentityConfig | None = None,
         gallery_backoff: BackoffPolicy = GALLERY_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        embed: EmbedChannel | None = None,
+        result_lag: int = RESULT_LAG_FRAMES,
     ) -> None:
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.settings = settings
-        self.threads = settings.threads if threads is None else threads
         self.identity_config = identity_config  # None = the tracking package's defaults
-        self.gallery = None
+        self.channel = embed
+        self.result_lag = max(1, int(result_lag))
+        # In-process embedding when there is no worker; with one, only the spec (threshold, chip size).
+        self.embedder = FaceEmbedder(settings, threads, gallery_backoff, clock)
         self.streams: dict[int, StreamTracks] = {}
-        self._fps: dict[int, float] = {}
+        self._sources: dict[int, SourceInfo] = {}
+        self._requests = itertools.count(1)
+        self._gallery_unavailable = False  # the worker's latest word
         self.embedded_faces = 0
-        self.gallery_backoff = gallery_backoff
-        self.clock = clock  # paces gallery retries; tests pass a frame clock so the pacing is deterministic
-        self.gallery_outages = 0
-        self._gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
+        self.given_up = 0
+
+    # The in-process embedder's gallery and spec (one-process use and tests).
+    @property
+    def gallery(self) -> Any:
+        return self.embedder.gallery
+
+    @gallery.setter
+    def gallery(self, value: Any) -> None:
+        self.embedder.gallery = value
+
+    @property
+    def gallery_outages(self) -> int:
+        return self.embedder.gallery_outages
 
     def setup(self) -> dict[str, object]:
-        from app.gallery import gallery_location, open_gallery
-        from app.inference.backend import load_model
-        from app.inference.spec import embedder_spec_for
         from app.tracking import TrackIdentities
         from app.vision.alignment import align_faces
 
-        s = self.settings
         self._align = align_faces
-        self.embedder = load_model(s.embedder_model, s.backend, self.threads)
-        spec = embedder_spec_for(s.embedder_model, s.embedder, self.embedder)
-        if s.match_threshold is not None:
-            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
-        self.spec = spec
-        fixed = self.embedder.inputs[0].fixed_batch
-        self._fixed_batch = fixed
-        self.gallery = open_gallery(s, spec)
-        info = self.gallery.info()
-        if info.persons == 0:
-            log.warning("the gallery at %s is empty: every face will be unknown", gallery_location(s))
-        self.tracker_config = TrackerConfig.from_settings(s)
+        info = self.embedder.setup() if self.channel is None else self._spec_only()
+        spec = self.spec
+        self.tracker_config = TrackerConfig.from_settings(self.settings)
         identity = self.identity_config or IdentityConfig()
         self._new_identities = lambda: TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
         # Alignment warps are tiny: OpenCV's thread pool only adds contention with the other stages.
         cv2.setNumThreads(1)
-        w, h = spec.input_size
-        # Warm-up: the first run of a session is slow, and the torch backend captures a CUDA graph per batch
-        # bucket on first use, which would stall a frame mid-run.
-        warm_batches = (1, 2, 4, 8, 16) if s.backend == "torch" else (1,)
-        for batch in warm_batches:
-            self._embed(np.zeros((batch, h, w, 3), np.uint8))
-        return {
-            "embedder": spec.model_id,
-            "threshold": spec.threshold,
-            "gallery": gallery_location(s),
-            "persons": info.persons,
-        }
+        return info
+
+    def _spec_only(self) -> dict[str, object]:
+        """The embedder's spec without loading it for inference (the worker runs it): chip size, threshold."""
+        import dataclasses
+
+        from app.inference.spec import embedder_spec_for
+
+        s = self.settings
+        spec = embedder_spec_for(s.embedder_model, s.embedder)
+        if s.match_threshold is not None:
+            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
+        self.embedder.spec = spec
+        return {"embedder": spec.model_id, "threshold": spec.threshold, "worker": True}
+
+    @property
+    def spec(self) -> Any:
+        return self.embedder.spec
 
     def start(self, sources: dict[int, SourceInfo]) -> None:
         """Each stream's tracker runs at its source's FPS (the lost-track buffer is counted in frames)."""
-        self._fps = {int(i): float(info.fps or 30.0) for i, info in sources.items()}
-        for stream in self._fps:
+        self._sources = {int(i): info for i, info in sources.items()}
+        for stream in self._sources:
             self._stream(stream)
 
     def _stream(self, stream: int) -> StreamTracks:
         state = self.streams.get(stream)
         if state is None:
-            state = StreamTracks(self.tracker_config, self._new_identities(), self._fps.get(stream, 30.0))
+            info = self._sources.get(stream)
+            fps = float(info.fps or 30.0) if info is not None else 30.0
+            live = bool(info.live) if info is not None else False
+            state = StreamTracks(self.tracker_config, self._new_identities(), fps, live)
             self.streams[stream] = state
         return state
 
     @property
-    def identities(self):  # the first stream's identity manager (one-camera callers and tests)
+    def identities(self) -> Any:  # the first stream's identity manager (one-camera callers and tests)
         return self._stream(min(self.streams, default=0)).identities
 
     @property
@@ -209,22 +264,12 @@ class RecognizeStage:
         ]
         if tracks:
             state.max_id = max(state.max_id, max(t.track_id for t in tracks))
-        identities = state.identities
-        need = identities.select_for_embedding(tracks, frame)
-        if need and self._gallery_down is not None and not self._gallery_down.due():
-            need = []  # the gallery is away: no embedding until the next retry (the tracks ask again)
-        embeddings: dict[int, np.ndarray] = {}
-        matches: dict[int, list] = {}
-        if need:
-            by_id = {t.track_id: t for t in tracks}
-            landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
-            vectors = self._embed(self._align(frame, landmarks, self.spec))
-            found = self._search(vectors)
-            if found is not None:
-                embeddings = dict(zip(need, vectors, strict=True))
-                matches = dict(zip(need, found, strict=True))
-                self.embedded_faces += len(need)
-        labels = identities.update(tracks, embeddings, matches)
+        state.frame += 1
+        if self.channel is None:
+            answers = self._embed_now(state, tracks, frame)
+        else:
+            answers = self._embed_async(msg.meta.stream, state, tracks, frame)
+        labels = state.identities.update(tracks, answers.embeddings, answers.matches, answers.qualities)
         if not tracks:
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
         names, statuses, similarities, shown_ids = [], [], [], []
@@ -246,31 +291,120 @@ class RecognizeStage:
                 names=names,
                 statuses=statuses,
                 similarities=np.array(similarities, np.float32),
-                gallery_unavailable=self._gallery_down is not None,
+                gallery_unavailable=self._unavailable(),
             )
         ]
 
+    def _unavailable(self) -> bool:
+        return (
+            self._gallery_unavailable if self.channel is not None else self.embedder.gallery_down is not None
+        )
+
     def _faces_of(self, faces: TrackedFaces) -> TrackedFaces:
-        faces.gallery_unavailable = self._gallery_down is not None
+        faces.gallery_unavailable = self._unavailable()
         return faces
 
-    def _search(self, vectors: np.ndarray) -> list | None:
-        """Gallery matches per vector; None while the gallery server is not answering (retried later)."""
+    # -- embedding in this process ------------------------------------------------------------------------
+
+    def _embed_now(self, state: StreamTracks, tracks: list[TrackFace], frame: np.ndarray) -> _Answers:
+        answers = _Answers()
+        need = state.identities.select_for_embedding(tracks, frame)
+        if not need or self.embedder.paused():
+            return answers  # (the gallery is away: no embedding until the next retry; the tracks ask again)
+        vectors = self.embedder.embed(self._chips(tracks, need, frame))
+        found = self.embedder.search(vectors)
+        if found is not None:
+            answers.embeddings = dict(zip(need, vectors, strict=True))
+            answers.matches = dict(zip(need, found, strict=True))
+            self.embedded_faces += len(need)
+        return answers
+
+    def _chips(self, tracks: list[TrackFace], need: list[int], frame: np.ndarray) -> np.ndarray:
+        by_id = {t.track_id: t for t in tracks}
+        landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
+        return self._align(frame, landmarks, self.spec)
+
+    # -- embedding in the shared worker -------------------------------------------------------------------
+
+    def _embed_async(self, stream: int, state: StreamTracks, tracks: list[TrackFace], frame: np.ndarray):
+        self._collect(block_until=None)
+        answers = _Answers()
+        for request_id in sorted(state.pending):
+            pending = state.pending[request_id]
+            if state.live:
+                if pending.result is None:
+                    continue  # a live stream never waits: applied on a later frame, when it is back
+            else:
+                if pending.request.frame + self.result_lag > state.frame:
+                    continue  # not due yet (applied on exactly its frame: a file's run is reproducible)
+                if pending.result is None and not self._collect(block_until=(stream, request_id)):
+                    self.given_up += 1
+                    log.warning("no embedding answer for request %d after %.0f s; given up", request_id,
+                                RESULT_WAIT_S)  # fmt: skip
+                    del state.pending[request_id]
+                    continue
+            result = state.pending.pop(request_id).result
+            assert result is not None
+            if result.matches is None:
+                continue  # the gallery did not answer: the tracks ask again
+            for i, track_id in enumerate(result.track_ids):
+                answers.embeddings[track_id] = result.vectors[i]
+                answers.matches[track_id] = result.matches[i]
+                answers.qualities[track_id] = result.qualities[i]
+            self.embedded_faces += len(result.track_ids)
+        identities = state.identities
+        busy = state.in_flight()
+        need = [t for t in identities.select_for_embedding(tracks, frame) if t not in busy]
+        if need:
+            qualities = [float(identities.selected_quality(t) or 0.0) for t in need]
+            request = EmbedRequest(next(self._requests), stream, state.frame, need, qualities,
+                                   self._chips(tracks, need, frame))  # fmt: skip
+            if self._send(request, wait=not state.live):
+                state.pending[request.request] = _Pending(request)
+        return answers
+
+    def _send(self, request: EmbedRequest, wait: bool) -> bool:
+        assert self.channel is not None
         try:
-            found = self.gallery.search(vectors, k=GALLERY_K)
-        except UserError as exc:  # mid-run every gallery error degrades: the server may come back
-            down = self._gallery_down
-            if down is None:
-                down = self._gallery_down = RetrySchedule(self.gallery_backoff, self.clock)
-                self.gallery_outages += 1
-                log.warning("gallery unavailable (%s); tracking goes on without new names, retrying", exc)
-            delay = down.failed()
-            log.debug("gallery search failed %d times; next try in %.2f s", down.failures, delay)
-            return None
-        if self._gallery_down is not None:
-            log.warning("gallery available again after %.1f s", self._gallery_down.elapsed_s())
-            self._gallery_down = None
-        return found
+            if wait:
+                self.channel.requests.put(request, timeout=RESULT_WAIT_S)
+            else:
+                self.channel.requests.put_nowait(request)
+            return True
+        except queue.Full:
+            return False  # a live stream's tracks ask again on a later frame
+
+    def _collect(self, block_until: tuple[int, int] | None) -> bool:
+        """File the answers that are back; with `block_until` (stream, request), wait for that one too.
+
+        False when it did not come within RESULT_WAIT_S."""
+        assert self.channel is not None
+        deadline = time.monotonic() + RESULT_WAIT_S
+        while True:
+            if block_until is not None:
+                stream, request_id = block_until
+                pending = self.streams[stream].pending.get(request_id)
+                if pending is None or pending.result is not None:
+                    return True
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return False
+                try:
+                    result = self.channel.results.get(timeout=min(timeout, 0.5))
+                except queue.Empty:
+                    continue
+            else:
+                try:
+                    result = self.channel.results.get_nowait()
+                except queue.Empty:
+                    return True
+            self._gallery_unavailable = result.gallery_unavailable
+            state = self.streams.get(result.stream)
+            target = state.pending.get(result.request) if state is not None else None
+            if target is not None:  # else: asked before a gap or a cut the stream has since had
+                target.result = result
+
+    # -- gaps and cuts ------------------------------------------------------------------------------------
 
     def _new_segment(self, state: StreamTracks, segment: int, frame_index: int) -> None:
         """The source had a gap: no track and no identity vote carries over; ids continue."""
@@ -280,6 +414,7 @@ class RecognizeStage:
         state.identities.reset()
         state.identities.counters = before  # run totals for the closing log line
         state.cuts = SceneCutDetector()
+        state.pending = {}  # answers about tracks that no longer exist
         log.info("source gap before frame %d: tracks and identities reset, ids go on after %d",
                  frame_index, state.id_offset)  # fmt: skip
 
@@ -289,18 +424,9 @@ class RecognizeStage:
         state.new_tracker()
         log.debug("scene cut at frame %d: tracks restart after id %d", frame_index, state.id_offset)
 
-    def _embed(self, chips: np.ndarray) -> np.ndarray:
-        """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, batched when the model can."""
-        if self._fixed_batch is None or self._fixed_batch == len(chips):
-            return self.spec.postprocess(self.embedder.run(self.spec.preprocess(chips))[0])
-        return np.concatenate([self._embed(chips[i : i + 1]) for i in range(len(chips))]) if len(chips) else (
-            np.zeros((0, self.spec.dim), np.float32)
-        )  # fmt: skip
-
     def close(self) -> None:
-        if self.gallery is not None:
-            self.gallery.close()
-            self.gallery = None
+        if self.channel is None:
+            self.embedder.close()
         if self.streams:
             counters = [state.identities.counters for state in self.streams.values()]
             kinds = ("tracks", "embeddings", "named", "relinks")

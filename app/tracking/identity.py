@@ -236,6 +236,10 @@ class TrackIdentities:
             selected.append(track.track_id)
         return selected
 
+    def selected_quality(self, track_id: int) -> float | None:
+        """The quality of a face picked by the last `select_for_embedding` (None if it was not picked)."""
+        return self._selected_quality.get(track_id)
+
     # -- update ----------------------------------------------------------------------------------------
 
     def update(
@@ -243,8 +247,12 @@ class TrackIdentities:
         tracks: Sequence[TrackView],
         embeddings: Mapping[int, np.ndarray],
         matches: Mapping[int, Sequence[Match]],
+        qualities: Mapping[int, float] | None = None,
     ) -> dict[int, TrackLabel]:
-        """Take this frame's embeddings and gallery matches (keyed by track id); return a label per track."""
+        """Take this frame's embeddings and gallery matches (keyed by track id); return a label per track.
+
+        Embeddings may come back frames after their selection (an asynchronous embedder): `qualities`
+        then carries each face's quality as `selected_quality` gave it on the frame it was picked."""
         self._frame += 1
         frame = self._frame
         present: dict[int, _Record] = {}
@@ -255,6 +263,8 @@ class TrackIdentities:
         for track_id, vector in embeddings.items():
             record = present.get(track_id) or self._record(track_id, frame)
             quality = self._selected_quality.pop(track_id, None)
+            if qualities is not None and track_id in qualities:
+                quality = qualities[track_id]
             if quality is None:  # embedded without being selected: judge it by geometry alone
                 track = next((t for t in tracks if t.track_id == track_id), None)
                 quality = self._geometric(track) if track is not None else 0.5

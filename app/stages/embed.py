@@ -1,0 +1,200 @@
+"""Face embedding and gallery search: `FaceEmbedder` (the one place that runs the embedder and asks the
+gallery), and `EmbedStage`, the shared embedding worker process that serves every stream's tracking.
+
+Tracking never waits for the embedder (`recognize.py`): it sends `EmbedRequest`s (aligned chips of the few
+tracks that need a look) on a side queue and applies the `EmbedResult`s when they come back. The worker
+takes every request already queued (up to `max_faces` faces), runs them through the model in one batch,
+searches the gallery once for all of them, and answers each request on the results queue. Batches mix
+tracks and streams, so on a GPU ten cameras' new faces cost one model call.
+
+A gallery server that stops answering mid-run degrades, as it always did: answers say
+`gallery_unavailable`, no embedding is spent until the next retry (`reconnect.GALLERY_BACKOFF`), names
+already given stay. An unreachable server at start-up is still a one-line error (`open_gallery` in setup).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.errors import UserError
+from app.pipeline.messages import EmbedRequest, EmbedResult
+from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
+from app.pipeline.stage_runner import Capabilities
+
+log = logging.getLogger(__name__)
+
+GALLERY_K = 2  # the runner-up person lets the identity manager abstain on near ties
+MAX_FACES = 64  # faces per model call in the worker: R100 fp16 runs 10k faces/s at batch 256 on an H200
+TORCH_WARM_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # CUDA graphs captured at start, not mid-run
+
+
+class FaceEmbedder:
+    """The embedder model, its spec, and the gallery: chips -> embeddings -> matches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        threads: int | None = None,
+        gallery_backoff: BackoffPolicy = GALLERY_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.threads = settings.threads if threads is None else threads
+        self.gallery_backoff = gallery_backoff
+        self.clock = clock  # paces gallery retries; tests pass a frame clock so the pacing is deterministic
+        self.gallery: Any = None
+        self.gallery_outages = 0
+        self.gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
+
+    def setup(self, warm_batches: tuple[int, ...] | None = None) -> dict[str, object]:
+        from app.gallery import gallery_location, open_gallery
+        from app.inference.backend import load_model
+        from app.inference.spec import embedder_spec_for
+
+        s = self.settings
+        self.model = load_model(s.embedder_model, s.backend, self.threads)
+        spec = embedder_spec_for(s.embedder_model, s.embedder, self.model)
+        if s.match_threshold is not None:
+            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
+        self.spec = spec
+        self._fixed_batch = self.model.inputs[0].fixed_batch
+        self.gallery = open_gallery(s, spec)
+        info = self.gallery.info()
+        if info.persons == 0:
+            log.warning("the gallery at %s is empty: every face will be unknown", gallery_location(s))
+        w, h = spec.input_size
+        # Warm-up: the first run of a session is slow, and the torch backend captures a CUDA graph per batch
+        # bucket on first use, which would stall a frame mid-run.
+        if warm_batches is None:
+            warm_batches = (1, 2, 4, 8, 16) if s.backend == "torch" else (1,)
+        for batch in warm_batches:
+            self.embed(np.zeros((batch, h, w, 3), np.uint8))
+        return {
+            "embedder": spec.model_id,
+            "threshold": spec.threshold,
+            "gallery": gallery_location(s),
+            "persons": info.persons,
+        }
+
+    def paused(self) -> bool:
+        """The gallery is away and its next retry is not due: spend no embedding now."""
+        return self.gallery_down is not None and not self.gallery_down.due()
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, batched when the model can."""
+        if not len(chips):
+            return np.zeros((0, self.spec.dim), np.float32)
+        if self._fixed_batch is None or self._fixed_batch == len(chips):
+            return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
+        return np.concatenate([self.embed(chips[i : i + 1]) for i in range(len(chips))])
+
+    def search(self, vectors: np.ndarray) -> list | None:
+        """Gallery matches per vector; None while the gallery server is not answering (retried later)."""
+        try:
+            found = self.gallery.search(vectors, k=GALLERY_K)
+        except UserError as exc:  # mid-run every gallery error degrades: the server may come back
+            down = self.gallery_down
+            if down is None:
+                down = self.gallery_down = RetrySchedule(self.gallery_backoff, self.clock)
+                self.gallery_outages += 1
+                log.warning("gallery unavailable (%s); tracking goes on without new names, retrying", exc)
+            delay = down.failed()
+            log.debug("gallery search failed %d times; next try in %.2f s", down.failures, delay)
+            return None
+        if self.gallery_down is not None:
+            log.warning("gallery available again after %.1f s", self.gallery_down.elapsed_s())
+            self.gallery_down = None
+        return found
+
+    def close(self) -> None:
+        if self.gallery is not None:
+            self.gallery.close()
+            self.gallery = None
+
+
+class EmbedStage:
+    """The shared embedding worker: batched embedding and gallery search for every stream's tracks."""
+
+    name = "embed"
+    capabilities = Capabilities(service=True)
+
+    def __init__(
+        self,
+        settings: Settings,
+        requests: Any,
+        results: Any,
+        threads: int | None = None,
+        max_faces: int = MAX_FACES,
+    ) -> None:
+        self.embedder = FaceEmbedder(settings, threads)
+        self.requests = requests  # queue of EmbedRequest (from recognize)
+        self.results = results  # queue of EmbedResult (to recognize)
+        self.max_faces = max(1, int(max_faces))
+        self.batches = 0
+        self.faces = 0
+
+    def setup(self) -> dict[str, object]:
+        import cv2
+
+        cv2.setNumThreads(1)
+        torch = self.embedder.settings.backend == "torch"
+        warm = tuple(b for b in TORCH_WARM_BATCHES if b <= self.max_faces) if torch else None
+        return self.embedder.setup(warm)
+
+    def serve(self, timeout: float) -> None:
+        """Answer every request queued now (waiting up to `timeout` for the first), in one model call."""
+        try:
+            first = self.requests.get(timeout=timeout)
+        except queue.Empty:
+            return
+        batch: list[EmbedRequest] = [first]
+        faces = len(first.track_ids)
+        while faces < self.max_faces:
+            try:
+                msg = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(msg)
+            faces += len(msg.track_ids)
+        for result in self.answer(batch):
+            self.results.put(result)
+
+    def answer(self, batch: list[EmbedRequest]) -> list[EmbedResult]:
+        """The results of a batch of requests: one model call and one gallery search for all their faces."""
+        embedder = self.embedder
+        if embedder.paused():
+            vectors: np.ndarray | None = None
+            found = None
+        else:
+            chips = np.concatenate([r.chips for r in batch]) if len(batch) > 1 else batch[0].chips
+            vectors = embedder.embed(chips)
+            found = embedder.search(vectors) if len(vectors) else []
+            self.batches += 1
+            self.faces += len(vectors)
+        unavailable = embedder.gallery_down is not None
+        out = []
+        start = 0
+        for r in batch:
+            n = len(r.track_ids)
+            if vectors is None or found is None:
+                part, matches = np.zeros((0, 0), np.float32), None
+            else:
+                part, matches = vectors[start : start + n], list(found[start : start + n])
+            start += n
+            out.append(EmbedResult(r.request, r.stream, r.frame, r.track_ids, r.qualities, part, matches,
+                                   unavailable))  # fmt: skip
+        return out
+
+    def close(self) -> None:
+        self.embedder.close()
+        if self.batches:
+            log.info("embedding: %d faces in %d batches (%.1f a batch)", self.faces, self.batches,
+                     self.faces / self.batches)  # fmt: skip
