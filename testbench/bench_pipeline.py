@@ -3,6 +3,17 @@
     python -m testbench.bench_pipeline --backend onnxruntime --resolution 720p --frames 300
     python -m testbench.bench_pipeline --backend torch --detector r50.onnx --embedder r100.onnx \\
         --embedder-kind arcface --resolution 1080p --frames 1000 --out results.json
+    python -m testbench.bench_pipeline --streams 8 ...           # 8 cameras (copies of the clip) at once
+    python -m testbench.bench_pipeline --streams 16 --live ...   # each paced at the clip's FPS (e.g. 16 x 25)
+
+Several streams (`--streams N`) run as N cameras of one pipeline (one capture process and ring each, the
+shared detector batching across them, one tracking stage and one embedding worker for all): aggregate FPS,
+per-stream FPS (min/max), latency per stream and over all, frames dropped. `--live` paces every stream at
+its own FPS (the clip's, or `--live-fps`) to measure latency under a realistic load instead of at
+saturation; `--frames` is then per stream as well. GPU utilisation is sampled with nvidia-smi when there is
+one. The JSON keys for this are `streams`, `fps` (aggregate), `fps_per_stream_min`, `fps_per_stream_max`,
+`dropped`, `latency_ms.end_to_end` (p50/p95/p99 over all streams), `per_stream`, `gpu_util_percent`,
+`model_only_fps` and `detector_ceiling_fps` (the detector alone at the stage's batch size).
 
 1. Inputs, made when missing (under --work): the clip (1080p: `python -m app.demo make --preset bench1080`,
    ten faces a frame; 720p: the demo preset at 1280x720) and a gallery of the demo enrollment photos
@@ -49,6 +60,7 @@ from app.models.paths import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, DEMO_IMAGES_DIR
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080)}
 CLIP_FPS = 25.0
 RANDOM_WEIGHTS_KEY = ".random-weights"  # as testbench.export_onnx writes it
+EMBEDDING_LINE = re.compile(r"embedding: (\d+) faces in (\d+) batches \(([\d.]+) a batch\)")
 RECOGNITION_LINE = re.compile(
     r"recognition: (\d+) tracks, (\d+) faces embedded, (\d+) named, (\d+) re-linked, (\d+) scene cuts"
 )
@@ -284,6 +296,43 @@ class _CpuSampler:
         return out
 
 
+class _GpuSampler:
+    """nvidia-smi's GPU utilisation every 200 ms while the pipeline runs (nothing without nvidia-smi)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self.samples: list[float] = []
+
+    def __enter__(self) -> _GpuSampler:
+        try:
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError:
+            self._proc = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=5)
+        for line in out.splitlines():
+            head = line.strip().split(",")[0]
+            if head.replace(".", "", 1).isdigit():
+                self.samples.append(float(head))
+
+    def summary(self) -> dict[str, float] | None:
+        busy = self.samples
+        if not busy:
+            return None
+        return {"mean": round(float(np.mean(busy)), 1), "p50": round(float(np.median(busy)), 1),
+                "max": round(float(np.max(busy)), 1), "samples": len(busy)}  # fmt: skip
+
+
 def run_pipeline(
     settings: Any,
     frames: int,
@@ -291,23 +340,19 @@ def run_pipeline(
     det_precision: str | None,
     stage_log: Path,
     det_device: str | None = None,
+    streams: int = 1,
 ) -> dict[str, Any]:
-    """Run the real pipeline (assembly API) to the end of `frames` frames; summary plus what _FrameLog saw."""
-    from app.pipeline.assembly import build_stages
+    """Run the real pipeline (assembly API) to the end of `frames` frames a stream; summary plus what
+    _FrameLog saw."""
+    from app.cameras import CameraConfig
+    from app.pipeline.assembly import build_graph
     from app.pipeline.supervisor import Supervisor
-    from app.stages.detect import DetectStage
 
-    ring = Supervisor.new_ring_handle()
-    stages = build_stages(settings, ring, max_frames=frames)
-    detect = next(s for s in stages if isinstance(s, DetectStage))
-    # The knobs Settings has no field for (yet): set on the stage object before it is sent to its process.
-    if det_batch is not None:
-        detect.batch_limit = max(1, det_batch)
-    detect.precision = det_precision
-    detect.device = det_device
-    supervisor = Supervisor(
-        stages, ring, ring_slots=settings.ring_slots, log_level="INFO", summary_every_s=5.0
-    )
+    names = ["default"] if streams == 1 else [f"cam{i + 1:02d}" for i in range(streams)]
+    cameras = [CameraConfig(name, str(settings.video_source)) for name in names]
+    graph = build_graph(settings, cameras, max_frames=frames, det_max_batch=det_batch,
+                        det_precision=det_precision, det_device=det_device)  # fmt: skip
+    supervisor = Supervisor(graph, ring_slots=settings.ring_slots, log_level="INFO", summary_every_s=5.0)
     frame_log = _FrameLog(supervisor.metrics.add)
     supervisor.metrics.add = frame_log  # type: ignore[method-assign]
     # The stage processes inherit fd 2: their INFO lines (model load, recognition counters) go to the log.
@@ -316,7 +361,7 @@ def run_pipeline(
     with open(stage_log, "w") as f:
         os.dup2(f.fileno(), 2)
         try:
-            with _CpuSampler() as cpu:
+            with _CpuSampler() as cpu, _GpuSampler() as gpu:
                 result = supervisor.run()
         finally:
             sys.stderr.flush()
@@ -328,10 +373,20 @@ def run_pipeline(
     out["fps_steady"] = frame_log.steady_fps()
     out["det_batch"] = frame_log.detect_batches()
     out["exit_code"] = result.exit_code
+    out["gpu_util_percent"] = gpu.summary()
     # Between the first and the last finished frame: model loading and shutdown left out.
     done = sorted(frame_log.done)
     out["stage_cpu_percent"] = cpu.percent(done[0], done[-1]) if done else {}
-    match = RECOGNITION_LINE.search(stage_log.read_text(errors="replace"))
+    text = stage_log.read_text(errors="replace")
+    embedding = EMBEDDING_LINE.search(text)
+    if embedding:
+        faces, batches = int(embedding.group(1)), int(embedding.group(2))
+        out["embed_worker"] = {
+            "faces": faces,
+            "batches": batches,
+            "faces_per_batch": float(embedding.group(3)),
+        }
+    match = RECOGNITION_LINE.search(text)
     if match:
         tracks, embedded, named, relinked, cuts = (int(v) for v in match.groups())
         out["recognition"] = {
@@ -510,7 +565,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, help="video file (default: a generated clip of --resolution)")
     p.add_argument("--resolution", default="1080p", choices=sorted(RESOLUTIONS), help="of the generated clip")
     p.add_argument("--faces", type=int, default=10, help="faces per frame of the generated 1080p clip")
-    p.add_argument("--frames", type=int, default=600, help="frames the pipeline processes")
+    p.add_argument("--frames", type=int, default=600, help="frames the pipeline processes (per stream)")
+    p.add_argument("--streams", type=int, default=1, help="cameras at once (copies of the clip)")
+    p.add_argument("--live", action="store_true", help="pace every stream at its FPS instead of full speed")
+    p.add_argument("--live-fps", type=float, default=0.0, help="with --live: this FPS (0 = the clip's)")
     p.add_argument("--det-batch", type=int, help="detection stage max batch (default: the stage's)")
     p.add_argument("--det-precision", choices=("auto", "fp16", "fp32"), help="torch detector precision")
     p.add_argument("--det-device", help="run the detection stage's torch path on this device (cpu: test it)")
@@ -571,6 +629,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.frames < 10:
         raise UserError("--frames must be at least 10")
+    if not 1 <= args.streams <= 64:
+        raise UserError("--streams must be between 1 and 64")
     for path in (args.detector, args.embedder):
         if not path.is_file():
             raise UserError(f"model file {path} does not exist; check --detector/--embedder")
@@ -590,7 +650,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"no frame could be read from {clip}")
     h, w = sample[0].shape[:2]
     faces = faces_per_frame(clip, args.frames) if clip.with_suffix(".gt.json").is_file() else float("nan")
-    slots = _ring_slots(args.ring_slots, args.backend, sample[0].nbytes)
+    slots = _ring_slots(args.ring_slots, args.backend, sample[0].nbytes * args.streams)
     overrides = {
         "video_source": str(clip),
         "detector_model": str(detector),
@@ -599,7 +659,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend,
         "det_size": args.det_size,
         "qdrant_path": str(gallery),
-        "max_speed": True,
+        "max_speed": not args.live,
+        "fps_target": args.live_fps if args.live else 0.0,
         "gui": False,
         "ring_slots": slots,
         "threads": args.threads,
@@ -611,12 +672,22 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     started = time.perf_counter()
     stage_log = work / "stage_log.txt"
-    run = run_pipeline(settings, args.frames, args.det_batch, args.det_precision, stage_log, args.det_device)
+    run = run_pipeline(settings, args.frames, args.det_batch, args.det_precision, stage_log, args.det_device,
+                       args.streams)  # fmt: skip
+    per_stream = run.get("cameras", {})
+    rates = [c["fps"] for c in per_stream.values()]
     load_after = os.getloadavg()
     det_threads, embed_threads = inference_threads(settings)
     result: dict[str, Any] = {
         "label": args.label,
+        "streams": args.streams,
+        "live": args.live,
         "fps": run["fps"],
+        "fps_per_stream_min": min(rates) if rates else None,
+        "fps_per_stream_max": max(rates) if rates else None,
+        "per_stream": per_stream,
+        "gpu_util_percent": run["gpu_util_percent"],
+        "embed_worker": run.get("embed_worker"),
         "fps_steady": run["fps_steady"],
         "latency_ms": run["latency_ms"],
         "queue_wait_ms": run["queue_wait_ms"],
@@ -661,9 +732,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             (run.get("recognition") or {}).get("embedded_per_frame"),
         )  # fmt: skip
         result["model_only_fps"] = ceiling.pop("fps")
+        result["detector_ceiling_fps"] = ceiling.get(
+            "detector_path_per_s", ceiling.get(f"detector_per_s_b{stage_batch}")
+        )
         result["model_only"] = ceiling
     else:
-        result["model_only_fps"] = None
+        result["model_only_fps"] = result["detector_ceiling_fps"] = None
     return result
 
 

@@ -116,6 +116,9 @@ def build_graph(
             ),
         ),
         Node("postprocess", PostprocessStage(score_floor, settings.nms_threshold, thresholds, min_faces)),
+        # Before recognize: a bad embedder or gallery is reported by the stage that loads it (recognize
+        # only reads the model's input spec, and would fail on the same file with a vaguer line).
+        Node("embed", EmbedStage(settings, embed.requests, embed.results, threads=embed_threads)),
         Node("recognize", RecognizeStage(rings, settings, threads=embed_threads, embed=embed)),
         Node(
             "gui",
@@ -134,7 +137,6 @@ def build_graph(
         Channel("postprocess", "recognize", downstream),
         Channel("recognize", "gui", downstream),
     ]
-    nodes.append(Node("embed", EmbedStage(settings, embed.requests, embed.results, threads=embed_threads)))
     return PipelineGraph(nodes, channels, streams, side_queues=[embed.requests, embed.results])
 
 

@@ -118,7 +118,7 @@ def test_unreachable_server_at_start_is_a_one_line_error_exit_2(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert lines == [
-        f"error: recognize: Qdrant failed to open the gallery at http://127.0.0.1:{port} collection 'faces': "
+        f"error: embed: Qdrant failed to open the gallery at http://127.0.0.1:{port} collection 'faces': "
         "[Errno 111] Connection refused (check QDRANT_HOST, QDRANT_PORT, QDRANT_API_KEY, QDRANT_HTTPS)"
     ]
     assert took < 20
@@ -215,7 +215,7 @@ def recognition(
 
 @pytest.mark.parametrize("failure", ["refused", "bad gateway"])
 def test_recognition_keeps_tracking_while_the_gallery_is_away(tmp_path, lin_vectors, failure, caplog):
-    caplog.set_level(logging.INFO, logger="app.stages.recognize")
+    caplog.set_level(logging.INFO, logger="app.stages.embed")
     clock = FrameClock()
     client = DroppingClient(QdrantClient(":memory:"), SERVER_GONE[failure], clock)
     frames = clip(86, 206)  # Lin-Manuel's shot: one face on every frame

@@ -202,7 +202,7 @@ def test_a_detector_file_that_is_not_onnx(tmp_path):
     assert line.endswith("re-export or re-download it")
 
 
-@pytest.mark.parametrize(("flag", "stage"), [("--detector", "detect"), ("--embedder-model", "recognize")])
+@pytest.mark.parametrize(("flag", "stage"), [("--detector", "detect"), ("--embedder-model", "embed")])
 def test_a_model_with_a_1d_input(tmp_path, flag, stage):
     model = flat_model(tmp_path / "flat.onnx")
     assert one_error_line(run_cli(tmp_path, "--source", str(HAMILTON), "--no-gui", flag, str(model))) == (
@@ -260,7 +260,7 @@ def test_the_pipeline_refuses_a_gallery_of_another_embedder(tmp_path):
     other.close()
     line = one_error_line(run_cli(tmp_path, "--source", str(HAMILTON), "--no-gui", "--gallery", str(gallery)))
     assert line.startswith(
-        f"error: recognize: gallery at {gallery / 'faces'} was built with embedder arcface-0123456789ab "
+        f"error: embed: gallery at {gallery / 'faces'} was built with embedder arcface-0123456789ab "
         "(dim 512); this run uses dlib-"
     )
     assert line.endswith("use another QDRANT_PATH/QDRANT_COLLECTION or re-enroll")
