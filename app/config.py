@@ -111,6 +111,16 @@ class Settings:
             "Smallest face to keep: short side of its box in pixels; 0 = no minimum", lo=0, hi=4096
         ),
     )
+    # Multi-camera processes
+    tracking_workers: int = field(
+        default=0,
+        metadata=_meta(
+            "Tracking processes the cameras are spread over; 0 = one per 4 cameras, at most a quarter of "
+            "the CPUs",
+            lo=0,
+            hi=64,
+        ),
+    )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

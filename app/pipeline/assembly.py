@@ -1,11 +1,16 @@
 """Which nodes a run has and how they are configured, from one validated `Settings` and the camera list.
 
-    capture[camera 1..N] ─▶ detect (shared) ─▶ postprocess (shared) ─▶ recognize (shared) ─▶ gui (shared)
-                                                                        ▲ │ embed requests / results
-                                                                        │ ▼   (side queues)
-                                                                    embed (shared: embedder + gallery)
+    capture[camera 1..N] ─▶ detect ─┬▶ postprocess ─▶ recognize ─┬▶ gui
+                          (shared, │  (lane 1: cameras 1, 3..) │  (shared: window, files)
+                          batched) └▶ postprocess:2 ─▶ recognize:2 ┘
+                                                          ▲ │ embed requests / results (side queues)
+                                                          │ ▼
+                                                    embed (shared: embedder + gallery)
 
-One capture node (one process, one shared-memory ring) per camera; the others serve every stream. Stage
+One capture node (one process, one shared-memory ring) per camera; one detector batching across all of
+them; post-processing and tracking in `tracking_workers` lanes (a camera's frames always take its lane, so
+its tracker lives in one process; one lane unless there are more than 4 cameras); one embedding worker and
+one GUI/sink stage for all. Stage
 objects are built here, in the parent, but are cheap until their setup() runs in their own process. One
 camera builds the same five stages (and node names) as the single-stream pipeline always had, plus the
 embedding worker.
@@ -53,6 +58,19 @@ def inference_threads(settings: Settings) -> tuple[int, int]:
     return max(1, cpus // 2), max(1, cpus // 4)
 
 
+def tracking_lanes(settings: Settings, cameras: int) -> int:
+    """Post-processing + tracking processes: TRACKING_WORKERS, or one per 4 cameras within a quarter of
+    the CPUs (one tracking process keeps up with ~700 frames/s of 10 faces on an H200 host's core)."""
+    if settings.tracking_workers > 0:
+        return max(1, min(settings.tracking_workers, cameras))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(-(-cameras // 4), cpus // 4))
+
+
+def lane_name(stage: str, lane: int) -> str:
+    return stage if lane == 0 else f"{stage}:{lane + 1}"
+
+
 def capture_node_name(camera: CameraConfig, cameras: Sequence[CameraConfig]) -> str:
     """`capture` with one camera (as always), `capture:NAME` with several (the process is fp-capture:NAME)."""
     return "capture" if len(cameras) == 1 else f"capture:{camera.name}"
@@ -69,7 +87,8 @@ def build_graph(
     """The run's graph: a capture node and a ring per camera, then the shared stages."""
     if not cameras:
         raise ValueError("a run needs at least one camera")
-    score_floor = min(settings.det_threshold, TrackerConfig.from_settings(settings).low_thresh)
+    low = TrackerConfig.from_settings(settings).low_thresh
+    score_floor = min(settings.det_threshold, low)
     detect_threads, embed_threads = inference_threads(settings)
     slots = settings.ring_slots
     streams: list[Stream] = []
@@ -94,14 +113,15 @@ def build_graph(
         channels.append(Channel(name, "detect", 2 * slots + 2))
     rings = StreamRings({s.index: s.ring for s in streams})
     # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
-    thresholds = {i: min(effective_det_threshold(c, settings), score_floor) for i, c in enumerate(cameras)}
+    thresholds = {i: min(effective_det_threshold(c, settings), low) for i, c in enumerate(cameras)}
     min_faces = {i: effective_min_face(c, settings) for i, c in enumerate(cameras)}
-    # Frames in flight after detection: every camera's ring slots at most.
-    downstream = len(cameras) * slots + 2
+    lanes = tracking_lanes(settings, len(cameras))
+    lane_streams = [tuple(range(k, len(cameras), lanes)) for k in range(lanes)]
     ctx = multiprocessing.get_context("spawn")
+    requests = ctx.Queue(maxsize=EMBED_REQUESTS_PER_CAMERA * len(cameras) + 4)
     # Results are never refused (the worker must not block on them; tracking drains them every frame).
-    embed = EmbedChannel(ctx.Queue(maxsize=EMBED_REQUESTS_PER_CAMERA * len(cameras) + 4), ctx.Queue())
-    nodes += [
+    results = [ctx.Queue() for _ in range(lanes)]
+    nodes.append(
         Node(
             "detect",
             DetectStage(
@@ -114,12 +134,30 @@ def build_graph(
                 precision=det_precision,
                 device=det_device,
             ),
-        ),
-        Node("postprocess", PostprocessStage(score_floor, settings.nms_threshold, thresholds, min_faces)),
-        # Before recognize: a bad embedder or gallery is reported by the stage that loads it (recognize
-        # only reads the model's input spec, and would fail on the same file with a vaguer line).
-        Node("embed", EmbedStage(settings, embed.requests, embed.results, threads=embed_threads)),
-        Node("recognize", RecognizeStage(rings, settings, threads=embed_threads, embed=embed)),
+        )
+    )
+    # Before the tracking stages: a bad embedder or gallery is reported by the stage that loads it
+    # (tracking only reads the model's input spec, and would fail on the same file with a vaguer line).
+    nodes.append(Node("embed", EmbedStage(settings, requests, results, threads=embed_threads)))
+    for k, members in enumerate(lane_streams):
+        post, track = lane_name("postprocess", k), lane_name("recognize", k)
+        # Frames in flight after detection: the lane's cameras' ring slots at most.
+        size = len(members) * slots + 2
+        nodes += [
+            Node(post, PostprocessStage(score_floor, settings.nms_threshold, thresholds, min_faces)),
+            Node(
+                track,
+                RecognizeStage(
+                    rings, settings, threads=embed_threads, embed=EmbedChannel(requests, results[k], k)
+                ),
+            ),
+        ]
+        channels += [
+            Channel("detect", post, size, streams=members if lanes > 1 else None),
+            Channel(post, track, size),
+            Channel(track, "gui", size),
+        ]
+    nodes.append(
         Node(
             "gui",
             GuiStage(
@@ -130,14 +168,9 @@ def build_graph(
                 tracks_out=settings.tracks_out,
                 cameras=[c.name for c in cameras],
             ),
-        ),
-    ]
-    channels += [
-        Channel("detect", "postprocess", downstream),
-        Channel("postprocess", "recognize", downstream),
-        Channel("recognize", "gui", downstream),
-    ]
-    return PipelineGraph(nodes, channels, streams, side_queues=[embed.requests, embed.results])
+        )
+    )
+    return PipelineGraph(nodes, channels, streams, side_queues=[requests, *results])
 
 
 def run_pipeline(

@@ -7,10 +7,11 @@
 - A node is a stage object plus its name (unique: it names the process, `fp-NAME`, and the node in every
   message) and, for a source, the stream it produces. What the stage can do is its declared
   `Capabilities` (stage_runner.py).
-- A channel is a bounded queue from one node to another. A node has at most one outgoing channel and any
-  number of incoming ones (read fairly, `channels.FairInbox`); side channels a pair of stages use between
-  themselves (requests and answers) are queues the assembly hands to both stage objects, listed in
-  `side_queues` so the supervisor closes them.
+- A channel is a bounded queue from one node to another. A node has any number of incoming channels (read
+  fairly, `channels.FairInbox`) and one outgoing channel, or several that each carry a given set of
+  streams (`Channel.streams`: the detector feeding several tracking lanes routes each frame by its
+  stream). Side channels a pair of stages use between themselves (requests and answers) are queues the
+  assembly hands to both stage objects, listed in `side_queues` so the supervisor closes them.
 - A stream is one camera: its index (`FrameMeta.stream`), its name, its shared-memory ring (created by the
   supervisor once its capture reports the frame size), and the node that produces it.
 
@@ -43,6 +44,7 @@ class Channel:
     src: str
     dst: str
     maxsize: int
+    streams: tuple[int, ...] | None = None  # only these streams' messages (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,15 @@ class PipelineGraph:
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique: {names}")
         known = set(names)
-        outgoing: set[str] = set()
         for ch in self.channels:
             if ch.src not in known or ch.dst not in known:
                 raise ValueError(f"channel {ch.src} -> {ch.dst} names an unknown node")
-            if ch.src in outgoing:
-                raise ValueError(f"node {ch.src} has more than one outgoing channel")
-            outgoing.add(ch.src)
+        for name in names:
+            out = self.outputs(name)
+            if len(out) > 1:
+                routed = [s for ch in out for s in (ch.streams or ())]
+                if any(ch.streams is None for ch in out) or len(routed) != len(set(routed)):
+                    raise ValueError(f"node {name}'s outgoing channels must carry disjoint sets of streams")
         for stream in self.streams:
             node = self.node(stream.source)
             if not node.caps.source or node.stream != stream.index:
@@ -88,8 +92,13 @@ class PipelineGraph:
     def inputs(self, name: str) -> list[Channel]:
         return [ch for ch in self.channels if ch.dst == name]
 
+    def outputs(self, name: str) -> list[Channel]:
+        return [ch for ch in self.channels if ch.src == name]
+
     def output(self, name: str) -> Channel | None:
-        return next((ch for ch in self.channels if ch.src == name), None)
+        """A node's one outgoing channel (sources and nodes that do not route by stream)."""
+        out = self.outputs(name)
+        return out[0] if out else None
 
     def stream_of(self, node: Node) -> Stream | None:
         return None if node.stream is None else self.streams[node.stream]

@@ -128,6 +128,7 @@ class EmbedRequest:
     track_ids: list[int]
     qualities: list[float]  # the identity policy's quality of each face when it was picked
     chips: np.ndarray  # (N,h,w,3) uint8, the embedder's input size and channel order
+    reply_to: int = 0  # which results queue (one per tracking stage) the answer goes to
 
 
 @dataclass

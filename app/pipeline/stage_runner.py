@@ -132,7 +132,7 @@ class StageChannels:
     """A stage's connections: bounded queues in and out, its control pipe, and the run-wide stop event."""
 
     inbox: Any  # multiprocessing Queue (or queue.Queue in tests), or a list of them; None for the source
-    outbox: Any  # None for the last stage
+    outbox: Any  # None for the last stage; a dict stream -> queue when streams go to different nodes
     control: Any  # this stage's end of a duplex Pipe: sends Ready/FrameDone/Finished/Failed, receives Start
     stop: Any  # Event: the supervisor wants every stage to stop now
 
@@ -209,9 +209,9 @@ class StageRunner:
             self._close_stage()
             if not orderly:
                 # Nobody may read what is still buffered for the next stage: do not wait for it at exit.
-                outbox = self.channels.outbox
-                if outbox is not None and hasattr(outbox, "cancel_join_thread"):
-                    outbox.cancel_join_thread()
+                for outbox in self._outboxes():
+                    if hasattr(outbox, "cancel_join_thread"):
+                        outbox.cancel_join_thread()
         return code
 
     # -- loops --------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class StageRunner:
                 return self._put(eos)
             if self.live:
                 try:
-                    ch.outbox.put_nowait(msg)
+                    self._outbox_for(msg).put_nowait(msg)
                 except queue.Full:
                     self.stage.discard(msg)
             elif not self._put(msg):
@@ -327,13 +327,28 @@ class StageRunner:
     def _put(self, msg: Any) -> bool:
         """Put on the bounded outbox, waiting while it is full; False if a stop came meanwhile."""
         ch = self.channels
+        outbox = self._outbox_for(msg)
         while True:
             try:
-                ch.outbox.put(msg, timeout=self.poll_s)
+                outbox.put(msg, timeout=self.poll_s)
                 return True
             except queue.Full:
                 if ch.stop.is_set():
                     return False
+
+    def _outbox_for(self, msg: Any) -> Any:
+        """The queue for `msg`: the one outbox, or the one its stream is routed to."""
+        outbox = self.channels.outbox
+        if not isinstance(outbox, dict):
+            return outbox
+        stream = msg.stream if isinstance(msg, EndOfStream) else msg.meta.stream
+        return outbox[stream]
+
+    def _outboxes(self) -> list[Any]:
+        outbox = self.channels.outbox
+        if outbox is None:
+            return []
+        return list({id(q): q for q in outbox.values()}.values()) if isinstance(outbox, dict) else [outbox]
 
     def _send(self, msg: Any) -> bool:
         try:

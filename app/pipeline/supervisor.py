@@ -227,10 +227,15 @@ class Supervisor:
         """Start a node's process on its queues, with a new control pipe."""
         parent_end, child_end = self.ctx.Pipe(duplex=True)
         inputs = [self._queues[(ch.src, ch.dst)] for ch in self.graph.inputs(node.name)]
-        output = self.graph.output(node.name)
+        outputs = self.graph.outputs(node.name)
+        outbox: Any = None
+        if len(outputs) == 1:
+            outbox = self._queues[(outputs[0].src, outputs[0].dst)]
+        elif outputs:  # routed by stream
+            outbox = {s: self._queues[(ch.src, ch.dst)] for ch in outputs for s in ch.streams or ()}
         channels = StageChannels(
             inbox=None if not inputs else inputs[0] if len(inputs) == 1 else inputs,
-            outbox=None if output is None else self._queues[(output.src, output.dst)],
+            outbox=outbox,
             control=child_end,
             stop=self.stop_event,
         )

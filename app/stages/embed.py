@@ -130,13 +130,14 @@ class EmbedStage:
         self,
         settings: Settings,
         requests: Any,
-        results: Any,
+        results: Any | list[Any],
         threads: int | None = None,
         max_faces: int = MAX_FACES,
     ) -> None:
         self.embedder = FaceEmbedder(settings, threads)
         self.requests = requests  # queue of EmbedRequest (from recognize)
-        self.results = results  # queue of EmbedResult (to recognize)
+        # Queues of EmbedResult, one per tracking stage (EmbedRequest.reply_to picks it).
+        self.results = results if isinstance(results, list) else [results]
         self.max_faces = max(1, int(max_faces))
         self.batches = 0
         self.faces = 0
@@ -164,8 +165,8 @@ class EmbedStage:
                 break
             batch.append(msg)
             faces += len(msg.track_ids)
-        for result in self.answer(batch):
-            self.results.put(result)
+        for request, result in zip(batch, self.answer(batch), strict=True):
+            self.results[request.reply_to].put(result)
 
     def answer(self, batch: list[EmbedRequest]) -> list[EmbedResult]:
         """The results of a batch of requests: one model call and one gallery search for all their faces."""

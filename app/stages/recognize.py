@@ -100,10 +100,11 @@ class TrackFace:
 
 @dataclass
 class EmbedChannel:
-    """The side queues to the shared embedding worker: requests out, results back."""
+    """The side queues to the shared embedding worker: requests out (shared), results back (this stage's)."""
 
     requests: Any
     results: Any
+    reply_to: int = 0  # this stage's results queue among the worker's
 
 
 @dataclass
@@ -358,7 +359,7 @@ class RecognizeStage:
         if need:
             qualities = [float(identities.selected_quality(t) or 0.0) for t in need]
             request = EmbedRequest(next(self._requests), stream, state.frame, need, qualities,
-                                   self._chips(tracks, need, frame))  # fmt: skip
+                                   self._chips(tracks, need, frame), self.channel.reply_to)  # fmt: skip
             if self._send(request, wait=not state.live):
                 state.pending[request.request] = _Pending(request)
         return answers
