@@ -9,6 +9,9 @@
 # Run through the device tool, carrying .whl, checkpoints, data/demo/images (and out/gpu_inputs):
 #   bash testbench/gpu/run_h200.sh                       # everything
 #   SKIP_MODEL_BENCH=1 bash testbench/gpu/run_h200.sh    # the pipeline benchmark only
+#   SKIP_MODEL_BENCH=1 PIPELINE_CMD=streams_bench MODELS_SET=r50 bash testbench/gpu/run_h200.sh
+#       # several cameras: N = 1, 4, 8, 16 streams of the 1080p clip at full speed, then 16 live at 30 fps
+#       # (MODELS_SET=r50: R50 + R100 fp16; MODELS_SET=default: the default models; STREAM_COUNTS overrides N)
 # Everything lands in $OUT: run.log, nvidia-smi.csv, torch_results.json, and from the pipeline benchmark
 # pipeline_*.json (one JSON line each), stage_logs.txt (the stage processes' log of each run) and
 # gpu_util.txt (nvidia-smi dmon during the runs).
@@ -81,6 +84,35 @@ pipeline_bench() {
     pipeline_run default_torch --backend torch --resolution 1080p --frames "${FRAMES:-1000}"
     pipeline_run default_onnxruntime --backend onnxruntime --resolution 1080p --frames 300
     kill "$dmon" 2>/dev/null
+}
+streams_bench() {  # several cameras in one pipeline: the shared detector batching across streams
+    df -h /dev/shm
+    nvidia-smi dmon -s u -d 1 >"$OUT/gpu_util.txt" 2>&1 &
+    local dmon=$! models=() n frames model_only
+    if [ "${MODELS_SET:-r50}" = r50 ]; then
+        models=(--detector "$MODELS/retinaface_r50.onnx" --det-precision fp16
+                --embedder "$MODELS/iresnet100.onnx" --embedder-kind arcface)
+    fi
+    for n in ${STREAM_COUNTS:-1 4 8 16}; do
+        frames=$(( n == 1 ? 1500 : n <= 4 ? 600 : n <= 8 ? 400 : 300 ))
+        model_only=--skip-model-only
+        [ "$n" = 16 ] && model_only=
+        pipeline_run "${MODELS_SET:-r50}_s$n" --backend torch --resolution 1080p --frames "$frames" \
+            --streams "$n" --det-batch "${DET_BATCH:-32}" "${models[@]}" $model_only
+    done
+    pipeline_run "${MODELS_SET:-r50}_live16" --backend torch --resolution 1080p --frames 240 --streams 16 \
+        --live --live-fps 30 --det-batch "${DET_BATCH:-32}" "${models[@]}" --skip-model-only
+    kill "$dmon" 2>/dev/null
+    python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("pipeline_*.json")):
+    d = json.loads(f.read_text())
+    e = d["latency_ms"]["end_to_end"]
+    print(f"{d['label']:>14} streams {d['streams']:>2} fps {d['fps']:>7} per-stream {d['fps_per_stream_min']}-"
+          f"{d['fps_per_stream_max']} dropped {d['dropped']} e2e p50/p95/p99 {e['p50']}/{e['p95']}/{e.get('p99')} "
+          f"gpu {d.get('gpu_util_percent')} det-ceiling {d.get('detector_ceiling_fps')} "
+          f"model-only {d.get('model_only_fps')} cpu {d.get('stage_cpu_percent')}")
+PY
 }
 PIPELINE_CMD=${PIPELINE_CMD:-pipeline_bench}
 if [ "${SKIP_PIPELINE:-0}" != 1 ]; then
