@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 STAGES = ["capture", "detect", "postprocess", "recognize", "gui"]
+PROCESSES = [*STAGES, "embed"]  # the shared embedding worker stamps no frame
 DEMO_FILES = {  # the demo images folder as `python -m app.models fetch` lays it out, from the shared data
     "obama.jpg": SHARED_FACES / "knn_examples" / "train" / "obama" / "obama.jpg",
     "obama2.jpg": SHARED_FACES / "knn_examples" / "train" / "obama" / "obama2.jpg",
@@ -128,7 +129,8 @@ def test_generated_video_faces_are_tracked_and_named_correctly(demo, tmp_path):
 
     events = [json.loads(line) for line in out["ev.jsonl"].read_text().splitlines()]
     assert {e["name"] for e in events if e["status"] == "known"} == {"obama", "biden"}
-    assert all(set(e) == {"time", "frame", "track", "name", "status", "similarity", "box"} for e in events)
+    keys = {"camera", "time", "frame", "track", "name", "status", "similarity", "box"}
+    assert all(set(e) == keys and e["camera"] == "default" for e in events)
 
     video = cv2.VideoCapture(str(out["out.mp4"]))
     count = 0
@@ -189,7 +191,7 @@ def start_real(tmp_path: Path, *extra: str) -> RunningPipeline:
     assert run.wait_for_stderr("pipeline running", timeout=120), run.stderr
     time.sleep(1.0)  # frames are flowing through every stage
     assert sorted(c for c in run.record_stages().values() if c.startswith("fp-")) == sorted(
-        f"fp-{s}" for s in STAGES
+        f"fp-{s}" for s in PROCESSES
     )
     return run
 
@@ -224,7 +226,7 @@ def test_ctrl_c_stops_within_2_s_and_leaves_readable_outputs(tmp_path):
     assert all(json.loads(line)["frame"] >= 0 for line in tracks.read_text().splitlines())
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", PROCESSES)
 def test_killed_stage_stops_the_pipeline_within_2_s(tmp_path, stage):
     tracks = tmp_path / "tracks.jsonl"
     run = start_real(tmp_path, "--tracks-out", str(tracks))
