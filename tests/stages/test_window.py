@@ -1,0 +1,205 @@
+"""The mosaic window's behaviour without a display: a fake backend stands in for OpenCV's highgui.
+
+What is shown (mosaic or one camera), keys (q / Esc quit, 1-9 select, 0 back), clicks on tiles, notes,
+the repaint limit with several cameras (injected clock) and the one-camera window as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from app.stages.gui import WINDOW_TITLE
+from app.stages.window import QUIT_PRESSED, WINDOW_CLOSED, MosaicWindow
+from app.vision.drawing import NOTE_BGR
+from app.vision.mosaic import tile_rects
+
+RED, BLUE, GREEN = (0, 0, 255), (255, 0, 0), (0, 255, 0)
+
+
+class FakeBackend:
+    """Records every call; keys and clicks are queued by the test, as a user would type and click."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+        self.shown: list[np.ndarray] = []
+        self.sizes: list[tuple[int, int]] = []
+        self.keys: list[int] = []
+        self.open_now = True
+        self.closed = False
+        self.click: Callable[[int, int], None] | None = None
+
+    def open(self, title: str) -> None:
+        self.opened.append(title)
+
+    def resize(self, title: str, width: int, height: int) -> None:
+        self.sizes.append((width, height))
+
+    def show(self, title: str, image: np.ndarray) -> None:
+        self.shown.append(image.copy())
+
+    def poll_key(self) -> int | None:
+        return self.keys.pop(0) if self.keys else None
+
+    def is_open(self, title: str) -> bool:
+        return self.open_now
+
+    def on_click(self, title: str, callback: Callable[[int, int], None]) -> None:
+        self.click = callback
+
+    def close(self, title: str) -> None:
+        self.closed = True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0  # every call a second later: the repaint limit never holds a frame back
+        return self.now
+
+
+def solid(colour: tuple[int, int, int], w: int = 320, h: int = 180) -> np.ndarray:
+    return np.full((h, w, 3), colour, np.uint8)
+
+
+def near(image: np.ndarray, colour: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+    return np.all(np.abs(image.astype(int) - np.array(colour)) <= tol, axis=2)
+
+
+def three_cameras(**kwargs) -> tuple[MosaicWindow, FakeBackend]:
+    backend = FakeBackend()
+    window = MosaicWindow(["door", "yard", "lobby"], backend=backend, clock=Clock(), **kwargs)
+    window.open()
+    for index, colour in enumerate((RED, GREEN, BLUE)):
+        window.update(index, solid(colour))
+    return window, backend
+
+
+def test_one_camera_is_shown_full_size_as_before_and_q_quits():
+    backend = FakeBackend()
+    window = MosaicWindow(["default"], backend=backend)
+    window.open()
+    frame = solid(RED, 1920, 1080)
+    assert window.show(frame) is True
+    assert backend.opened == [WINDOW_TITLE] and backend.sizes == [(1280, 720)]  # capped to a laptop screen
+    shown = backend.shown[-1]
+    assert shown.shape == frame.shape
+    assert np.array_equal(shown[:900], frame[:900])  # the picture itself, untouched above the legend
+    assert not np.array_equal(shown[1000:, 1500:], frame[1000:, 1500:])  # the legend, bottom right
+    assert np.array_equal(frame, solid(RED, 1920, 1080))  # drawn on a copy, not on the caller's frame
+    backend.keys += [ord("2"), ord("0")]  # camera keys mean nothing with one camera
+    assert window.show(frame) and window.show(frame) and window.selected == 0
+    backend.keys.append(ord("q"))
+    assert window.show(frame) is False and window.last_stop_reason == QUIT_PRESSED
+    assert len(backend.shown) == 4 and backend.sizes == [(1280, 720)]  # every frame painted, resized once
+    window.close()
+    assert backend.closed
+
+
+@pytest.mark.parametrize("key", [27, ord("Q")])
+def test_escape_and_capital_q_quit_too(key):
+    window, backend = three_cameras()
+    backend.keys.append(key)
+    assert window.show() is False and window.last_stop_reason == QUIT_PRESSED
+
+
+def test_closing_the_window_quits_with_its_own_reason():
+    window, backend = three_cameras()
+    assert window.show() is True and window.last_stop_reason is None
+    backend.open_now = False
+    assert window.show() is False and window.last_stop_reason == WINDOW_CLOSED
+    assert len(backend.shown) == 1  # nothing painted into a closed window
+
+
+def test_several_cameras_are_shown_as_a_mosaic_and_a_number_key_shows_one():
+    window, backend = three_cameras()
+    assert window.show()
+    mosaic = backend.shown[-1]
+    rects = tile_rects(3, (mosaic.shape[1], mosaic.shape[0]))
+    for (x, y, w, h), colour in zip(rects, (RED, GREEN, BLUE), strict=False):
+        assert tuple(int(v) for v in mosaic[y + h // 2, x + w // 2]) == colour
+    backend.keys.append(ord("2"))
+    assert window.show() and window.selected == 1
+    assert window.show()
+    yard = backend.shown[-1]
+    assert yard.shape == (180, 320, 3) and tuple(int(v) for v in yard[20, 300]) == GREEN  # yard alone
+    backend.keys.append(ord("2"))  # the same number again: back to the mosaic
+    assert window.show() and window.selected is None
+    backend.keys += [ord("3"), ord("0")]
+    assert window.show() and window.selected == 2
+    assert window.show() and window.selected is None
+    backend.keys.append(ord("9"))  # no ninth camera: ignored
+    assert window.show() and window.selected is None
+
+
+def test_a_click_on_a_tile_shows_that_camera_and_another_click_returns():
+    window, backend = three_cameras()
+    assert window.show()
+    mosaic = backend.shown[-1]
+    x, y, w, h = tile_rects(3, (mosaic.shape[1], mosaic.shape[0]))[2]
+    assert backend.click is not None
+    backend.click(x + w // 2, y + h // 2)  # what OpenCV calls during waitKey on a left click
+    assert window.selected == 2
+    assert window.show() and tuple(int(v) for v in backend.shown[-1][20, 300]) == BLUE
+    backend.click(5, 5)
+    assert window.selected is None
+    gap_x = tile_rects(3, (mosaic.shape[1], mosaic.shape[0]))[0][2]
+    backend.click(gap_x, 5)  # between tiles: nothing selected
+    assert window.selected is None
+    backend.click(mosaic.shape[1] - 5, mosaic.shape[0] - 5)  # the empty fourth cell of the 2x2 grid
+    assert window.selected is None
+
+
+def test_a_note_shows_on_its_tile_and_on_the_camera_alone():
+    window, backend = three_cameras()
+    window.set_note(1, "reconnecting")
+    assert window.show()
+    mosaic = backend.shown[-1]
+    rects = tile_rects(3, (mosaic.shape[1], mosaic.shape[0]))
+    amber = near(mosaic, NOTE_BGR)
+    x, y, w, h = rects[1]
+    assert amber[y : y + h, x : x + w].sum() > 30
+    assert amber.sum() == amber[y : y + h, x : x + w].sum()  # only on the yard's tile
+    window.select(1)
+    assert window.show() and near(backend.shown[-1], NOTE_BGR).sum() > 30
+    window.set_note(1, None)
+    assert window.show() and near(backend.shown[-1], NOTE_BGR).sum() == 0
+
+
+def test_a_camera_without_a_picture_yet_says_so():
+    backend = FakeBackend()
+    window = MosaicWindow(["door", "yard"], backend=backend, clock=Clock())
+    window.open()
+    window.update(0, solid(RED))
+    window.select(1)
+    assert window.show()
+    assert near(backend.shown[-1], NOTE_BGR).sum() > 30  # "waiting for the first picture"
+    window.select(None)
+    assert window.show() and backend.shown[-1].shape[:2] == (180, 642)  # two 320x180 tiles side by side
+
+
+def test_several_cameras_repaint_at_most_refresh_hz_times_a_second():
+    backend = FakeBackend()
+    now = [0.0]
+    window = MosaicWindow(["a", "b"], backend=backend, refresh_hz=8.0, clock=lambda: now[0])
+    window.open()
+    window.update(0, solid(RED))
+    for step in range(64):  # 64 frames in 2 s (times exact in binary): 16 repaints at 8 Hz
+        now[0] = step / 32
+        assert window.show()
+    assert len(backend.shown) == 16
+    backend.keys.append(ord("q"))
+    now[0] = 2.0
+    assert window.show() is False  # keys are read on every repaint
+
+
+def test_bad_camera_index_is_an_error():
+    window, _ = three_cameras()
+    with pytest.raises(IndexError, match="no camera 3"):
+        window.select(3)
+    with pytest.raises(ValueError, match="at least one camera"):
+        MosaicWindow([], backend=FakeBackend())
