@@ -1,15 +1,27 @@
 """The mosaic window's behaviour without a display: a fake backend stands in for OpenCV's highgui.
 
 What is shown (mosaic or one camera), keys (q / Esc quit, 1-9 select, 0 back), clicks on tiles, notes,
-the repaint limit with several cameras (injected clock) and the one-camera window as before.
+the repaint limit with several cameras (injected clock) and the one-camera window as before. The last test
+opens the real window on a virtual X display (Xvfb) and clicks and types into it as a user would.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from test_gui_window import display, press_key  # noqa: F401 - the virtual display fixture
 
 from app.stages.gui import WINDOW_TITLE
 from app.stages.window import QUIT_PRESSED, WINDOW_CLOSED, MosaicWindow
@@ -17,6 +29,7 @@ from app.vision.drawing import NOTE_BGR
 from app.vision.mosaic import tile_rects
 
 RED, BLUE, GREEN = (0, 0, 255), (255, 0, 0), (0, 255, 0)
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeBackend:
@@ -203,3 +216,105 @@ def test_bad_camera_index_is_an_error():
         window.select(3)
     with pytest.raises(ValueError, match="at least one camera"):
         MosaicWindow([], backend=FakeBackend())
+
+
+# A two-camera window in its own process (Qt stays out of the test process); it prints the window's image
+# rectangle once, then what it shows whenever that changes, then why it stopped.
+WINDOW_SCRIPT = """
+import sys, time
+import cv2, numpy as np
+from app.stages.window import MosaicWindow
+window = MosaicWindow(["door", "yard"])
+window.open()
+window.update(0, np.full((360, 640, 3), (0, 0, 255), np.uint8))
+window.update(1, np.full((360, 640, 3), (0, 255, 0), np.uint8))
+shown = None
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and window.show():
+    state = "mosaic" if window.selected is None else f"camera {window.selected}"
+    if state != shown:
+        if shown is None:
+            print("rect", *cv2.getWindowImageRect(window.title), flush=True)
+        print(state, flush=True)
+        shown = state
+    time.sleep(0.01)
+print("stopped", window.last_stop_reason, flush=True)
+window.close()
+"""
+
+
+def click(display: str, x: int, y: int) -> None:  # noqa: F811 - `display` is the X display name here
+    """Move the pointer to screen pixel (x, y) and click the left button, through the X test extension."""
+    x11 = ctypes.CDLL(ctypes.util.find_library("X11"))
+    xtst = ctypes.CDLL(ctypes.util.find_library("Xtst"))
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XFlush.argtypes = [ctypes.c_void_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    xtst.XTestFakeMotionEvent.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_ulong,
+    ]
+    xtst.XTestFakeButtonEvent.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_ulong]
+    handle = x11.XOpenDisplay(display.encode())
+    assert handle, f"cannot open display {display}"
+    try:
+        xtst.XTestFakeMotionEvent(handle, 0, x, y, 0)
+        x11.XFlush(handle)
+        time.sleep(0.1)  # let Qt see the pointer arrive before the press
+        xtst.XTestFakeButtonEvent(handle, 1, 1, 0)
+        xtst.XTestFakeButtonEvent(handle, 1, 0, 0)
+        x11.XFlush(handle)
+    finally:
+        x11.XCloseDisplay(handle)
+
+
+def line_reader(proc: subprocess.Popen) -> Callable[[], str]:
+    """The process's next stdout line, waiting at most 20 s (a thread reads, so no line waits in a buffer)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.strip()) for line in proc.stdout], daemon=True).start()
+
+    def next_line() -> str:
+        try:
+            return lines.get(timeout=20)
+        except queue.Empty:
+            raise AssertionError("the window process printed nothing more") from None
+
+    return next_line
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb for a virtual display")
+@pytest.mark.skipif(ctypes.util.find_library("Xtst") is None, reason="needs libXtst to click and type")
+def test_real_window_click_selects_a_camera_keys_switch_back_and_q_quits(display):  # noqa: F811
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DISPLAY": display, "WAYLAND_DISPLAY": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WINDOW_SCRIPT], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    read_line = line_reader(proc)
+    try:
+        rect = [int(v) for v in read_line().split()[1:]]
+        assert read_line() == "mosaic"
+        x, y, w, h = rect
+        # The canvas is 1282x360 (two 640x360 tiles and a 2 px gap); the yard is the right-hand tile.
+        click(display, x + round(w * 961 / 1282), y + h // 2)
+        assert read_line() == "camera 1"
+        press_key(display, "0", at=(x + w // 4, y + h // 2))
+        assert read_line() == "mosaic"
+        press_key(display, "2", at=(x + w // 4, y + h // 2))
+        assert read_line() == "camera 1"
+        click(display, x + w // 4, y + h // 2)  # a click on the camera alone: back to the mosaic
+        assert read_line() == "mosaic"
+        press_key(display, "q", at=(x + w // 4, y + h // 2))
+        assert read_line() == "stopped q pressed"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "QFontDatabase" not in err, err
