@@ -66,15 +66,6 @@ class FakeBackend:
         self.closed = True
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0  # every call a second later: the repaint limit never holds a frame back
-        return self.now
-
-
 def solid(colour: tuple[int, int, int], w: int = 320, h: int = 180) -> np.ndarray:
     return np.full((h, w, 3), colour, np.uint8)
 
@@ -85,7 +76,8 @@ def near(image: np.ndarray, colour: tuple[int, int, int], tol: int = 40) -> np.n
 
 def three_cameras(**kwargs) -> tuple[MosaicWindow, FakeBackend]:
     backend = FakeBackend()
-    window = MosaicWindow(["door", "yard", "lobby"], backend=backend, clock=Clock(), **kwargs)
+    # refresh_hz=0: every show() paints, so these tests are about what is shown, not when.
+    window = MosaicWindow(["door", "yard", "lobby"], backend=backend, refresh_hz=0, **kwargs)
     window.open()
     for index, colour in enumerate((RED, GREEN, BLUE)):
         window.update(index, solid(colour))
@@ -185,7 +177,7 @@ def test_a_note_shows_on_its_tile_and_on_the_camera_alone():
 
 def test_a_camera_without_a_picture_yet_says_so():
     backend = FakeBackend()
-    window = MosaicWindow(["door", "yard"], backend=backend, clock=Clock())
+    window = MosaicWindow(["door", "yard"], backend=backend, refresh_hz=0)
     window.open()
     window.update(0, solid(RED))
     window.select(1)
@@ -208,6 +200,25 @@ def test_several_cameras_repaint_at_most_refresh_hz_times_a_second():
     backend.keys.append(ord("q"))
     now[0] = 2.0
     assert window.show() is False  # keys are read on every repaint
+
+
+def test_a_slow_paint_spaces_the_next_ones_out():
+    backend = FakeBackend()
+    now = [0.0]
+
+    def slow_show(title: str, image: np.ndarray) -> None:
+        now[0] += 0.1  # this paint took 100 ms: the next may come 400 ms later at a 25% share
+        backend.shown.append(image)
+
+    backend.show = slow_show
+    window = MosaicWindow(["a", "b"], backend=backend, refresh_hz=30.0, clock=lambda: now[0])
+    window.open()
+    window.update(0, solid(RED))
+    assert window.show() and len(backend.shown) == 1
+    now[0] = 0.39
+    assert window.show() and len(backend.shown) == 1
+    now[0] = 0.40
+    assert window.show() and len(backend.shown) == 2
 
 
 def test_bad_camera_index_is_an_error():
