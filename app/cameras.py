@@ -148,7 +148,9 @@ def _camera_from_table(table: Mapping[str, Any], where: str) -> CameraConfig:
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{label}: enabled = {_toml_value(enabled)} must be true or false")
-    overrides = {key: _override(key, table[key], label) for key in OVERRIDE_KEYS if key in table}
+    overrides: dict[str, Any] = {
+        key: _override(key, table[key], label) for key in OVERRIDE_KEYS if key in table
+    }
     return CameraConfig(name=name, source=source.strip(), enabled=enabled, **overrides)
 
 

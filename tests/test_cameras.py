@@ -249,6 +249,7 @@ def test_every_key_is_documented_in_the_example_file():
         ("http://u:p@host/v?user=a&pass=b", (None, "http://u:p@host/v?user=a&pass=b")),
         ("yard=http://host/v?ch=2", ("yard", "http://host/v?ch=2")),
         ("front door=x.mp4", (None, "front door=x.mp4")),
+        ("./a=b.mp4", (None, "./a=b.mp4")),
         ("clip.mp4", (None, "clip.mp4")),
         ("0", (None, "0")),
         ("desk=0", ("desk", "0")),

@@ -21,7 +21,6 @@ import os
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -31,9 +30,10 @@ import cv2
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import SourceInfo, TrackedFaces
+from app.pipeline.metrics import RollingFps
 from app.pipeline.stage_runner import Capabilities, StopPipeline
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
-from app.vision.drawing import draw_faces, draw_overlay
+from app.vision.drawing import annotate_frame
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class GuiStage:
         paths = video_paths(output, self.cameras) if output is not None else []
         self.videos: dict[int, VideoSink] = {i: VideoSink(path) for i, path in enumerate(paths)}
         self.window: Window | None = None
-        self.mosaic = None  # several cameras: one window of tiles (app.stages.window.MosaicWindow)
-        self._done_times: dict[int, deque[float]] = {}
+        self.mosaic = None  # the window of every camera's tile (app.stages.window.MosaicWindow)
+        self._fps: dict[int, RollingFps] = {}  # per camera
         self._stage_ms: dict[str, float] = {}
 
     @property
@@ -217,8 +217,8 @@ class GuiStage:
             self.tracks.write(msg, camera)
         if canvas is None:
             return []
-        draw_faces(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities)
-        draw_overlay(canvas, self._overlay_lines(msg))
+        lines = self._overlay_lines(msg)
+        annotate_frame(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities, lines)
         if video is not None:
             video.write(canvas)
         if self.window is not None and not self.window.show(canvas):
@@ -231,12 +231,9 @@ class GuiStage:
         return []
 
     def _overlay_lines(self, msg: TrackedFaces) -> list[str]:
-        """FPS over the last frames, this frame's latency so far, and smoothed per-stage times."""
+        """FPS over the last second, this frame's latency so far, and smoothed per-stage times."""
         now = time.monotonic()
-        done = self._done_times.setdefault(msg.meta.stream, deque(maxlen=64))
-        done.append(now)
-        span = done[-1] - done[0]
-        fps = (len(done) - 1) / span if span > 0 else 0.0
+        fps = self._fps.setdefault(msg.meta.stream, RollingFps()).tick(now)
         stamps = msg.meta.stamps
         latency_ms = (now - stamps[0].end) * 1000 if stamps else math.nan
         for stamp in stamps:

@@ -32,12 +32,12 @@ class PostprocessStage:
         score_threshold: float,
         nms_threshold: float,
         score_thresholds: Mapping[int, float] | None = None,
-        min_faces: Mapping[int, float] | None = None,
+        min_faces: Mapping[int, int] | None = None,
     ) -> None:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.score_thresholds = {int(k): float(v) for k, v in (score_thresholds or {}).items()}
-        self.min_faces = {int(k): float(v) for k, v in (min_faces or {}).items() if v and v > 0}
+        self.min_faces = {int(k): int(v) for k, v in (min_faces or {}).items()}
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._last_index: dict[int, np.ndarray] = {}
         self._warned_floor = False
@@ -63,12 +63,8 @@ class PostprocessStage:
             self.nms_threshold,
             (meta.width, meta.height),
         )
-        boxes, scores, landmarks = found.boxes, found.scores, found.landmarks
-        min_face = self.min_faces.get(meta.stream)
-        if min_face is not None and len(boxes):
-            keep = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face
-            boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
-        return [FaceDetections(meta, boxes, scores, landmarks)]
+        found = found.at_least(self.min_faces.get(meta.stream, 0))
+        return [FaceDetections(meta, found.boxes, found.scores, found.landmarks)]
 
     def _expand(self, msg: CandidateDetections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Full (P,4), (P,2), (P,10) arrays holding the candidates; every other prior scores 0."""

@@ -39,7 +39,8 @@ def shade(region: np.ndarray, keep: float = 0.35) -> None:
     if region.size == 0:
         return
     panel = tuple(c * (1.0 - keep) for c in PANEL_BGR)
-    region[:] = cv2.add(cv2.convertScaleAbs(region, alpha=keep), (*panel, 0.0))
+    # A 4-tuple is a per-channel cv::Scalar: two saturating uint8 passes, no float copy of the region.
+    region[:] = cv2.add(cv2.convertScaleAbs(region, alpha=keep), (*panel, 0.0))  # type: ignore[call-overload]
 
 
 def face_label(track_id: int, name: str | None, status: str, similarity: float | None) -> str:

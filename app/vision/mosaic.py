@@ -49,16 +49,15 @@ def tile_rects(n: int, canvas_wh: tuple[int, int], gap: int = GAP) -> list[Rect]
 def canvas_size(
     n: int, frame_wh: tuple[int, int], max_wh: tuple[int, int] = MAX_CANVAS_WH
 ) -> tuple[int, int]:
-    """A canvas for n tiles of this frame's aspect, as large as fits in `max_wh` and never larger than the
-    frames themselves need (four 640x360 cameras make a 1282x722 canvas, not a 1920x1080 one)."""
+    """A canvas for n tiles of this frame's aspect: the tiles (gaps aside) as large as fit in `max_wh`, and
+    never larger than the frames themselves (four 640x360 cameras make 1282x722, not 1922x1082). Four 1080p
+    cameras get 960x540 tiles, nine 640x360, sixteen 480x270: exact fractions, the cheapest to shrink."""
     rows, cols = grid_shape(n)
     frame_w, frame_h = frame_wh
     aspect = frame_w / max(frame_h, 1)
-    fit_w = (max_wh[0] - GAP * (cols - 1)) / cols
-    fit_h = (max_wh[1] - GAP * (rows - 1)) / rows
-    tile_w = min(fit_w, fit_h * aspect, frame_w)
-    tile_h = tile_w / aspect
-    return round(tile_w * cols + GAP * (cols - 1)), round(tile_h * rows + GAP * (rows - 1))
+    tile_w = min(max_wh[0] / cols, max_wh[1] / rows * aspect, frame_w)
+    tile_w, tile_h = round(tile_w), round(tile_w / aspect)
+    return tile_w * cols + GAP * (cols - 1), tile_h * rows + GAP * (rows - 1)
 
 
 def tile_at(rects: Sequence[Rect], x: int, y: int) -> int | None:
@@ -76,6 +75,25 @@ def letterbox_rect(image_wh: tuple[int, int], rect: Rect) -> Rect:
     scale = min(w / image_w, h / image_h)
     fit_w, fit_h = max(1, min(w, round(image_w * scale))), max(1, min(h, round(image_h * scale)))
     return x + (w - fit_w) // 2, y + (h - fit_h) // 2, fit_w, fit_h
+
+
+def shrink_to(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """`image` resized to `size_wh`: halved by area averaging while it is at least twice too large (no
+    aliasing, and OpenCV's exact-2x fast path: 1080p -> 270p in ~1.7 ms where one 4x area resize takes
+    ~6 ms and a non-integer one 10-17 ms), then one bilinear step for the factor left, below 2."""
+    width, height = size_wh
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
+        # An odd last row or column is dropped so the ratio is exactly 2.
+        image = cv2.resize(image[: half_h * 2, : half_w * 2], (half_w, half_h), interpolation=cv2.INTER_AREA)
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def paint(region: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Fill `region` (a view) with one colour: one cv2 pass, where numpy's broadcast is ~20x slower."""
+    cv2.rectangle(region, (0, 0), (region.shape[1] - 1, region.shape[0] - 1), colour, cv2.FILLED)
 
 
 def tile_label(index: int, name: str) -> str:
@@ -102,20 +120,18 @@ def compose_mosaic(
         out = np.empty((height, width, 3), np.uint8)
     elif out.shape != (height, width, 3) or out.dtype != np.uint8:
         raise ValueError(f"out must be a ({height}, {width}, 3) uint8 array, not {out.shape} {out.dtype}")
-    out[:] = BACKGROUND_BGR
+    paint(out, BACKGROUND_BGR)
     for index, rect in enumerate(tile_rects(len(tiles), canvas_wh)):
         x, y, w, h = rect
         region = out[y : y + h, x : x + w]
         image, note = tiles[index], notes[index]
         if image is None:
-            region[:] = EMPTY_TILE_BGR
+            paint(region, EMPTY_TILE_BGR)
         else:
             if image.ndim == 2:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
             ix, iy, iw, ih = letterbox_rect((image.shape[1], image.shape[0]), rect)
-            shrink = iw < image.shape[1]
-            fitted = cv2.resize(image, (iw, ih), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-            out[iy : iy + ih, ix : ix + iw] = fitted
+            out[iy : iy + ih, ix : ix + iw] = shrink_to(image, (iw, ih))
             if note:
                 shade(region, keep=0.5)  # a stale picture: dimmed, so the note is what one reads
         if note:

@@ -93,8 +93,11 @@ def test_letterbox_keeps_aspect_and_centres():
 def test_canvas_fits_the_frames_aspect_without_enlarging_them():
     assert canvas_size(4, (640, 360)) == (1282, 722)  # 2x2 tiles of the frames' own size
     assert canvas_size(1, (1920, 1080)) == (1920, 1080)
-    assert canvas_size(4, (1920, 1080)) == (1918, 1080)  # shrunk to fit 1920x1080
-    assert canvas_size(2, (1920, 1080)) == (1920, 539)
+    assert canvas_size(4, (1920, 1080)) == (1922, 1082)  # 960x540 tiles: 1920x1080 of pictures
+    assert canvas_size(2, (1920, 1080)) == (1922, 540)
+    assert canvas_size(9, (1920, 1080)) == (1924, 1084)  # 640x360 tiles
+    assert canvas_size(16, (1920, 1080)) == (1926, 1086)  # 480x270 tiles
+    assert canvas_size(4, (1080, 1920)) == (610, 1082)  # portrait cameras: 304x540 tiles
 
 
 def test_each_picture_lands_in_its_tile_letterboxed_with_its_aspect():
