@@ -227,7 +227,7 @@ class GuiStage:
             self.mosaic.update(meta.stream, canvas)
             self.mosaic.set_note(meta.stream, meta.status or None)  # e.g. "reconnecting to ..."
             if not self.mosaic.show():
-                raise StopPipeline(self.mosaic.last_stop_reason or "window closed")
+                raise StopPipeline("window closed")  # q, Esc or the window closed: one reason, as always
         return []
 
     def _overlay_lines(self, msg: TrackedFaces) -> list[str]:
