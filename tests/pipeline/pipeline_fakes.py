@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from app.errors import UserError
-from app.pipeline.frame_ring import FrameRingHandle
+from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.stage_runner import StopPipeline
 from app.pipeline.supervisor import Supervisor
 from app.stages.capture import CaptureStage
@@ -153,3 +153,72 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class StreamMeanStage:
+    """MeanStage for several cameras: claims each frame from its own camera's ring."""
+
+    name = "detect"
+
+    def __init__(self, rings: StreamRings) -> None:
+        self.rings = rings
+
+    def setup(self) -> dict:
+        return {}
+
+    def process(self, msg):
+        ring = self.rings.ring(msg.meta.stream)
+        if not ring.claim(msg.meta.slot, msg.meta.seq):
+            return []
+        msg.meta.mean = float(ring.frame(msg.meta.slot).mean())
+        return [msg]
+
+    def close(self) -> None:
+        self.rings.close()
+
+
+class StreamLinesSink:
+    """LinesSink for several cameras: one JSON line per frame with its stream, then frees its slot."""
+
+    name = "gui"
+
+    def __init__(self, rings: StreamRings, out: Path) -> None:
+        self.rings = rings
+        self.out = out
+        self._file = None
+
+    def setup(self) -> dict:
+        self._file = open(self.out, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
+        return {}
+
+    def process(self, msg):
+        meta = msg.meta
+        row = {"stream": meta.stream, "frame": meta.frame_index, "mean": meta.mean}
+        self._file.write(json.dumps(row) + "\n")
+        self.rings.ring(meta.stream).release(meta.slot, meta.seq)
+        return []
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.rings.close()
+
+
+def build_cameras(sources: list[str], out: Path, max_speed: bool = True):
+    """A graph of one capture per source, the stream-aware mean, a pass-through and the sink."""
+    from app.pipeline.graph import Channel, Node, PipelineGraph, Stream
+
+    streams, nodes, channels = [], [], []
+    for i, source in enumerate(sources):
+        handle = Supervisor.new_ring_handle()
+        name = f"capture:cam{i}"
+        nodes.append(
+            Node(name, CaptureStage(source, handle, max_speed=max_speed, stream=i, camera=f"cam{i}"), i)
+        )
+        streams.append(Stream(i, f"cam{i}", handle, name))
+        channels.append(Channel(name, "detect", 10))
+    rings = StreamRings({s.index: s.ring for s in streams})
+    nodes += [Node("detect", StreamMeanStage(rings)), Node("postprocess", PassStage("postprocess")),
+              Node("gui", StreamLinesSink(rings, out))]  # fmt: skip
+    channels += [Channel("detect", "postprocess", 10), Channel("postprocess", "gui", 10)]
+    return PipelineGraph(nodes, channels, streams)
