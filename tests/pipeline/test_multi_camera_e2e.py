@@ -20,6 +20,9 @@ from tests.support.shared_data import HAMILTON, SHARED_FACES
 
 LIN, ALEX = "Lin-Manuel Miranda", "Alex Lacamoire"
 LIN_SHOT = (82, 211)  # frames of the Hamilton clip where Lin-Manuel is large and frontal
+# Three cameras at 8 FPS stay within what the 2-core test machine runs end to end (~35 FPS), so "every frame
+# kept" is what the other cameras must show while one is away, not what the machine can afford.
+LIVE_FPS = 8.0
 
 pytestmark = pytest.mark.slow
 
@@ -117,11 +120,13 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 def test_file_mjpeg_and_rtsp_cameras_are_named_and_recover_on_their_own(gallery, tmp_path):
     lin = read_frames(*LIN_SHOT)
-    video = write_video(tmp_path / "lin.mp4", lin * 6)  # ~31 s at 25 fps: running for the whole test
-    mjpeg = MjpegServer(lin, fps=25).start()
+    video = write_video(tmp_path / "lin.mp4", lin * 3, fps=LIVE_FPS)  # ~48 s: running for the whole test
+    mjpeg = MjpegServer(lin, fps=LIVE_FPS).start()
     # CI has GStreamer's RTSP server; a machine without it serves the third camera as MJPEG too.
     rtsp_problem = rtsp_support_problem()
-    third = RtspServer(lin, fps=25).start() if rtsp_problem is None else MjpegServer(lin, fps=25).start()
+    third = (
+        RtspServer(lin, fps=LIVE_FPS) if rtsp_problem is None else MjpegServer(lin, fps=LIVE_FPS)
+    ).start()
     third_name = "rtsp" if rtsp_problem is None else "mjpg2"
     tracks = tmp_path / "tracks.jsonl"
     argv = cli(
