@@ -218,6 +218,7 @@ class _FrameLog:
     def __init__(self, add: Any) -> None:
         self._add = add
         self.done: list[float] = []
+        self.e2e_ms: list[tuple[float, float]] = []  # (sink time, end-to-end ms) per frame
         self.detect_calls: dict[tuple[float, float], int] = {}
 
     def __call__(self, meta: Any) -> None:
@@ -225,6 +226,7 @@ class _FrameLog:
         if not meta.stamps:
             return
         self.done.append(meta.stamps[-1].end)
+        self.e2e_ms.append((meta.stamps[-1].end, (meta.stamps[-1].end - meta.stamps[0].end) * 1e3))
         for stamp in meta.stamps:
             if stamp.stage == "detect":
                 key = (stamp.start, stamp.end)  # frames of one call share their stamp
@@ -238,6 +240,17 @@ class _FrameLog:
         a, b = int(len(done) * 0.1), int(len(done) * 0.9)
         span = done[b] - done[a]
         return round((b - a) / span, 2) if span > 0 else None
+
+    def steady_latency(self) -> dict[str, float] | None:
+        """End-to-end p50/p95/p99 of the frames finished in the middle 80 % of the run (start-up and
+        drain left out, as for fps_steady)."""
+        done = sorted(self.e2e_ms)
+        if len(done) < 20:
+            return None
+        a, b = int(len(done) * 0.1), int(len(done) * 0.9)
+        values = np.array([ms for _, ms in done[a:b]])
+        p50, p95, p99 = np.percentile(values, [50, 95, 99])
+        return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
     def detect_batches(self) -> dict[str, object]:
         sizes = list(self.detect_calls.values())
@@ -297,13 +310,17 @@ class _CpuSampler:
 
 
 class _GpuSampler:
-    """nvidia-smi's GPU utilisation every 200 ms while the pipeline runs (nothing without nvidia-smi)."""
+    """nvidia-smi's GPU utilisation every 200 ms while the pipeline runs, each sample with its monotonic
+    time, so `summary(t0, t1)` covers the frames' window only (nothing without nvidia-smi)."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
-        self.samples: list[float] = []
+        self._thread: Any = None
+        self.samples: list[tuple[float, float]] = []
 
     def __enter__(self) -> _GpuSampler:
+        import threading
+
         try:
             self._proc = subprocess.Popen(
                 ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
@@ -312,21 +329,28 @@ class _GpuSampler:
                 text=True,
             )
         except OSError:
-            self._proc = None
+            return self
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
         return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            head = line.strip().split(",")[0]
+            if head.replace(".", "", 1).isdigit():
+                self.samples.append((time.monotonic(), float(head)))
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is None:
             return
         self._proc.terminate()
-        out, _ = self._proc.communicate(timeout=5)
-        for line in out.splitlines():
-            head = line.strip().split(",")[0]
-            if head.replace(".", "", 1).isdigit():
-                self.samples.append(float(head))
+        self._proc.wait(timeout=5)
+        if self._thread is not None:
+            self._thread.join(2)
 
-    def summary(self) -> dict[str, float] | None:
-        busy = self.samples
+    def summary(self, start: float, end: float) -> dict[str, float] | None:
+        busy = [v for t, v in self.samples if start <= t <= end]
         if not busy:
             return None
         return {"mean": round(float(np.mean(busy)), 1), "p50": round(float(np.median(busy)), 1),
@@ -371,11 +395,12 @@ def run_pipeline(
         raise UserError(f"the pipeline did not run: {result.error or result.stop_reason} (log: {stage_log})")
     out = dict(result.summary)
     out["fps_steady"] = frame_log.steady_fps()
+    out["end_to_end_steady_ms"] = frame_log.steady_latency()
     out["det_batch"] = frame_log.detect_batches()
     out["exit_code"] = result.exit_code
-    out["gpu_util_percent"] = gpu.summary()
     # Between the first and the last finished frame: model loading and shutdown left out.
     done = sorted(frame_log.done)
+    out["gpu_util_percent"] = gpu.summary(done[0], done[-1]) if done else None
     out["stage_cpu_percent"] = cpu.percent(done[0], done[-1]) if done else {}
     text = stage_log.read_text(errors="replace")
     embedding = EMBEDDING_LINE.search(text)
@@ -689,6 +714,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "gpu_util_percent": run["gpu_util_percent"],
         "embed_worker": run.get("embed_worker"),
         "fps_steady": run["fps_steady"],
+        "end_to_end_steady_ms": run["end_to_end_steady_ms"],
         "latency_ms": run["latency_ms"],
         "queue_wait_ms": run["queue_wait_ms"],
         "backend": args.backend,

@@ -57,7 +57,7 @@ class CandidateDetections(RawDetections):
 
 class DetectStage:
     name = "detect"
-    capabilities = Capabilities(batched=True)
+    capabilities = Capabilities(batched=True, starts=True)
 
     def __init__(
         self,
@@ -158,6 +158,14 @@ class DetectStage:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
             raise UserError(message) from None
         return {"input_hw": (h, w), "max_batch": self.max_batch}
+
+    def start(self, sources: dict) -> None:
+        """GPU path: page-lock every camera's ring now (~50 ms each), not when its first frame comes."""
+        if self.gpu is None:
+            return
+        for stream in sources:
+            ring = self.frames.ring(stream)
+            self.gpu.register_ring(ring.frame(0), ring.slots)
 
     def process(self, msg: FrameRef) -> list[RawDetections]:
         return self.process_batch([msg])
