@@ -112,6 +112,12 @@ class Settings:
         ),
     )
     # Multi-camera processes
+    detect_workers: int = field(
+        default=1,
+        metadata=_meta(
+            "Detector processes the cameras are spread over (each batches its cameras' frames)", lo=1, hi=8
+        ),
+    )
     tracking_workers: int = field(
         default=0,
         metadata=_meta(

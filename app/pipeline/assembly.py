@@ -8,9 +8,9 @@
                                                     embed (shared: embedder + gallery)
 
 One capture node (one process, one shared-memory ring) per camera; one detector batching across all of
-them; post-processing and tracking in `tracking_workers` lanes (a camera's frames always take its lane, so
-its tracker lives in one process; one lane unless there are more than 4 cameras); one embedding worker and
-one GUI/sink stage for all. Stage
+them (or `detect_workers` detectors, each batching its share of the cameras); post-processing and tracking
+in `tracking_workers` lanes (a camera's frames always take its lane, so its tracker lives in one process;
+one lane unless there are more than 4 cameras); one embedding worker and one GUI/sink stage for all. Stage
 objects are built here, in the parent, but are cheap until their setup() runs in their own process. One
 camera builds the same five stages (and node names) as the single-stream pipeline always had, plus the
 embedding worker.
@@ -91,6 +91,7 @@ def build_graph(
     score_floor = min(settings.det_threshold, low)
     detect_threads, embed_threads = inference_threads(settings)
     slots = settings.ring_slots
+    detectors = max(1, min(settings.detect_workers, len(cameras)))
     streams: list[Stream] = []
     nodes: list[Node] = []
     channels: list[Channel] = []
@@ -110,7 +111,7 @@ def build_graph(
         nodes.append(Node(name, capture, stream=index))
         streams.append(Stream(index, camera.name, ring, name))
         # Frames of a live camera may wait here after its capture overwrote them (they are then skipped).
-        channels.append(Channel(name, "detect", 2 * slots + 2))
+        channels.append(Channel(name, lane_name("detect", index % detectors), 2 * slots + 2))
     rings = StreamRings({s.index: s.ring for s in streams})
     # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
     thresholds = {i: min(effective_det_threshold(c, settings), low) for i, c in enumerate(cameras)}
@@ -121,21 +122,34 @@ def build_graph(
     requests = ctx.Queue(maxsize=EMBED_REQUESTS_PER_CAMERA * len(cameras) + 4)
     # Results are never refused (the worker must not block on them; tracking drains them every frame).
     results = [ctx.Queue() for _ in range(lanes)]
-    nodes.append(
-        Node(
-            "detect",
-            DetectStage(
-                rings,
-                settings.detector_model,
-                settings.backend,
-                detect_threads,
-                settings.det_size,
-                max_batch=det_max_batch,
-                precision=det_precision,
-                device=det_device,
-            ),
+    for d in range(detectors):
+        members = tuple(range(d, len(cameras), detectors))
+        detect = DetectStage(
+            rings,
+            settings.detector_model,
+            settings.backend,
+            detect_threads,
+            settings.det_size,
+            max_batch=det_max_batch,
+            precision=det_precision,
+            device=det_device,
+            # Only what post-processing can keep crosses the queue (the lowest camera threshold).
+            candidate_floor=min(thresholds.values()),
+            streams=members,
         )
-    )
+        nodes.append(Node(lane_name("detect", d), detect))
+        outs = [(k, tuple(s for s in members if s % lanes == k)) for k in range(lanes)]
+        outs = [(k, routed) for k, routed in outs if routed]
+        for k, routed in outs:
+            size = len(routed) * slots + 2  # frames in flight after detection: those cameras' slots at most
+            channels.append(
+                Channel(
+                    lane_name("detect", d),
+                    lane_name("postprocess", k),
+                    size,
+                    routed if len(outs) > 1 else None,
+                )
+            )
     # Before the tracking stages: a bad embedder or gallery is reported by the stage that loads it
     # (tracking only reads the model's input spec, and would fail on the same file with a vaguer line).
     nodes.append(Node("embed", EmbedStage(settings, requests, results, threads=embed_threads)))
@@ -152,11 +166,7 @@ def build_graph(
                 ),
             ),
         ]
-        channels += [
-            Channel("detect", post, size, streams=members if lanes > 1 else None),
-            Channel(post, track, size),
-            Channel(track, "gui", size),
-        ]
+        channels += [Channel(post, track, size), Channel(track, "gui", size)]
     nodes.append(
         Node(
             "gui",

@@ -70,12 +70,15 @@ class DetectStage:
         precision: str | None = None,
         device: str | None = None,
         candidate_floor: float = CANDIDATE_FLOOR,
+        streams: tuple[int, ...] | None = None,
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
-        device "cpu" runs the GPU path on the CPU (tests).
+        device "cpu" runs the GPU path on the CPU (tests). streams: the cameras this detector serves (None:
+        every camera of the run).
         """
+        self.streams = streams
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.model_path = Path(model_path)
         self.backend = backend
@@ -164,6 +167,8 @@ class DetectStage:
         if self.gpu is None:
             return
         for stream in sources:
+            if self.streams is not None and stream not in self.streams:
+                continue
             ring = self.frames.ring(stream)
             self.gpu.register_ring(ring.frame(0), ring.slots)
 
