@@ -103,15 +103,20 @@ streams_bench() {  # several cameras in one pipeline: the shared detector batchi
     pipeline_run "${MODELS_SET:-r50}_live16" --backend torch --resolution 1080p --frames 240 --streams 16 \
         --live --live-fps 30 --det-batch "${DET_BATCH:-32}" "${models[@]}" --skip-model-only
     kill "$dmon" 2>/dev/null
+    streams_summary
+}
+streams_summary() {  # one line per pipeline_*.json in $OUT
     python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("pipeline_*.json")):
     d = json.loads(f.read_text())
-    e = d["latency_ms"]["end_to_end"]
-    print(f"{d['label']:>14} streams {d['streams']:>2} fps {d['fps']:>7} per-stream {d['fps_per_stream_min']}-"
-          f"{d['fps_per_stream_max']} dropped {d['dropped']} e2e p50/p95/p99 {e['p50']}/{e['p95']}/{e.get('p99')} "
-          f"gpu {d.get('gpu_util_percent')} det-ceiling {d.get('detector_ceiling_fps')} "
-          f"model-only {d.get('model_only_fps')} cpu {d.get('stage_cpu_percent')}")
+    e, st = d["latency_ms"]["end_to_end"], d.get("end_to_end_steady_ms") or {}
+    print(f"{d['label']:>16} n={d['streams']:>2} fps {d['fps']:>7} steady {d.get('fps_steady')} per-stream "
+          f"{d['fps_per_stream_min']}-{d['fps_per_stream_max']} dropped {d['dropped']} e2e p50/p95/p99 "
+          f"{e['p50']}/{e['p95']}/{e.get('p99')} steady {st.get('p50')}/{st.get('p95')}/{st.get('p99')} "
+          f"gpu {(d.get('gpu_util_percent') or {}).get('mean')} det-batch {d['det_batch'].get('mean')} "
+          f"det-ceiling {d.get('detector_ceiling_fps')} model-only {d.get('model_only_fps')} "
+          f"detect-cpu {d['stage_cpu_percent'].get('detect')}")
 PY
 }
 PIPELINE_CMD=${PIPELINE_CMD:-pipeline_bench}
