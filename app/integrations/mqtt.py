@@ -85,11 +85,13 @@ def iso_time(unix_time: float) -> str:
     return datetime.fromtimestamp(unix_time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason or exc}): is MQTT_TLS right for this port?"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())
+def _describe(exc: BaseException, tls: bool) -> str:
+    text = " ".join(str(getattr(exc, "strerror", None) or exc or type(exc).__name__).split())
+    # A plain MQTT port answers a TLS hello by closing: a reset, an EOF or an SSL error mid-handshake.
+    if tls and isinstance(exc, ssl.SSLError | ConnectionResetError | ConnectionAbortedError):
+        reason = getattr(exc, "reason", None) or text
+        return f"TLS handshake failed: {reason}; is MQTT_TLS right for this port?"
+    return text
 
 
 class MqttPublisher:
@@ -243,7 +245,7 @@ class MqttPublisher:
         try:
             client.connect(self.config.host, self.config.port, keepalive=KEEPALIVE_S)
         except (OSError, ValueError) as exc:
-            self._failed(_describe(exc))
+            self._failed(_describe(exc, self.config.tls))
             return
         self._connecting_since = self.clock()
 

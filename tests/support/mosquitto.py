@@ -1,0 +1,115 @@
+"""A real MQTT broker for tests: Debian's mosquitto on a free loopback port, with a generated config.
+
+    with MosquittoBroker() as broker:       # started, port open
+        broker.port
+        broker.stop()                       # every client is cut at once (the process is killed)
+        broker.start()                      # back on the SAME port (no persistence: retained ones are gone)
+
+The process is always killed: on stop(), on leaving the `with`, at garbage collection and at interpreter
+exit. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 3.0
+
+
+class BrokerError(RuntimeError):
+    """The broker could not start (the message says why and what to install)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _kill(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT_S)
+
+
+class MosquittoBroker:
+    def __init__(self, port: int = 0) -> None:
+        if not MOSQUITTO.is_file():
+            raise BrokerError(f"{MOSQUITTO} not found: install Debian's mosquitto (apt-get)")
+        self.port = port or free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="mosquitto-"))
+        self.config = self.folder / "mosquitto.conf"
+        self.log = self.folder / "mosquitto.log"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self._process: subprocess.Popen | None = None
+        # Runs at garbage collection or, at the latest, at interpreter exit: the broker never outlives us.
+        self._holder: list[subprocess.Popen | None] = [None]
+        weakref.finalize(self, MosquittoBroker._cleanup, self.folder, self._holder)
+
+    @staticmethod
+    def _cleanup(folder: Path, holder: list) -> None:
+        _kill(holder[0])
+        shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        if self.running:
+            return self
+        self._process = subprocess.Popen(
+            [str(MOSQUITTO), "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._holder[0] = self._process
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not port_open(self.port):
+            if self._process.poll() is not None:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise BrokerError(f"mosquitto exited at start: {' '.join(err.split())[:300]}")
+            if time.monotonic() > deadline:
+                _kill(self._process)
+                raise BrokerError(f"mosquitto did not open port {self.port} in {READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Kill the broker (clients see the connection drop, as with a crash or a power cut)."""
+        _kill(self._process)
+        self._process = None
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
