@@ -5,6 +5,10 @@
         broker.stop()                       # every client is cut at once (the process is killed)
         broker.start()                      # back on the SAME port (no persistence: retained ones are gone)
 
+`MosquittoBroker(persistent=True)` keeps retained messages and the sessions of clients that asked for one
+(clean_session=False) across `stop(graceful=True)` (SIGTERM: mosquitto saves its database) and `start()`,
+so a test subscriber misses nothing published while it was reconnecting.
+
 The process is always killed: on stop(), on leaving the `with`, at garbage collection and at interpreter
 exit. Every wait is bounded.
 """
@@ -12,6 +16,7 @@ exit. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -51,15 +56,18 @@ def _kill(process: subprocess.Popen | None) -> None:
 
 
 class MosquittoBroker:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, persistent: bool = False) -> None:
         if not MOSQUITTO.is_file():
             raise BrokerError(f"{MOSQUITTO} not found: install Debian's mosquitto (apt-get)")
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.config = self.folder / "mosquitto.conf"
         self.log = self.folder / "mosquitto.log"
+        off = "persistence false\n"
+        persistence = f"persistence true\npersistence_location {self.folder}/\n" if persistent else off
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            # Started as root, mosquitto would switch to its own user, who cannot write our folder.
+            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
         )
         self._process: subprocess.Popen | None = None
@@ -94,8 +102,14 @@ class MosquittoBroker:
             time.sleep(0.02)
         return self
 
-    def stop(self) -> None:
-        """Kill the broker (clients see the connection drop, as with a crash or a power cut)."""
+    def stop(self, graceful: bool = False) -> None:
+        """Kill the broker (clients see the connection drop, as with a crash or a power cut); `graceful`:
+        SIGTERM, so a persistent broker saves its database first."""
+        if graceful and self.running:
+            assert self._process is not None
+            self._process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(STOP_TIMEOUT_S)
         _kill(self._process)
         self._process = None
         deadline = time.monotonic() + STOP_TIMEOUT_S

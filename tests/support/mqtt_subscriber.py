@@ -26,13 +26,18 @@ class Received:
 
 
 class Subscriber:
-    def __init__(self, port: int, *filters: str, client_id: str = "test-subscriber") -> None:
+    def __init__(
+        self, port: int, *filters: str, client_id: str = "test-subscriber", persistent: bool = False
+    ) -> None:
         self.port = port
         self.filters = filters or ("#",)
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        # persistent: the broker keeps this client's subscriptions and queues its QoS 1 messages while away.
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
