@@ -380,3 +380,47 @@ class MqttPublisher:
         self.connected.clear()
         client.disconnect()
         client.loop(timeout=LOOP_S)
+
+
+def publish_person_discovery(
+    config: MqttConfig, added: list[str], removed: list[str], timeout: float = 5.0
+) -> bool:
+    """From a short-lived connection (the enroll CLI): Home Assistant sensors for `added`, and removal of
+    those of `removed`. Its own client id and no last will, so a running pipeline's connection and
+    availability are untouched. False, with one warning, when the broker does not take them in `timeout`."""
+    if not config.discovery:
+        return True
+    c = config
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=f"{c.client_id}-enroll", protocol=paho.MQTTv311
+    )
+    if c.user:
+        client.username_pw_set(c.user, c.password)
+    if c.tls:
+        client.tls_set()
+    client.connect_timeout = min(CONNECT_TIMEOUT_S, timeout)
+    wanted = discovery.discovery_messages(c.prefix, c.discovery_prefix, c.client_id, added, [])
+    gone = discovery.discovery_messages(c.prefix, c.discovery_prefix, c.client_id, removed, [])
+    messages = {**{topic: "" for topic in gone}, **wanted}
+    try:
+        client.connect(c.host, c.port, keepalive=KEEPALIVE_S)
+    except (OSError, ValueError) as exc:
+        log.warning("MQTT broker %s unavailable (%s); Home Assistant discovery not updated until the "
+                    "pipeline next starts", c.where, _describe(exc, c.tls))  # fmt: skip
+        return False
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        infos = [client.publish(topic, payload, qos=QOS, retain=True) for topic, payload in messages.items()]
+        for info in infos:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        done = all(info.is_published() for info in infos)
+    except (RuntimeError, ValueError):  # the connection went before the configs did
+        done = False
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if not done:
+        log.warning("MQTT broker %s did not take the discovery update in %.0f s; it is sent when the "
+                    "pipeline next starts", c.where, timeout)  # fmt: skip
+    return done

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from app.integrations import discovery
-from app.integrations.mqtt import MqttConfig, MqttPublisher
+from app.integrations.mqtt import MqttConfig, MqttPublisher, publish_person_discovery
 from tests.support.mosquitto import MosquittoBroker, free_port
 from tests.support.mqtt_subscriber import Subscriber
 
@@ -252,3 +252,24 @@ def test_discovery_payloads_use_the_documented_topics():
     assert camera["state_topic"] == "facepipe/camera/front_door/face"
     assert camera["payload_not_available"] == "offline"
     assert discovery.slug("李小龍") == "674e_5c0f_9f8d"
+
+
+def test_enrolling_and_removing_update_discovery_without_touching_availability(broker):
+    config = MqttConfig(host="127.0.0.1", port=broker.port)
+    ada = "homeassistant/sensor/facepipe/person_ada/config"
+    with Subscriber(broker.port, "homeassistant/#", "facepipe/#") as sub:
+        assert publish_person_discovery(config, added=["Ada"], removed=[])
+        assert sub.wait_for(lambda m: sub.on(ada), WAIT_S)
+        assert json.loads(sub.on(ada)[-1].payload)["state_topic"] == "facepipe/person/ada"
+        assert publish_person_discovery(config, added=[], removed=["Ada"])
+        assert sub.wait_for(lambda m: sub.on(ada)[-1].payload == "", WAIT_S)
+        assert not sub.on("facepipe/available")  # no will, no offline: a running pipeline stays online
+
+
+def test_a_discovery_update_with_no_broker_is_one_warning(caplog):
+    caplog.set_level(logging.WARNING, "app.integrations.mqtt")
+    assert not publish_person_discovery(
+        MqttConfig(host="127.0.0.1", port=free_port()), ["Ada"], [], timeout=2
+    )
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "Home Assistant discovery not updated" in lines[0], lines
