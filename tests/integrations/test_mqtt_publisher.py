@@ -273,3 +273,23 @@ def test_a_discovery_update_with_no_broker_is_one_warning(caplog):
     )
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "Home Assistant discovery not updated" in lines[0], lines
+
+
+def test_a_wrong_password_is_one_warning_naming_the_settings_and_not_the_password(caplog):
+    caplog.set_level(logging.WARNING, "app.integrations.mqtt")
+    with MosquittoBroker(users={"facepipe": "right-pw"}) as broker:
+        wrong = publisher(broker.port, user="facepipe", password="wrong-pw")
+        wrong.start()
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not caplog.records:
+            time.sleep(0.05)
+        wrong.stop()
+        right = publisher(broker.port, user="facepipe", password="right-pw")
+        right.start()
+        try:
+            assert right.connected.wait(WAIT_S)
+        finally:
+            right.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "refused the connection" in lines[0], lines
+    assert "check MQTT_USER and MQTT_PASSWORD" in lines[0] and "wrong-pw" not in lines[0]

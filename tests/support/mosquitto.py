@@ -5,9 +5,10 @@
         broker.stop()                       # every client is cut at once (the process is killed)
         broker.start()                      # back on the SAME port (no persistence: retained ones are gone)
 
-`MosquittoBroker(persistent=True)` keeps retained messages and the sessions of clients that asked for one
-(clean_session=False) across `stop(graceful=True)` (SIGTERM: mosquitto saves its database) and `start()`,
-so a test subscriber misses nothing published while it was reconnecting.
+`MosquittoBroker(users={"name": "password"})` accepts only those users. `MosquittoBroker(persistent=True)`
+keeps retained messages and the sessions of clients that asked for one (clean_session=False) across
+`stop(graceful=True)` (SIGTERM: mosquitto saves its database) and `start()`, so a test subscriber misses
+nothing published while it was reconnecting.
 
 The process is always killed: on stop(), on leaving the `with`, at garbage collection and at interpreter
 exit. Every wait is bounded.
@@ -28,6 +29,7 @@ from types import TracebackType
 from typing import Self
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
+MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 3.0
 
@@ -56,18 +58,26 @@ def _kill(process: subprocess.Popen | None) -> None:
 
 
 class MosquittoBroker:
-    def __init__(self, port: int = 0, persistent: bool = False) -> None:
+    def __init__(self, port: int = 0, persistent: bool = False, users: dict[str, str] | None = None) -> None:
         if not MOSQUITTO.is_file():
             raise BrokerError(f"{MOSQUITTO} not found: install Debian's mosquitto (apt-get)")
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.config = self.folder / "mosquitto.conf"
         self.log = self.folder / "mosquitto.log"
+        access = "allow_anonymous true\n"
+        if users:  # only these users, with these passwords
+            passwords = self.folder / "passwords"
+            for i, (user, password) in enumerate(users.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run([str(MOSQUITTO_PASSWD), *create, "-b", str(passwords), user, password],
+                               check=True, capture_output=True, timeout=10)  # fmt: skip
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
         off = "persistence false\n"
         persistence = f"persistence true\npersistence_location {self.folder}/\n" if persistent else off
         self.config.write_text(
             # Started as root, mosquitto would switch to its own user, who cannot write our folder.
-            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{access}{persistence}"
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
         )
         self._process: subprocess.Popen | None = None
