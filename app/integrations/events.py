@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from app.cameras import DEFAULT_CAMERA
 from app.integrations.snapshots import SnapshotWriter
 
-DEFAULT_CAMERA = "default"  # the one source's name until runs have several named cameras
 EVENT_QUEUE_SIZE = 1000  # events between the sink and the parent; one a label change, so far more than enough
 
 Event = dict[str, Any]

@@ -17,8 +17,9 @@ import logging
 import threading
 from typing import Any
 
+from app.cameras import DEFAULT_CAMERA
 from app.config import Settings
-from app.integrations.events import DEFAULT_CAMERA, EventFanout, EventQueue
+from app.integrations.events import EventFanout, EventQueue
 from app.integrations.mqtt import MqttConfig, MqttPublisher
 from app.integrations.prometheus import IntegrationReading, MetricsServer, PipelineCollector, PipelineReading
 from app.integrations.snapshots import SnapshotRetention, SnapshotWriter
