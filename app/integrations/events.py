@@ -19,6 +19,7 @@ import numpy as np
 
 from app.cameras import DEFAULT_CAMERA
 from app.integrations.snapshots import SnapshotWriter
+from app.pipeline.messages import TrackedFaces
 
 EVENT_QUEUE_SIZE = 1000  # events between the sink and the parent; one a label change, so far more than enough
 
@@ -74,13 +75,13 @@ class EventFanout:
     def active(self) -> bool:
         return self.events is not None or self.snapshots is not None
 
-    def publish(self, event: Event, frame: np.ndarray | None, boxes: np.ndarray | None = None) -> Event:
+    def publish(self, event: Event, frame: np.ndarray | None, faces: TrackedFaces | None = None) -> Event:
         """`event` (the events-file fields) plus `camera`, `timestamp` (Unix seconds) and, with snapshots
-        on and a frame given, `snapshot` (the crop's path); the snapshot key is also set on `event` itself,
-        so the events file references it too."""
+        on and a frame given, `snapshot` (the crop's path; `faces` are drawn on a full-frame snapshot). The
+        snapshot key is also set on `event` itself, so the events file references it too."""
         now = self.wall_clock()
         if self.snapshots is not None and frame is not None:
-            path = self.snapshots.write(frame, event["box"], self.camera, event["track"], now, boxes)
+            path = self.snapshots.write(frame, event["box"], self.camera, event["track"], now, faces)
             if path is not None:
                 event["snapshot"] = str(path)
         full = {**event, "camera": self.camera, "timestamp": round(now, 3)}

@@ -191,8 +191,10 @@ class MqttPublisher:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("MQTT: the connection to %s did not close in %.1f s; left behind",
-                            self.config.where, timeout)  # fmt: skip
+                # Still inside a connect attempt (bounded by CONNECT_TIMEOUT_S): a daemon thread, so it
+                # cannot hold the exit; the outage was already reported.
+                log.debug("MQTT: the connection to %s did not close in %.1f s; left behind",
+                          self.config.where, timeout)  # fmt: skip
             self._thread = None
 
     # -- the thread ---------------------------------------------------------------------------------------
