@@ -83,8 +83,8 @@ def test_an_unwritable_snapshot_folder_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_the_fanout_adds_camera_time_and_snapshot_to_the_event(tmp_path):
-    writer = SnapshotWriter(tmp_path)
+def test_the_fanout_adds_camera_time_and_snapshot_to_the_event_and_draws_the_full_frame(tmp_path):
+    writer = SnapshotWriter(tmp_path, full_frame=True)
     fanout = EventFanout(camera="porch", snapshots=writer, wall_clock=lambda: T0)
     event = {"time": 1.0, "frame": 25, "track": 3, "name": "Ada", "status": "known", "similarity": 0.6,
              "box": [100.0, 50.0, 200.0, 150.0]}  # fmt: skip
@@ -96,3 +96,8 @@ def test_the_fanout_adds_camera_time_and_snapshot_to_the_event(tmp_path):
     snapshot = str(tmp_path / "porch_20251201-115320-000_track3.jpg")
     assert full == {**event, "camera": "porch", "timestamp": T0, "snapshot": snapshot}
     assert event["snapshot"] == snapshot  # the events file references it too
+    drawn = cv2.imread(str(tmp_path / "porch_20251201-115320-000_track3_frame.jpg"))
+    plain = frame_with_square()
+    assert drawn.shape == plain.shape
+    # The box outline is drawn just outside the red square (JPEG blurs a little: compare far apart).
+    assert abs(int(drawn[48, 150].sum()) - int(plain[48, 150].sum())) > 100
