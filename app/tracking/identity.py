@@ -56,10 +56,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import cv2
 import numpy as np
 
 from app.gallery.base import Match
+from app.recognition import quality
 from app.tracking.config import IdentityConfig
 from app.tracking.matching import box_iou
 
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["pending", "known", "unknown"]
 METRICS = ("cosine", "euclidean")
-SHARPNESS_CROP = 64  # px; the blur measure is taken at one scale so big and small faces compare
 
 
 class TrackView(Protocol):
@@ -126,18 +125,8 @@ def _face_box(track: TrackView) -> np.ndarray:
 
 
 def geometric_quality(boxes: np.ndarray, landmarks: np.ndarray, config: IdentityConfig) -> np.ndarray:
-    """Size x frontal terms for (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-    size = np.clip((boxes[:, 3] - boxes[:, 1]) / config.reference_face_size, 0.0, 1.0)
-    left_eye, right_eye, nose, left_mouth, right_mouth = (points[:, i] for i in range(5))
-    axis = right_eye - left_eye
-    eye_distance = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
-    midline = (left_eye + right_eye + left_mouth + right_mouth) / 4
-    # Nose offset across the face, in eye distances: ~0 frontal, ~0.5 at a half profile.
-    yaw = np.abs(np.sum((nose - midline) * axis, axis=1)) / eye_distance**2
-    frontal = np.clip(1.0 - yaw / 0.5, 0.0, 1.0)
-    return size * (0.3 + 0.7 * frontal)
+    """Size x frontal terms, (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1 (recognition.quality)."""
+    return quality.geometric(boxes, landmarks, config.reference_face_size)
 
 
 def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
@@ -151,17 +140,8 @@ def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
 
 
 def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
-    """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1."""
-    height, width = frame_bgr.shape[:2]
-    x1, y1, x2, y2 = np.round(np.asarray(box, dtype=np.float64)).astype(int)
-    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-    if x2 - x1 < 2 or y2 - y1 < 2:
-        return 0.0
-    crop = frame_bgr[y1:y2, x1:x2]
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-    grey = cv2.resize(grey, (SHARPNESS_CROP, SHARPNESS_CROP), interpolation=cv2.INTER_AREA)
-    variance = float(cv2.Laplacian(grey, cv2.CV_64F).var())
-    return float(np.clip(variance / config.reference_sharpness, 0.0, 1.0))
+    """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1 (app.recognition.quality)."""
+    return quality.sharpness_term(frame_bgr, box, config.reference_sharpness)
 
 
 class TrackIdentities:
