@@ -242,7 +242,7 @@ def run_sequence(
             if need:
                 by_id = {t.track_id: t for t in tracks}
                 vectors = analyzer.embed(frame, np.stack([by_id[i].landmarks for i in need]))
-                found = gallery.search(vectors, k=2)
+                found = gallery.search(run.identities.query_vectors(need, vectors), k=2)
                 embeddings = dict(zip(need, vectors, strict=True))
                 matches = dict(zip(need, found, strict=True))
             labels = run.identities.update(tracks, embeddings, matches)

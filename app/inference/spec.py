@@ -56,7 +56,7 @@ ARCFACE_TEMPLATE = np.array(
 )
 ARCFACE_TEMPLATE.setflags(write=False)
 
-DLIB_DEFAULT_THRESHOLD = 0.46  # similarity = 1 - distance, i.e. distance 0.54; see the module docstring
+DLIB_DEFAULT_THRESHOLD = 0.472  # similarity = 1 - distance, i.e. distance 0.528; see the module docstring
 ARCFACE_DEFAULT_THRESHOLD = 0.35  # cosine similarity
 
 

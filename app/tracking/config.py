@@ -104,6 +104,10 @@ class IdentityConfig:
     match_margin: float = 0.03  # a match closer than this to a different person abstains (similarity units)
     confidence_band: float = 0.1  # votes just above threshold weigh less; full weight at threshold + band
     min_vote_strength: float = 0.25  # the weight factor of a vote exactly at threshold
+    # A pending track is named on one embedding of quality >= fast_quality scoring >= threshold +
+    # fast_margin (with the match_margin lead over anyone else): a clear view needs no second opinion.
+    fast_quality: float = 0.6
+    fast_margin: float = 0.06
     # -- memory --
     max_embeddings: int = 12  # embeddings kept per track for its aggregate (best quality first)
     relink_window: int = 300  # frames a vanished track is remembered (re-found id or re-linked by embedding)

@@ -195,7 +195,7 @@ class TrackIdentities:
                 or since
                 >= (cfg.unknown_refresh_interval if record.status == "unknown" else cfg.refresh_interval)
                 or (
-                    (record.status == "pending" or record.contested)
+                    (record.status != "known" or record.contested)
                     and record.quick_left > 0
                     and since >= cfg.pending_interval
                 )
@@ -216,6 +216,25 @@ class TrackIdentities:
             selected.append(track.track_id)
         return selected
 
+    def query_vectors(self, track_ids: Sequence[int], vectors: np.ndarray) -> np.ndarray:
+        """What to search the gallery with for these new embeddings: each track's template with it folded in.
+
+        The template is the quality-weighted mean of the track's kept embeddings plus the new one; a new
+        embedding unlike the template (another person after a swap at a crossing) starts a fresh template, so
+        the query is the vector itself. Call between `select_for_embedding` and `update` of the same frame;
+        searching the raw vectors instead still works (each embedding then votes on its own).
+        """
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(track_ids), -1)
+        out = vectors.copy()
+        for row, track_id in enumerate(track_ids):
+            record = self._records.get(track_id)
+            if record is None:
+                continue
+            quality = self._selected_quality.get(track_id, 0.5)
+            template, _ = self._template_with(record, vectors[row], quality)
+            out[row] = template
+        return out
+
     # -- update ----------------------------------------------------------------------------------------
 
     def update(
@@ -232,9 +251,14 @@ class TrackIdentities:
             record = self._record(track.track_id, frame)
             record.last_seen = frame
             present[track.track_id] = record
+        crossing = self._overlapping(tracks, embeddings)
         for track_id, vector in embeddings.items():
             record = present.get(track_id) or self._record(track_id, frame)
             quality = self._selected_quality.pop(track_id, None)
+            if track_id in crossing:  # the face now overlaps another: which face was embedded is unsure
+                self.counters.embeddings += 1
+                record.overlapped = True
+                continue
             if quality is None:  # embedded without being selected: judge it by geometry alone
                 track = next((t for t in tracks if t.track_id == track_id), None)
                 quality = self._geometric(track) if track is not None else 0.5
@@ -270,6 +294,24 @@ class TrackIdentities:
             self.counters.tracks += 1
         return record
 
+    def _overlapping(self, tracks: Sequence[TrackView], embeddings: Mapping[int, np.ndarray]) -> set[int]:
+        """Ids of embedded tracks whose face overlaps another track's by cross_iou or more right now."""
+        if len(tracks) < 2 or not embeddings:
+            return set()
+        boxes = np.stack([_face_box(t) for t in tracks])
+        overlap = box_iou(boxes, boxes)
+        np.fill_diagonal(overlap, 0.0)
+        hit = overlap.max(axis=1) >= self.config.cross_iou
+        return {t.track_id for t, h in zip(tracks, hit, strict=True) if h and t.track_id in embeddings}
+
+    def _template_with(self, record: _Record, vector: np.ndarray, quality: float) -> tuple[np.ndarray, bool]:
+        """(template including `vector`, whether `vector` agrees with the track's template so far)."""
+        if not record.embeddings:
+            return vector, True
+        if self._similarity(vector, self._aggregate(record)[None])[0] < self.threshold:
+            return vector, False
+        return self._aggregate(record, extra=(quality, vector)), True
+
     def _geometric(self, track: TrackView) -> float:
         if track.landmarks is None:
             return 0.5
@@ -280,9 +322,10 @@ class TrackIdentities:
             return vectors
         return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
-    def _aggregate(self, record: _Record) -> np.ndarray:
-        weights = np.array([max(q, self.config.quality_floor) for q, _ in record.embeddings])
-        vectors = self._normalise(np.stack([v for _, v in record.embeddings]))
+    def _aggregate(self, record: _Record, extra: tuple[float, np.ndarray] | None = None) -> np.ndarray:
+        kept = record.embeddings if extra is None else [*record.embeddings, extra]
+        weights = np.array([max(q, self.config.quality_floor) for q, _ in kept])
+        vectors = self._normalise(np.stack([v for _, v in kept]))
         return self._normalise((weights[:, None] * vectors).sum(axis=0) / weights.sum())
 
     def _similarity(self, vector: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -299,7 +342,10 @@ class TrackIdentities:
         ranked = sorted(matches, key=lambda m: m.similarity, reverse=True)
         best = ranked[0]
         if best.similarity < self.threshold:
-            return None, float(best.similarity), weight
+            # Just below threshold is weak evidence of a stranger, as just above is weak evidence of a name.
+            below = (self.threshold - best.similarity) / max(cfg.confidence_band, 1e-9)
+            strength = float(np.clip(cfg.min_vote_strength + (1.0 - cfg.min_vote_strength) * below, 0.0, 1.0))
+            return None, float(best.similarity), weight * strength
         rival = next((m for m in ranked[1:] if m.name != best.name), None)
         if rival is not None and best.similarity - rival.similarity < cfg.match_margin:
             return best.name, float(best.similarity), 0.0  # two people equally close: no evidence
@@ -316,6 +362,17 @@ class TrackIdentities:
         record.last_embed = frame
         record.best_quality = max(record.best_quality, quality)
         record.overlapped = False
+        _, consistent = self._template_with(record, vector, quality)
+        if not consistent:  # not the face the template was built from: start over, look again soon
+            record.embeddings = []
+            record.quick_left = cfg.max_pending_embeddings
+            if record.status == "known":
+                record.contested = True  # a given name changes only on strong evidence (hysteresis)
+            else:  # nothing to keep: the evidence so far was about another face
+                record.status = "pending"
+                record.votes.clear()
+                record.similarity_sum.clear()
+                record.similarity_weight.clear()
         label, similarity, weight = self._vote(matches, quality)
         if (
             record.status == "pending"
@@ -338,6 +395,16 @@ class TrackIdentities:
             if similarity is not None:
                 record.similarity_sum[label] = record.similarity_sum.get(label, 0.0) + weight * similarity
                 record.similarity_weight[label] = record.similarity_weight.get(label, 0.0) + weight
+        strong = (
+            label is not None
+            and weight > 0
+            and similarity is not None
+            and quality >= cfg.fast_quality
+            and similarity >= self.threshold + cfg.fast_margin
+        )
+        if strong and record.status == "pending":
+            self._give(record, label)  # a large frontal face well above threshold: no need to wait
+            return
         self._decide(record)
 
     def _trim_embeddings(self, record: _Record) -> None:
@@ -354,7 +421,8 @@ class TrackIdentities:
         best_label, best_weight = ranked[0]
         if best_weight < cfg.min_evidence:
             return
-        if record.status == "pending":
+        if record.status == "pending" or (record.status == "unknown" and best_label is not None):
+            # Naming an "unknown" track is a first naming, not a flip: the same margin as from pending.
             runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
             if best_weight - runner_up >= cfg.decision_margin:
                 self._give(record, best_label)
