@@ -116,6 +116,7 @@ class _Record:
     overlapped: bool = False
     contested: bool = False  # the latest vote disagreed with the given label: look again soon
     linked_from: int | None = None
+    odd_vector: np.ndarray | None = None  # latest embedding unlike the template of a named track
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -363,8 +364,21 @@ class TrackIdentities:
         record.best_quality = max(record.best_quality, quality)
         record.overlapped = False
         _, consistent = self._template_with(record, vector, quality)
-        if not consistent:  # not the face the template was built from: start over, look again soon
+        keep = True  # whether this vector joins the template
+        if consistent:
+            record.odd_vector = None
+        elif record.status == "known" and (
+            record.odd_vector is None or self._similarity(vector, record.odd_vector[None])[0] < self.threshold
+        ):
+            # One odd view of a named track (half hidden at a crossing, turned): keep the template, look
+            # again soon; only a second odd view of the same face restarts it.
+            record.odd_vector = vector
+            record.contested = True
+            record.quick_left = cfg.max_pending_embeddings
+            keep = False
+        else:  # not the face the template was built from: start over
             record.embeddings = []
+            record.odd_vector = None
             record.quick_left = cfg.max_pending_embeddings
             if record.status == "known":
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
@@ -380,7 +394,8 @@ class TrackIdentities:
             and record.embedded <= cfg.relink_attempts
         ):
             self._try_relink(record, vector, label)
-        record.embeddings.append((quality, vector))
+        if keep:
+            record.embeddings.append((quality, vector))
         self._trim_embeddings(record)
         for key in record.votes:
             record.votes[key] *= cfg.vote_decay

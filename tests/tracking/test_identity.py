@@ -100,7 +100,7 @@ def test_the_query_is_the_tracks_template_and_a_different_face_restarts_it():
     views = [base + rng.normal(scale=0.02, size=base.size).astype(np.float32) for _ in range(3)]
     t = track(1)
     for view in views[:2]:
-        need = manager.select_for_embedding([t], None)
+        manager.select_for_embedding([t], None)
         manager.update([t], {1: view}, {1: [Match("alice", 0.42)]})
         for _ in range(2):  # frames between embeddings
             manager.select_for_embedding([t], None)
