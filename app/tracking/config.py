@@ -82,7 +82,7 @@ class IdentityConfig:
     max_pending_embeddings: int = 8  # after that many, an undecided track falls back to refresh_interval
     refresh_interval: int = 45  # frames between re-embeddings of a track decided as a known person
     # An "unknown" decision is revisited sooner: it is often an enrolled person's first poor view (on the
-    # hamilton clip Lin's first embeddings score 0.41-0.43 against a 0.46-0.47 threshold); strangers are few, so
+    # hamilton clip Lin's first embeddings score 0.41-0.43 against a 0.46+ threshold); strangers are few, so
     # the cost stays small. 10 frames: Lin named on 107/129 large-face frames instead of 27, no false names.
     unknown_refresh_interval: int = 10
     min_embed_gap: int = 5  # a clearly better view is embedded at most this often

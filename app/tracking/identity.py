@@ -8,7 +8,7 @@ Per-frame API for the recognition stage (call both, once per frame, also on fram
     need = manager.select_for_embedding(tracks, frame_bgr)                # track ids to embed now
     by_id = {t.track_id: t for t in tracks}
     vectors = analyzer.embed(frame_bgr, np.stack([by_id[i].landmarks for i in need]))  # if need
-    found = gallery.search(vectors, k=2)                                  # best-first Match per person
+    found = gallery.search(manager.query_vectors(need, vectors), k=2)     # the tracks' templates
     labels = manager.update(
         tracks,
         embeddings=dict(zip(need, vectors)),
@@ -30,16 +30,28 @@ What happens inside:
   every `refresh_interval` frames (`unknown_refresh_interval` for a track decided unknown, since an
   early poor view of an enrolled person must not stick). Faces smaller than `min_face_size`, overlapping
   another track, or cut by the frame edge (less than `min_inside` of the box inside) are not embedded.
-  Quality = size term (box height / `reference_face_size`) x frontal term (nose offset from the eye-mouth
-  midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px grey crop /
-  `reference_sharpness`) x the fraction inside the frame, each in 0..1.
+  Quality (app.recognition.quality) = size term (box height / `reference_face_size`) x frontal term (nose
+  offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px
+  grey crop / `reference_sharpness`) x detector-score term x the fraction inside the frame, each in 0..1.
+  While a track is pending or unknown it is embedded every `pending_interval` frames for up to
+  `max_pending_embeddings` embeddings.
+- Templates (`query_vectors`): what is searched in the gallery is the track's template, the quality-weighted
+  mean of its kept embeddings with the new one folded in: averaging a track's views scores the right
+  person well above single frames (Lin-Manuel on the hamilton clip: frames 0.38-0.53, template 0.52-0.59).
+  A new embedding unlike the template (similarity below `threshold`: another face, e.g. after a swap at a
+  crossing or a scene cut) restarts it, and for a pending or unknown track drops its votes; a named track
+  keeps its template through one odd view and restarts only on a second odd view of the same face.
+  Searching the raw vectors still works: each embedding then votes on its own.
 - Votes (`update`): each embedding votes for the best gallery match if its similarity reaches `threshold`,
-  else for "unknown". A vote weighs its face quality times its strength (weaker just above threshold, full
-  at threshold + `confidence_band`); a match within `match_margin` of a different person abstains. Older
-  votes fade by `vote_decay` per new embedding. A track stays "pending" until one label has
-  `min_evidence` weight and leads the runner-up (another person or unknown) by `decision_margin`; a given
-  label changes only when another leads it by `switch_margin` (hysteresis). Below threshold is "unknown",
-  never the nearest enrolled person.
+  else for "unknown". A vote weighs its face quality (app.recognition.quality) times its strength (weaker
+  just above or just below threshold, full at `confidence_band` away); a match within `match_margin` of a
+  different person abstains, and so does a face that overlaps another track by `cross_iou` when its
+  embedding arrives. Older votes fade by `vote_decay` per new embedding. A track stays "pending" until one
+  label has `min_evidence` weight and leads the runner-up (another person or unknown) by
+  `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
+  `fast_margin` (a large frontal face well above threshold). An "unknown" track is named on the same
+  margin (a first naming); a given name changes only when another label leads it by `switch_margin`
+  (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
   under the same id, its label is still there (short occlusions). If a new track's first embedding is
   within `threshold + relink_margin` of a vanished track's aggregate embedding (quality-weighted mean,
@@ -59,7 +71,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from app.gallery.base import Match
-from app.recognition import quality
+from app.recognition import quality as face_quality
 from app.tracking.config import IdentityConfig
 from app.tracking.matching import box_iou
 
@@ -127,7 +139,7 @@ def _face_box(track: TrackView) -> np.ndarray:
 
 def geometric_quality(boxes: np.ndarray, landmarks: np.ndarray, config: IdentityConfig) -> np.ndarray:
     """Size x frontal terms, (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1 (recognition.quality)."""
-    return quality.geometric(boxes, landmarks, config.reference_face_size)
+    return face_quality.geometric(boxes, landmarks, config.reference_face_size)
 
 
 def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
@@ -142,7 +154,7 @@ def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
 
 def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
     """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1 (app.recognition.quality)."""
-    return quality.sharpness_term(frame_bgr, box, config.reference_sharpness)
+    return face_quality.sharpness_term(frame_bgr, box, config.reference_sharpness)
 
 
 class TrackIdentities:
@@ -179,7 +191,9 @@ class TrackIdentities:
         max_overlap = overlap.max(axis=1)
         geometric = geometric_quality(boxes, np.stack([t.landmarks for t in usable]), cfg)
         inside = np.ones(len(usable)) if frame_bgr is None else inside_fraction(boxes, frame_bgr.shape[:2])
-        geometric *= inside
+        scores = np.array([float(getattr(t, "score", 1.0)) for t in usable])
+        detector = face_quality.detector_term(scores, face_quality.QualityConfig().detector_floor)
+        geometric *= inside * (0.5 + 0.5 * detector)
         selected = []
         for i, track in enumerate(usable):
             record = self._record(track.track_id, frame)
