@@ -7,7 +7,7 @@ for recognition (too small, too blurred, turned away: `app.recognition.quality.R
 the reason. Each enrolled photo is reported with its quality and its spread: its best similarity to the
 person's other photos (this batch and those already enrolled); one far below the match threshold is
 flagged, since a photo unlike the person's others is usually someone else or a bad crop. Several photos
-per person help: on the identity photo sets, 3 photos identify 0.89 of faces where 1 identifies 0.72 (at 1 %
+per person help: on the identity photo sets, 3 photos identify 0.89 of faces where 1 identifies 0.71 (at 1 %
 strangers accepted, `testbench/calibrate.py`).
 """
 
