@@ -43,7 +43,50 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--flip", action="store_true", help="also embed the mirrored chip and average (test-time flip)"
     )
+    parser.add_argument(
+        "--fuse",
+        type=Path,
+        help="second embedder ONNX (NHWC 224x224 BGR 0..255, e.g. faceres from testbench/tfjs_to_onnx.py): "
+        "score = (1 - w) cos(embedder) + w cos(second); measure with the identified_at_far_* keys",
+    )
+    parser.add_argument("--fuse-weight", type=float, default=0.3, help="w of --fuse")
     return parser
+
+
+FUSE_SIZE = 224
+FUSE_FACE_SCALE = 0.75  # the ArcFace template shrunk in the chip: some hair and chin, as faceres likes
+
+
+def fused_embedder(analyzer, second: Path, weight: float):
+    """Largest face -> [sqrt(1-w) unit(first), sqrt(w) unit(second)]: cosine of two = the weighted sum."""
+    import cv2
+    import numpy as np
+
+    from app.inference.backend import load_model
+    from app.inference.spec import ARCFACE_TEMPLATE, l2_normalize
+    from app.vision.alignment import align_faces, estimate_similarities
+    from app.vision.image_io import read_image
+
+    if not 0.0 <= weight <= 1.0:
+        raise UserError(f"--fuse-weight must be in 0..1, got {weight}")
+    model = load_model(second, "onnxruntime", analyzer.settings.threads)
+    template = (ARCFACE_TEMPLATE - 56.0) * (FUSE_FACE_SCALE * FUSE_SIZE / 112.0) + FUSE_SIZE / 2.0
+
+    def embed(path: Path):
+        image = read_image(path)
+        detections = analyzer.detect(image)
+        index = detections.largest()
+        if index is None:
+            return None
+        landmarks = detections.landmarks[index : index + 1]
+        first = analyzer.embed_chips(align_faces(image, landmarks, analyzer.spec))
+        matrix = estimate_similarities(landmarks, template)[0]
+        chip = cv2.warpAffine(image, matrix, (FUSE_SIZE, FUSE_SIZE), borderMode=cv2.BORDER_REPLICATE)
+        other = model.run(chip[None].astype(np.float32))[0].reshape(1, -1)
+        parts = [np.sqrt(1.0 - weight) * l2_normalize(first), np.sqrt(weight) * l2_normalize(other)]
+        return np.concatenate(parts, axis=1)[0]
+
+    return embed, analyzer.spec.dim + int(model.outputs[0].shape[-1] or 1024)
 
 
 def load_faces(args: argparse.Namespace):
@@ -63,6 +106,15 @@ def load_faces(args: argparse.Namespace):
     )
     analyzer = FaceAnalyzer(settings)
     spec = analyzer.spec
+    if getattr(args, "fuse", None) is not None:
+        import dataclasses
+
+        embed, dim = fused_embedder(analyzer, args.fuse, args.fuse_weight)
+        threshold = spec.threshold if args.threshold is None else args.threshold
+        fused = dataclasses.replace(
+            spec, metric="cosine", dim=dim, model_id=f"{spec.model_id}+{args.fuse.stem}", threshold=threshold
+        )
+        return embed_folders(args.images, embed, dim), fused
     return embed_folders(args.images, largest_face_embedder(analyzer, args.flip), spec.dim), spec
 
 
@@ -110,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     line = reports["all"].as_json()
     line.update(model_id=spec.model_id, flip=bool(args.flip), no_face=len(faces.no_face))
+    if args.fuse is not None:
+        line["fuse_weight"] = args.fuse_weight
     if args.per_set:
         line["per_set"] = {
             name: {k: v for k, v in r.as_json().items() if k in ("identified", "strangers_accepted", "rank1")}
