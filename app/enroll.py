@@ -105,7 +105,7 @@ def _analyzer(settings: Settings) -> FaceAnalyzer:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    from app.recognition.enrollment import collect_images, enroll
+    from app.recognition.enrollment import collect_images, enroll, enrollment_notes
 
     collect_images(args.paths)  # a missing path fails before the models load
     analyzer = _analyzer(settings)
@@ -118,6 +118,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         f"enrolled {result.name}: {result.added} embedding(s) from {len(result.sources)} image(s); "
         f"{result.name} now has {listing.get(result.name, 0)}, the gallery {len(listing)} person(s)"
     )
+    print("\n".join(enrollment_notes(result)))
     _update_discovery(settings, added=[result.name], removed=[])
     return 0
 

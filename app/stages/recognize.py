@@ -179,7 +179,7 @@ class RecognizeStage:
             by_id = {t.track_id: t for t in tracks}
             landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
             vectors = self._embed(self._align(frame, landmarks, self.spec))
-            found = self._search(vectors)
+            found = self._search(self.identities.query_vectors(need, vectors))  # track templates
             if found is not None:
                 embeddings = dict(zip(need, vectors, strict=True))
                 matches = dict(zip(need, found, strict=True))
