@@ -30,6 +30,8 @@ from app.cameras import (
     resolve_cameras,
 )
 from app.config import Settings
+from app.integrations.events import EventFanout
+from app.integrations.runtime import Integrations
 from app.pipeline.frame_ring import StreamRings
 from app.pipeline.graph import Channel, Node, PipelineGraph, Stream
 from app.pipeline.supervisor import RunResult, Supervisor
@@ -83,6 +85,7 @@ def build_graph(
     det_max_batch: int | None = None,
     det_precision: str | None = None,
     det_device: str | None = None,
+    fanout: EventFanout | None = None,
 ) -> PipelineGraph:
     """The run's graph: a capture node and a ring per camera, then the shared stages."""
     if not cameras:
@@ -177,6 +180,7 @@ def build_graph(
                 events=settings.events,
                 tracks_out=settings.tracks_out,
                 cameras=[c.name for c in cameras],
+                fanout=fanout,
             ),
         )
     )
@@ -189,15 +193,29 @@ def run_pipeline(
     summary_every_s: float = 5.0,
     source_flags: Sequence[str] | None = None,
     cameras: Sequence[CameraConfig] | None = None,
+    integrations: Integrations | None = None,
 ) -> RunResult:
-    """Run the whole pipeline to its end (every stream ended, window closed, Ctrl-C, a stage failing)."""
+    """Run the whole pipeline to its end (every stream ended, window closed, Ctrl-C, a stage failing).
+
+    MQTT, /metrics and snapshots run around it (`app.integrations`); a caller that passes its own started
+    `integrations` stops them itself (e.g. to read /metrics once more after the run)."""
     if cameras is None:
         cameras = resolve_cameras(settings, source_flags)
-    graph = build_graph(settings, cameras, max_frames=max_frames)
-    supervisor = Supervisor(
-        graph,
-        ring_slots=settings.ring_slots,
-        log_level=settings.log_level,
-        summary_every_s=summary_every_s,
-    )
-    return supervisor.run()
+    own = integrations is None
+    if integrations is None:
+        names = [c.name for c in cameras]
+        integrations = Integrations(settings, camera=names[0], cameras=names)
+        integrations.start()
+    try:
+        graph = build_graph(settings, cameras, max_frames=max_frames, fanout=integrations.fanout)
+        supervisor = Supervisor(
+            graph,
+            ring_slots=settings.ring_slots,
+            log_level=settings.log_level,
+            summary_every_s=summary_every_s,
+        )
+        integrations.attach(supervisor)
+        return supervisor.run()
+    finally:
+        if own:
+            integrations.stop()

@@ -43,6 +43,11 @@ class FrameMeta:
     # are the last frame dimmed, not the source's; stages skip it and the GUI shows the text.
     status: str = ""
     stream: int = 0  # which camera (index in the run's camera list); picks the ring and per-stream state
+    # Set by the sink for the parent's metrics (the JSON summary and /metrics): faces shown on the frame, the
+    # statuses of the recognition events it made, and whether the gallery was answering.
+    faces: int = 0
+    recognitions: tuple[str, ...] = ()
+    gallery_unavailable: bool = False
 
 
 @dataclass
@@ -129,6 +134,9 @@ class EmbedRequest:
     qualities: list[float]  # the identity policy's quality of each face when it was picked
     chips: np.ndarray  # (N,h,w,3) uint8, the embedder's input size and channel order
     reply_to: int = 0  # which results queue (one per tracking stage) the answer goes to
+    # Per track, the (quality, vector) embeddings of its template: the worker searches the gallery with the
+    # template that the new embedding joins (identity.template_with), as in-process recognition does.
+    templates: list[list[tuple[float, np.ndarray]]] = field(default_factory=list)
 
 
 @dataclass

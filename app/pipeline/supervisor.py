@@ -39,6 +39,7 @@ Stage deaths (seen within ~0.1 s: the watch loop waits on every process sentinel
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -206,11 +207,26 @@ class Supervisor:
             self._release_rings()
             self._restore_signal_handlers()
 
-    def _camera_errors(self) -> dict[str, str]:
-        return {self.graph.streams[i].camera: note for i, note in self._notes.items()}
-
-    def _dropped(self) -> dict[int, int]:
-        return {i: ring.dropped for i, ring in self._rings.items()}
+    def live_view(self) -> dict[str, Any]:
+        """For observers in other threads of this process (e.g. /metrics); never blocks. `dropped` (None
+        once the rings are gone: `metrics.dropped` then holds the final count), queue depths, and the Ready
+        info of each ready node (a capture's SourceInfo as a dict)."""
+        queues: dict[str, int] = {}
+        for (src, dst), q in list(self._queues.items()):
+            with contextlib.suppress(Exception):  # closed at shutdown; qsize is unsupported on macOS
+                queues[f"{src}->{dst}"] = q.qsize()
+        dropped = None
+        with contextlib.suppress(Exception):  # the rings may be closing under us
+            rings = list(self._rings.values())
+            dropped = sum(ring.dropped for ring in rings) if rings else None
+        ready = {
+            c.name: dataclasses.asdict(c.ready_info)
+            if isinstance(c.ready_info, SourceInfo)
+            else dict(c.ready_info)
+            for c in list(self._children.values())
+            if c.ready
+        }
+        return {"dropped": dropped, "queues": queues, "ready": ready}
 
     # -- start --------------------------------------------------------------------------------------------
 

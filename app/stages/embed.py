@@ -28,6 +28,7 @@ from app.errors import UserError
 from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
+from app.tracking.config import IdentityConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class FaceEmbedder:
             "threshold": spec.threshold,
             "gallery": gallery_location(s),
             "persons": info.persons,
+            "person_names": sorted(self.gallery.list()),  # Home Assistant discovery: a sensor per person
+            "embeddings": info.count,
         }
 
     def paused(self) -> bool:
@@ -135,6 +138,7 @@ class EmbedStage:
         max_faces: int = MAX_FACES,
     ) -> None:
         self.embedder = FaceEmbedder(settings, threads)
+        self.identity_config = IdentityConfig()  # the tracking stages' (their template arithmetic)
         self.requests = requests  # queue of EmbedRequest (from recognize)
         # Queues of EmbedResult, one per tracking stage (EmbedRequest.reply_to picks it).
         self.results = results if isinstance(results, list) else [results]
@@ -177,7 +181,7 @@ class EmbedStage:
         else:
             chips = np.concatenate([r.chips for r in batch]) if len(batch) > 1 else batch[0].chips
             vectors = embedder.embed(chips)
-            found = embedder.search(vectors) if len(vectors) else []
+            found = embedder.search(self._queries(batch, vectors)) if len(vectors) else []
             self.batches += 1
             self.faces += len(vectors)
         unavailable = embedder.gallery_down is not None
@@ -193,6 +197,24 @@ class EmbedStage:
             out.append(EmbedResult(r.request, r.stream, r.frame, r.track_ids, r.qualities, part, matches,
                                    unavailable))  # fmt: skip
         return out
+
+    def _queries(self, batch: list[EmbedRequest], vectors: np.ndarray) -> np.ndarray:
+        """What to search with: each track's template with its new embedding folded in (as the tracking
+        stage would search in-process), or the embedding itself for a track with no template yet."""
+        from app.tracking.identity import template_with
+
+        spec, floor = self.embedder.spec, self.identity_config.quality_floor
+        queries = vectors.copy()
+        row = 0
+        for request in batch:
+            parts = request.templates or [[] for _ in request.track_ids]
+            for kept, quality in zip(parts, request.qualities, strict=True):
+                if kept:
+                    queries[row] = template_with(
+                        kept, vectors[row], quality, spec.threshold, spec.metric, floor
+                    )[0]
+                row += 1
+        return queries
 
     def close(self) -> None:
         self.embedder.close()

@@ -28,6 +28,7 @@ from typing import Protocol
 import cv2
 
 from app.errors import UserError
+from app.integrations.events import EventFanout
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import SourceInfo, TrackedFaces
 from app.pipeline.metrics import RollingFps
@@ -152,13 +153,14 @@ class GuiStage:
         tracks_out: Path | None = None,
         window_factory: Callable[[], Window] | None = None,
         cameras: list[str] | None = None,
+        fanout: EventFanout | None = None,  # events to MQTT and snapshots
     ) -> None:
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.cameras = list(cameras or ["default"])
         self.show_window = show_window
         self.output = output
         self.window_factory = window_factory
-        self.events = EventsSink(events) if events is not None else None
+        self.events = EventsSink(events, fanout)  # with neither, it still counts recognitions for the summary
         self.tracks = TracksSink(tracks_out) if tracks_out is not None else None
         paths = video_paths(output, self.cameras) if output is not None else []
         self.videos: dict[int, VideoSink] = {i: VideoSink(path) for i, path in enumerate(paths)}
@@ -209,10 +211,11 @@ class GuiStage:
         video = self.videos.get(meta.stream)
         needs_pixels = self.window is not None or self.mosaic is not None or video is not None
         canvas = ring.frame(meta.slot).copy() if needs_pixels else None
-        ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
         camera = self.cameras[meta.stream] if meta.stream < len(self.cameras) else str(meta.stream)
-        if self.events is not None:
-            self.events.write(msg, camera)
+        # Before the release: a snapshot reads the frame. The counts reach the parent's metrics in the meta.
+        meta.recognitions = tuple(self.events.write(msg, ring.frame(meta.slot), camera))
+        ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
+        meta.faces, meta.gallery_unavailable = len(msg), msg.gallery_unavailable
         if self.tracks is not None:
             self.tracks.write(msg, camera)
         if canvas is None:

@@ -313,7 +313,7 @@ class RecognizeStage:
         if not need or self.embedder.paused():
             return answers  # (the gallery is away: no embedding until the next retry; the tracks ask again)
         vectors = self.embedder.embed(self._chips(tracks, need, frame))
-        found = self.embedder.search(vectors)
+        found = self.embedder.search(state.identities.query_vectors(need, vectors))  # track templates
         if found is not None:
             answers.embeddings = dict(zip(need, vectors, strict=True))
             answers.matches = dict(zip(need, found, strict=True))
@@ -357,9 +357,12 @@ class RecognizeStage:
         busy = state.in_flight()
         need = [t for t in identities.select_for_embedding(tracks, frame) if t not in busy]
         if need:
-            qualities = [float(identities.selected_quality(t) or 0.0) for t in need]
+            qualities = [float(identities.selected_quality(t) or 0.5) for t in need]
+            # The worker searches with each track's template (its kept embeddings with the new one folded in).
+            templates = [identities.template_parts(t) for t in need]
             request = EmbedRequest(next(self._requests), stream, state.frame, need, qualities,
-                                   self._chips(tracks, need, frame), self.channel.reply_to)  # fmt: skip
+                                   self._chips(tracks, need, frame), self.channel.reply_to,
+                                   templates)  # fmt: skip
             if self._send(request, wait=not state.live):
                 state.pending[request.request] = _Pending(request)
         return answers
