@@ -207,6 +207,12 @@ class Supervisor:
             self._release_rings()
             self._restore_signal_handlers()
 
+    def _camera_errors(self) -> dict[str, str]:
+        return {self.graph.streams[i].camera: note for i, note in self._notes.items()}
+
+    def _dropped(self) -> dict[int, int]:
+        return {i: ring.dropped for i, ring in self._rings.items()}
+
     def live_view(self) -> dict[str, Any]:
         """For observers in other threads of this process (e.g. /metrics); never blocks. `dropped` (None
         once the rings are gone: `metrics.dropped` then holds the final count), queue depths, and the Ready

@@ -218,6 +218,9 @@ class EmbedStage:
 
     def close(self) -> None:
         self.embedder.close()
+        for q in self.results:  # answers nobody will read after the run: do not wait for them at exit
+            if hasattr(q, "cancel_join_thread"):
+                q.cancel_join_thread()
         if self.batches:
             log.info("embedding: %d faces in %d batches (%.1f a batch)", self.faces, self.batches,
                      self.faces / self.batches)  # fmt: skip

@@ -431,6 +431,8 @@ class RecognizeStage:
     def close(self) -> None:
         if self.channel is None:
             self.embedder.close()
+        elif hasattr(self.channel.requests, "cancel_join_thread"):
+            self.channel.requests.cancel_join_thread()  # requests nobody will answer after the run
         if self.streams:
             counters = [state.identities.counters for state in self.streams.values()]
             kinds = ("tracks", "embeddings", "named", "relinks")
