@@ -33,8 +33,8 @@ pytestmark = pytest.mark.slow
 
 HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 LIN, ALEX = "Lin-Manuel Miranda", "Alex Lacamoire"
-FILE_KEYS = {"time", "frame", "track", "name", "status", "similarity", "box"}  # the --events file
-ADDED_KEYS = {"camera", "timestamp"}  # MQTT events carry these too (and "snapshot" with snapshots on)
+FILE_KEYS = {"camera", "time", "frame", "track", "name", "status", "similarity", "box"}  # the --events file
+ADDED_KEYS = {"timestamp"}  # MQTT events carry this too (and "snapshot" with snapshots on)
 CONFIGS = {
     f"homeassistant/sensor/facepipe/{object_id}/config"
     for object_id in ("person_lin_manuel_miranda", "person_alex_lacamoire", "camera_default_face")
