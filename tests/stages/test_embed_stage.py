@@ -1,0 +1,137 @@
+"""The shared embedding worker: one model call for the requests of several streams, each answer to its own
+tracking stage; recognition through it names faces as in-process recognition does, a frame later."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import closing
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from stage_chain import put_frame, ring_of, setup_all
+
+from app.config import load_settings
+from app.gallery import open_gallery
+from app.pipeline.messages import EmbedRequest, TrackedFaces
+from app.recognition.analyzer import FaceAnalyzer
+from app.stages.detect import DetectStage
+from app.stages.embed import EmbedStage
+from app.stages.postprocess import PostprocessStage
+from app.stages.recognize import EmbedChannel, RecognizeStage
+from app.vision.alignment import align_faces
+from tests.support.shared_data import HAMILTON, REPO
+
+DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
+LIN = "Lin-Manuel Miranda"
+
+
+def clip(start: int, stop: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(HAMILTON))
+    frames = [cap.read()[1] for _ in range(stop)]
+    cap.release()
+    return frames[start:]
+
+
+@pytest.fixture(scope="module")
+def gallery_dir(tmp_path_factory) -> Path:
+    """Lin-Manuel Miranda from two frames of his shot."""
+    folder = tmp_path_factory.mktemp("gallery")
+    settings = load_settings({"qdrant_path": str(folder)}, env_file=None)
+    analyzer = FaceAnalyzer(settings)
+    with closing(open_gallery(settings, analyzer.spec)) as gallery:
+        for image in clip(100, 161)[::60]:
+            found = analyzer.detect(image)
+            gallery.add(LIN, analyzer.embed(image, found.landmarks[:1]))
+    return folder
+
+
+def lin_chips(settings, count: int) -> np.ndarray:
+    analyzer = FaceAnalyzer(settings)
+    image = clip(150, 151)[0]
+    found = analyzer.detect(image)
+    return align_faces(image, np.repeat(found.landmarks[:1], count, axis=0), analyzer.spec)
+
+
+def test_requests_of_two_streams_are_answered_in_one_model_call_each_to_its_own_queue(gallery_dir):
+    settings = load_settings({"qdrant_path": str(gallery_dir)}, env_file=None)
+    requests: queue.Queue = queue.Queue()
+    results = [queue.Queue(), queue.Queue()]
+    worker = EmbedStage(settings, requests, results)
+    worker.setup()
+    try:
+        chips = lin_chips(settings, 3)
+        requests.put(EmbedRequest(1, 0, 5, [7], [0.9], chips[:1], reply_to=0))
+        requests.put(EmbedRequest(1, 3, 9, [2, 4], [0.8, 0.7], chips[1:], reply_to=1))
+        worker.serve(timeout=1.0)
+        assert worker.batches == 1 and worker.faces == 3  # one call for both streams
+        first, second = results[0].get_nowait(), results[1].get_nowait()
+        assert (first.stream, first.frame, first.track_ids) == (0, 5, [7])
+        assert (second.stream, second.frame, second.track_ids, second.qualities) == (3, 9, [2, 4], [0.8, 0.7])
+        assert second.vectors.shape == (2, worker.embedder.spec.dim)
+        for answer in (first, second):
+            assert not answer.gallery_unavailable
+            assert all(matches[0].name == LIN for matches in answer.matches)
+        np.testing.assert_allclose(first.vectors[0], second.vectors[0], atol=1e-4)  # the same face
+    finally:
+        worker.close()
+
+
+def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> list[TrackedFaces]:
+    """Detect, post-process and recognise in this process; with `through_worker`, embeddings come from an
+    EmbedStage serving in a thread, as the embedding worker process does."""
+    settings = load_settings({"qdrant_path": str(gallery)}, env_file=None)
+    requests: queue.Queue = queue.Queue()
+    results: queue.Queue = queue.Queue()
+    worker = EmbedStage(settings, requests, [results]) if through_worker else None
+    channel = EmbedChannel(requests, results) if through_worker else None
+    stop = threading.Event()
+    out = []
+    with ring_of(frames[0].shape, slots=6) as (ring, handle):
+        recognize = RecognizeStage(handle, settings, embed=channel)
+        stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), recognize]
+        setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
+        serving = None
+        if worker is not None:
+            worker.setup()
+
+            def serve() -> None:
+                while not stop.is_set():
+                    worker.serve(0.02)
+
+            serving = threading.Thread(target=serve)
+            serving.start()
+        detect, post, _ = stages
+        try:
+            for i, image in enumerate(frames):
+                ref = put_frame(ring, image, i)
+                [raw] = detect.process(ref)
+                [found] = post.process(raw)
+                [tracked] = recognize.process(found)
+                out.append(tracked)
+                ring.release(ref.meta.slot, ref.meta.seq)
+        finally:
+            stop.set()
+            if serving is not None:
+                serving.join(5)
+                worker.close()
+            for stage in stages:
+                stage.close()
+    return out
+
+
+def test_recognition_through_the_worker_names_as_in_process_recognition_does(gallery_dir):
+    frames = clip(100, 160)  # Lin-Manuel, large and frontal
+    alone = recognise(frames, gallery_dir, through_worker=False)
+    shared = recognise(frames, gallery_dir, through_worker=True)
+    # The same tracks on every frame (tracking does not depend on when answers come)...
+    assert [list(r.track_ids) for r in shared] == [list(r.track_ids) for r in alone]
+
+    def first_named(out: list[TrackedFaces]) -> int:
+        return next(i for i, r in enumerate(out) if LIN in r.names)
+
+    # ...and the same name, a frame or two later: an answer is applied on the frame after its request.
+    assert 0 <= first_named(shared) - first_named(alone) <= 3
+    assert sum(LIN in r.names for r in shared) >= sum(LIN in r.names for r in alone) - 3
