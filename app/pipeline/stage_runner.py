@@ -88,6 +88,7 @@ class Capabilities:
     starts: bool = False  # start(sources) once every stage is ready
     restartable: bool = False  # a source whose dead process may be replaced (live sources only)
     service: bool = False  # no frames in or out: serve(timeout) answers requests on its own side channels
+    notes: bool = False  # note(stream, text) for each camera that could not start (its tile says why)
 
 
 PLAIN = Capabilities()
@@ -195,6 +196,9 @@ class StageRunner:
                 self._open_streams = start.streams
                 if self.caps.starts:
                     self.stage.start(dict(start.sources))
+                if self.caps.notes:
+                    for stream, text in start.notes.items():
+                        self.stage.note(stream, text)
                 if self.caps.service:
                     orderly = self._run_service()
                 else:

@@ -142,7 +142,7 @@ def video_paths(output: Path, cameras: list[str]) -> list[Path]:
 
 class GuiStage:
     name = "gui"
-    capabilities = Capabilities(starts=True)
+    capabilities = Capabilities(starts=True, notes=True)
 
     def __init__(
         self,
@@ -188,7 +188,7 @@ class GuiStage:
                 sink.open()
         return {}
 
-    def start(self, sources: dict[int, SourceInfo], notes: dict[int, str] | None = None) -> None:
+    def start(self, sources: dict[int, SourceInfo]) -> None:
         for stream, video in self.videos.items():
             info = sources.get(stream)
             if info is None or info.frame_shape is None:
@@ -196,9 +196,6 @@ class GuiStage:
             height, width = info.frame_shape[:2]
             video.open(float(info.fps or 30.0), (width, height))
         self.videos = {i: v for i, v in self.videos.items() if i in sources}
-        if self.mosaic is not None:
-            for stream, note in (notes or {}).items():
-                self.mosaic.set_note(stream, note)
 
     def note(self, stream: int, text: str) -> None:
         """A camera that could not start: its tile says why."""

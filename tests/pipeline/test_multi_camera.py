@@ -218,3 +218,32 @@ def test_when_every_camera_fails_the_run_stops_with_the_first_ones_error(tmp_pat
         == f"capture: cannot decode video file {broken[0]}: not a video, or not a format FFmpeg reads"
     )
     assert multiprocessing.active_children() == []
+
+
+class NoteTaker(Counter):
+    capabilities = Capabilities(starts=True, notes=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: dict[int, str] = {}
+
+    def note(self, stream: int, text: str) -> None:
+        self.notes[stream] = text
+
+
+def test_a_stage_that_takes_notes_hears_why_a_camera_did_not_start():
+    supervisor_end, stage_end = multiprocessing.Pipe(duplex=True)
+    stop = threading.Event()
+    stage = NoteTaker()
+    runner = StageRunner(stage, StageChannels(queue.Queue(), None, stage_end, stop), poll_s=0.01)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    assert isinstance(supervisor_end.recv(), Ready)
+    supervisor_end.send(Start({1: None}, notes={0: "cannot open video stream rtsp://***@cam"}))
+    for _ in range(500):  # a failure guard, not a timing assertion
+        if stage.notes:
+            break
+        stop.wait(0.01)
+    stop.set()
+    thread.join(2)
+    assert stage.notes == {0: "cannot open video stream rtsp://***@cam"}
