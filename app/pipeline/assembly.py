@@ -56,6 +56,7 @@ def build_stages(settings: Settings, ring: FrameRingHandle, max_frames: int | No
             output=settings.output,
             events=settings.events,
             tracks_out=settings.tracks_out,
+            blur_unknown=settings.blur_unknown,
         ),
     ]
 

@@ -30,6 +30,7 @@ from app.pipeline.messages import TrackedFaces
 from app.pipeline.stage_runner import StopPipeline
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
 from app.vision.drawing import draw_faces, draw_overlay
+from app.vision.privacy import blur_faces
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,10 @@ class GuiStage:
         events: Path | None = None,
         tracks_out: Path | None = None,
         window_factory: Callable[[], Window] = OpenCvWindow,
+        blur_unknown: bool = False,
     ) -> None:
         self.frames = frames
+        self.blur_unknown = blur_unknown
         self.show_window = show_window
         self.output = output
         self.window_factory = window_factory
@@ -173,6 +176,8 @@ class GuiStage:
             self.tracks.write(msg)
         if canvas is None:
             return []
+        if self.blur_unknown:
+            blur_faces(canvas, msg.boxes, msg.statuses)
         draw_faces(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities)
         draw_overlay(canvas, self._overlay_lines(msg))
         if self.video is not None:
