@@ -353,6 +353,38 @@ class QdrantGalleryBase(ABC):
         out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
         return out
 
+    def points(
+        self, name: str | None = None, with_vectors: bool = False
+    ) -> list[tuple[str, dict[str, Any], Any]]:
+        """(point id, payload, vector or None) of every point (of `name` if given), ordered by time added."""
+        self._require_open()
+        if not self._has_storage():
+            return []
+        out: list[tuple[str, dict[str, Any], Any]] = []
+        offset = None
+        with self._engine_errors("read"):
+            while True:
+                page, offset = self._scroll_page(name, offset, SCROLL_PAGE, with_vectors)
+                out.extend(
+                    (str(r.id), dict(r.payload or {}), r.vector if with_vectors else None) for r in page
+                )
+                if offset is None:
+                    break
+        out.sort(key=lambda item: (str(item[1].get("added", "")), str(item[1].get("source", ""))))
+        return out
+
+    def remove_points(self, ids: Sequence[str]) -> int:
+        """Delete these points (ids from `points`) in one write; returns how many were asked for."""
+        self._require_open()
+        if ids and self._has_storage():
+            with self._engine_errors("remove from"):
+                self._delete_ids([str(i) for i in ids])
+        return len(ids)
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        """Delete points by id in one write (an engine primitive; both engines have it)."""
+        raise NotImplementedError
+
     def info(self) -> GalleryInfo:
         self._require_open()
         if self.record is None:

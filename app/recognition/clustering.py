@@ -47,7 +47,9 @@ def params_for(metric: str) -> ClusterParams:
     try:
         return CLUSTER_PARAMS[metric]
     except KeyError:
-        raise ValueError(f"no clustering parameters for metric {metric!r} (have {sorted(CLUSTER_PARAMS)})")
+        raise ValueError(
+            f"no clustering parameters for metric {metric!r} (have {sorted(CLUSTER_PARAMS)})"
+        ) from None
 
 
 def cluster_faces(vectors: np.ndarray, metric: str, params: ClusterParams | None = None) -> np.ndarray:
