@@ -52,6 +52,8 @@ class KeptFace:
     quality: float
     det_score: float
     seen: float  # Unix seconds
+    frame: int = -1  # the source's frame index
+    box: tuple[float, float, float, float] | None = None  # face box on that frame, source pixels
 
 
 @dataclass
@@ -76,6 +78,8 @@ class UnknownFace:
     det_score: float
     crop: str
     vector: np.ndarray | None = None
+    frame: int = -1
+    box: tuple[float, ...] | None = None
 
 
 def new_sighting_id(now: float | None = None) -> str:
@@ -135,6 +139,8 @@ class UnknownStore:
                     "quality": round(float(face.quality), 4),
                     "det_score": round(float(face.det_score), 4),
                     "crop": name,
+                    "frame": int(face.frame),
+                    "box": None if face.box is None else [round(float(v), 1) for v in face.box],
                 }
                 for name, face in zip(names, sighting.faces, strict=True)
             ]
@@ -198,6 +204,8 @@ class UnknownStore:
                     det_score=float(payload.get("det_score", 0.0)),
                     crop=str(payload.get("crop", "")),
                     vector=None if vector is None else np.asarray(vector, np.float32),
+                    frame=int(payload.get("frame", -1)),
+                    box=tuple(payload["box"]) if payload.get("box") else None,
                 )
             )
         out.sort(key=lambda f: (f.seen, f.sighting, f.crop))

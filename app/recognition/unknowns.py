@@ -127,8 +127,9 @@ class UnknownKeeper:
                 if q < self.config.min_quality:
                     continue
                 chip = chips[i][..., ::-1] if self.rgb_chips else chips[i]
+                box = tuple(float(v) for v in track.detection_box)  # type: ignore[attr-defined]
                 face = KeptFace(np.array(vectors[i], np.float32), np.ascontiguousarray(chip), float(q),
-                                float(track.score), now)  # type: ignore[attr-defined]  # fmt: skip
+                                float(track.score), now, int(frame_index), box)  # type: ignore[attr-defined]  # fmt: skip
                 self._keep(self._tracks[int(track.track_id)], face)  # type: ignore[attr-defined]
         ended = [tid for tid, c in self._tracks.items() if frame_index - c.last_frame > self.config.end_after]
         return [s for s in (self._close(tid) for tid in ended) if s is not None]
