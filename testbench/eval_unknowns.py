@@ -119,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                     summary = pipeline(video, gallery, None, keep=setting == "on")
                     fps[setting].append(float(summary["fps"]))
             result = {k: round(statistics.median(v), 2) for k, v in fps.items()}
-            print(
-                f"pipeline FPS, median of {args.repeats}: KEEP_UNKNOWN=false {result['off']}, true {result['on']}"
-            )
+            print(f"pipeline FPS, median of {args.repeats} runs: KEEP_UNKNOWN=false {result['off']}, "
+                  f"true {result['on']}")  # fmt: skip
             print(json.dumps({"fps_keep_off": result["off"], "fps_keep_on": result["on"], "runs": fps}))
             return 0
 

@@ -44,6 +44,7 @@ from app.recognition.clustering import assign_ids, group_sightings
 EXPORT_FORMAT = "face-gallery-export"
 EXPORT_VERSION = 1
 NAME_FACES = 10  # best faces of a cluster enrolled by `unknowns name`
+SHEET_FACES = 64  # faces on an `unknowns show` sheet at most (the best of each visit first)
 VIDEO_FACES = 5  # best faces of a track enrolled by `add --video`
 VIDEO_STRIDE = 2  # every other frame of a clip is looked at by `add --video`
 CROPS_SUFFIX = "_crops"  # `<collection>_crops/`: the crops of embeddings enrolled from unknowns or video
@@ -198,6 +199,21 @@ def saved_cluster(store: UnknownStore, cluster_id: int) -> Cluster:
     )
 
 
+def best_faces(faces: Sequence[UnknownFace], count: int) -> list[UnknownFace]:
+    """Up to `count` faces, the best of each sighting first, round by round: views from several visits
+    make a better enrolment than the best few of one visit."""
+    by_sighting: dict[str, list[UnknownFace]] = {}
+    for face in sorted(faces, key=lambda f: -f.quality):
+        by_sighting.setdefault(face.sighting, []).append(face)
+    queues = sorted(by_sighting.values(), key=lambda q: -q[0].quality)
+    out: list[UnknownFace] = []
+    depth = 0
+    while len(out) < count and any(len(q) > depth for q in queues):
+        out.extend(q[depth] for q in queues if len(q) > depth)
+        depth += 1
+    return out[:count]
+
+
 def cluster_id(text: str) -> int:
     try:
         value = int(text)
@@ -242,9 +258,10 @@ def cmd_unknowns_show(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError(f"output file {args.output} already exists: choose another name or remove it first")
     with contextlib.closing(open_unknowns(settings, embedder_spec(settings))) as store:
         cluster = saved_cluster(store, args.id)
-        paths = [store.crop_path(face) for face in cluster.faces]  # a missing crop fails before writing
+        shown = best_faces(cluster.faces, SHEET_FACES)
+        paths = [store.crop_path(face) for face in shown]  # a missing crop fails before anything is written
     images = [cv2.imread(str(p)) for p in paths]
-    captions = [f"{iso(f.seen)[5:16]} q{f.quality:.2f}" for f in cluster.faces]
+    captions = [f"{iso(f.seen)[5:16]} q{f.quality:.2f}" for f in shown]
     title = f"unknown {cluster.id}: {len(cluster.faces)} faces, {len(cluster.sightings)} visits"
     write_sheet(args.output, contact_sheet(images, captions, title=title))
     doc = {**cluster.as_dict(), "output": str(args.output)}
@@ -259,7 +276,7 @@ def cmd_unknowns_name(args: argparse.Namespace, settings: Settings) -> int:
         contextlib.closing(open_gallery(settings, spec)) as gallery,
     ):
         cluster = saved_cluster(store, args.id)
-        best = sorted(cluster.faces, key=lambda f: -f.quality)[:NAME_FACES]
+        best = best_faces(cluster.faces, NAME_FACES)
         folder = crops_folder(settings)
         folder.mkdir(parents=True, exist_ok=True)
         copied: list[Path] = []
