@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -287,12 +288,15 @@ def open_unknowns(settings: Settings, spec: EmbedderIdentity | None) -> UnknownS
 
 
 def remove_store(settings: Settings) -> int:
-    """Forget every kept face, whatever embedder kept it; returns how many."""
+    """Delete the whole store (collection, crops, cluster ids), whatever embedder kept it; returns the faces."""
     with contextlib.closing(open_unknowns(settings, None)) as store:
-        sightings = {face.sighting for face in store.faces()}
-        removed = store.forget(sightings)
-        path = store.folder / CLUSTERS_FILE
-        path.unlink(missing_ok=True)
+        removed = len(store.faces())
+        client = getattr(store.gallery, "client", None)
+        if client is not None:  # a server collection: drop it; the embedded one goes with its folder
+            collection = unknowns_settings(settings).qdrant_collection
+            if client.collection_exists(collection):
+                client.delete_collection(collection)
+    shutil.rmtree(store.folder, ignore_errors=True)
     return removed
 
 
