@@ -73,7 +73,9 @@ def unknowns(gallery_dir, spec):
     with open_unknowns(settings_of(gallery_dir), spec) as store:
         for person, visits in ((0, 3), (1, 3), (2, 1)):
             for v in range(visits):
-                s = sighting_of(centres[person], 4, 1_700_000_000.0 + 1000 * v + person, rng, track=10 * person + v)
+                s = sighting_of(
+                    centres[person], 4, 1_700_000_000.0 + 1000 * v + person, rng, track=10 * person + v
+                )
                 store.add(s)
                 sightings[person].append(s.id)
     return sightings
@@ -97,7 +99,9 @@ def test_unknowns_list_shows_repeat_visitors_then_single_sightings(capsys, galle
     assert "repeat visitors:" in out and "seen once:" in out and "first_seen" in out
 
 
-def test_naming_a_cluster_enrolls_its_faces_and_drops_them_from_the_unknowns(capsys, gallery_dir, unknowns, spec):
+def test_naming_a_cluster_enrolls_its_faces_and_drops_them_from_the_unknowns(
+    capsys, gallery_dir, unknowns, spec
+):
     cli(capsys, gallery_dir, "unknowns", "list", "--json")
     with open_unknowns(settings_of(gallery_dir), spec) as store:
         ids, _ = store.load_clusters()
@@ -139,14 +143,18 @@ def test_show_writes_a_sheet_and_never_overwrites(capsys, gallery_dir, unknowns,
     assert code == 2 and "already exists" in err and sheet.read_bytes() == first
 
 
-def test_show_with_a_crop_missing_is_one_line_and_writes_nothing(capsys, gallery_dir, unknowns, spec, tmp_path):
+def test_show_with_a_crop_missing_is_one_line_and_writes_nothing(
+    capsys, gallery_dir, unknowns, spec, tmp_path
+):
     cli(capsys, gallery_dir, "unknowns", "list")
     with open_unknowns(settings_of(gallery_dir), spec) as store:
         ids, _ = store.load_clusters()
         face = next(f for f in store.faces() if f.sighting == unknowns[0][1])
         (store.crops / face.crop).unlink()
     sheet = tmp_path / "sheet.jpg"
-    code, _, err = cli(capsys, gallery_dir, "unknowns", "show", str(ids[unknowns[0][1]]), "--output", str(sheet))
+    code, _, err = cli(
+        capsys, gallery_dir, "unknowns", "show", str(ids[unknowns[0][1]]), "--output", str(sheet)
+    )
     assert code == 2 and "is missing" in err and err.count("\n") == 1
     assert not sheet.exists()
 
@@ -243,5 +251,3 @@ def test_every_library_command_has_json():
                 assert "--json" in action.format_help(), action_name
         else:
             assert "--json" in sub.format_help(), name
-
-

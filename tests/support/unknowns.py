@@ -16,7 +16,9 @@ def person_centres(count: int, seed: int = 0) -> np.ndarray:
     return (centres / np.linalg.norm(centres, axis=1, keepdims=True) * 0.7).astype(np.float32)
 
 
-def sighting_of(centre: np.ndarray, faces: int, seen: float, rng: np.random.Generator, track: int = 1) -> Sighting:
+def sighting_of(
+    centre: np.ndarray, faces: int, seen: float, rng: np.random.Generator, track: int = 1
+) -> Sighting:
     """A visit: faces near `centre` (spread ~0.1, as one track's views of a person), a crop each."""
     kept = []
     for i in range(faces):
