@@ -233,8 +233,15 @@ def test_export_then_import_into_another_gallery(capsys, gallery_dir, spec, tmp_
 
 
 def test_import_refuses_another_embedder(capsys, gallery_dir, tmp_path):
-    doc = {"format": "face-gallery-export", "version": 1, "model_id": "arcface-x", "dim": 2, "metric": "cosine",
-           "points": [{"name": "ann", "vector": [1.0, 0.0], "meta": {}}]}  # fmt: skip
+    point = {"name": "ann", "vector": [1.0, 0.0], "meta": {}}
+    doc = {
+        "format": "face-gallery-export",
+        "version": 1,
+        "model_id": "arcface-x",
+        "dim": 2,
+        "metric": "cosine",
+    }
+    doc["points"] = [point]
     path = tmp_path / "x.json"
     path.write_text(json.dumps(doc))
     code, _, err = cli(capsys, gallery_dir, "import", str(path))
