@@ -288,7 +288,7 @@ def open_unknowns(settings: Settings, spec: EmbedderIdentity | None) -> UnknownS
 
 
 def remove_store(settings: Settings) -> int:
-    """Delete the whole store (collection, crops, cluster ids) whatever embedder kept it; returns its faces."""
+    """Delete the whole store (collection, crops, cluster ids), whoever kept it; returns its faces."""
     with contextlib.closing(open_unknowns(settings, None)) as store:
         removed = len(store.faces())
         client = getattr(store.gallery, "client", None)
