@@ -162,7 +162,8 @@ def recluster(store: UnknownStore) -> list[Cluster]:
     faces = store.faces(with_vectors=True)
     previous, next_id = store.load_clusters()
     if not faces:
-        store.save_clusters({}, next_id)
+        if previous:  # everything was forgotten or expired: drop the stale ids (and write nothing new)
+            store.save_clusters({}, next_id)
         return []
     assert store.record is not None
     vectors = np.stack([f.vector for f in faces if f.vector is not None])

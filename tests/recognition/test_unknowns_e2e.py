@@ -55,3 +55,28 @@ def test_add_from_video_takes_the_chosen_track_or_refuses_a_crowd(tmp_path):
     done = run("-m", "app.enroll", "add", "x", "--video", clip, "--track", "999", "--tracks", tracks,
                "--gallery", gallery)  # fmt: skip
     assert done.returncode == 2 and "track 999 is not in" in done.stderr
+
+
+def test_the_pipeline_refuses_unknowns_kept_with_another_embedder(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from app.config import load_settings
+    from app.gallery.unknowns import open_unknowns
+    from tests.support.unknowns import sighting_of
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        model_id: str = "arcface-123"
+        dim: int = 128
+        metric: str = "cosine"
+
+    gallery = tmp_path / "gallery"
+    with open_unknowns(load_settings({"qdrant_path": str(gallery)}, env_file=None), Other()) as store:
+        store.add(sighting_of(np.ones(128, np.float32) / 12, 2, 1.0, np.random.default_rng(0)))
+    clip = REPO.parent / "shared" / "data" / "faces" / "short_hamilton_clip.mp4"
+    done = run("-m", "app.main", "--source", clip, "--no-gui", "--max-speed", "--gallery", gallery)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "kept with embedder arcface-123" in errors[0] and "forget --all" in errors[0]
