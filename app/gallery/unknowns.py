@@ -262,14 +262,15 @@ class UnknownStore:
         self.close()
 
 
-def open_unknowns(settings: Settings, spec: EmbedderIdentity | None) -> UnknownStore:
-    """The unknowns store of these settings' gallery engine, for `spec`'s embedder (None: whatever kept it).
+def open_unknowns(settings: Settings, spec: EmbedderIdentity | None, client: Any = None) -> UnknownStore:
+    """The unknowns store of these settings' gallery engine, for `spec`'s embedder (None: whatever kept it);
+    `client` is an injected qdrant-client, as for `open_gallery`.
 
     Raises UserError when the kept faces come from another embedder, or the store is held elsewhere.
     """
     inner = unknowns_settings(settings)
     where = f"unknown faces at {gallery_location(inner)}"
-    gallery = open_gallery(inner, None)
+    gallery = open_gallery(inner, None, client=client)
     try:
         if spec is not None:
             wanted = GalleryRecord.of(spec)

@@ -80,6 +80,19 @@ def test_unknowns_of_another_embedder_are_refused_in_one_line(settings):
         assert store.faces() == []
 
 
+def test_the_store_works_on_a_qdrant_server_collection_too(settings, tmp_path):
+    from qdrant_client import QdrantClient
+
+    rng = np.random.default_rng(6)
+    client = QdrantClient(path=str(tmp_path / "qdrant-local"))  # speaks the server API
+    with open_unknowns(settings, Spec(), client=client) as store:
+        a = sighting_of(person_centres(1)[0], 3, 1000.0, rng)
+        store.add(a)
+        assert [f.sighting for f in store.faces()] == [a.id] * 3
+        assert store.folder == settings.qdrant_path / "faces_unknowns"  # crops stay local
+        assert store.forget([a.id]) == 3 and store.faces() == []
+
+
 def test_a_missing_crop_is_a_one_line_error(settings):
     rng = np.random.default_rng(4)
     with open_unknowns(settings, Spec()) as store:
