@@ -34,7 +34,7 @@ def visits_scenario(
     if len(labels) * face_h * size[1] * 0.9 > size[0]:
         raise UserError(f"{len(labels)} people do not fit side by side in a {size[0]}x{size[1]} frame")
     rng = np.random.default_rng(seed)
-    actors = []
+    actors: list[Actor] = []
     period = visit_s + pause_s
     for r in range(rounds):
         start = 0.3 + r * period

@@ -50,6 +50,9 @@ class EmbedderIdentity(Protocol):
 
 # One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
 PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+# (point id, payload, vector or None): one stored embedding as `points` returns it. An alias, since inside the
+# gallery classes `list` names their method.
+PointList = list[tuple[str, dict[str, Any], Any]]
 
 
 @runtime_checkable
@@ -77,6 +80,17 @@ class Gallery(Protocol):
     def info(self) -> GalleryInfo: ...
 
     def close(self) -> None: ...
+
+    # Point-level access (the face library: list --details, remove --embedding, rename, export).
+    record: GalleryRecord | None
+
+    def points(self, name: str | None = None, with_vectors: bool = False) -> PointList:
+        """(point id, payload, vector or None) per point, oldest first."""
+        ...
+
+    def remove_points(self, ids: Sequence[str]) -> int:
+        """Delete these points in one write."""
+        ...
 
 
 class GalleryInUseError(UserError):
@@ -353,9 +367,7 @@ class QdrantGalleryBase(ABC):
         out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
         return out
 
-    def points(
-        self, name: str | None = None, with_vectors: bool = False
-    ) -> list[tuple[str, dict[str, Any], Any]]:
+    def points(self, name: str | None = None, with_vectors: bool = False) -> PointList:
         """(point id, payload, vector or None) of every point (of `name` if given), ordered by time added."""
         self._require_open()
         if not self._has_storage():
@@ -381,7 +393,7 @@ class QdrantGalleryBase(ABC):
                 self._delete_ids([str(i) for i in ids])
         return len(ids)
 
-    def _delete_ids(self, ids: list[str]) -> None:
+    def _delete_ids(self, ids: Sequence[str]) -> None:
         """Delete points by id in one write (an engine primitive; both engines have it)."""
         raise NotImplementedError
 

@@ -210,7 +210,7 @@ class EdgeGallery(QdrantGalleryBase):
         self._shard.update(qe.UpdateOperation.delete_points_by_filter(_name_filter(name)))
         self._shard.flush()
 
-    def _delete_ids(self, ids: list[str]) -> None:
+    def _delete_ids(self, ids: Sequence[str]) -> None:
         assert self._shard is not None
         self._shard.update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
         self._shard.flush()

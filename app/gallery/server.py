@@ -144,8 +144,8 @@ class ServerGallery(QdrantGalleryBase):
         selector = models.FilterSelector(filter=_name_filter(name))
         self.client.delete(self.collection, points_selector=selector, wait=True)
 
-    def _delete_ids(self, ids: list[str]) -> None:
-        self.client.delete(self.collection, points_selector=models.PointIdsList(points=ids), wait=True)
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
     def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
         response = self.client.facet(self.collection, "name", limit=limit, exact=True)

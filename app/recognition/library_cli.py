@@ -166,7 +166,7 @@ def recluster(store: UnknownStore) -> list[Cluster]:
             store.save_clusters({}, next_id)
         return []
     assert store.record is not None
-    vectors = np.stack([f.vector for f in faces if f.vector is not None])
+    vectors = np.stack([np.asarray(f.vector) for f in faces])
     groups = group_sightings([f.sighting for f in faces], vectors, store.record.metric)
     ids, next_id = assign_ids(groups, previous, next_id)
     store.save_clusters(ids, next_id)
@@ -297,7 +297,7 @@ def cmd_unknowns_name(args: argparse.Namespace, settings: Settings) -> int:
                         "crop": target.name if source.is_file() else "",
                     }
                 )
-            added = gallery.add(name, np.stack([f.vector for f in best]), meta)
+            added = gallery.add(name, np.stack([np.asarray(f.vector) for f in best]), meta)
         except BaseException:
             for path in copied:
                 path.unlink(missing_ok=True)

@@ -127,7 +127,8 @@ class UnknownKeeper:
                 if q < self.config.min_quality:
                     continue
                 chip = chips[i][..., ::-1] if self.rgb_chips else chips[i]
-                box = tuple(float(v) for v in track.detection_box)  # type: ignore[attr-defined]
+                x1, y1, x2, y2 = (float(v) for v in track.detection_box)  # type: ignore[attr-defined]
+                box = (x1, y1, x2, y2)
                 face = KeptFace(np.array(vectors[i], np.float32), np.ascontiguousarray(chip), float(q),
                                 float(track.score), now, int(frame_index), box)  # type: ignore[attr-defined]  # fmt: skip
                 self._keep(self._tracks[int(track.track_id)], face)  # type: ignore[attr-defined]
