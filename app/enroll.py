@@ -132,6 +132,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         f"enrolled {result.name}: {result.added} embedding(s) from {len(result.sources)} image(s); "
         f"{result.name} now has {listing.get(result.name, 0)}, the gallery {len(listing)} person(s)"
     )
+    _update_discovery(settings, added=[result.name], removed=[])
     return 0
 
 
@@ -179,7 +180,17 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
                 f"no person named {args.name!r} in gallery {gallery_location(settings)} (enrolled: {known})"
             )
     print(f"removed {args.name}: {removed} embedding(s)")
+    _update_discovery(settings, added=[], removed=[args.name])
     return 0
+
+
+def _update_discovery(settings: Settings, added: list[str], removed: list[str]) -> None:
+    """With MQTT configured, Home Assistant sees the person appear or go now, not at the next run."""
+    from app.integrations.mqtt import MqttConfig, publish_person_discovery
+
+    config = MqttConfig.from_settings(settings)
+    if config is not None:
+        publish_person_discovery(config, added, removed)
 
 
 def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:

@@ -148,6 +148,8 @@ class RecognizeStage:
             "threshold": spec.threshold,
             "gallery": gallery_location(s),
             "persons": info.persons,
+            "person_names": sorted(self.gallery.list()),  # Home Assistant discovery: a sensor per person
+            "embeddings": info.count,
         }
 
     def start(self, source_info: dict[str, object]) -> None:
