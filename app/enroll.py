@@ -111,7 +111,7 @@ def _analyzer(settings: Settings) -> FaceAnalyzer:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    from app.recognition.enrollment import collect_images, enroll
+    from app.recognition.enrollment import collect_images, enroll, enrollment_notes
 
     if args.video is not None:
         return library_cli.cmd_add_video(args, settings)
@@ -132,6 +132,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         f"enrolled {result.name}: {result.added} embedding(s) from {len(result.sources)} image(s); "
         f"{result.name} now has {listing.get(result.name, 0)}, the gallery {len(listing)} person(s)"
     )
+    print("\n".join(enrollment_notes(result)))
     _update_discovery(settings, added=[result.name], removed=[])
     return 0
 

@@ -2,11 +2,11 @@
 
 The tracking side already aligned and embedded a few faces of each track; `UnknownKeeper.observe` gets
 those (chips, embeddings) and the frame's labels, and keeps per track the `faces_per_track` best ones by
-quality: the identity policy's size x frontal term (`geometric_quality`) x the fraction inside the frame x
-its sharpness term, times the detector score. Faces under `min_quality` are not kept. When a track has been
-gone for `end_after` frames (or the run ends), its faces become a `Sighting` if its last label was
-"unknown" and it was never named; a track that was named at any point is dropped (the unknowns must not
-hold enrolled people), and so is one that never got decided.
+quality: the project's face quality (`app.recognition.quality`: size, frontalness, sharpness, detector
+score) times the fraction of the box inside the frame. Faces under `min_quality` are not kept. When a
+track has been gone for `end_after` frames (or the run ends), its faces become a `Sighting` if its last
+label was "unknown" and it was never named; a track that was named at any point is dropped (the unknowns
+must not hold enrolled people), and so is one that never got decided.
 
 `UnknownRecorder` runs the keeper on the caller's thread (bookkeeping only: no model call, no I/O) and hands
 finished sightings to a writer thread through a bounded queue (JPEG encoding, the Qdrant write, retention).
@@ -26,8 +26,9 @@ import numpy as np
 
 from app.config import Settings
 from app.gallery.unknowns import KeptFace, Sighting, UnknownStore, open_unknowns
+from app.recognition import quality
 from app.tracking.config import IdentityConfig
-from app.tracking.identity import geometric_quality, inside_fraction, sharpness
+from app.tracking.identity import inside_fraction
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,16 @@ def face_quality(
     det_scores: np.ndarray,
     config: IdentityConfig,
 ) -> np.ndarray:
-    """(N,) quality in 0..1 from the identity policy's terms and the detector score."""
+    """(N,) quality in 0..1: the project's face quality (`app.recognition.quality`, at the identity policy's
+    reference size and sharpness) times the fraction of the box inside the frame."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(boxes) == 0:
         return np.zeros(0)
-    geometric = geometric_quality(boxes, landmarks, config) * inside_fraction(boxes, frame_bgr.shape[:2])
-    sharp = np.array([sharpness(frame_bgr, box, config) for box in boxes])
-    return geometric * (0.3 + 0.7 * sharp) * np.clip(np.asarray(det_scores, np.float64), 0.0, 1.0)
+    scale = quality.QualityConfig(
+        reference_size=config.reference_face_size, reference_sharpness=config.reference_sharpness
+    )
+    terms = quality.face_quality(frame_bgr, boxes, landmarks, np.asarray(det_scores, np.float64), scale)
+    return terms.quality * inside_fraction(boxes, frame_bgr.shape[:2])
 
 
 @dataclass

@@ -186,7 +186,7 @@ class RecognizeStage:
             landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
             chips = self._align(frame, landmarks, self.spec)
             vectors = self._embed(chips)
-            found = self._search(vectors)
+            found = self._search(self.identities.query_vectors(need, vectors))  # track templates
             if found is not None:
                 kept = (need, chips, vectors)
                 embeddings = dict(zip(need, vectors, strict=True))
