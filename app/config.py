@@ -158,6 +158,25 @@ class Settings:
         default=10000,
         metadata=_meta("Keep at most this many snapshots (oldest deleted first)", lo=1, hi=10000000),
     )
+    # Unknown faces: keeping, grouping and privacy
+    keep_unknown: bool = field(
+        default=True, metadata=_meta("Keep the best faces of unknown tracks for review (enroll unknowns)")
+    )
+    unknown_retain_days: float = field(
+        default=30.0, metadata=_meta("Days an unknown face is kept before it is dropped", lo=0.01, hi=3650.0)
+    )
+    unknown_max_faces: int = field(
+        default=10000, metadata=_meta("Most unknown faces kept; the oldest go first", lo=10, hi=1_000_000)
+    )
+    unknown_min_quality: float = field(
+        default=0.3, metadata=_meta("Face quality (0..1) needed to keep an unknown face", lo=0.0, hi=1.0)
+    )
+    unknown_faces_per_track: int = field(
+        default=5, metadata=_meta("Best faces kept per unknown track", lo=1, hi=50)
+    )
+    blur_unknown: bool = field(
+        default=False, metadata=_meta("Blur faces that are not known in the window and the output video")
+    )
     # Multi-camera processes
     detect_workers: int = field(
         default=1,

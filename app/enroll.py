@@ -4,6 +4,9 @@
     python -m app.enroll list [--json]
     python -m app.enroll remove NAME
     python -m app.enroll identify IMAGE... [--json] [--output annotated.jpg]
+    python -m app.enroll unknowns list|show|name|forget ...   review the unknown faces runs kept
+    python -m app.enroll show|rename|export|import ...         manage the face library
+(the library commands live in app.recognition.library_cli)
 
 Options such as --gallery PATH override settings from the environment and `.env` (see `app.config`).
 Errors print one line, `error: ...`, on stderr and exit with status 2; the gallery is then unchanged.
@@ -24,6 +27,7 @@ from app.cli_exit import run_cli
 from app.config import Settings, load_settings
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
+from app.recognition import library_cli
 
 if TYPE_CHECKING:
     from app.recognition.analyzer import FaceAnalyzer
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add", help="enroll a person from images or folders (one face per image)")
     add.add_argument("name", help="the person's name")
-    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders of images")
+    add.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="images or folders of images")
 
     list_ = commands.add_parser("list", help="list enrolled persons and their number of embeddings")
     list_.add_argument("--json", action="store_true", help="print one JSON document")
@@ -87,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (add, list_, remove, identify):
         _add_setting_options(sub)
+    library_cli.extend_parsers(add, list_, remove)
+    COMMANDS.update(library_cli.register(commands, _add_setting_options))
     return parser
 
 
@@ -107,6 +113,14 @@ def _analyzer(settings: Settings) -> FaceAnalyzer:
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.enrollment import collect_images, enroll, enrollment_notes
 
+    if args.video is not None:
+        return library_cli.cmd_add_video(args, settings)
+    if not args.paths:
+        raise UserError("add needs images or folders, or --video FILE")
+    if args.json:
+        return library_cli.cmd_add_json(args, settings, _analyzer)
+    library_cli.person_name(args.name)
+
     collect_images(args.paths)  # a missing path fails before the models load
     analyzer = _analyzer(settings)
     with closing(open_gallery(settings, analyzer.spec)) as gallery:
@@ -124,6 +138,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.details:
+        return library_cli.cmd_list_details(args, settings)
     with closing(open_gallery(settings, None)) as gallery:
         info = gallery.info()
         persons = gallery.list()
@@ -153,6 +169,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    if args.embedding is not None:
+        return library_cli.cmd_remove_embedding(args, settings)
+    if args.json:
+        return library_cli.cmd_remove_json(args, settings)
     with closing(open_gallery(settings, None)) as gallery:
         removed = gallery.remove(args.name)
         if not removed:

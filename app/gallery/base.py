@@ -50,6 +50,9 @@ class EmbedderIdentity(Protocol):
 
 # One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
 PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+# (point id, payload, vector or None): one stored embedding as `points` returns it. An alias, since inside the
+# gallery classes `list` names their method.
+PointList = list[tuple[str, dict[str, Any], Any]]
 
 
 @runtime_checkable
@@ -77,6 +80,17 @@ class Gallery(Protocol):
     def info(self) -> GalleryInfo: ...
 
     def close(self) -> None: ...
+
+    # Point-level access (the face library: list --details, remove --embedding, rename, export).
+    record: GalleryRecord | None
+
+    def points(self, name: str | None = None, with_vectors: bool = False) -> PointList:
+        """(point id, payload, vector or None) per point, oldest first."""
+        ...
+
+    def remove_points(self, ids: Sequence[str]) -> int:
+        """Delete these points in one write."""
+        ...
 
 
 class GalleryInUseError(UserError):
@@ -352,6 +366,36 @@ class QdrantGalleryBase(ABC):
                     break
         out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
         return out
+
+    def points(self, name: str | None = None, with_vectors: bool = False) -> PointList:
+        """(point id, payload, vector or None) of every point (of `name` if given), ordered by time added."""
+        self._require_open()
+        if not self._has_storage():
+            return []
+        out: list[tuple[str, dict[str, Any], Any]] = []
+        offset = None
+        with self._engine_errors("read"):
+            while True:
+                page, offset = self._scroll_page(name, offset, SCROLL_PAGE, with_vectors)
+                out.extend(
+                    (str(r.id), dict(r.payload or {}), r.vector if with_vectors else None) for r in page
+                )
+                if offset is None:
+                    break
+        out.sort(key=lambda item: (str(item[1].get("added", "")), str(item[1].get("source", ""))))
+        return out
+
+    def remove_points(self, ids: Sequence[str]) -> int:
+        """Delete these points (ids from `points`) in one write; returns how many were asked for."""
+        self._require_open()
+        if ids and self._has_storage():
+            with self._engine_errors("remove from"):
+                self._delete_ids([str(i) for i in ids])
+        return len(ids)
+
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete points by id in one write (an engine primitive; both engines have it)."""
+        raise NotImplementedError
 
     def info(self) -> GalleryInfo:
         self._require_open()

@@ -210,6 +210,11 @@ class EdgeGallery(QdrantGalleryBase):
         self._shard.update(qe.UpdateOperation.delete_points_by_filter(_name_filter(name)))
         self._shard.flush()
 
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        assert self._shard is not None
+        self._shard.update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
+        self._shard.flush()
+
     def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
         assert self._shard is not None
         facets = self._shard.facet(qe.FacetRequest(key="name", limit=limit, exact=True))

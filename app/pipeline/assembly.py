@@ -18,6 +18,7 @@ embedding worker.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import EmbedChannel, RecognizeStage
 from app.tracking import TrackerConfig
 
+log = logging.getLogger(__name__)
+
 STAGE_NAMES = ("capture", "detect", "postprocess", "recognize", "gui")
 EMBED_REQUESTS_PER_CAMERA = 4  # requests in flight per camera (a file stream has at most its result lag)
 
@@ -62,7 +65,17 @@ def inference_threads(settings: Settings) -> tuple[int, int]:
 
 def tracking_lanes(settings: Settings, cameras: int) -> int:
     """Post-processing + tracking processes: TRACKING_WORKERS, or one per 4 cameras within a quarter of
-    the CPUs (one tracking process keeps up with ~700 frames/s of 10 faces on an H200 host's core)."""
+    the CPUs (one tracking process keeps up with ~700 frames/s of 10 faces on an H200 host's core).
+
+    With KEEP_UNKNOWN one lane: the unknown-face store is an embedded gallery, held by one process."""
+    if settings.keep_unknown:
+        if settings.tracking_workers > 1:
+            log.warning(
+                "KEEP_UNKNOWN keeps unknown faces in one tracking process: TRACKING_WORKERS=%d is ignored "
+                "(set KEEP_UNKNOWN=false for several)",
+                settings.tracking_workers,
+            )
+        return 1
     if settings.tracking_workers > 0:
         return max(1, min(settings.tracking_workers, cameras))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
@@ -181,6 +194,7 @@ def build_graph(
                 tracks_out=settings.tracks_out,
                 cameras=[c.name for c in cameras],
                 fanout=fanout,
+                blur_unknown=settings.blur_unknown,
             ),
         )
     )

@@ -35,6 +35,7 @@ from app.pipeline.metrics import RollingFps
 from app.pipeline.stage_runner import Capabilities, StopPipeline
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
 from app.vision.drawing import annotate_frame
+from app.vision.privacy import blur_faces
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,11 @@ class GuiStage:
         window_factory: Callable[[], Window] | None = None,
         cameras: list[str] | None = None,
         fanout: EventFanout | None = None,  # events to MQTT and snapshots
+        blur_unknown: bool = False,
     ) -> None:
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.cameras = list(cameras or ["default"])
+        self.blur_unknown = blur_unknown
         self.show_window = show_window
         self.output = output
         self.window_factory = window_factory
@@ -217,6 +220,8 @@ class GuiStage:
             self.tracks.write(msg, camera)
         if canvas is None:
             return []
+        if self.blur_unknown:
+            blur_faces(canvas, msg.boxes, msg.statuses)
         lines = self._overlay_lines(msg)
         annotate_frame(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities, lines)
         if video is not None:

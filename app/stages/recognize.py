@@ -54,6 +54,7 @@ from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
 from app.stages.embed import FaceEmbedder
 from app.tracking.config import IdentityConfig, TrackerConfig
+from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class StreamTracks:
         self.scene_cuts = 0
         self.frame = 0  # frames tracked (placeholders not counted): embed requests are timed in these
         self.pending: dict[int, _Pending] = {}  # request id -> request sent, answer when it came
+        self.keeper: Any = None  # this camera's UnknownKeeper (KEEP_UNKNOWN)
 
     def new_tracker(self) -> None:
         """Ids go on after the highest one given so far."""
@@ -150,6 +152,7 @@ class _Answers:
     embeddings: dict[int, np.ndarray] = field(default_factory=dict)
     matches: dict[int, list] = field(default_factory=dict)
     qualities: dict[int, float] = field(default_factory=dict)
+    chips: np.ndarray | None = None  # the aligned faces of `embeddings`, in its order (kept unknown faces)
 
 
 class RecognizeStage:
@@ -180,6 +183,7 @@ class RecognizeStage:
         self._gallery_unavailable = False  # the worker's latest word
         self.embedded_faces = 0
         self.given_up = 0
+        self.unknowns: Any = None  # keeps the best faces of unknown tracks (KEEP_UNKNOWN), one store for all
 
     # The in-process embedder's gallery and spec (one-process use and tests).
     @property
@@ -203,7 +207,13 @@ class RecognizeStage:
         spec = self.spec
         self.tracker_config = TrackerConfig.from_settings(self.settings)
         identity = self.identity_config or IdentityConfig()
+        self._identity_config = identity
         self._new_identities = lambda: TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
+        from app.recognition.unknowns import start_recorder
+
+        self.unknowns = start_recorder(
+            self.settings, spec, identity, camera=mask_url(self.settings.video_source)
+        )
         # Alignment warps are tiny: OpenCV's thread pool only adds contention with the other stages.
         cv2.setNumThreads(1)
         return info
@@ -238,8 +248,22 @@ class RecognizeStage:
             fps = float(info.fps or 30.0) if info is not None else 30.0
             live = bool(info.live) if info is not None else False
             state = StreamTracks(self.tracker_config, self._new_identities(), fps, live)
+            if self.unknowns is not None:
+                state.keeper = self._keeper(info)
             self.streams[stream] = state
         return state
+
+    def _keeper(self, info: SourceInfo | None) -> Any:
+        """A camera's unknown-face keeper: faces are labelled with its source (masked) with one camera, with
+        its name with several."""
+        from app.recognition.unknowns import KeepConfig, UnknownKeeper
+
+        if info is None:
+            camera = mask_url(self.settings.video_source)
+        else:
+            camera = info.camera if len(self._sources) > 1 else info.source
+        order = str(getattr(self.spec, "channel_order", "BGR"))
+        return UnknownKeeper(KeepConfig.from_settings(self.settings), self._identity_config, camera, order)
 
     @property
     def identities(self) -> Any:  # the first stream's identity manager (one-camera callers and tests)
@@ -271,6 +295,14 @@ class RecognizeStage:
         else:
             answers = self._embed_async(msg.meta.stream, state, tracks, frame)
         labels = state.identities.update(tracks, answers.embeddings, answers.matches, answers.qualities)
+        if self.unknowns is not None:
+            ids = list(answers.embeddings)
+            kept = (
+                (ids, answers.chips, np.stack([answers.embeddings[i] for i in ids]))
+                if ids
+                else ((), None, None)
+            )
+            self.unknowns.observe_for(state.keeper, frame, msg.meta.frame_index, tracks, *kept, labels)
         if not tracks:
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
         names, statuses, similarities, shown_ids = [], [], [], []
@@ -312,11 +344,13 @@ class RecognizeStage:
         need = state.identities.select_for_embedding(tracks, frame)
         if not need or self.embedder.paused():
             return answers  # (the gallery is away: no embedding until the next retry; the tracks ask again)
-        vectors = self.embedder.embed(self._chips(tracks, need, frame))
+        chips = self._chips(tracks, need, frame)
+        vectors = self.embedder.embed(chips)
         found = self.embedder.search(state.identities.query_vectors(need, vectors))  # track templates
         if found is not None:
             answers.embeddings = dict(zip(need, vectors, strict=True))
             answers.matches = dict(zip(need, found, strict=True))
+            answers.chips = chips
             self.embedded_faces += len(need)
         return answers
 
@@ -344,7 +378,8 @@ class RecognizeStage:
                                 RESULT_WAIT_S)  # fmt: skip
                     del state.pending[request_id]
                     continue
-            result = state.pending.pop(request_id).result
+            done = state.pending.pop(request_id)
+            result = done.result
             assert result is not None
             if result.matches is None:
                 continue  # the gallery did not answer: the tracks ask again
@@ -352,6 +387,8 @@ class RecognizeStage:
                 answers.embeddings[track_id] = result.vectors[i]
                 answers.matches[track_id] = result.matches[i]
                 answers.qualities[track_id] = result.qualities[i]
+            chips = done.request.chips
+            answers.chips = chips if answers.chips is None else np.concatenate([answers.chips, chips])
             self.embedded_faces += len(result.track_ids)
         identities = state.identities
         busy = state.in_flight()
@@ -419,6 +456,8 @@ class RecognizeStage:
         state.identities.counters = before  # run totals for the closing log line
         state.cuts = SceneCutDetector()
         state.pending = {}  # answers about tracks that no longer exist
+        if self.unknowns is not None:
+            self.unknowns.reset_for(state.keeper)
         log.info("source gap before frame %d: tracks and identities reset, ids go on after %d",
                  frame_index, state.id_offset)  # fmt: skip
 
@@ -429,6 +468,11 @@ class RecognizeStage:
         log.debug("scene cut at frame %d: tracks restart after id %d", frame_index, state.id_offset)
 
     def close(self) -> None:
+        if self.unknowns is not None:
+            for state in self.streams.values():
+                self.unknowns.finish_for(state.keeper)
+            self.unknowns.close()
+            self.unknowns = None
         if self.channel is None:
             self.embedder.close()
         elif hasattr(self.channel.requests, "cancel_join_thread"):
