@@ -594,6 +594,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=1, help="cameras at once (copies of the clip)")
     p.add_argument("--live", action="store_true", help="pace every stream at its FPS instead of full speed")
     p.add_argument("--live-fps", type=float, default=0.0, help="with --live: this FPS (0 = the clip's)")
+    p.add_argument(
+        "--keep-unknown",
+        action="store_true",
+        help="keep unknown faces as a run does by default (off here: it has its own benchmark, "
+        "testbench/eval_unknowns.py, and holds tracking to one lane)",
+    )
     p.add_argument("--det-batch", type=int, help="detection stage max batch (default: the stage's)")
     p.add_argument("--det-precision", choices=("auto", "fp16", "fp32"), help="torch detector precision")
     p.add_argument("--det-device", help="run the detection stage's torch path on this device (cpu: test it)")
@@ -686,6 +692,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "qdrant_path": str(gallery),
         "max_speed": not args.live,
         "fps_target": args.live_fps if args.live else 0.0,
+        "keep_unknown": args.keep_unknown,
         "gui": False,
         "ring_slots": slots,
         "threads": args.threads,
