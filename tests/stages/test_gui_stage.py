@@ -237,3 +237,32 @@ def test_blur_unknown_hides_faces_not_known_in_what_is_shown():
     inside_known = (slice(45, 85), slice(15, 55))
     assert shown[True][inside_unknown].std() < shown[False][inside_unknown].std() / 2
     assert np.array_equal(shown[True][inside_known], shown[False][inside_known])
+
+
+def test_several_cameras_write_a_video_each_and_rows_name_their_camera(tmp_path):
+    from app.pipeline.frame_ring import StreamRings
+
+    out_dir = tmp_path / "videos"
+    tracks = tmp_path / "tracks.jsonl"
+    with ring_of(SHAPE) as (ring_a, handle_a), ring_of(SHAPE) as (ring_b, handle_b):
+        stage = GuiStage(StreamRings({0: handle_a, 1: handle_b}), show_window=False, output=out_dir,
+                         tracks_out=tracks, cameras=["door", "yard"])  # fmt: skip
+        stage.setup()
+        stage.start(
+            {i: SourceInfo(frame_shape=SHAPE, fps=20.0, live=False, source="t", stream=i) for i in (0, 1)}
+        )
+        for i in range(4):
+            for stream, ring in ((0, ring_a), (1, ring_b)):
+                ref = put_frame(ring, frame(i), i, fps=20.0)
+                ref.meta.stream = stream
+                assert ring.claim(ref.meta.slot, ref.meta.seq)
+                stage.process(faces(ref, [(1, (10, 20, 50, 70), "known", "Ada", 0.6)]))
+        stage.close()
+    for name in ("door", "yard"):
+        video = cv2.VideoCapture(str(out_dir / f"{name}.mp4"))
+        count = 0
+        while video.read()[0]:
+            count += 1
+        assert count == 4, name
+    rows = [json.loads(line) for line in tracks.read_text().splitlines()]
+    assert [r["camera"] for r in rows] == ["door", "yard"] * 4 and all(r["track"] == 1 for r in rows)
