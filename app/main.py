@@ -4,7 +4,8 @@ Flags override the environment and `.env` (see `.env.example`); every flag maps 
 contract: logs and the final "stopped: <reason>" line go to stderr; the LAST line of stdout is the run's
 JSON summary (frames, dropped, fps, latency_ms per stage and end_to_end, stop_reason). Exit codes: 0 for an
 orderly end (end of file, window closed), 1 when a stage failed or died, 2 for bad input or setup
-(`error: ...`, one line), 130 for Ctrl-C, 143 for SIGTERM.
+(`error: ...`, one line), 130 for Ctrl-C, 143 for SIGTERM. Outputs that exist are refused unless --overwrite
+is given; an output naming an input or another output is always refused.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ SWITCHES: dict[str, tuple[str, object, str]] = {
     "--no-gui": ("gui", False, "no window (headless)"),
     "--max-speed": ("max_speed", True, "read files as fast as the pipeline goes"),
     "--qdrant-https": ("qdrant_https", True, "use https for the Qdrant server"),
+    "--overwrite": ("overwrite", True, "replace output files that exist (else the run refuses them)"),
 }
 
 
@@ -102,11 +104,30 @@ def preflight(settings: Settings) -> None:
     from app.pipeline.sources import parse_source
     from app.stages.gui import gui_unavailable_reason
 
-    parse_source(settings.video_source)
+    source = parse_source(settings.video_source)
+    check_run_outputs(settings, source.target if source.kind == "file" else None)
     if settings.gui:
         reason = gui_unavailable_reason()
         if reason is not None:
             raise UserError(reason)
+
+
+def check_run_outputs(settings: Settings, source_file: object | None) -> None:
+    """Outputs never over an input (the video, the models) or each other; the video's format is known."""
+    from app.output_paths import check_output_paths
+    from app.vision.video_writer import check_video_path
+
+    inputs = [("--source", Path(str(source_file)))] if source_file is not None else []
+    inputs += [("--detector", settings.detector_model), ("--embedder-model", settings.embedder_model)]
+    named = (
+        ("--output", settings.output),
+        ("--events", settings.events),
+        ("--tracks-out", settings.tracks_out),
+    )
+    outputs = [(flag, path) for flag, path in named if path is not None]
+    check_output_paths(inputs, outputs, overwrite=settings.overwrite)
+    if settings.output is not None:
+        check_video_path(settings.output)
 
 
 def _run(args: argparse.Namespace) -> int:
