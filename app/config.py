@@ -3,10 +3,10 @@
 Every setting has an environment name, `FACEPIPE_` + the field name in upper case, documented in
 `.env.example` (regenerate it with `python -m app.config > .env.example`). The prefix keeps unrelated
 variables (`OUTPUT`, `GUI`, `THREADS`...) from changing a run. The original project's documented names
-`VIDEO_SOURCE`, `QDRANT_HOST` and `QDRANT_PORT` are read without the prefix too; every other unprefixed name is
-still read for one release, with a warning. An unknown key in `.env` is an error naming the closest valid key.
-Bad values raise `ConfigError` with one line naming the setting, the value and what is accepted; every numeric
-setting has a lower and an upper bound.
+`VIDEO_SOURCE`, `QDRANT_HOST` and `QDRANT_PORT` are read without the prefix too; every other unprefixed
+name is still read for one release, with a warning. An unknown key in `.env` is an error naming the
+closest valid key. Bad values raise `ConfigError` with one line naming the setting, the value and what is
+accepted; every numeric setting has a lower and an upper bound.
 """
 
 from __future__ import annotations

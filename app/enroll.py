@@ -24,6 +24,7 @@ from app.cli_exit import run_cli
 from app.config import Settings, load_settings
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
+from app.gallery.base import check_name
 
 if TYPE_CHECKING:
     from app.recognition.analyzer import FaceAnalyzer
@@ -107,7 +108,8 @@ def _analyzer(settings: Settings) -> FaceAnalyzer:
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.enrollment import collect_images, enroll
 
-    collect_images(args.paths)  # a missing path fails before the models load
+    check_name(args.name)
+    collect_images(args.paths)  # a bad name or a missing path fails before the models load
     analyzer = _analyzer(settings)
     with closing(open_gallery(settings, analyzer.spec)) as gallery:
         result = enroll(analyzer, gallery, args.name, args.paths)
@@ -151,6 +153,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    check_name(args.name)
     with closing(open_gallery(settings, None)) as gallery:
         removed = gallery.remove(args.name)
         if not removed:

@@ -45,8 +45,8 @@ def check_output_paths(
         for in_label, in_path, in_real in real_inputs:
             if _same_file(real, in_real):
                 raise UserError(
-                    f"{label} {path} is the input {in_path} ({in_label}): writing it would destroy the input; "
-                    "name another file"
+                    f"{label} {path} is the input {in_path} ({in_label}): writing it would destroy the "
+                    "input; name another file"
                 )
         for other_label, other_path, other_real in seen:
             if _same_file(real, other_real):

@@ -8,6 +8,7 @@ in the embedder spec's similarity units (higher = more alike).
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -131,11 +132,27 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+MAX_NAME_LENGTH = 200
+
+
 def check_name(name: str) -> str:
+    """The one validation of a person's name, for every command that takes one: non-empty, no surrounding
+    spaces, at most MAX_NAME_LENGTH characters, and no control, format or unassigned characters (a newline
+    or a terminal escape code would break listings and logs)."""
     if not isinstance(name, str) or not name.strip():
         raise UserError("a person's name must be a non-empty string")
+    bad = next((ch for ch in name if unicodedata.category(ch).startswith("C")), None)
+    if bad is not None:
+        raise UserError(
+            f"name {name!r} contains the control character U+{ord(bad):04X}: use letters, digits, spaces "
+            "and punctuation"
+        )
     if name != name.strip():
         raise UserError(f"name {name!r} has leading or trailing spaces: remove them")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UserError(
+            f"name {name[:40]!r}... is {len(name)} characters long: use at most {MAX_NAME_LENGTH}"
+        )
     return name
 
 

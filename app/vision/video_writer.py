@@ -6,7 +6,7 @@ Here the index comes first and empty (`empty_moov`) and every frame goes out as 
 last one written plays. x264 runs with `zerolatency` (no B-frames, no look-ahead), so a frame's packet leaves
 the encoder with the frame itself. H.264 in MP4 plays in browsers and on phones, unlike MPEG-4 Part 2.
 
-Matroska (`.mkv`) is written as it goes too; its clusters are capped at one second (`cluster_time_limit`).
+Matroska (`.mkv`) gets the same guarantee with one frame per cluster (`cluster_size_limit`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ CONTAINERS: dict[str, tuple[str, dict[str, str]]] = {
     ".mp4": ("mp4", _FRAGMENTED_MP4),
     ".m4v": ("mp4", _FRAGMENTED_MP4),
     ".mov": ("mov", _FRAGMENTED_MP4),
-    ".mkv": ("matroska", {"cluster_time_limit": "1000"}),
+    ".mkv": ("matroska", {"cluster_time_limit": "0", "cluster_size_limit": "1"}),
 }
 X264_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "crf": "23"}
 
