@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -20,6 +20,14 @@ from typing import Any, Protocol, Self, runtime_checkable
 import numpy as np
 
 from app.errors import UserError
+from app.gallery.integrity import (
+    GalleryDamagedError,
+    IntegrityRecord,
+    Point,
+    VerifyReport,
+    check_vector_values,
+    damaged,
+)
 
 METRICS = ("euclidean", "cosine")
 RESERVED_PAYLOAD_KEYS = ("name", "added")
@@ -237,6 +245,13 @@ def search_per_person(
     return results
 
 
+def _detail(exc: GalleryDamagedError) -> str:
+    """The engine's words inside a damaged-gallery message: what is between its first ' (' and '); '."""
+    text = str(exc)
+    start, end = text.find(" ("), text.rfind("); ")
+    return text[start + 2 : end] if 0 <= start < end else text
+
+
 class QdrantGalleryBase(ABC):
     """The Gallery operations both Qdrant engines share, built on a few engine primitives.
 
@@ -369,6 +384,53 @@ class QdrantGalleryBase(ABC):
                     break
         out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
         return out
+
+    def points(self, with_vectors: bool = True) -> Iterator[Point]:
+        """(id, payload, vector or None) of every point, in storage order."""
+        self._require_open()
+        if not self._has_storage():
+            return
+        offset = None
+        while True:
+            page, offset = self._scroll_page(None, offset, SCROLL_PAGE, with_vectors)
+            for rec in page:
+                yield rec.id, dict(rec.payload or {}), rec.vector if with_vectors else None
+            if offset is None:
+                break
+
+    def _recorded_integrity(self) -> IntegrityRecord | None:
+        """The checksum recorded with the last change, where the engine keeps one."""
+        return None
+
+    def verify(self) -> VerifyReport:
+        """Read every payload and every vector back; GalleryDamagedError names the part that fails."""
+        record = self._require_record()
+        where = self._location
+        try:
+            with self._engine_errors("read the names of"):
+                named = list(self.points(with_vectors=False))
+        except GalleryDamagedError as exc:
+            raise damaged(where, "payload storage (names)", _detail(exc)) from None
+        nameless = sum(1 for _, payload, _ in named if not isinstance((payload or {}).get("name"), str))
+        if nameless:
+            raise damaged(where, "payload storage (names)", f"{nameless} embedding(s) have no name")
+        try:
+            with self._engine_errors("read the vectors of"):
+                every = list(self.points(with_vectors=True))
+        except GalleryDamagedError as exc:
+            raise damaged(where, "vector storage", _detail(exc)) from None
+        check_vector_values(every, record.dim, where)
+        with self._engine_errors("count"):
+            counted = self._count()
+        if counted != len(every):
+            raise damaged(where, "point count", f"{counted} counted, {len(every)} read")
+        recorded = self._recorded_integrity()
+        if recorded is not None:
+            recorded.check_count(len(every), where)
+            if IntegrityRecord.of(every).digest != recorded.digest:
+                raise damaged(where, "vectors or names", "they differ from the checksum recorded")
+        persons = len({payload["name"] for _, payload, _ in named})
+        return VerifyReport(where, len(every), persons, "ok" if recorded is not None else "not recorded")
 
     def info(self) -> GalleryInfo:
         self._require_open()
