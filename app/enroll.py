@@ -4,6 +4,9 @@
     python -m app.enroll list [--json]
     python -m app.enroll remove NAME
     python -m app.enroll identify IMAGE... [--json] [--output annotated.jpg]
+    python -m app.enroll verify                    read every embedding back; names a damaged part
+    python -m app.enroll backup DIR                a verified copy of the gallery in the new folder DIR
+    python -m app.enroll restore DIR               replace the gallery by the backup in DIR
 
 Options such as --gallery PATH override settings from the environment and `.env` (see `app.config`).
 Errors print one line, `error: ...`, on stderr and exit with status 2; the gallery is then unchanged.
@@ -86,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="write an annotated copy here (several images: NAME-<image>.jpg)"
     )
 
-    for sub in (add, list_, remove, identify):
+    verify = commands.add_parser("verify", help="check every embedding of the gallery (exit 2 if damaged)")
+    backup = commands.add_parser("backup", help="write a verified copy of the gallery to a new folder")
+    backup.add_argument(
+        "dir", type=Path, metavar="DIR", help="a folder that does not exist yet (or is empty)"
+    )
+    restore = commands.add_parser("restore", help="replace the gallery by a backup (even a damaged gallery)")
+    restore.add_argument("dir", type=Path, metavar="DIR", help="a folder written by `backup`")
+
+    for sub in (add, list_, remove, identify, verify, backup, restore):
         _add_setting_options(sub)
     return parser
 
@@ -214,7 +225,38 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "identify": cmd_identify}
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from app.gallery.backup import verify_gallery
+
+    print(verify_gallery(settings).line())
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from app.gallery.backup import backup_gallery
+
+    done = backup_gallery(settings, args.dir)
+    print(f"backed up {gallery_location(settings)} to {done.folder}: {done.describe()}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from app.gallery.backup import restore_gallery
+
+    done = restore_gallery(settings, args.dir)
+    print(f"restored {gallery_location(settings)} from {done.folder}: {done.describe()}")
+    return 0
+
+
+COMMANDS = {
+    "add": cmd_add,
+    "list": cmd_list,
+    "remove": cmd_remove,
+    "identify": cmd_identify,
+    "verify": cmd_verify,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -89,10 +89,13 @@ class EdgeGallery(QdrantGalleryBase):
     """Gallery in a local folder through qdrant-edge; one process at a time holds it.
 
     `spec` None opens whatever embedder built the gallery (to list or remove without loading a model).
-    `check` False skips the integrity check on open (`verify` makes the full one itself).
+    `check` False skips the integrity check on open (`verify` makes the full one itself); `load` False
+    holds the folder without reading it (restore replaces even a damaged or foreign gallery).
     """
 
-    def __init__(self, folder: Path, spec: EmbedderIdentity | None, check: bool = True) -> None:
+    def __init__(
+        self, folder: Path, spec: EmbedderIdentity | None, check: bool = True, load: bool = True
+    ) -> None:
         self.folder = Path(folder)
         super().__init__(spec)
         self._lock = _FolderLock(self.folder)
@@ -105,7 +108,8 @@ class EdgeGallery(QdrantGalleryBase):
         if self._record_path.exists() or (self.folder / SHARD_DIR).exists():
             self._lock.acquire(self.folder)
             try:
-                self._open_existing()
+                if load:
+                    self._open_existing()
             except BaseException:
                 self.close()
                 raise
@@ -201,12 +205,17 @@ class EdgeGallery(QdrantGalleryBase):
                 str(self.folder), "shard storage", f"cannot {action} it: {first_line(exc)}"
             ) from None
 
-    def _change(self, apply: Callable[[qe.EdgeShard], object]) -> None:
-        """Apply one change on a copy of the shard and commit it by replacing gallery.json atomically."""
+    def _change(self, apply: Callable[[qe.EdgeShard], object], fresh: bool = False) -> None:
+        """Apply one change on a copy of the shard (on an empty shard if `fresh`) and commit it by replacing
+        gallery.json atomically."""
         assert self.record is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(self.folder)
-        if self._shard is None and self._record_path.exists():  # another process created it since we opened
+        if fresh:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+        elif self._shard is None and self._record_path.exists():  # another process created it since we opened
             self._open_existing()
         new_name = f"{SHARD_PREFIX}{uuid.uuid4().hex[:16]}"
         new_path = self.folder / new_name
@@ -252,23 +261,20 @@ class EdgeGallery(QdrantGalleryBase):
             log.info("created gallery %s for %s", self.folder, self.record.model_id)
 
     def replace_points(self, points: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
-        """Make the gallery hold exactly `points` (id, vector, payload), in one commit (restore)."""
+        """Make the gallery hold exactly `points` (id, vector, payload) and nothing else, in one commit."""
         self._require_record()
-        current = self._shard
-        stale = [p[0] for p in _all_points(current)] if current is not None else []
 
         def apply(shard: qe.EdgeShard) -> None:
-            if stale:
-                shard.update(qe.UpdateOperation.delete_points(stale))
             for start in range(0, len(points), 1024):
-                batch = [
-                    qe.Point(pid, list(vec), dict(payload))
-                    for pid, vec, payload in points[start : start + 1024]
-                ]
-                shard.update(qe.UpdateOperation.upsert_points(batch))
+                chunk = [qe.Point(i, list(v), dict(p)) for i, v, p in points[start : start + 1024]]
+                shard.update(qe.UpdateOperation.upsert_points(chunk))
 
         with self._engine_errors("restore"):
-            self._change(apply)
+            self._change(apply, fresh=True)
+        self._remove_leftovers()
+        legacy = self.folder / SHARD_DIR
+        if legacy.is_dir() and self._shard_name != SHARD_DIR:
+            shutil.rmtree(legacy, ignore_errors=True)
 
     @property
     def _location(self) -> str:
