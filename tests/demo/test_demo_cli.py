@@ -1,4 +1,5 @@
-"""`python -m app.demo run` and `./dev.sh` pass the pipeline's flags through; the demo says where its people are."""
+"""`python -m app.demo run` and `./dev.sh` pass the pipeline's flags through; the demo says where its
+people are."""
 
 from __future__ import annotations
 

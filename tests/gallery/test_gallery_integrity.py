@@ -141,7 +141,8 @@ class Spec:
     dim: int
     metric: str
 root, progress = Path(sys.argv[1]), Path(sys.argv[2])
-gallery = open_gallery(Settings(qdrant_path=root, qdrant_collection="faces"), Spec("dlib-0123456789ab", 128, "euclidean"))
+settings = Settings(qdrant_path=root, qdrant_collection="faces")
+gallery = open_gallery(settings, Spec("dlib-0123456789ab", 128, "euclidean"))
 start = len(gallery.list())
 for i in range(start, start + 1000):
     gallery.add(f"p{i:04d}", np.full((2, 128), i + 1, np.float32))
