@@ -28,7 +28,7 @@ CONTAINERS: dict[str, tuple[str, dict[str, str]]] = {
     ".mov": ("mov", _FRAGMENTED_MP4),
     ".mkv": ("matroska", {"cluster_time_limit": "0", "cluster_size_limit": "1"}),
 }
-X264_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "crf": "23"}
+X264_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "crf": "18"}
 
 
 def check_video_path(path: Path) -> None:
