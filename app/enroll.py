@@ -23,7 +23,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli_exit import run_cli
+from app.cli_exit import OneLineArgumentParser, run_cli
 from app.config import Settings, load_settings
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
@@ -66,7 +66,7 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m app.enroll", description="Enroll, list, remove and identify faces in the gallery."
     )
     _add_setting_options(parser)
