@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument(
         "--output", type=Path, help="write an annotated copy here (several images: NAME-<image>.jpg)"
     )
+    identify.add_argument("--overwrite", action="store_true", help="replace --output files that exist")
 
     verify = commands.add_parser("verify", help="check every embedding of the gallery (exit 2 if damaged)")
     backup = commands.add_parser("backup", help="write a verified copy of the gallery to a new folder")
@@ -179,7 +180,13 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.enrollment import collect_images, identify_paths
 
-    collect_images(args.images)
+    images = collect_images(args.images)
+    if args.output is not None:  # never over an input image or another output, before the models load
+        from app.output_paths import check_output_paths
+        from app.recognition.enrollment import annotated_output_paths
+
+        outputs = annotated_output_paths(args.output, images)
+        check_output_paths([("image", p) for p in images], [("--output", o) for o in outputs], args.overwrite)
     analyzer = _analyzer(settings)
     threshold = analyzer.spec.threshold
     with closing(open_gallery(settings, analyzer.spec)) as gallery:

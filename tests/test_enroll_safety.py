@@ -85,3 +85,22 @@ def test_a_name_with_unicode_letters_is_fine(tmp_path, gallery):
         "add", "Zoë Ångström-李", TRAIN / "biden" / "biden.jpg", "--gallery", gallery, *MODELS, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_identify_never_writes_over_an_image_or_an_existing_file(tmp_path, gallery):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(OBAMA.read_bytes())
+    original = photo.read_bytes()
+    result = run_cli(
+        "identify", photo, "--output", photo, "--overwrite", "--gallery", gallery, *MODELS, cwd=tmp_path
+    )
+    assert_one_line_error(result, "writing it would destroy the input")
+    kept = tmp_path / "kept.jpg"
+    kept.write_bytes(b"mine")
+    result = run_cli("identify", photo, "--output", kept, "--gallery", gallery, *MODELS, cwd=tmp_path)
+    assert_one_line_error(result, "already exists: choose another name, or pass --overwrite")
+    assert photo.read_bytes() == original and kept.read_bytes() == b"mine"
+    result = run_cli(
+        "identify", photo, "--output", kept, "--overwrite", "--gallery", gallery, *MODELS, cwd=tmp_path
+    )
+    assert result.returncode == 0 and kept.read_bytes()[:2] == b"\xff\xd8", result.stderr
