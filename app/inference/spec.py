@@ -176,20 +176,18 @@ def _read_io(path: Path) -> tuple[TensorInfo, TensorInfo]:
     return info(inputs[0]), info(graph.output[0])
 
 
-MIN_EMBEDDING_DIM, MAX_EMBEDDING_DIM = 32, 4096  # dlib 128, ArcFace 512; a detector's box output has 4
 
 
 def _require_embedding_output(path: Path, shape: tuple) -> None:
     """An embedder gives one (batch, D) vector per face; anything else (e.g. a RetinaFace detector's
     (1, priors, 4) boxes) is the wrong file, whatever EMBEDDER says."""
-    dim = shape[-1] if shape else None
-    if len(shape) == 2 and (not isinstance(dim, int) or MIN_EMBEDDING_DIM <= dim <= MAX_EMBEDDING_DIM):
+    if len(shape) == 2:
         return
     shown = "x".join(str(d) if isinstance(d, int) else "?" for d in shape) or "a scalar"
     raise UserError(
-        f"{path} is not a face embedder: its output is {shown}, an embedder gives one vector of "
-        f"{MIN_EMBEDDING_DIM}-{MAX_EMBEDDING_DIM} values per face (dlib 128, ArcFace 512); if it is the "
-        "RetinaFace detector, pass it as --detector and checkpoints/dlib_resnet.onnx as --embedder-model"
+        f"{path} is not a face embedder: its output is {shown}, an embedder gives one vector per face "
+        "(Nx128 dlib, Nx512 ArcFace); if it is the RetinaFace detector, pass it as --detector and "
+        "checkpoints/dlib_resnet.onnx as --embedder-model"
     )
 
 
@@ -245,8 +243,6 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
         probed = model.run(probe)[0].shape
         _require_embedding_output(path, probed)
         dim = int(probed[-1])
-    if dim is not None and not MIN_EMBEDDING_DIM <= dim <= MAX_EMBEDDING_DIM:
-        _require_embedding_output(path, (1, dim))
     if dim is None:
         dim = 128 if kind == "dlib" else 512
     model_id = f"{kind}-{model_file_id(path)}"
