@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.shared_data import SHARED_FACES
 from tests.test_enroll import MODELS, REPO, TRAIN, assert_one_line_error, assert_same, run_cli, snapshot
 
 pytestmark = pytest.mark.slow

@@ -176,8 +176,6 @@ def _read_io(path: Path) -> tuple[TensorInfo, TensorInfo]:
     return info(inputs[0]), info(graph.output[0])
 
 
-
-
 def _require_embedding_output(path: Path, shape: tuple) -> None:
     """An embedder gives one (batch, D) vector per face; anything else (e.g. a RetinaFace detector's
     (1, priors, 4) boxes) is the wrong file, whatever EMBEDDER says."""
