@@ -30,8 +30,7 @@ def test_a_truncated_vector_file_stops_the_run_with_the_fix(tmp_path):
         )
     )
     assert line.startswith(f"error: recognize: gallery at {gallery / 'faces'} is damaged: shard storage (")
-    assert line.endswith("restore a backup (python -m app.enroll restore DIR), or move the gallery folder away "
-                         "and re-enroll")  # fmt: skip
+    assert line.endswith("(python -m app.enroll restore DIR), or move the gallery folder away and re-enroll")
 
 
 def test_the_detector_given_as_the_embedder_is_named(tmp_path):
