@@ -64,6 +64,7 @@ def test_sigkill_leaves_a_playable_video_up_to_the_crash(tmp_path, victim):
             os.kill(pid, signal.SIGKILL)
     frames, codec = decoded(out)
     shown = tracked_frames(tracks)
-    assert codec == "h264" and frames >= 19 and frames >= shown - 2, (frames, shown, run.stderr)
+    # shown >= 20: at most the frame being drawn and the one whose fragment was not yet closed are lost
+    assert codec == "h264" and frames >= shown - 2, (frames, shown, run.stderr)
     if victim == "gui":
         assert run.proc.returncode == 1 and "stage gui died unexpectedly" in run.stderr
