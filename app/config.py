@@ -113,6 +113,17 @@ class Settings:
     track_match_thresh: float = field(
         default=0.8, metadata=_meta("Tracker: IoU-distance gate of the first association", lo=0.0, hi=1.0)
     )
+    # Cameras: several streams in one run
+    cameras_file: Path | None = field(
+        default=None,
+        metadata=_meta("Cameras file (TOML, one [[camera]] table per stream); empty = VIDEO_SOURCE alone"),
+    )
+    min_face: int = field(
+        default=0,
+        metadata=_meta(
+            "Smallest face to keep: short side of its box in pixels; 0 = no minimum", lo=0, hi=4096
+        ),
+    )
 
     # Output safety
     overwrite: bool = field(
@@ -233,12 +244,20 @@ def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
             value = str(value).upper()
         if value not in choices:
             raise ConfigError(f"{origin} {name}={value!r} is not one of: {', '.join(choices)}")
-    lo, hi = meta.get("lo"), meta.get("hi")
     if isinstance(value, float) and value != value:  # NaN passes every comparison
         raise ConfigError(f"{origin} {name}={value!r} is not a number")
+    problem = range_problem(f, value)
+    if problem is not None:
+        raise ConfigError(f"{origin} {name}={value!r} {problem}")
+
+
+def range_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` is outside the field's lo/hi bounds ("is out of range: it must be ..."), or None."""
+    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
     if lo is not None and value < lo or hi is not None and value > hi:
         bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise ConfigError(f"{origin} {name}={value!r} is out of range: it must be {bounds}")
+        return f"is out of range: it must be {bounds}"
+    return None
 
 
 def load_settings(

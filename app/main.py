@@ -14,8 +14,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from app.cameras import resolve_cameras, split_source_flag
 from app.cli_exit import run_cli
 from app.config import BACKENDS, EMBEDDER_KINDS, LOG_LEVELS, Settings, load_settings
 from app.errors import UserError
@@ -28,8 +30,10 @@ log = logging.getLogger(__name__)
 SETTING_FLAGS: dict[str, tuple[str, str]] = {
     "--source": (
         "video_source",
-        "video file, rtsp:// or http(s):// URL (e.g. an MJPEG phone camera), webcam index",
+        "video file, rtsp:// or http(s):// URL (e.g. an MJPEG phone camera), webcam index; repeat as "
+        "--source NAME=URL for several cameras",
     ),
+    "--cameras": ("cameras_file", "cameras file (TOML, one [[camera]] table each; see cameras.example.toml)"),
     "--output": ("output", "write the annotated video here (.mp4)"),
     "--events": ("events", "write recognition events here (JSON lines)"),
     "--tracks-out": ("tracks_out", "per-frame faces: .jsonl, or .csv for MOTChallenge"),
@@ -64,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, (dest, help_text) in SETTING_FLAGS.items():
         aliases = [flag, "--detector-model"] if flag == "--detector" else [flag]
-        p.add_argument(*aliases, dest=dest, metavar="VALUE", help=help_text)
+        # --source repeats: one camera per flag (source_flags_from); the first is also VIDEO_SOURCE.
+        action = "append" if flag == "--source" else "store"
+        p.add_argument(*aliases, dest=dest, metavar="VALUE", action=action, help=help_text)
     for flag, (dest, const, help_text) in SWITCHES.items():
         p.add_argument(flag, dest=dest, action="store_const", const=const, help=help_text)
     p.add_argument(
@@ -79,12 +85,20 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     """CLI flags as `load_settings` overrides (setting name -> value); unset flags are left out."""
     dests = [dest for dest, _ in SETTING_FLAGS.values()] + [dest for dest, _, _ in SWITCHES.values()]
     overrides = {dest: getattr(args, dest) for dest in dests if getattr(args, dest) is not None}
+    sources = source_flags_from(args)
+    if sources:
+        overrides["video_source"] = split_source_flag(sources[0])[1]
     if args.embedder is not None:
         if args.embedder.lower() in EMBEDDER_KINDS:
             overrides["embedder"] = args.embedder.lower()
         else:
             overrides["embedder_model"] = args.embedder
     return overrides
+
+
+def source_flags_from(args: argparse.Namespace) -> list[str]:
+    """The `--source` values as given, in order (empty when none): the input of `resolve_cameras`."""
+    return list(args.video_source or [])
 
 
 def configure_logging(level_name: str) -> None:
@@ -99,25 +113,35 @@ def configure_logging(level_name: str) -> None:
     summary.setLevel(min(level, logging.INFO) if level < logging.ERROR else level)
 
 
-def preflight(settings: Settings) -> None:
+def preflight(settings: Settings, source_flags: Sequence[str] | None = None) -> None:
     """Checks that need no model and no stage process, so their errors come at once."""
     from app.pipeline.sources import parse_source
     from app.stages.gui import gui_unavailable_reason
 
-    source = parse_source(settings.video_source)
-    check_run_outputs(settings, source.target if source.kind == "file" else None)
+    cameras = resolve_cameras(settings, source_flags)
+    source_files = []
+    for camera in cameras:
+        try:
+            source = parse_source(camera.source)
+        except UserError as exc:
+            if len(cameras) == 1:
+                raise
+            raise UserError(f"camera {camera.name!r}: {exc}") from None
+        if source.kind == "file":
+            source_files.append(Path(str(source.target)))
+    check_run_outputs(settings, source_files)
     if settings.gui:
         reason = gui_unavailable_reason()
         if reason is not None:
             raise UserError(reason)
 
 
-def check_run_outputs(settings: Settings, source_file: object | None) -> None:
-    """Outputs never over an input (the video, the models) or each other; the video's format is known."""
+def check_run_outputs(settings: Settings, source_files: Sequence[Path]) -> None:
+    """Outputs never over an input (the videos, the models) or each other; the video's format is known."""
     from app.output_paths import check_output_paths
     from app.vision.video_writer import check_video_path
 
-    inputs = [("--source", Path(str(source_file)))] if source_file is not None else []
+    inputs = [("--source", path) for path in source_files]
     inputs += [("--detector", settings.detector_model), ("--embedder-model", settings.embedder_model)]
     named = (
         ("--output", settings.output),
@@ -136,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--max-frames must be at least 1")
     configure_logging(settings.log_level)
     log.debug("settings: %s", settings.redacted())
-    preflight(settings)
+    preflight(settings, source_flags_from(args))
     from app.pipeline.assembly import run_pipeline
 
     result = run_pipeline(settings, max_frames=args.max_frames)

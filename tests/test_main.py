@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from app.config import load_settings
-from app.main import build_parser, overrides_from
+from app.errors import UserError
+from app.main import build_parser, overrides_from, preflight, source_flags_from
 from tests.support.shared_data import HAMILTON
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,28 @@ def test_unset_flags_leave_defaults_and_embedder_takes_a_file():
     assert s.embedder_model == Path("models/arc.onnx") and s.embedder == defaults.embedder
     assert s.detector_model == Path("d.onnx") and s.gui is True and s.max_speed is False
     assert overrides_from(build_parser().parse_args([])) == {}
+
+
+def test_source_repeats_and_cameras_names_a_file():
+    args = build_parser().parse_args(["--source", "door=a.mp4", "--source", "yard=rtsp://cam/1?ch=2"])
+    assert source_flags_from(args) == ["door=a.mp4", "yard=rtsp://cam/1?ch=2"]
+    assert load_settings(overrides_from(args), env_file=None).video_source == "a.mp4"
+    assert source_flags_from(build_parser().parse_args([])) == []
+    assert settings_for("--cameras", "cams.toml").cameras_file == Path("cams.toml")
+    assert settings_for("--source", "rtsp://host/x?ch=1").video_source == "rtsp://host/x?ch=1"
+
+
+def test_preflight_names_the_camera_only_when_there_are_several(tmp_path):
+    settings = load_settings({"gui": False}, env_file=None)
+    missing = str(tmp_path / "nowhere.mp4")
+    alone = f"video file {missing} does not exist; check --source (or VIDEO_SOURCE)"
+    with pytest.raises(UserError) as info:
+        preflight(settings, [missing])
+    assert str(info.value) == alone
+    with pytest.raises(UserError) as info:
+        preflight(settings, [f"door={HAMILTON}", f"yard={missing}"])
+    assert str(info.value) == f"camera 'yard': {alone}"
+    preflight(settings, [f"door={HAMILTON}", "yard=rtsp://cam/1"])  # both valid: no error
 
 
 def run_cli(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -99,6 +122,18 @@ def test_unreachable_stream_masks_credentials(tmp_path):
     result = run_cli(tmp_path, "--source", "rtsp://admin:hunter2@127.0.0.1:9/cam", "--no-gui")
     assert_one_error_line(result, "error: capture: cannot open video stream rtsp://***@127.0.0.1:9/cam")
     assert "hunter2" not in result.stderr
+
+
+def test_bad_cameras_file_is_one_line(tmp_path):
+    cameras = tmp_path / "cameras.toml"
+    cameras.write_text(f'[[camera]]\nname = "door"\nsource = "{HAMILTON}"\nfps = 5\n')
+    result = run_cli(tmp_path, "--cameras", str(cameras), "--no-gui")
+    assert_one_error_line(result, f"error: {cameras}: [[camera]] #1 ('door'): unknown key 'fps' (valid keys:")
+
+
+def test_several_unnamed_sources_ask_for_names(tmp_path):
+    result = run_cli(tmp_path, "--source", str(HAMILTON), "--source", str(HAMILTON), "--no-gui")
+    assert_one_error_line(result, "error: --source is given 2 times", "--source NAME=URL")
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])

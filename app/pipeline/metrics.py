@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -134,6 +135,39 @@ class PipelineMetrics:
             "queue_wait_ms": {name: pair(r) for name, r in self.wait.items()},
             "stop_reason": stop_reason,
         }
+
+
+class RollingFps:
+    """Frames per second over the last `window_s` seconds: what the picture does now, not since the start.
+
+    The rate is (frames - 1) / (last - first) over the frames of the window, so a frame that falls exactly
+    on the window's edge does not make it jump, and it is right from the second frame on. No frame in the
+    last window reads 0.
+    """
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.window_s = window_s
+        self._clock = clock
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float | None = None) -> float:
+        """Count one frame done at `now` (default: the clock) and return the current rate."""
+        now = self._clock() if now is None else now
+        self._times.append(now)
+        return self.rate(now)
+
+    def rate(self, now: float | None = None) -> float:
+        """Frames per second at `now`, from the frames of the last window."""
+        now = self._clock() if now is None else now
+        start = now - self.window_s
+        while self._times and self._times[0] < start:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
 def _round(value: float) -> float | None:

@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -28,9 +27,10 @@ import cv2
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import TrackedFaces
+from app.pipeline.metrics import RollingFps
 from app.pipeline.stage_runner import StopPipeline
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
-from app.vision.drawing import draw_faces, draw_overlay
+from app.vision.drawing import annotate_frame
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class GuiStage:
         self.tracks = TracksSink(tracks_out) if tracks_out is not None else None
         self.video = VideoSink(output) if output is not None else None
         self.window: Window | None = None
-        self._done_times: deque[float] = deque(maxlen=64)
+        self._fps = RollingFps()
         self._stage_ms: dict[str, float] = {}
 
     def setup(self) -> dict[str, object]:
@@ -182,8 +182,8 @@ class GuiStage:
             self.tracks.write(msg)
         if canvas is None:
             return []
-        draw_faces(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities)
-        draw_overlay(canvas, self._overlay_lines(msg))
+        lines = self._overlay_lines(msg)
+        annotate_frame(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities, lines)
         if self.video is not None:
             self.video.write(canvas)
         if self.window is not None and not self.window.show(canvas):
@@ -191,11 +191,9 @@ class GuiStage:
         return []
 
     def _overlay_lines(self, msg: TrackedFaces) -> list[str]:
-        """FPS over the last frames, this frame's latency so far, and smoothed per-stage times."""
+        """FPS over the last second, this frame's latency so far, and smoothed per-stage times."""
         now = time.monotonic()
-        self._done_times.append(now)
-        span = self._done_times[-1] - self._done_times[0]
-        fps = (len(self._done_times) - 1) / span if span > 0 else 0.0
+        fps = self._fps.tick(now)
         stamps = msg.meta.stamps
         latency_ms = (now - stamps[0].end) * 1000 if stamps else math.nan
         for stamp in stamps:

@@ -50,6 +50,13 @@ class Detections:
     def areas(self) -> np.ndarray:
         return (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
 
+    def at_least(self, min_face: int) -> Detections:
+        """The faces whose box's short side is at least `min_face` pixels (MIN_FACE); 0 keeps every face."""
+        if min_face <= 0 or not len(self):
+            return self
+        sides = np.minimum(self.boxes[:, 2] - self.boxes[:, 0], self.boxes[:, 3] - self.boxes[:, 1])
+        return self.select(sides >= min_face)
+
     def largest(self) -> int | None:
         """Index of the largest box, or None when there are no faces."""
         return int(np.argmax(self.areas())) if len(self) else None

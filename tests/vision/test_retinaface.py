@@ -254,3 +254,12 @@ def test_detections_select_and_largest(detector):
     assert det.areas()[big] == det.areas().max()
     one = det.select([big])
     assert len(one) == 1 and one.landmarks.shape == (1, 5, 2)
+
+
+def test_min_face_keeps_faces_whose_short_side_is_large_enough():
+    boxes = np.array([[0, 0, 40, 60], [10, 10, 29, 90], [5, 5, 105, 25], [0, 0, 20, 20]], np.float32)
+    found = Detections(boxes, np.array([0.9, 0.8, 0.7, 0.6], np.float32), np.zeros((4, 5, 2), np.float32))
+    assert found.at_least(0) is found
+    kept = found.at_least(20)  # short sides 40, 19, 20, 20
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.7, 0.6]) and kept.landmarks.shape == (3, 5, 2)
+    assert len(found.at_least(41)) == 0 and len(Detections.empty().at_least(10)) == 0
