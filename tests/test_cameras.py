@@ -141,7 +141,7 @@ TABLE_ERRORS = [
     ),
     (
         '[[camera]]\nname = "door"\nsource = "a.mp4"\nfps_target = -2\n',
-        DOOR + "fps_target = -2 is out of range: it must be at least 0.0",
+        DOOR + "fps_target = -2 is out of range: it must be between 0.0 and 1000.0",
     ),
     (
         '[[camera]]\nname = "door"\nsource = "a.mp4"\nfps_target = true\n',
