@@ -124,6 +124,72 @@ class Settings:
             "Smallest face to keep: short side of its box in pixels; 0 = no minimum", lo=0, hi=4096
         ),
     )
+    # MQTT, Home Assistant discovery, Prometheus metrics and face snapshots (all off unless configured)
+    mqtt_host: str | None = field(
+        default=None, metadata=_meta("MQTT broker host; empty = no MQTT (events, states, availability)")
+    )
+    mqtt_port: int = field(
+        default=1883, metadata=_meta("MQTT broker port (8883 is usual for TLS)", lo=1, hi=65535)
+    )
+    mqtt_user: str | None = field(default=None, metadata=_meta("MQTT user name"))
+    mqtt_password: str | None = field(default=None, metadata=_meta("MQTT password", secret=True))
+    mqtt_tls: bool = field(default=False, metadata=_meta("Connect to the MQTT broker over TLS"))
+    mqtt_topic_prefix: str = field(default="facepipe", metadata=_meta("First level of every MQTT topic"))
+    mqtt_client_id: str = field(
+        default="facepipe", metadata=_meta("MQTT client id; also the Home Assistant device id")
+    )
+    mqtt_buffer: int = field(
+        default=10000,
+        metadata=_meta(
+            "MQTT messages kept while the broker is away (then the oldest are dropped)", lo=10, hi=1000000
+        ),
+    )
+    ha_discovery: bool = field(default=True, metadata=_meta("Publish Home Assistant MQTT discovery configs"))
+    ha_discovery_prefix: str = field(
+        default="homeassistant", metadata=_meta("Home Assistant discovery topic prefix")
+    )
+    camera_idle_s: float = field(
+        default=60.0,
+        metadata=_meta(
+            "Seconds without a recognised face before a camera's last face is cleared", lo=1.0, hi=86400.0
+        ),
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_meta("Serve Prometheus metrics on this port (/metrics); empty = off", lo=1, hi=65535),
+    )
+    snapshots_dir: Path | None = field(
+        default=None, metadata=_meta("Write a JPEG face crop of every recognition event here; empty = off")
+    )
+    snapshot_full_frame: bool = field(
+        default=False, metadata=_meta("Also write the whole frame, boxes drawn, with every snapshot")
+    )
+    snapshot_retain_days: float = field(
+        default=7.0, metadata=_meta("Delete snapshots older than this many days", lo=0.01, hi=3650.0)
+    )
+    snapshot_retain_count: int = field(
+        default=10000,
+        metadata=_meta("Keep at most this many snapshots (oldest deleted first)", lo=1, hi=10000000),
+    )
+    # Unknown faces: keeping, grouping and privacy
+    keep_unknown: bool = field(
+        default=True, metadata=_meta("Keep the best faces of unknown tracks for review (enroll unknowns)")
+    )
+    unknown_retain_days: float = field(
+        default=30.0, metadata=_meta("Days an unknown face is kept before it is dropped", lo=0.01, hi=3650.0)
+    )
+    unknown_max_faces: int = field(
+        default=10000, metadata=_meta("Most unknown faces kept; the oldest go first", lo=10, hi=1_000_000)
+    )
+    unknown_min_quality: float = field(
+        default=0.3, metadata=_meta("Face quality (0..1) needed to keep an unknown face", lo=0.0, hi=1.0)
+    )
+    unknown_faces_per_track: int = field(
+        default=5, metadata=_meta("Best faces kept per unknown track", lo=1, hi=50)
+    )
+    blur_unknown: bool = field(
+        default=False, metadata=_meta("Blur faces that are not known in the window and the output video")
+    )
 
     # Output safety
     overwrite: bool = field(
@@ -146,6 +212,8 @@ class Settings:
         out["video_source"] = mask_url(self.video_source)
         if self.qdrant_host:
             out["qdrant_host"] = mask_url(self.qdrant_host)
+        if self.mqtt_host:
+            out["mqtt_host"] = mask_url(self.mqtt_host)
         return out
 
 

@@ -7,6 +7,9 @@
     python -m app.enroll verify                    read every embedding back; names a damaged part
     python -m app.enroll backup DIR                a verified copy of the gallery in the new folder DIR
     python -m app.enroll restore DIR               replace the gallery by the backup in DIR
+    python -m app.enroll unknowns list|show|name|forget ...   review the unknown faces runs kept
+    python -m app.enroll show|rename|export|import ...         manage the face library
+(the library commands live in app.recognition.library_cli)
 
 Options such as --gallery PATH override settings from the environment and `.env` (see `app.config`).
 Errors print one line, `error: ...`, on stderr and exit with status 2; the gallery is then unchanged.
@@ -28,6 +31,7 @@ from app.config import Settings, load_settings
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
 from app.gallery.base import check_name
+from app.recognition import library_cli
 
 if TYPE_CHECKING:
     from app.recognition.analyzer import FaceAnalyzer
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add", help="enroll a person from images or folders (one face per image)")
     add.add_argument("name", help="the person's name")
-    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders of images")
+    add.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="images or folders of images")
 
     list_ = commands.add_parser("list", help="list enrolled persons and their number of embeddings")
     list_.add_argument("--json", action="store_true", help="print one JSON document")
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (add, list_, remove, identify, verify, backup, restore):
         _add_setting_options(sub)
+    library_cli.extend_parsers(add, list_, remove)
+    COMMANDS.update(library_cli.register(commands, _add_setting_options))
     return parser
 
 
@@ -118,9 +124,15 @@ def _analyzer(settings: Settings) -> FaceAnalyzer:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    from app.recognition.enrollment import collect_images, enroll
+    from app.recognition.enrollment import collect_images, enroll, enrollment_notes
 
-    check_name(args.name)
+    check_name(args.name)  # before anything loads, for every form of add
+    if args.video is not None:
+        return library_cli.cmd_add_video(args, settings)
+    if not args.paths:
+        raise UserError("add needs images or folders, or --video FILE")
+    if args.json:
+        return library_cli.cmd_add_json(args, settings, _analyzer)
     collect_images(args.paths)  # a bad name or a missing path fails before the models load
     analyzer = _analyzer(settings)
     with closing(open_gallery(settings, analyzer.spec)) as gallery:
@@ -132,10 +144,14 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         f"enrolled {result.name}: {result.added} embedding(s) from {len(result.sources)} image(s); "
         f"{result.name} now has {listing.get(result.name, 0)}, the gallery {len(listing)} person(s)"
     )
+    print("\n".join(enrollment_notes(result)))
+    _update_discovery(settings, added=[result.name], removed=[])
     return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.details:
+        return library_cli.cmd_list_details(args, settings)
     with closing(open_gallery(settings, None)) as gallery:
         info = gallery.info()
         persons = gallery.list()
@@ -166,6 +182,10 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     check_name(args.name)
+    if args.embedding is not None:
+        return library_cli.cmd_remove_embedding(args, settings)
+    if args.json:
+        return library_cli.cmd_remove_json(args, settings)
     with closing(open_gallery(settings, None)) as gallery:
         removed = gallery.remove(args.name)
         if not removed:
@@ -174,7 +194,17 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
                 f"no person named {args.name!r} in gallery {gallery_location(settings)} (enrolled: {known})"
             )
     print(f"removed {args.name}: {removed} embedding(s)")
+    _update_discovery(settings, added=[], removed=[args.name])
     return 0
+
+
+def _update_discovery(settings: Settings, added: list[str], removed: list[str]) -> None:
+    """With MQTT configured, Home Assistant sees the person appear or go now, not at the next run."""
+    from app.integrations.mqtt import MqttConfig, publish_person_discovery
+
+    config = MqttConfig.from_settings(settings)
+    if config is not None:
+        publish_person_discovery(config, added, removed)
 
 
 def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:

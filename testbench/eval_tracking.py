@@ -51,6 +51,7 @@ from app.demo import (  # noqa: E402
     GroundTruthFace,
     bench_scenario,
     demo_sets,
+    hard_scenario,
     load_ground_truth,
     load_sprites,
     render,
@@ -63,6 +64,9 @@ from app.tracking import ByteTracker, IdentityConfig, TrackerConfig, TrackIdenti
 from app.tracking.matching import box_iou, linear_assignment  # noqa: E402
 
 SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
+IDENTITIES = REPO.parent / "shared" / "data" / "identities"
+HARD_SETS = ("bbt", "johns", "human", "walking-dead")  # people with 4+ photos: enrolled with 1 or 3
+LOOKALIKES = "families"  # one member of a family enrolled, the relatives walk by as strangers
 STRANGERS = ("alex_lacamoire", "kit_harington", "rose_leslie")  # in the shared test faces, never enrolled
 MATCH_IOU = 0.5
 
@@ -83,6 +87,7 @@ class Sequence:
     fps: float
     frames: Iterator[tuple[np.ndarray, list[GroundTruthFace]]]
     n_frames: int
+    enroll: dict[str, list[Path]] | None = None  # who is enrolled, from which photos; None = the demo's
 
 
 @dataclass
@@ -166,7 +171,62 @@ def scenario_images(kind: str) -> dict[str, list[Path]]:
     return images
 
 
+def _photos(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def hard_cast(seed: int) -> tuple[dict[str, list[Path]], list[tuple[str, Path]]]:
+    """(enrolment photos per person, video actors) for the hard scenario, drawn from the identity sets.
+
+    8 people of HARD_SETS enrolled (4 with 1 photo, 4 with 3), each shown by a photo not enrolled; 2
+    families with one member enrolled from 1 photo and shown by another, and 2 relatives of each shown
+    as strangers; 3 more strangers from HARD_SETS. Person names are "<set>/<folder>".
+    """
+    if not IDENTITIES.is_dir():
+        raise UserError(f"identity photo sets missing in {IDENTITIES}; the shared test data is incomplete")
+    rng = np.random.default_rng(seed)
+    people = [
+        (f"{s}/{p.name}", _photos(p))
+        for s in HARD_SETS
+        for p in sorted((IDENTITIES / s).iterdir())
+        if p.is_dir() and len(_photos(p)) >= 4
+    ]
+    order = rng.permutation(len(people))
+    enroll: dict[str, list[Path]] = {}
+    actors: list[tuple[str, Path]] = []
+    for rank, index in enumerate(order[:11]):
+        name, photos = people[index]
+        photos = [photos[i] for i in rng.permutation(len(photos))]
+        if rank < 8:
+            k = 1 if rank < 4 else 3
+            enroll[name] = photos[:k]
+            actors.append((name, photos[k]))
+        else:
+            actors.append((name, photos[0]))  # a stranger
+    families: dict[str, list[tuple[str, list[Path]]]] = {}
+    for p in sorted((IDENTITIES / LOOKALIKES).iterdir()):
+        if p.is_dir() and _photos(p):
+            families.setdefault(p.name.split("-")[0], []).append((f"{LOOKALIKES}/{p.name}", _photos(p)))
+    picked = [f for f in sorted(families) if any(len(ph) >= 2 for _, ph in families[f])]
+    for family in [picked[i] for i in rng.permutation(len(picked))[:2]]:
+        members = families[family]
+        known = next(i for i in rng.permutation(len(members)) if len(members[i][1]) >= 2)
+        name, photos = members[known]
+        enroll[name] = photos[:1]
+        actors.append((name, photos[1]))
+        relatives = [m for i, m in enumerate(members) if i != known]
+        actors += [(n, ph[0]) for n, ph in relatives[:2]]
+    order = rng.permutation(len(actors))
+    return enroll, [actors[i] for i in order]
+
+
 def generated(kind: str, seed: int, seconds: float, fps: float) -> Sequence:
+    if kind == "hard":
+        enroll, cast = hard_cast(seed)
+        scenario = hard_scenario(cast, fps=fps, seconds=max(seconds, 20.0), seed=seed)
+        sprites = load_sprites(scenario)
+        frames = render(scenario, sprites=sprites)
+        return Sequence(f"hard-seed{seed}", fps, frames, scenario.n_frames, enroll)
     if kind == "crowd":
         scenario = bench_scenario(scenario_images("strangers"), fps=fps, seconds=seconds, seed=seed)
     else:
@@ -195,8 +255,9 @@ def from_video(path: Path) -> Sequence:
 # -- running ---------------------------------------------------------------------------------------------
 
 
-def enrol(analyzer: FaceAnalyzer, gallery) -> set[str]:
-    for name, paths in demo_sets().enroll.items():
+def enrol(analyzer: FaceAnalyzer, gallery, photos: dict[str, list[Path]] | None = None) -> set[str]:
+    photos = demo_sets().enroll if photos is None else photos
+    for name, paths in photos.items():
         vectors = []
         for path in paths:
             image = cv2.imread(str(path))
@@ -206,7 +267,7 @@ def enrol(analyzer: FaceAnalyzer, gallery) -> set[str]:
                 raise UserError(f"no face in enrolment photo {path}")
             vectors.append(analyzer.embed(image, dets.landmarks[best][None])[0])
         gallery.add(name, np.stack(vectors))
-    return set(demo_sets().enroll)
+    return set(photos)
 
 
 def run_sequence(
@@ -242,7 +303,7 @@ def run_sequence(
             if need:
                 by_id = {t.track_id: t for t in tracks}
                 vectors = analyzer.embed(frame, np.stack([by_id[i].landmarks for i in need]))
-                found = gallery.search(vectors, k=2)
+                found = gallery.search(run.identities.query_vectors(need, vectors), k=2)
                 embeddings = dict(zip(need, vectors, strict=True))
                 matches = dict(zip(need, found, strict=True))
             labels = run.identities.update(tracks, embeddings, matches)
@@ -265,6 +326,7 @@ def evaluate(
     accumulator = mm.MOTAccumulator(auto_id=True)  # on shown ids (tracker + re-linking)
     raw_accumulator = mm.MOTAccumulator(auto_id=True)  # on the tracker's own ids
     correct = total = named_unknown = misnamed = false_named = 0
+    enrolled_faces = enrolled_named = 0
     last_name: dict[int, str] = {}
     flips = 0
     appearance_start: dict[int, int] = {}  # gt id -> frame its current appearance began
@@ -319,6 +381,8 @@ def evaluate(
                 or (not is_enrolled and label.status == "unknown")
             )
             correct += ok
+            enrolled_faces += is_enrolled
+            enrolled_named += is_enrolled and ok
             if is_enrolled and ok and not named_in_appearance[face.id]:
                 named_in_appearance[face.id] = True
                 to_first_name.append(index - appearance_start[face.id])
@@ -351,6 +415,9 @@ def evaluate(
         "identity_accuracy": correct / max(total, 1),
         "faces": total,
         "frames_to_first_correct_name": to_first_name,
+        "frames_to_name_median": float(np.median(to_first_name)) if to_first_name else None,
+        "enrolled_faces": enrolled_faces,
+        "enrolled_named": enrolled_named / max(enrolled_faces, 1),
         "appearances_never_named": enrolled_never_named,
         "unknown_named_as_known": named_unknown,
         "enrolled_misnamed": misnamed,
@@ -388,6 +455,11 @@ def combine(results: list[dict], accumulators: list[mm.MOTAccumulator], names: l
         "unknown_named_as_known": sum(r["unknown_named_as_known"] for r in results),
         "embeddings_per_detection": sum(r["embeddings"] for r in results) / max(detections, 1),
         "identity_flips": sum(r["identity_flips"] for r in results),
+        "enrolled_named": sum(r["enrolled_named"] * r["enrolled_faces"] for r in results)
+        / max(sum(r["enrolled_faces"] for r in results), 1),
+        "frames_to_name_median": float(np.median(firsts))
+        if (firsts := [f for r in results for f in r["frames_to_first_correct_name"]])
+        else None,
         "enrolled_misnamed": sum(r["enrolled_misnamed"] for r in results),
         "false_tracks_named": sum(r["false_tracks_named"] for r in results),
         "frames_to_first_correct_name_max": max(
@@ -403,7 +475,8 @@ def print_result(sequence: str, name: str, result: dict) -> None:
         f"IDsw {result['id_switches']:2d}  (tracker ids: IDF1 {result['idf1_tracker_ids']:.3f} "
         f"IDsw {result['id_switches_tracker_ids']})  "
         f"FP {result['false_positives']:3d}  miss {result['misses']:3d}  "
-        f"id-acc {result['identity_accuracy']:.3f}  first-name {first}  "
+        f"id-acc {result['identity_accuracy']:.3f}  enrolled-named {result['enrolled_named']:.3f}  "
+        f"first-name {first}  "
         f"unknown-named {result['unknown_named_as_known']}  misnamed {result['enrolled_misnamed']}  "
         f"flips {result['identity_flips']}  emb/det {result['embeddings_per_detection']:.3f} "
         f"({result['embeddings']}/{result['detections']})  relinks {result['relinks']}  "
@@ -418,9 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenario",
         nargs="+",
-        choices=("standard", "strangers", "crowd"),
+        choices=("standard", "strangers", "crowd", "hard"),
         default=["standard", "strangers"],
-        help="crowd: 10 faces at 1080p passing in front of each other (the benchmark script)",
+        help="crowd: 10 faces at 1080p passing in front of each other (the benchmark script); hard: 10 "
+        "enrolled people of the identity photo sets (1 or 3 photos), strangers and look-alike relatives, "
+        "small faces, crossings, returns (20 s at least)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--seconds", type=float, default=12.0)
@@ -450,12 +525,19 @@ def main(argv: list[str] | None = None) -> int:
             }
             reference_kind = ""
             details = {}
-            for sequence in sequences:
+            for number, sequence in enumerate(sequences):
+                own = gallery
+                if sequence.enroll is not None:  # its own people: a gallery of their own
+                    own = open_gallery(settings.replace(qdrant_path=Path(tmp) / f"g{number}"), analyzer.spec)
+                    who = enrol(analyzer, own, sequence.enroll)
                 runs, detected = run_sequence(
-                    sequence, analyzer, gallery, tracker_config, identity_config, display.det_threshold
+                    sequence, analyzer, own, tracker_config, identity_config, display.det_threshold
                 )
+                if own is not gallery:
+                    own.close()
                 for run in runs:
-                    result, accumulator = evaluate(run, enrolled, args.min_visible, detected)
+                    known = enrolled if sequence.enroll is None else who
+                    result, accumulator = evaluate(run, known, args.min_visible, detected)
                     per_tracker[run.name][0].append(result)
                     per_tracker[run.name][1].append(accumulator)
                     details.setdefault(sequence.name, {})[run.name] = result

@@ -71,9 +71,9 @@ def test_a_detector_given_as_the_embedder_is_named_before_anything_is_written(tm
 def test_names_with_control_characters_are_refused_by_every_command(tmp_path, gallery, name):
     before = snapshot(gallery)
     add = run_cli("add", name, OBAMA, "--gallery", gallery, *MODELS, cwd=tmp_path)
-    assert_one_line_error(add, "contains the control character U+")
+    assert_one_line_error(add, "contains control characters (U+")
     remove = run_cli("remove", name, "--gallery", gallery, cwd=tmp_path)
-    assert_one_line_error(remove, "contains the control character U+")
+    assert_one_line_error(remove, "contains control characters (U+")
     assert_same(before, snapshot(gallery))
     listing = run_cli("list", "--gallery", gallery, cwd=tmp_path)
     assert listing.stdout.splitlines()[1:] == ["  obama  1"]

@@ -13,6 +13,7 @@ from app.demo.scenario import (
     Scenario,
     bench_scenario,
     demo_sets,
+    hard_scenario,
     images_from_dir,
     standard_scenario,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "bench_scenario",
     "demo_sets",
     "ground_truth_path",
+    "hard_scenario",
     "images_from_dir",
     "load_ground_truth",
     "load_sprites",

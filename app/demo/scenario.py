@@ -305,3 +305,57 @@ def bench_scenario(
         )
     n_frames = max(1, round(seconds * fps))
     return Scenario(size=size, fps=fps, n_frames=n_frames, actors=tuple(actors), seed=seed, name="bench")
+
+
+def hard_scenario(
+    cast: list[tuple[str, Path]],
+    size: tuple[int, int] = (1280, 720),
+    fps: float = 25.0,
+    seconds: float = 20.0,
+    seed: int = 0,
+) -> Scenario:
+    """Recognition under stress: one actor per (label, photo) of `cast`, walking across in shared lanes.
+
+    Every third actor's face is small (30-60 px at 720p), the rest 80-145 px. Actors are paired into lanes
+    walking opposite ways, so they cross with occlusion (seeded depth order); every other actor leaves and
+    comes back the way it left after a few seconds off screen (same actor id). All seeded.
+    """
+    if not cast:
+        raise UserError("no face photos given for the hard scenario; pass at least one labelled photo")
+    rng = np.random.default_rng(seed)
+    _, height = size
+    lanes = np.linspace(0.2, 0.8, max(2, math.ceil(len(cast) / 2)))
+    rng.shuffle(lanes)
+    actors = []
+    for i, (label, path) in enumerate(cast):
+        small = i % 3 == 0
+        face_h = float(rng.uniform(30, 60) / height if small else rng.uniform(80, 145) / height)
+        y = float(lanes[i // 2 % len(lanes)] + rng.uniform(-0.03, 0.03))
+        left_to_right = i % 2 == 0
+        x0, x1 = (-0.15, 1.15) if left_to_right else (1.15, -0.15)
+        walk = float(rng.uniform(0.22, 0.35)) * seconds
+        returns = i % 4 in (1, 2)
+        away = float(rng.uniform(0.08, 0.15)) * seconds if returns else 0.0
+        total = walk * (2 if returns else 1) + away
+        start = float(rng.uniform(0.0, max(seconds - total, 0.0)))
+        # Pairs start close in time so the two of a lane meet on screen.
+        if i % 2 == 1:
+            start = float(np.clip(actors[-1].keyframes[0].t + rng.uniform(-0.05, 0.05) * seconds, 0.0,
+                                  max(seconds - total, 0.0)))  # fmt: skip
+        keyframes = [Keyframe(start, x0, y, face_h), Keyframe(start + walk, x1, y, face_h)]
+        if returns:
+            back = start + walk + away
+            keyframes += [Keyframe(back, x1, y, face_h * 1.1), Keyframe(back + walk, x0, y, face_h * 1.1)]
+        actors.append(
+            Actor(
+                id=i,
+                label=label,
+                image=Path(path),
+                keyframes=tuple(keyframes),
+                z=int(rng.integers(0, 1000)),
+                flip=bool(rng.integers(0, 2)),
+                brightness=_brightness(rng),
+            )
+        )
+    n_frames = max(1, round(seconds * fps))
+    return Scenario(size=size, fps=fps, n_frames=n_frames, actors=tuple(actors), seed=seed, name="hard")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -23,7 +23,6 @@ from app.errors import UserError
 from app.gallery.integrity import (
     GalleryDamagedError,
     IntegrityRecord,
-    Point,
     VerifyReport,
     check_vector_values,
     damaged,
@@ -59,6 +58,9 @@ class EmbedderIdentity(Protocol):
 
 # One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
 PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+# (point id, payload, vector or None): one stored embedding as `points` returns it. An alias, since inside the
+# gallery classes `list` names their method.
+PointList = list[tuple[str, dict[str, Any], Any]]
 
 
 @runtime_checkable
@@ -86,6 +88,17 @@ class Gallery(Protocol):
     def info(self) -> GalleryInfo: ...
 
     def close(self) -> None: ...
+
+    # Point-level access (the face library: list --details, remove --embedding, rename, export).
+    record: GalleryRecord | None
+
+    def points(self, name: str | None = None, with_vectors: bool = False) -> PointList:
+        """(point id, payload, vector or None) per point, oldest first."""
+        ...
+
+    def remove_points(self, ids: Sequence[str]) -> int:
+        """Delete these points in one write."""
+        ...
 
 
 class GalleryInUseError(UserError):
@@ -141,18 +154,23 @@ def first_line(exc: BaseException) -> str:
 
 
 MAX_NAME_LENGTH = 200
+# control, format, surrogate, private-use and unassigned characters
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 
 
 def check_name(name: str) -> str:
     """The one validation of a person's name, for every command that takes one: non-empty, no surrounding
-    spaces, at most MAX_NAME_LENGTH characters, and no control, format or unassigned characters (a newline
-    or a terminal escape code would break listings and logs)."""
+    spaces, at most MAX_NAME_LENGTH characters, and no control, format, unassigned or line/paragraph
+    separator characters (a newline or a terminal escape code would break listings and logs)."""
     if not isinstance(name, str) or not name.strip():
         raise UserError("a person's name must be a non-empty string")
-    bad = next((ch for ch in name if unicodedata.category(ch).startswith("C")), None)
+    bad = next(
+        (ch for ch in name if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")),
+        None,
+    )
     if bad is not None:
         raise UserError(
-            f"name {name!r} contains the control character U+{ord(bad):04X}: use letters, digits, spaces "
+            f"name {name!r} contains control characters (U+{ord(bad):04X}): use letters, digits, spaces "
             "and punctuation"
         )
     if name != name.strip():
@@ -385,18 +403,35 @@ class QdrantGalleryBase(ABC):
         out.sort(key=lambda item: (str(item[0].get("added", "")), str(item[0].get("source", ""))))
         return out
 
-    def points(self, with_vectors: bool = True) -> Iterator[Point]:
-        """(id, payload, vector or None) of every point, in storage order."""
+    def points(self, name: str | None = None, with_vectors: bool = False) -> PointList:
+        """(point id, payload, vector or None) of every point (of `name` if given), ordered by time added."""
         self._require_open()
         if not self._has_storage():
-            return
+            return []
+        out: list[tuple[str, dict[str, Any], Any]] = []
         offset = None
-        while True:
-            page, offset = self._scroll_page(None, offset, SCROLL_PAGE, with_vectors)
-            for rec in page:
-                yield rec.id, dict(rec.payload or {}), rec.vector if with_vectors else None
-            if offset is None:
-                break
+        with self._engine_errors("read"):
+            while True:
+                page, offset = self._scroll_page(name, offset, SCROLL_PAGE, with_vectors)
+                out.extend(
+                    (str(r.id), dict(r.payload or {}), r.vector if with_vectors else None) for r in page
+                )
+                if offset is None:
+                    break
+        out.sort(key=lambda item: (str(item[1].get("added", "")), str(item[1].get("source", ""))))
+        return out
+
+    def remove_points(self, ids: Sequence[str]) -> int:
+        """Delete these points (ids from `points`) in one write; returns how many were asked for."""
+        self._require_open()
+        if ids and self._has_storage():
+            with self._engine_errors("remove from"):
+                self._delete_ids([str(i) for i in ids])
+        return len(ids)
+
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete points by id in one write (an engine primitive; both engines have it)."""
+        raise NotImplementedError
 
     def _recorded_integrity(self) -> IntegrityRecord | None:
         """The checksum recorded with the last change, where the engine keeps one."""

@@ -312,6 +312,11 @@ class EdgeGallery(QdrantGalleryBase):
             lambda shard: shard.update(qe.UpdateOperation.delete_points_by_filter(_name_filter(name)))
         )
 
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        assert self._shard is not None
+        targets = [uuid.UUID(i) for i in ids]
+        self._change(lambda shard: shard.update(qe.UpdateOperation.delete_points(targets)))
+
     def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
         assert self._shard is not None
         facets = self._shard.facet(qe.FacetRequest(key="name", limit=limit, exact=True))

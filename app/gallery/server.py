@@ -144,6 +144,9 @@ class ServerGallery(QdrantGalleryBase):
         selector = models.FilterSelector(filter=_name_filter(name))
         self.client.delete(self.collection, points_selector=selector, wait=True)
 
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
     def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:
         response = self.client.facet(self.collection, "name", limit=limit, exact=True)
         return [(str(hit.value), hit.count) for hit in response.hits]

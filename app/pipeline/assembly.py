@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 from app.config import Settings
+from app.integrations.events import EventFanout
+from app.integrations.runtime import Integrations
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.supervisor import RunResult, Supervisor
 from app.stages.capture import CaptureStage
@@ -34,7 +36,12 @@ def inference_threads(settings: Settings) -> tuple[int, int]:
     return max(1, cpus // 2), max(1, cpus // 4)
 
 
-def build_stages(settings: Settings, ring: FrameRingHandle, max_frames: int | None = None) -> list[object]:
+def build_stages(
+    settings: Settings,
+    ring: FrameRingHandle,
+    max_frames: int | None = None,
+    fanout: EventFanout | None = None,
+) -> list[object]:
     # Decode down to the tracker's low threshold: ByteTrack's second association needs the weak boxes too.
     score_floor = min(settings.det_threshold, TrackerConfig.from_settings(settings).low_thresh)
     detect_threads, embed_threads = inference_threads(settings)
@@ -56,21 +63,38 @@ def build_stages(settings: Settings, ring: FrameRingHandle, max_frames: int | No
             output=settings.output,
             events=settings.events,
             tracks_out=settings.tracks_out,
+            fanout=fanout,
+            blur_unknown=settings.blur_unknown,
         ),
     ]
 
 
 def run_pipeline(
-    settings: Settings, max_frames: int | None = None, summary_every_s: float = 5.0
+    settings: Settings,
+    max_frames: int | None = None,
+    summary_every_s: float = 5.0,
+    integrations: Integrations | None = None,
 ) -> RunResult:
-    """Run the whole pipeline to its end (file end, window closed, Ctrl-C, a stage failing or dying)."""
-    ring = Supervisor.new_ring_handle()
-    stages = build_stages(settings, ring, max_frames=max_frames)
-    supervisor = Supervisor(
-        stages,
-        ring,
-        ring_slots=settings.ring_slots,
-        log_level=settings.log_level,
-        summary_every_s=summary_every_s,
-    )
-    return supervisor.run()
+    """Run the whole pipeline to its end (file end, window closed, Ctrl-C, a stage failing or dying).
+
+    MQTT, /metrics and snapshots run around it (`app.integrations`); a caller that passes its own started
+    `integrations` stops them itself (e.g. to read /metrics once more after the run)."""
+    own = integrations is None
+    if integrations is None:
+        integrations = Integrations(settings)
+        integrations.start()
+    try:
+        ring = Supervisor.new_ring_handle()
+        stages = build_stages(settings, ring, max_frames=max_frames, fanout=integrations.fanout)
+        supervisor = Supervisor(
+            stages,
+            ring,
+            ring_slots=settings.ring_slots,
+            log_level=settings.log_level,
+            summary_every_s=summary_every_s,
+        )
+        integrations.attach(supervisor)
+        return supervisor.run()
+    finally:
+        if own:
+            integrations.stop()

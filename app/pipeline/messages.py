@@ -39,6 +39,11 @@ class FrameMeta:
     # Non-empty on a placeholder frame sent while the source is away (e.g. "reconnecting to ..."): the pixels
     # are the last frame dimmed, not the source's; stages skip it and the GUI shows the text.
     status: str = ""
+    # Set by the sink for the parent's metrics (the JSON summary and /metrics): faces shown on the frame, the
+    # statuses of the recognition events it made, and whether the gallery was answering.
+    faces: int = 0
+    recognitions: tuple[str, ...] = ()
+    gallery_unavailable: bool = False
 
 
 @dataclass

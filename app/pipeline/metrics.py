@@ -12,9 +12,10 @@ Percentiles come from a bounded reservoir sample per series, exact for runs of u
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -22,6 +23,31 @@ import numpy as np
 from app.pipeline.messages import FrameMeta
 
 END_TO_END = "end_to_end"
+# Upper bounds (seconds) of the latency histograms /metrics exports: CPU stages take 1-250 ms, GPU ones < 5.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class LatencyHistogram:
+    """A latency series as Prometheus keeps it: counts per bucket (seconds), their number and sum."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, values <= it) per bucket, +Inf last."""
+        out, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
 
 
 class Reservoir:
@@ -55,7 +81,12 @@ class PipelineMetrics:
         self.stage_names = list(stage_names)
         self.latency = {name: Reservoir(capacity) for name in [*self.stage_names, END_TO_END]}
         self.wait = {name: Reservoir(capacity) for name in self.stage_names[1:]}
+        self.histograms = {name: LatencyHistogram() for name in self.latency}
         self.frames = 0
+        self.faces = 0  # faces shown, summed over frames
+        self.recognitions: Counter[str] = Counter()  # recognition events by status (known / unknown)
+        self.gallery_available = True  # as the last frame found it
+        self.dropped = 0  # as last reported (interval line, summary): the frame ring counts them
         self.started_at: float | None = None
         self.last_done_at: float | None = None
         # Since the last interval line, for "current" figures in the periodic log.
@@ -73,18 +104,23 @@ class PipelineMetrics:
         if not stamps:
             return
         self.frames += 1
+        self.faces += meta.faces
+        self.recognitions.update(meta.recognitions)
+        self.gallery_available = not meta.gallery_unavailable
         self._interval_frames += 1
         previous_end: float | None = None
         for stamp in stamps:
             ms = (stamp.end - stamp.start) * 1000.0
             if stamp.stage in self.latency:
                 self.latency[stamp.stage].add(ms)
+                self.histograms[stamp.stage].add(ms / 1000.0)
                 self._interval_stage[stamp.stage].append(ms)
             if previous_end is not None and stamp.stage in self.wait:
                 self.wait[stamp.stage].add((stamp.start - previous_end) * 1000.0)
             previous_end = stamp.end
         e2e = (stamps[-1].end - stamps[0].end) * 1000.0
         self.latency[END_TO_END].add(e2e)
+        self.histograms[END_TO_END].add(e2e / 1000.0)
         self._interval_e2e.append(e2e)
         self.last_done_at = stamps[-1].end
         if self.started_at is None:
@@ -100,6 +136,7 @@ class PipelineMetrics:
     def interval_line(self, dropped: int, now: float | None = None) -> str:
         """One log line about the frames since the previous call, then start a new interval."""
         now = time.monotonic() if now is None else now
+        self.dropped = dropped
         elapsed = max(now - self._interval_start, 1e-9)
         fps = self._interval_frames / elapsed
         parts = [f"frames {self.frames}", f"{fps:.1f} fps", f"dropped {dropped}"]
@@ -117,7 +154,10 @@ class PipelineMetrics:
         return " | ".join(parts)
 
     def summary(self, dropped: int, stop_reason: str) -> dict[str, object]:
-        """The final summary: frames, dropped, fps, latency_ms {stage|end_to_end: {p50, p95}}, stop_reason."""
+        """The final summary: frames, dropped, fps, faces, recognitions {known, unknown}, latency_ms
+        {stage|end_to_end: {p50, p95}}, stop_reason."""
+
+        self.dropped = dropped
 
         def pair(reservoir: Reservoir) -> dict[str, float | None]:
             p50, p95 = reservoir.percentiles((50, 95))
@@ -131,6 +171,8 @@ class PipelineMetrics:
             "dropped": dropped,
             "fps": round(self.fps, 2),
             "elapsed_s": elapsed,
+            "faces": self.faces,
+            "recognitions": {status: self.recognitions[status] for status in ("known", "unknown")},
             "latency_ms": {name: pair(r) for name, r in self.latency.items()},
             "queue_wait_ms": {name: pair(r) for name, r in self.wait.items()},
             "stop_reason": stop_reason,

@@ -171,6 +171,20 @@ class Supervisor:
             self._release_ring()
             self._restore_signal_handlers()
 
+    def live_view(self) -> dict[str, Any]:
+        """For observers in other threads of this process (e.g. /metrics); never blocks. `dropped` (None
+        once the ring is gone: `metrics.dropped` then holds the final count), queue depths, and the Ready
+        info of each ready stage."""
+        queues: dict[str, int] = {}
+        for i, q in enumerate(list(self._queues)):
+            with contextlib.suppress(Exception):  # closed at shutdown; qsize is unsupported on macOS
+                queues[f"{self.stages[i].name}->{self.stages[i + 1].name}"] = q.qsize()
+        dropped = None
+        with contextlib.suppress(Exception):  # the ring may be closing under us
+            dropped = self._ring.dropped if self._ring is not None else None
+        ready = {c.stage.name: dict(c.ready_info) for c in list(self._children) if c.ready}
+        return {"dropped": dropped, "queues": queues, "ready": ready}
+
     # -- start --------------------------------------------------------------------------------------------
 
     def _start_processes(self) -> None:

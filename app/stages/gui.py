@@ -25,12 +25,14 @@ from typing import Protocol
 import cv2
 
 from app.errors import UserError
+from app.integrations.events import EventFanout
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import TrackedFaces
 from app.pipeline.metrics import RollingFps
 from app.pipeline.stage_runner import StopPipeline
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
 from app.vision.drawing import annotate_frame
+from app.vision.privacy import blur_faces
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +146,15 @@ class GuiStage:
         events: Path | None = None,
         tracks_out: Path | None = None,
         window_factory: Callable[[], Window] = OpenCvWindow,
+        fanout: EventFanout | None = None,  # events to MQTT and snapshots; it names the camera
+        blur_unknown: bool = False,
     ) -> None:
         self.frames = frames
+        self.blur_unknown = blur_unknown
         self.show_window = show_window
         self.output = output
         self.window_factory = window_factory
-        self.events = EventsSink(events) if events is not None else None
+        self.events = EventsSink(events, fanout)  # with neither, it still counts recognitions for the summary
         self.tracks = TracksSink(tracks_out) if tracks_out is not None else None
         self.video = VideoSink(output) if output is not None else None
         self.window: Window | None = None
@@ -175,13 +180,16 @@ class GuiStage:
         ring = self.frames.ring
         needs_pixels = self.window is not None or self.video is not None
         canvas = ring.frame(meta.slot).copy() if needs_pixels else None
+        # Before the release: a snapshot reads the frame. The counts reach the parent's metrics in the meta.
+        meta.recognitions = tuple(self.events.write(msg, ring.frame(meta.slot)))
         ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
-        if self.events is not None:
-            self.events.write(msg)
+        meta.faces, meta.gallery_unavailable = len(msg), msg.gallery_unavailable
         if self.tracks is not None:
             self.tracks.write(msg)
         if canvas is None:
             return []
+        if self.blur_unknown:
+            blur_faces(canvas, msg.boxes, msg.statuses)
         lines = self._overlay_lines(msg)
         annotate_frame(canvas, msg.boxes, msg.track_ids, msg.names, msg.statuses, msg.similarities, lines)
         if self.video is not None:

@@ -106,6 +106,7 @@ class RecognizeStage:
         self.gallery_outages = 0
         self._gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
         self._segment = 0
+        self.unknowns = None  # keeps the best faces of unknown tracks (KEEP_UNKNOWN)
 
     def setup(self) -> dict[str, object]:
         from app.gallery import gallery_location, open_gallery
@@ -130,6 +131,10 @@ class RecognizeStage:
         self.tracker_config = TrackerConfig.from_settings(s)
         identity = self.identity_config or IdentityConfig()
         self.identities = TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
+        from app.recognition.unknowns import start_recorder
+        from app.url_masking import mask_url
+
+        self.unknowns = start_recorder(s, spec, identity, camera=mask_url(s.video_source))
         # Alignment warps are tiny: OpenCV's thread pool only adds contention with the other stages.
         cv2.setNumThreads(1)
         w, h = spec.input_size
@@ -143,6 +148,8 @@ class RecognizeStage:
             "threshold": spec.threshold,
             "gallery": gallery_location(s),
             "persons": info.persons,
+            "person_names": sorted(self.gallery.list()),  # Home Assistant discovery: a sensor per person
+            "embeddings": info.count,
         }
 
     def start(self, source_info: dict[str, object]) -> None:
@@ -173,16 +180,21 @@ class RecognizeStage:
             need = []  # the gallery is away: no embedding until the next retry (the tracks ask again)
         embeddings: dict[int, np.ndarray] = {}
         matches: dict[int, list] = {}
+        kept: tuple = ((), None, None)
         if need:
             by_id = {t.track_id: t for t in tracks}
             landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
-            vectors = self._embed(self._align(frame, landmarks, self.spec))
-            found = self._search(vectors)
+            chips = self._align(frame, landmarks, self.spec)
+            vectors = self._embed(chips)
+            found = self._search(self.identities.query_vectors(need, vectors))  # track templates
             if found is not None:
+                kept = (need, chips, vectors)
                 embeddings = dict(zip(need, vectors, strict=True))
                 matches = dict(zip(need, found, strict=True))
                 self.embedded_faces += len(need)
         labels = self.identities.update(tracks, embeddings, matches)
+        if self.unknowns is not None:
+            self.unknowns.observe(frame, msg.meta.frame_index, tracks, *kept, labels)
         if not tracks:
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
         names, statuses, similarities, shown_ids = [], [], [], []
@@ -240,6 +252,8 @@ class RecognizeStage:
         before = self.identities.counters
         self.identities.reset()
         self.identities.counters = before  # run totals for the closing log line
+        if self.unknowns is not None:
+            self.unknowns.reset()
         self._cuts = SceneCutDetector()
         log.info("source gap before frame %d: tracks and identities reset, ids go on after %d",
                  frame_index, self._id_offset)  # fmt: skip
@@ -262,6 +276,9 @@ class RecognizeStage:
         )  # fmt: skip
 
     def close(self) -> None:
+        if self.unknowns is not None:
+            self.unknowns.close()
+            self.unknowns = None
         if self.gallery is not None:
             self.gallery.close()
             self.gallery = None

@@ -25,6 +25,7 @@ from typing import TextIO
 import numpy as np
 
 from app.errors import UserError
+from app.integrations.events import EventFanout
 from app.pipeline.messages import TrackedFaces
 from app.vision.video_writer import CrashSafeVideoWriter
 
@@ -50,19 +51,25 @@ def _similarity(value: float) -> float | None:
 
 
 class EventsSink:
-    """Writes an event when a track's decided label (a name, or unknown) appears or changes."""
+    """Makes an event when a track's decided label (a name, or unknown) appears or changes: written to the
+    events file (when `path` is set) and handed to the integrations' fan-out (when given: MQTT, snapshots)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | None, fanout: EventFanout | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.fanout = fanout
         self._file: TextIO | None = None
         self._labels: dict[int, tuple[str, str | None]] = {}
         self.events = 0
 
     def open(self) -> None:
-        self._file = open_line_file(self.path, "events")
+        if self.path is not None:
+            self._file = open_line_file(self.path, "events")
+        if self.fanout is not None and self.fanout.snapshots is not None:
+            self.fanout.snapshots.open()
 
-    def write(self, faces: TrackedFaces) -> None:
-        assert self._file is not None
+    def write(self, faces: TrackedFaces, frame: np.ndarray | None = None) -> list[str]:
+        """Make this frame's events (`frame`: its pixels, for snapshots); their statuses."""
+        statuses: list[str] = []
         meta = faces.meta
         for i in range(len(faces)):
             status = faces.statuses[i]
@@ -82,8 +89,13 @@ class EventsSink:
                 "similarity": _similarity(faces.similarities[i]),
                 "box": _box(faces.boxes[i]),
             }
-            self._file.write(json.dumps(event) + "\n")
+            if self.fanout is not None:
+                self.fanout.publish(event, frame, faces)  # adds "snapshot" to the event when one is written
+            if self._file is not None:
+                self._file.write(json.dumps(event) + "\n")
             self.events += 1
+            statuses.append(status)
+        return statuses
 
     def close(self) -> None:
         if self._file is not None:

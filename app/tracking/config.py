@@ -82,7 +82,7 @@ class IdentityConfig:
     max_pending_embeddings: int = 8  # after that many, an undecided track falls back to refresh_interval
     refresh_interval: int = 45  # frames between re-embeddings of a track decided as a known person
     # An "unknown" decision is revisited sooner: it is often an enrolled person's first poor view (on the
-    # hamilton clip Lin's first embeddings score 0.41-0.43 against a 0.46 threshold); strangers are few, so
+    # hamilton clip Lin's first embeddings score 0.41-0.43 against a 0.46+ threshold); strangers are few, so
     # the cost stays small. 10 frames: Lin named on 107/129 large-face frames instead of 27, no false names.
     unknown_refresh_interval: int = 10
     min_embed_gap: int = 5  # a clearly better view is embedded at most this often
@@ -104,12 +104,16 @@ class IdentityConfig:
     match_margin: float = 0.03  # a match closer than this to a different person abstains (similarity units)
     confidence_band: float = 0.1  # votes just above threshold weigh less; full weight at threshold + band
     min_vote_strength: float = 0.25  # the weight factor of a vote exactly at threshold
+    # A pending track is named on one embedding of quality >= fast_quality scoring >= threshold +
+    # fast_margin (with the match_margin lead over anyone else): a clear view needs no second opinion.
+    fast_quality: float = 0.6
+    fast_margin: float = 0.06
     # -- memory --
     max_embeddings: int = 12  # embeddings kept per track for its aggregate (best quality first)
     relink_window: int = 300  # frames a vanished track is remembered (re-found id or re-linked by embedding)
     # Re-linking needs similarity >= threshold + relink_margin: "the same face moments ago", stricter than
     # "the same person". dlib on the demo: the same face back after 4 s 0.73; another photo of the same
-    # person 0.56-0.59; strangers <= 0.30 (threshold 0.46).
+    # person 0.56-0.59; strangers <= 0.30 (threshold 0.46-0.47).
     relink_margin: float = 0.2
     relink_attempts: int = 3  # a new track's first embeddings that are tried against vanished tracks
 

@@ -8,7 +8,7 @@ Per-frame API for the recognition stage (call both, once per frame, also on fram
     need = manager.select_for_embedding(tracks, frame_bgr)                # track ids to embed now
     by_id = {t.track_id: t for t in tracks}
     vectors = analyzer.embed(frame_bgr, np.stack([by_id[i].landmarks for i in need]))  # if need
-    found = gallery.search(vectors, k=2)                                  # best-first Match per person
+    found = gallery.search(manager.query_vectors(need, vectors), k=2)     # the tracks' templates
     labels = manager.update(
         tracks,
         embeddings=dict(zip(need, vectors)),
@@ -30,16 +30,28 @@ What happens inside:
   every `refresh_interval` frames (`unknown_refresh_interval` for a track decided unknown, since an
   early poor view of an enrolled person must not stick). Faces smaller than `min_face_size`, overlapping
   another track, or cut by the frame edge (less than `min_inside` of the box inside) are not embedded.
-  Quality = size term (box height / `reference_face_size`) x frontal term (nose offset from the eye-mouth
-  midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px grey crop /
-  `reference_sharpness`) x the fraction inside the frame, each in 0..1.
+  Quality (app.recognition.quality) = size term (box height / `reference_face_size`) x frontal term (nose
+  offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px
+  grey crop / `reference_sharpness`) x detector-score term x the fraction inside the frame, each in 0..1.
+  While a track is pending or unknown it is embedded every `pending_interval` frames for up to
+  `max_pending_embeddings` embeddings.
+- Templates (`query_vectors`): what is searched in the gallery is the track's template, the quality-weighted
+  mean of its kept embeddings with the new one folded in: averaging a track's views scores the right
+  person well above single frames (Lin-Manuel on the hamilton clip: frames 0.38-0.53, template 0.52-0.59).
+  A new embedding unlike the template (similarity below `threshold`: another face, e.g. after a swap at a
+  crossing or a scene cut) restarts it, and for a pending or unknown track drops its votes; a named track
+  keeps its template through one odd view and restarts only on a second odd view of the same face.
+  Searching the raw vectors still works: each embedding then votes on its own.
 - Votes (`update`): each embedding votes for the best gallery match if its similarity reaches `threshold`,
-  else for "unknown". A vote weighs its face quality times its strength (weaker just above threshold, full
-  at threshold + `confidence_band`); a match within `match_margin` of a different person abstains. Older
-  votes fade by `vote_decay` per new embedding. A track stays "pending" until one label has
-  `min_evidence` weight and leads the runner-up (another person or unknown) by `decision_margin`; a given
-  label changes only when another leads it by `switch_margin` (hysteresis). Below threshold is "unknown",
-  never the nearest enrolled person.
+  else for "unknown". A vote weighs its face quality (app.recognition.quality) times its strength (weaker
+  just above or just below threshold, full at `confidence_band` away); a match within `match_margin` of a
+  different person abstains, and so does a face that overlaps another track by `cross_iou` when its
+  embedding arrives. Older votes fade by `vote_decay` per new embedding. A track stays "pending" until one
+  label has `min_evidence` weight and leads the runner-up (another person or unknown) by
+  `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
+  `fast_margin` (a large frontal face well above threshold). An "unknown" track is named on the same
+  margin (a first naming); a given name changes only when another label leads it by `switch_margin`
+  (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
   under the same id, its label is still there (short occlusions). If a new track's first embedding is
   within `threshold + relink_margin` of a vanished track's aggregate embedding (quality-weighted mean,
@@ -56,10 +68,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import cv2
 import numpy as np
 
 from app.gallery.base import Match
+from app.recognition import quality as face_quality
 from app.tracking.config import IdentityConfig
 from app.tracking.matching import box_iou
 
@@ -67,7 +79,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["pending", "known", "unknown"]
 METRICS = ("cosine", "euclidean")
-SHARPNESS_CROP = 64  # px; the blur measure is taken at one scale so big and small faces compare
 
 
 class TrackView(Protocol):
@@ -117,6 +128,7 @@ class _Record:
     overlapped: bool = False
     contested: bool = False  # the latest vote disagreed with the given label: look again soon
     linked_from: int | None = None
+    odd_vector: np.ndarray | None = None  # latest embedding unlike the template of a named track
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -126,18 +138,8 @@ def _face_box(track: TrackView) -> np.ndarray:
 
 
 def geometric_quality(boxes: np.ndarray, landmarks: np.ndarray, config: IdentityConfig) -> np.ndarray:
-    """Size x frontal terms for (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-    size = np.clip((boxes[:, 3] - boxes[:, 1]) / config.reference_face_size, 0.0, 1.0)
-    left_eye, right_eye, nose, left_mouth, right_mouth = (points[:, i] for i in range(5))
-    axis = right_eye - left_eye
-    eye_distance = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
-    midline = (left_eye + right_eye + left_mouth + right_mouth) / 4
-    # Nose offset across the face, in eye distances: ~0 frontal, ~0.5 at a half profile.
-    yaw = np.abs(np.sum((nose - midline) * axis, axis=1)) / eye_distance**2
-    frontal = np.clip(1.0 - yaw / 0.5, 0.0, 1.0)
-    return size * (0.3 + 0.7 * frontal)
+    """Size x frontal terms, (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1 (recognition.quality)."""
+    return face_quality.geometric(boxes, landmarks, config.reference_face_size)
 
 
 def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
@@ -151,17 +153,8 @@ def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
 
 
 def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
-    """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1."""
-    height, width = frame_bgr.shape[:2]
-    x1, y1, x2, y2 = np.round(np.asarray(box, dtype=np.float64)).astype(int)
-    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-    if x2 - x1 < 2 or y2 - y1 < 2:
-        return 0.0
-    crop = frame_bgr[y1:y2, x1:x2]
-    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-    grey = cv2.resize(grey, (SHARPNESS_CROP, SHARPNESS_CROP), interpolation=cv2.INTER_AREA)
-    variance = float(cv2.Laplacian(grey, cv2.CV_64F).var())
-    return float(np.clip(variance / config.reference_sharpness, 0.0, 1.0))
+    """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1 (app.recognition.quality)."""
+    return face_quality.sharpness_term(frame_bgr, box, config.reference_sharpness)
 
 
 class TrackIdentities:
@@ -198,7 +191,9 @@ class TrackIdentities:
         max_overlap = overlap.max(axis=1)
         geometric = geometric_quality(boxes, np.stack([t.landmarks for t in usable]), cfg)
         inside = np.ones(len(usable)) if frame_bgr is None else inside_fraction(boxes, frame_bgr.shape[:2])
-        geometric *= inside
+        scores = np.array([float(getattr(t, "score", 1.0)) for t in usable])
+        detector = face_quality.detector_term(scores, face_quality.QualityConfig().detector_floor)
+        geometric *= inside * (0.5 + 0.5 * detector)
         selected = []
         for i, track in enumerate(usable):
             record = self._record(track.track_id, frame)
@@ -215,7 +210,7 @@ class TrackIdentities:
                 or since
                 >= (cfg.unknown_refresh_interval if record.status == "unknown" else cfg.refresh_interval)
                 or (
-                    (record.status == "pending" or record.contested)
+                    (record.status != "known" or record.contested)
                     and record.quick_left > 0
                     and since >= cfg.pending_interval
                 )
@@ -236,6 +231,25 @@ class TrackIdentities:
             selected.append(track.track_id)
         return selected
 
+    def query_vectors(self, track_ids: Sequence[int], vectors: np.ndarray) -> np.ndarray:
+        """What to search the gallery with for these new embeddings: each track's template with it folded in.
+
+        The template is the quality-weighted mean of the track's kept embeddings plus the new one; a new
+        embedding unlike the template (another person after a swap at a crossing) starts a fresh template, so
+        the query is the vector itself. Call between `select_for_embedding` and `update` of the same frame;
+        searching the raw vectors instead still works (each embedding then votes on its own).
+        """
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(track_ids), -1)
+        out = vectors.copy()
+        for row, track_id in enumerate(track_ids):
+            record = self._records.get(track_id)
+            if record is None:
+                continue
+            quality = self._selected_quality.get(track_id, 0.5)
+            template, _ = self._template_with(record, vectors[row], quality)
+            out[row] = template
+        return out
+
     # -- update ----------------------------------------------------------------------------------------
 
     def update(
@@ -252,9 +266,14 @@ class TrackIdentities:
             record = self._record(track.track_id, frame)
             record.last_seen = frame
             present[track.track_id] = record
+        crossing = self._overlapping(tracks, embeddings)
         for track_id, vector in embeddings.items():
             record = present.get(track_id) or self._record(track_id, frame)
             quality = self._selected_quality.pop(track_id, None)
+            if track_id in crossing:  # the face now overlaps another: which face was embedded is unsure
+                self.counters.embeddings += 1
+                record.overlapped = True
+                continue
             if quality is None:  # embedded without being selected: judge it by geometry alone
                 track = next((t for t in tracks if t.track_id == track_id), None)
                 quality = self._geometric(track) if track is not None else 0.5
@@ -290,6 +309,24 @@ class TrackIdentities:
             self.counters.tracks += 1
         return record
 
+    def _overlapping(self, tracks: Sequence[TrackView], embeddings: Mapping[int, np.ndarray]) -> set[int]:
+        """Ids of embedded tracks whose face overlaps another track's by cross_iou or more right now."""
+        if len(tracks) < 2 or not embeddings:
+            return set()
+        boxes = np.stack([_face_box(t) for t in tracks])
+        overlap = box_iou(boxes, boxes)
+        np.fill_diagonal(overlap, 0.0)
+        hit = overlap.max(axis=1) >= self.config.cross_iou
+        return {t.track_id for t, h in zip(tracks, hit, strict=True) if h and t.track_id in embeddings}
+
+    def _template_with(self, record: _Record, vector: np.ndarray, quality: float) -> tuple[np.ndarray, bool]:
+        """(template including `vector`, whether `vector` agrees with the track's template so far)."""
+        if not record.embeddings:
+            return vector, True
+        if self._similarity(vector, self._aggregate(record)[None])[0] < self.threshold:
+            return vector, False
+        return self._aggregate(record, extra=(quality, vector)), True
+
     def _geometric(self, track: TrackView) -> float:
         if track.landmarks is None:
             return 0.5
@@ -300,9 +337,10 @@ class TrackIdentities:
             return vectors
         return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
-    def _aggregate(self, record: _Record) -> np.ndarray:
-        weights = np.array([max(q, self.config.quality_floor) for q, _ in record.embeddings])
-        vectors = self._normalise(np.stack([v for _, v in record.embeddings]))
+    def _aggregate(self, record: _Record, extra: tuple[float, np.ndarray] | None = None) -> np.ndarray:
+        kept = record.embeddings if extra is None else [*record.embeddings, extra]
+        weights = np.array([max(q, self.config.quality_floor) for q, _ in kept])
+        vectors = self._normalise(np.stack([v for _, v in kept]))
         return self._normalise((weights[:, None] * vectors).sum(axis=0) / weights.sum())
 
     def _similarity(self, vector: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -319,7 +357,10 @@ class TrackIdentities:
         ranked = sorted(matches, key=lambda m: m.similarity, reverse=True)
         best = ranked[0]
         if best.similarity < self.threshold:
-            return None, float(best.similarity), weight
+            # Just below threshold is weak evidence of a stranger, as just above is weak evidence of a name.
+            below = (self.threshold - best.similarity) / max(cfg.confidence_band, 1e-9)
+            strength = float(np.clip(cfg.min_vote_strength + (1.0 - cfg.min_vote_strength) * below, 0.0, 1.0))
+            return None, float(best.similarity), weight * strength
         rival = next((m for m in ranked[1:] if m.name != best.name), None)
         if rival is not None and best.similarity - rival.similarity < cfg.match_margin:
             return best.name, float(best.similarity), 0.0  # two people equally close: no evidence
@@ -336,6 +377,30 @@ class TrackIdentities:
         record.last_embed = frame
         record.best_quality = max(record.best_quality, quality)
         record.overlapped = False
+        _, consistent = self._template_with(record, vector, quality)
+        keep = True  # whether this vector joins the template
+        if consistent:
+            record.odd_vector = None
+        elif record.status == "known" and (
+            record.odd_vector is None or self._similarity(vector, record.odd_vector[None])[0] < self.threshold
+        ):
+            # One odd view of a named track (half hidden at a crossing, turned): keep the template, look
+            # again soon; only a second odd view of the same face restarts it.
+            record.odd_vector = vector
+            record.contested = True
+            record.quick_left = cfg.max_pending_embeddings
+            keep = False
+        else:  # not the face the template was built from: start over
+            record.embeddings = []
+            record.odd_vector = None
+            record.quick_left = cfg.max_pending_embeddings
+            if record.status == "known":
+                record.contested = True  # a given name changes only on strong evidence (hysteresis)
+            else:  # nothing to keep: the evidence so far was about another face
+                record.status = "pending"
+                record.votes.clear()
+                record.similarity_sum.clear()
+                record.similarity_weight.clear()
         label, similarity, weight = self._vote(matches, quality)
         if (
             record.status == "pending"
@@ -343,7 +408,8 @@ class TrackIdentities:
             and record.embedded <= cfg.relink_attempts
         ):
             self._try_relink(record, vector, label)
-        record.embeddings.append((quality, vector))
+        if keep:
+            record.embeddings.append((quality, vector))
         self._trim_embeddings(record)
         for key in record.votes:
             record.votes[key] *= cfg.vote_decay
@@ -358,6 +424,16 @@ class TrackIdentities:
             if similarity is not None:
                 record.similarity_sum[label] = record.similarity_sum.get(label, 0.0) + weight * similarity
                 record.similarity_weight[label] = record.similarity_weight.get(label, 0.0) + weight
+        strong = (
+            label is not None
+            and weight > 0
+            and similarity is not None
+            and quality >= cfg.fast_quality
+            and similarity >= self.threshold + cfg.fast_margin
+        )
+        if strong and record.status == "pending":
+            self._give(record, label)  # a large frontal face well above threshold: no need to wait
+            return
         self._decide(record)
 
     def _trim_embeddings(self, record: _Record) -> None:
@@ -374,7 +450,8 @@ class TrackIdentities:
         best_label, best_weight = ranked[0]
         if best_weight < cfg.min_evidence:
             return
-        if record.status == "pending":
+        if record.status == "pending" or (record.status == "unknown" and best_label is not None):
+            # Naming an "unknown" track is a first naming, not a flip: the same margin as from pending.
             runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
             if best_weight - runner_up >= cfg.decision_margin:
                 self._give(record, best_label)

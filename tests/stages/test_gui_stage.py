@@ -213,3 +213,25 @@ def test_labels_and_colours():
     )
     for x, colour in ((10, KNOWN_BGR), (120, UNKNOWN_BGR), (60, PENDING_BGR)):
         assert tuple(int(v) for v in image[65, x]) == colour  # the left edge of each box
+
+
+def test_blur_unknown_hides_faces_not_known_in_what_is_shown():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, SHAPE, dtype=np.uint8)
+    rows = [(1, (10, 30, 60, 90), "known", "Ada", 0.6), (2, (90, 30, 140, 90), "unknown", None, 0.2)]
+    shown = {}
+    for blur in (False, True):
+        FakeWindow.instances.clear()
+        with ring_of(SHAPE) as (ring, handle):
+            stage = GuiStage(handle, show_window=True, window_factory=FakeWindow, blur_unknown=blur)
+            stage.setup()
+            stage.start(SOURCE)
+            ref = put_frame(ring, image, 0, fps=20.0)
+            assert ring.claim(ref.meta.slot, ref.meta.seq)
+            stage.process(faces(ref, rows))
+            stage.close()
+        shown[blur] = FakeWindow.instances[0].shown[0]
+    inside_unknown = (slice(45, 85), slice(95, 135))  # below the label, inside the box
+    inside_known = (slice(45, 85), slice(15, 55))
+    assert shown[True][inside_unknown].std() < shown[False][inside_unknown].std() / 2
+    assert np.array_equal(shown[True][inside_known], shown[False][inside_known])

@@ -7,3 +7,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SHARED_FACES = REPO.parent / "shared" / "data" / "faces"
 HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
+SHARED_IDENTITIES = (
+    REPO.parent / "shared" / "data" / "identities"
+)  # labelled photo sets, one folder per person

@@ -50,18 +50,67 @@ def test_enrolled_face_is_named_after_agreeing_evidence_and_then_embedded_rarely
     alice = unit(1)
     statuses, embedded_frames = [], []
     for frame in range(300):
-        need, labels = run(manager, [track(1)], lambda _: (alice, [Match("alice", 0.65), Match("bob", 0.3)]))
+        # Above threshold but not by fast_margin: one embedding is not enough evidence.
+        need, labels = run(manager, [track(1)], lambda _: (alice, [Match("alice", 0.45), Match("bob", 0.3)]))
         statuses.append(labels[1].status)
         if need:
             embedded_frames.append(frame)
-    assert statuses[0] == "pending"  # one embedding is not enough evidence
+    assert statuses[0] == "pending"
     first_known = statuses.index("known")
     assert 1 <= first_known <= 10
     assert set(statuses[first_known:]) == {"known"}
-    assert labels[1] == TrackLabel(1, "alice", pytest.approx(0.65), "known")
+    assert labels[1] == TrackLabel(1, "alice", pytest.approx(0.45), "known")
     assert manager.counters.embeddings == len(embedded_frames)
     assert len(embedded_frames) * 10 <= 300  # at least 10x fewer embeddings than faces
     assert embedded_frames[0] == 0  # embedded as soon as the track shows up
+
+
+def test_a_large_frontal_face_well_above_threshold_is_named_on_its_first_embedding():
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    _, labels = run(manager, [track(1)], lambda _: (unit(1), [Match("alice", 0.65), Match("bob", 0.3)]))
+    assert labels[1] == TrackLabel(1, "alice", pytest.approx(0.65), "known")
+
+
+def test_a_small_face_well_above_threshold_still_waits_for_a_second_opinion():
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    small = track(1, size=40.0)
+    _, labels = run(manager, [small], lambda _: (unit(1), [Match("alice", 0.65), Match("bob", 0.3)]))
+    assert labels[1].status == "pending"
+
+
+def test_a_face_overlapping_another_when_its_embedding_arrives_casts_no_vote():
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    a, b = track(1, x=100.0), track(2, x=400.0)
+    need = manager.select_for_embedding([a, b], None)
+    assert need == [1, 2]
+    b_now = track(2, x=110.0)  # by the time the vectors arrive the faces cross
+    labels = manager.update(
+        [a, b_now],
+        embeddings={1: unit(1), 2: unit(2)},
+        matches={1: [Match("alice", 0.65)], 2: [Match("bob", 0.65)]},
+    )
+    assert labels[1].status == labels[2].status == "pending"
+    assert manager.counters.embeddings == 2
+
+
+def test_the_query_is_the_tracks_template_and_a_different_face_restarts_it():
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    rng = np.random.default_rng(3)
+    base = unit(1)
+    views = [base + rng.normal(scale=0.02, size=base.size).astype(np.float32) for _ in range(3)]
+    t = track(1)
+    for view in views[:2]:
+        manager.select_for_embedding([t], None)
+        manager.update([t], {1: view}, {1: [Match("alice", 0.42)]})
+        for _ in range(2):  # frames between embeddings
+            manager.select_for_embedding([t], None)
+            manager.update([t], {}, {})
+    assert manager.select_for_embedding([t], None) == [1]
+    query = manager.query_vectors([1], views[2][None])[0]
+    # The template averages the views: closer to the person than the newest view alone.
+    assert np.linalg.norm(query - base) < np.linalg.norm(views[2] - base)
+    stranger = unit(7)
+    assert np.allclose(manager.query_vectors([1], stranger[None])[0], stranger)
 
 
 def test_a_stranger_below_threshold_stays_unknown_not_the_nearest_person():
@@ -205,7 +254,8 @@ def test_reset_forgets_everything():
         run(manager, [track(1)], lambda _: (unit(1), [Match("alice", 0.7)]))
     manager.reset()
     assert manager.counters.embeddings == 0 and manager.label(1) is None
-    _, labels = run(manager, [track(1)], lambda _: (unit(1), [Match("alice", 0.7)]))
+    # Just above threshold (no fast naming): one embedding after the reset is not enough.
+    _, labels = run(manager, [track(1)], lambda _: (unit(1), [Match("alice", 0.44)]))
     assert labels[1].status == "pending"
 
 
