@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="replace the gallery by a backup (even a damaged gallery)")
     restore.add_argument("dir", type=Path, metavar="DIR", help="a folder written by `backup`")
 
+    for sub in (verify, backup, restore):
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
     for sub in (add, list_, remove, identify, verify, backup, restore):
         _add_setting_options(sub)
     library_cli.extend_parsers(add, list_, remove)
@@ -265,24 +267,30 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from app.gallery.backup import verify_gallery
 
-    print(verify_gallery(settings).line())
-    return 0
+    report = verify_gallery(settings)
+    doc = {"gallery": report.where, "intact": True, "count": report.count, "persons": report.persons,
+           "checksum": report.checksum}  # fmt: skip
+    return library_cli.emit(args, doc, [report.line()])
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from app.gallery.backup import backup_gallery
 
     done = backup_gallery(settings, args.dir)
-    print(f"backed up {gallery_location(settings)} to {done.folder}: {done.describe()}")
-    return 0
+    doc = {"gallery": gallery_location(settings), "backup": str(done.folder), "count": done.count,
+           "persons": done.persons}  # fmt: skip
+    line = f"backed up {gallery_location(settings)} to {done.folder}: {done.describe()}"
+    return library_cli.emit(args, doc, [line])
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from app.gallery.backup import restore_gallery
 
     done = restore_gallery(settings, args.dir)
-    print(f"restored {gallery_location(settings)} from {done.folder}: {done.describe()}")
-    return 0
+    doc = {"gallery": gallery_location(settings), "backup": str(done.folder), "count": done.count,
+           "persons": done.persons}  # fmt: skip
+    line = f"restored {gallery_location(settings)} from {done.folder}: {done.describe()}"
+    return library_cli.emit(args, doc, [line])
 
 
 COMMANDS = {

@@ -103,6 +103,9 @@ class EdgeGallery(QdrantGalleryBase):
         self._shard_name = SHARD_DIR
         self._integrity: IntegrityRecord | None = None
         self._check = check
+        # False for stores written often from a running pipeline (kept unknown faces): changes then go
+        # in place through Qdrant's write-ahead log, without the copy and without an integrity record.
+        self.copy_on_write = True
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"gallery path {self.folder} is a file, not a folder: use another QDRANT_PATH")
         if self._record_path.exists() or (self.folder / SHARD_DIR).exists():
@@ -211,6 +214,9 @@ class EdgeGallery(QdrantGalleryBase):
         assert self.record is not None
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(self.folder)
+        if not self.copy_on_write and not fresh and self._shard is not None:
+            self._change_in_place(apply)
+            return
         if fresh:
             if self._shard is not None:
                 self._shard.close()
@@ -259,6 +265,17 @@ class EdgeGallery(QdrantGalleryBase):
             shutil.rmtree(previous, ignore_errors=True)
         if old is None:
             log.info("created gallery %s for %s", self.folder, self.record.model_id)
+
+    def _change_in_place(self, apply: Callable[[qe.EdgeShard], object]) -> None:
+        """The fast path of `copy_on_write` False: Qdrant's own write-ahead log, no copy. The integrity
+        record is dropped first (one atomic write), since an interrupted change would no longer match it."""
+        assert self.record is not None and self._shard is not None
+        if self._integrity is not None:
+            record = {**self.record.as_dict(), "format": FORMAT_VERSION, "engine": "qdrant-edge"}
+            write_json_atomically(self._record_path, {**record, "shard": self._shard_name})
+            self._integrity = None
+        apply(self._shard)
+        self._shard.flush()
 
     def replace_points(self, points: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
         """Make the gallery hold exactly `points` (id, vector, payload) and nothing else, in one commit."""

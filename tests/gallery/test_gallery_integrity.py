@@ -243,3 +243,20 @@ def test_a_gallery_of_the_first_format_opens_and_is_upgraded_by_its_next_change(
         json.loads((folder / "gallery.json").read_text())["format"] == 2 and not (folder / "shard").exists()
     )
     assert contents(tmp_path) == {"alice": [tuple([1.0] * 128)], "bob": [tuple([1.0] * 128)]}
+
+
+def test_in_place_changes_drop_the_integrity_record_and_a_copied_change_brings_it_back(tmp_path):
+    make_gallery(tmp_path)
+    record_path = folder_of(tmp_path) / "gallery.json"
+    shard = json.loads(record_path.read_text())["shard"]
+    with open_gallery(settings_in(tmp_path), DLIB) as gallery:
+        gallery.copy_on_write = False  # as the kept-unknowns store writes
+        gallery.add("carol", np.ones((2, 128), np.float32))
+        gallery.add("dave", np.ones((1, 128), np.float32))
+    record = json.loads(record_path.read_text())
+    assert "integrity" not in record and record["shard"] == shard  # no copy, no stale checksum
+    assert verify_gallery(settings_in(tmp_path)).checksum == "not recorded"
+    with open_gallery(settings_in(tmp_path), DLIB) as gallery:
+        gallery.add("erin", np.ones((1, 128), np.float32))
+    assert json.loads(record_path.read_text())["integrity"]["count"] == 9
+    assert verify_gallery(settings_in(tmp_path)).checksum == "ok"
