@@ -4,7 +4,6 @@ traceback, and a failed command leaves the gallery as it was."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import string
 import subprocess
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.config import ConfigError, Settings, env_name, legacy_env_name, load_settings
+from app.gallery import open_gallery
 from tests.test_enroll import MODELS, TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,13 +64,15 @@ def test_fuzzed_settings_load_or_fail_in_one_line(tmp_path, entries, overrides):
             assert lo <= value <= hi, f.name
 
 
-def gallery_state(folder: Path) -> dict[str, str]:
-    """Every file of the gallery folder (but the lock) and its sha256."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != ".lock"
-    }
+def gallery_state(folder: Path) -> tuple[str, dict[str, list[tuple[float, ...]]]]:
+    """What the gallery holds: its record (embedder, current shard, checksums) and every person's vectors.
+    Not the shard's bytes: Qdrant tidies its own files (journals, config) whenever a shard is opened."""
+    record = (folder / "faces" / "gallery.json").read_text()
+    gallery = open_gallery(Settings(qdrant_path=folder), None)
+    try:
+        return record, {name: sorted(map(tuple, gallery.vectors(name))) for name in gallery.list()}
+    finally:
+        gallery.close()
 
 
 @pytest.fixture(scope="module")
