@@ -6,6 +6,8 @@
 param([string]$Command = "main", [Parameter(ValueFromRemainingArguments = $true)][string[]]$Rest = @())
 $ErrorActionPreference = "Stop"
 Set-Location $PSScriptRoot
+# Flags with no command are the main job's: .\dev.ps1 --no-gui --max-frames 30
+if ($Command.StartsWith("-")) { $Rest = @($Command) + $Rest; $Command = "main" }
 
 $Python = if ($env:PYTHON) { $env:PYTHON } else { "python" }
 $PoetryVersion = "2.5.1"
@@ -67,7 +69,8 @@ switch ($Command) {
     }
     "main" {
         Setup
-        $Source = & $VenvPython -c "from app.config import load_settings, Settings; s = load_settings(); print(s.video_source if s.video_source != Settings.video_source else '')"
+        $Source = & $VenvPython -m app.config video-source
+        if ($LASTEXITCODE -ne 0) { exit 2 }
         if ($Source) {
             # As the original's dev script did: run against the camera or file named in .env.
             Invoke-Checked $VenvPython (@("-m", "app.main") + $Rest)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the project.
-#   ./dev.sh             install, fetch models, run the main job (VIDEO_SOURCE from .env, else the demo)
+#   ./dev.sh [ARGS]      install, fetch models, run the main job (VIDEO_SOURCE from .env, else the demo);
+#                        ARGS starting with - go to the pipeline (e.g. ./dev.sh --no-gui --max-frames 30)
 #   ./dev.sh test [ARGS] install, fetch models, lint, run the tests (ARGS go to pytest)
 #   ./dev.sh setup       install and fetch models only
 #   ./dev.sh run [ARGS]  run the pipeline: python -m app.main ARGS
@@ -38,7 +39,10 @@ setup() {
 }
 
 cmd=${1:-main}
-[ $# -gt 0 ] && shift
+case "$cmd" in
+    -*) cmd=main ;;  # flags for the main job
+    *) if [ $# -gt 0 ]; then shift; fi ;;
+esac
 case "$cmd" in
     setup) setup ;;
     test)
@@ -61,7 +65,7 @@ case "$cmd" in
         ;;
     main)
         setup
-        video_source=$(.venv/bin/python -c 'from app.config import load_settings, Settings; s = load_settings(); print(s.video_source if s.video_source != Settings.video_source else "")')
+        video_source=$(.venv/bin/python -m app.config video-source) || exit 2
         if [ -n "$video_source" ]; then
             # As the original's dev script did: run against the camera or file named in .env.
             exec .venv/bin/python -m app.main "$@"

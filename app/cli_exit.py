@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from app.errors import UserError
 
@@ -22,3 +24,12 @@ def run_cli(command: Callable[[], int], interrupted_message: str = "error: inter
     except KeyboardInterrupt:
         print(interrupted_message, file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, `error: ... (see PROG --help)`, and exit 2, like every other
+    bad input (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

@@ -1,13 +1,20 @@
 """One validated settings object, read from defaults < `.env` < environment < CLI flags.
 
-Every setting has an environment name (the field name in upper case) documented in `.env.example`.
-Bad values raise `ConfigError` with one line naming the setting, the value and what is accepted.
+Every setting has an environment name, `FACEPIPE_` + the field name in upper case, documented in
+`.env.example` (regenerate it with `python -m app.config > .env.example`). The prefix keeps unrelated
+variables (`OUTPUT`, `GUI`, `THREADS`...) from changing a run. The original project's documented names
+`VIDEO_SOURCE`, `QDRANT_HOST` and `QDRANT_PORT` are read without the prefix too; every other unprefixed
+name is still read for one release, with a warning. An unknown key in `.env` is an error naming the
+closest valid key. Bad values raise `ConfigError` with one line naming the setting, the value and what is
+accepted; every numeric setting has a lower and an upper bound.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,9 @@ from app.url_masking import mask_url
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 EMBEDDER_KINDS = ("auto", "dlib", "arcface")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENV_PREFIX = "FACEPIPE_"
+# The original project documented these names; they keep working without the prefix and without a warning.
+UNPREFIXED_NAMES = ("video_source", "qdrant_host", "qdrant_port")
 
 
 class ConfigError(UserError):
@@ -54,7 +64,8 @@ class Settings:
         metadata=_meta("Inference backend: onnxruntime, torch or tensorrt", choices=BACKENDS),
     )
     det_size: int = field(
-        default=640, metadata=_meta("Detector input side in pixels (frames are letterboxed)", lo=32)
+        default=640,
+        metadata=_meta("Detector input side in pixels (frames are letterboxed)", lo=32, hi=4096),
     )
     det_threshold: float = field(
         default=0.6, metadata=_meta("Minimum detector score for a face", lo=0.0, hi=1.0)
@@ -79,7 +90,7 @@ class Settings:
     qdrant_https: bool = field(default=False, metadata=_meta("Use https for the Qdrant server"))
     qdrant_collection: str = field(default="faces", metadata=_meta("Qdrant collection name"))
     fps_target: float = field(
-        default=0.0, metadata=_meta("Playback FPS for files; 0 = the file's own FPS", lo=0.0)
+        default=0.0, metadata=_meta("Playback FPS for files; 0 = the file's own FPS", lo=0.0, hi=1000.0)
     )
     max_speed: bool = field(default=False, metadata=_meta("Read files as fast as the pipeline goes"))
     gui: bool = field(default=True, metadata=_meta("Show the OpenCV window"))
@@ -88,14 +99,16 @@ class Settings:
     tracks_out: Path | None = field(
         default=None, metadata=_meta("Write per-frame faces here: .jsonl, or .csv for MOTChallenge")
     )
-    threads: int = field(default=0, metadata=_meta("Threads per ONNX Runtime session; 0 = automatic", lo=0))
+    threads: int = field(
+        default=0, metadata=_meta("Threads per ONNX Runtime session; 0 = automatic", lo=0, hi=256)
+    )
     log_level: str = field(default="WARNING", metadata=_meta("Log level", choices=LOG_LEVELS))
     ring_slots: int = field(default=8, metadata=_meta("Frame slots in the shared-memory ring", lo=3, hi=256))
     track_high_thresh: float = field(
         default=0.6, metadata=_meta("Tracker: detections above this start/extend tracks", lo=0.0, hi=1.0)
     )
     track_buffer: int = field(
-        default=30, metadata=_meta("Tracker: frames (at 30 FPS) a lost track is kept", lo=1)
+        default=30, metadata=_meta("Tracker: frames (at 30 FPS) a lost track is kept", lo=1, hi=9000)
     )
     track_match_thresh: float = field(
         default=0.8, metadata=_meta("Tracker: IoU-distance gate of the first association", lo=0.0, hi=1.0)
@@ -194,6 +207,11 @@ class Settings:
         ),
     )
 
+    # Output safety
+    overwrite: bool = field(
+        default=False, metadata=_meta("Replace output files that exist already (else the run refuses)")
+    )
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -216,7 +234,46 @@ class Settings:
 
 
 def env_name(field_name: str) -> str:
+    """The environment / `.env` name of a setting: FACEPIPE_DET_SIZE for det_size."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def legacy_env_name(field_name: str) -> str:
+    """The unprefixed name of earlier releases: DET_SIZE for det_size."""
     return field_name.upper()
+
+
+_warned: set[str] = set()
+
+
+def _warn_legacy(key: str, field_name: str, where: str) -> None:
+    if field_name in UNPREFIXED_NAMES or key in _warned:
+        return
+    _warned.add(key)
+    print(
+        f"warning: {where} {key} is an old setting name, read for one more release: rename it "
+        f"{env_name(field_name)}",
+        file=sys.stderr,
+    )
+
+
+def _field_for_key(key: str, names: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(field name, whether the key is an unprefixed legacy name) of a `.env`/environment key."""
+    upper = key.strip().upper()
+    if upper.startswith(ENV_PREFIX) and upper[len(ENV_PREFIX) :].lower() in names:
+        return upper[len(ENV_PREFIX) :].lower(), False
+    if upper.lower() in names:
+        return upper.lower(), True
+    return None, False
+
+
+def closest_setting(key: str) -> str | None:
+    """The valid environment name nearest to a misspelt `key`, or None when nothing is close."""
+    valid = [env_name(f.name) for f in dataclasses.fields(Settings)]
+    upper = key.strip().upper()
+    wanted = upper if upper.startswith(ENV_PREFIX) else ENV_PREFIX + upper
+    found = difflib.get_close_matches(wanted, valid, n=1, cutoff=0.75)
+    return found[0] if found else None
 
 
 def _parse_bool(text: str) -> bool:
@@ -233,7 +290,9 @@ def _parser_for(annotation: str) -> Callable[[str], Any]:
     return {"int": int, "float": float, "bool": _parse_bool, "Path": Path, "str": str}[base]
 
 
-def _convert(f: dataclasses.Field, raw: Any, origin: str) -> Any:
+def _convert(f: dataclasses.Field, raw: Any, origin: str, key: str | None = None) -> Any:
+    """`raw` as the field's type, validated; messages name the setting as the user wrote it (`key`)."""
+    shown = key or env_name(f.name)
     optional = "None" in str(f.type)
     if isinstance(raw, str):
         text = raw.strip()
@@ -242,30 +301,35 @@ def _convert(f: dataclasses.Field, raw: Any, origin: str) -> Any:
         except ValueError as exc:
             kind = str(f.type).replace(" | None", "")
             raise ConfigError(
-                f"{origin} {env_name(f.name)}={raw!r} is not a valid {kind} ({exc}); fix it in .env, "
-                "the environment or the command line"
+                f"{origin} {shown}={raw!r} is not a valid {kind} ({_one_line(exc)}); fix it in "
+                ".env, the environment or the command line"
             ) from None
     else:
         value = raw
         if value is None and not optional:
-            raise ConfigError(f"{origin} {env_name(f.name)} must not be empty")
+            raise ConfigError(f"{origin} {shown} must not be empty")
         if isinstance(value, str) and str(f.type).startswith("Path"):
             value = Path(value)
-    _validate(f, value, origin)
+    _validate(f, value, origin, shown)
     return value
 
 
-def _validate(f: dataclasses.Field, value: Any, origin: str) -> None:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
     if value is None:
         return
     meta = f.metadata
-    name = env_name(f.name)
     choices = meta.get("choices")
     if choices is not None:
         if f.name == "log_level":
             value = str(value).upper()
         if value not in choices:
             raise ConfigError(f"{origin} {name}={value!r} is not one of: {', '.join(choices)}")
+    if isinstance(value, float) and value != value:  # NaN passes every comparison
+        raise ConfigError(f"{origin} {name}={value!r} is not a number")
     problem = range_problem(f, value)
     if problem is not None:
         raise ConfigError(f"{origin} {name}={value!r} {problem}")
@@ -287,15 +351,26 @@ def load_settings(
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
     if env_file is not None and env_file.is_file():
-        for key, raw in dotenv_values(env_file).items():
-            name = key.lower()
-            if name in fields and raw is not None and raw.strip():
-                values[name] = _convert(fields[name], raw, f"{env_file}:")
+        for key, raw in _read_env_file(env_file).items():
+            name, legacy = _field_for_key(key, fields)
+            if name is None:
+                hint = closest_setting(key)
+                fix = f"did you mean {hint}?" if hint else "see .env.example for the valid names"
+                raise ConfigError(f"{env_file}: unknown setting {key!r}: {fix}")
+            if legacy:
+                _warn_legacy(key, name, f"{env_file}:")
+            if raw is not None and raw.strip():
+                values[name] = _convert(fields[name], raw, f"{env_file}:", key.strip())
     for name, f in fields.items():
-        raw = os.environ.get(env_name(name))
+        key = env_name(name)
+        raw = os.environ.get(key)
+        if raw is None and os.environ.get(legacy_env_name(name), "").strip():
+            key = legacy_env_name(name)
+            raw = os.environ[key]
+            _warn_legacy(key, name, "environment variable")
         # An empty variable means "use the default", as an empty line in .env does.
         if raw is not None and raw.strip():
-            values[name] = _convert(f, raw, "environment")
+            values[name] = _convert(f, raw, "environment", key)
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue
@@ -307,6 +382,13 @@ def load_settings(
     return Settings(**values)
 
 
+def _read_env_file(path: Path) -> dict[str, str | None]:
+    try:
+        return dict(dotenv_values(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read settings file {path} ({_one_line(exc)}): fix or remove it") from None
+
+
 def describe_settings() -> list[tuple[str, str, str]]:
     """(ENV_NAME, default, help) for every setting: the source of `.env.example`."""
     rows = []
@@ -315,3 +397,43 @@ def describe_settings() -> list[tuple[str, str, str]]:
         shown = "" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         rows.append((env_name(f.name), shown, f.metadata["help"]))
     return rows
+
+
+ENV_EXAMPLE_HEADER = """\
+# Settings of the face recognition pipeline. Copy to .env and edit; environment variables override .env,
+# and command-line flags override both. Empty means the default shown in the comment.
+# Generated by `python -m app.config > .env.example`. Names carry the FACEPIPE_ prefix; VIDEO_SOURCE,
+# QDRANT_HOST and QDRANT_PORT are also read without it.
+"""
+
+
+def env_example_text() -> str:
+    """The text of `.env.example`: every setting with its help and default."""
+    parts = [ENV_EXAMPLE_HEADER]
+    for name, default, help_text in describe_settings():
+        # The source is the one setting shown filled in, so a copied .env runs the demo video as before.
+        value = default if name == env_name("video_source") else ""
+        parts.append(f"\n# {help_text} (default: {default or 'empty'})\n{name}={value}\n")
+    return "".join(parts)
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m app.config` prints `.env.example`; `python -m app.config video-source` prints the source
+    set in `.env` or the environment (empty when it is the default), for dev.sh's choice of the main job."""
+    from app.cli_exit import run_cli
+
+    def command() -> int:
+        if argv == ["video-source"]:
+            source = load_settings().video_source
+            print(source if source != Settings.video_source else "")
+        elif not argv:
+            sys.stdout.write(env_example_text())
+        else:
+            raise ConfigError(f"unknown arguments {' '.join(argv)!r}: use no argument or video-source")
+        return 0
+
+    return run_cli(command)
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

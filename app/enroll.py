@@ -4,6 +4,9 @@
     python -m app.enroll list [--json]
     python -m app.enroll remove NAME
     python -m app.enroll identify IMAGE... [--json] [--output annotated.jpg]
+    python -m app.enroll verify                    read every embedding back; names a damaged part
+    python -m app.enroll backup DIR                a verified copy of the gallery in the new folder DIR
+    python -m app.enroll restore DIR               replace the gallery by the backup in DIR
     python -m app.enroll unknowns list|show|name|forget ...   review the unknown faces runs kept
     python -m app.enroll show|rename|export|import ...         manage the face library
 (the library commands live in app.recognition.library_cli)
@@ -23,10 +26,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli_exit import run_cli
+from app.cli_exit import OneLineArgumentParser, run_cli
 from app.config import Settings, load_settings
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
+from app.gallery.base import check_name
 from app.recognition import library_cli
 
 if TYPE_CHECKING:
@@ -66,7 +70,7 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m app.enroll", description="Enroll, list, remove and identify faces in the gallery."
     )
     _add_setting_options(parser)
@@ -88,8 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument(
         "--output", type=Path, help="write an annotated copy here (several images: NAME-<image>.jpg)"
     )
+    identify.add_argument("--overwrite", action="store_true", help="replace --output files that exist")
 
-    for sub in (add, list_, remove, identify):
+    verify = commands.add_parser("verify", help="check every embedding of the gallery (exit 2 if damaged)")
+    backup = commands.add_parser("backup", help="write a verified copy of the gallery to a new folder")
+    backup.add_argument(
+        "dir", type=Path, metavar="DIR", help="a folder that does not exist yet (or is empty)"
+    )
+    restore = commands.add_parser("restore", help="replace the gallery by a backup (even a damaged gallery)")
+    restore.add_argument("dir", type=Path, metavar="DIR", help="a folder written by `backup`")
+
+    for sub in (verify, backup, restore):
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
+    for sub in (add, list_, remove, identify, verify, backup, restore):
         _add_setting_options(sub)
     library_cli.extend_parsers(add, list_, remove)
     COMMANDS.update(library_cli.register(commands, _add_setting_options))
@@ -113,15 +128,14 @@ def _analyzer(settings: Settings) -> FaceAnalyzer:
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.enrollment import collect_images, enroll, enrollment_notes
 
+    check_name(args.name)  # before anything loads, for every form of add
     if args.video is not None:
         return library_cli.cmd_add_video(args, settings)
     if not args.paths:
         raise UserError("add needs images or folders, or --video FILE")
     if args.json:
         return library_cli.cmd_add_json(args, settings, _analyzer)
-    library_cli.person_name(args.name)
-
-    collect_images(args.paths)  # a missing path fails before the models load
+    collect_images(args.paths)  # a bad name or a missing path fails before the models load
     analyzer = _analyzer(settings)
     with closing(open_gallery(settings, analyzer.spec)) as gallery:
         result = enroll(analyzer, gallery, args.name, args.paths)
@@ -169,6 +183,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    check_name(args.name)
     if args.embedding is not None:
         return library_cli.cmd_remove_embedding(args, settings)
     if args.json:
@@ -197,7 +212,13 @@ def _update_discovery(settings: Settings, added: list[str], removed: list[str]) 
 def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.enrollment import collect_images, identify_paths
 
-    collect_images(args.images)
+    images = collect_images(args.images)
+    if args.output is not None:  # never over an input image or another output, before the models load
+        from app.output_paths import check_output_paths
+        from app.recognition.enrollment import annotated_output_paths
+
+        outputs = annotated_output_paths(args.output, images)
+        check_output_paths([("image", p) for p in images], [("--output", o) for o in outputs], args.overwrite)
     analyzer = _analyzer(settings)
     threshold = analyzer.spec.threshold
     with closing(open_gallery(settings, analyzer.spec)) as gallery:
@@ -243,7 +264,44 @@ def cmd_identify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"add": cmd_add, "list": cmd_list, "remove": cmd_remove, "identify": cmd_identify}
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from app.gallery.backup import verify_gallery
+
+    report = verify_gallery(settings)
+    doc = {"gallery": report.where, "intact": True, "count": report.count, "persons": report.persons,
+           "checksum": report.checksum}  # fmt: skip
+    return library_cli.emit(args, doc, [report.line()])
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from app.gallery.backup import backup_gallery
+
+    done = backup_gallery(settings, args.dir)
+    doc = {"gallery": gallery_location(settings), "backup": str(done.folder), "count": done.count,
+           "persons": done.persons}  # fmt: skip
+    line = f"backed up {gallery_location(settings)} to {done.folder}: {done.describe()}"
+    return library_cli.emit(args, doc, [line])
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from app.gallery.backup import restore_gallery
+
+    done = restore_gallery(settings, args.dir)
+    doc = {"gallery": gallery_location(settings), "backup": str(done.folder), "count": done.count,
+           "persons": done.persons}  # fmt: skip
+    line = f"restored {gallery_location(settings)} from {done.folder}: {done.describe()}"
+    return library_cli.emit(args, doc, [line])
+
+
+COMMANDS = {
+    "add": cmd_add,
+    "list": cmd_list,
+    "remove": cmd_remove,
+    "identify": cmd_identify,
+    "verify": cmd_verify,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ Flags override the environment and `.env` (see `.env.example`); every flag maps 
 contract: logs and the final "stopped: <reason>" line go to stderr; the LAST line of stdout is the run's
 JSON summary (frames, dropped, fps, latency_ms per stage and end_to_end, stop_reason). Exit codes: 0 for an
 orderly end (end of file, window closed), 1 when a stage failed or died, 2 for bad input or setup
-(`error: ...`, one line), 130 for Ctrl-C, 143 for SIGTERM.
+(`error: ...`, one line), 130 for Ctrl-C, 143 for SIGTERM. Outputs that exist are refused unless --overwrite
+is given; an output naming an input or another output is always refused.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ SWITCHES: dict[str, tuple[str, object, str]] = {
     "--no-gui": ("gui", False, "no window (headless)"),
     "--max-speed": ("max_speed", True, "read files as fast as the pipeline goes"),
     "--qdrant-https": ("qdrant_https", True, "use https for the Qdrant server"),
+    "--overwrite": ("overwrite", True, "replace output files that exist (else the run refuses them)"),
 }
 
 
@@ -117,17 +119,42 @@ def preflight(settings: Settings, source_flags: Sequence[str] | None = None) -> 
     from app.stages.gui import gui_unavailable_reason
 
     cameras = resolve_cameras(settings, source_flags)
+    source_files: list[Path] = []
     for camera in cameras:
         try:
-            parse_source(camera.source)
+            source = parse_source(camera.source)
         except UserError as exc:
             if len(cameras) == 1:
                 raise
             raise UserError(f"camera {camera.name!r}: {exc}") from None
+        if source.kind == "file":
+            source_files.append(Path(str(source.target)))
+    check_run_outputs(settings, source_files, [camera.name for camera in cameras])
     if settings.gui:
         reason = gui_unavailable_reason()
         if reason is not None:
             raise UserError(reason)
+
+
+def check_run_outputs(
+    settings: Settings, source_files: Sequence[Path], cameras: Sequence[str] = ("default",)
+) -> None:
+    """Outputs never over an input (the videos, the models) or each other; the video's format is known.
+
+    With several cameras `--output` is a folder of one NAME.mp4 per camera: each of those is checked."""
+    from app.output_paths import check_output_paths
+    from app.stages.gui import video_paths
+    from app.vision.video_writer import check_video_path
+
+    inputs = [("--source", path) for path in source_files]
+    inputs += [("--detector", settings.detector_model), ("--embedder-model", settings.embedder_model)]
+    videos = video_paths(settings.output, list(cameras)) if settings.output is not None else []
+    named = [("--output", path) for path in videos]
+    named += [("--events", settings.events), ("--tracks-out", settings.tracks_out)]
+    outputs = [(flag, path) for flag, path in named if path is not None]
+    check_output_paths(inputs, outputs, overwrite=settings.overwrite)
+    for path in videos:
+        check_video_path(path)
 
 
 def _run(args: argparse.Namespace) -> int:

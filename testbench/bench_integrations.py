@@ -53,8 +53,8 @@ def main() -> None:
             for kind in KINDS:
                 env = {}
                 if kind != "plain":
-                    env = {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(broker.port),
-                           "METRICS_PORT": str(free_port())}  # fmt: skip
+                    env = {"FACEPIPE_MQTT_HOST": "127.0.0.1", "FACEPIPE_MQTT_PORT": str(broker.port),
+                           "FACEPIPE_METRICS_PORT": str(free_port())}  # fmt: skip
                 runs[kind].append(run_once(args, env))
                 print(kind, runs[kind][-1], flush=True)
     medians = {kind: round(statistics.median(r["fps"] for r in runs[kind]), 2) for kind in KINDS}

@@ -71,7 +71,7 @@ def pipeline(video: Path, gallery: Path, tracks: Path | None, keep: bool = True)
     cmd = [PY, "-m", "app.main", "--source", str(video), "--no-gui", "--max-speed", "--gallery", str(gallery)]
     if tracks is not None:
         cmd += ["--tracks-out", str(tracks)]
-    out = run(cmd, {"KEEP_UNKNOWN": "true" if keep else "false"})
+    out = run(cmd, {"FACEPIPE_KEEP_UNKNOWN": "true" if keep else "false"})
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -210,7 +210,9 @@ def pipeline_argv(args: argparse.Namespace, url: str, work: Path) -> list[str]:
     return [
         "--source", url, "--no-gui", "--fps-target", str(args.fps_target), "--gallery", str(work / "gallery"),
         "--env-file", str(work / "none.env"), "--tracks-out", str(work / "tracks.jsonl"),
-        "--events", str(work / "events.jsonl"), "--log-level", "INFO", *args.pipeline_args,
+        "--events", str(work / "events.jsonl"), "--log-level", "INFO",
+        "--overwrite",  # every cycle writes the same scratch files
+        *args.pipeline_args,
     ]  # fmt: skip
 
 

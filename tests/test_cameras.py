@@ -141,7 +141,7 @@ TABLE_ERRORS = [
     ),
     (
         '[[camera]]\nname = "door"\nsource = "a.mp4"\nfps_target = -2\n',
-        DOOR + "fps_target = -2 is out of range: it must be at least 0.0",
+        DOOR + "fps_target = -2 is out of range: it must be between 0.0 and 1000.0",
     ),
     (
         '[[camera]]\nname = "door"\nsource = "a.mp4"\nfps_target = true\n',
@@ -305,7 +305,7 @@ def test_flags_win_over_the_cameras_file_which_wins_over_video_source(in_tmp):
 
 def test_cameras_file_comes_from_the_environment_or_the_cli(in_tmp, monkeypatch):
     write(in_tmp, '[[camera]]\nname = "door"\nsource = "file.mp4"\n')
-    monkeypatch.setenv("CAMERAS_FILE", "cameras.toml")
+    monkeypatch.setenv("FACEPIPE_CAMERAS_FILE", "cameras.toml")
     settings = load_settings(env_file=None)
     assert settings.cameras_file == Path("cameras.toml")
     assert [c.name for c in resolve_cameras(settings)] == ["door"]
@@ -321,6 +321,6 @@ def test_all_cameras_disabled_is_an_error(in_tmp):
 
 def test_min_face_setting_is_bounded(monkeypatch):
     assert load_settings(env_file=None).min_face == 0
-    monkeypatch.setenv("MIN_FACE", "-1")
+    monkeypatch.setenv("FACEPIPE_MIN_FACE", "-1")
     with pytest.raises(ConfigError, match=r"MIN_FACE=-1 is out of range: it must be between 0 and 4096"):
         load_settings(env_file=None)

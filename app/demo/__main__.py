@@ -54,11 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     sets = commands.add_parser("sets", help="print the demo enrollment and video photo sets as JSON")
     sets.add_argument("--images", type=Path, default=DEMO_IMAGES_DIR)
-    run = commands.add_parser(
-        "run", help="enroll the demo people, make the demo video and run the pipeline on it (README main job)"
+    commands.add_parser(
+        "run",
+        help="enroll the demo people, make the demo video and run the pipeline on it (README main job); "
+        "other flags (e.g. --no-gui --max-frames 30) go to python -m app.main",
     )
-    run.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="extra flags for python -m app.main")
     return parser
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The demo's arguments; for `run`, every flag it does not know goes to the pipeline as `pipeline_args`
+    (a leading `--` is dropped). argparse's REMAINDER would refuse flags right after `run`."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "run":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+    args.pipeline_args = extra[1:] if extra[:1] == ["--"] else extra
+    return args
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
@@ -121,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_arguments(argv)
     return run_cli(lambda: _run(args))
 
 

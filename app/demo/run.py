@@ -9,6 +9,7 @@ its window; without one it runs headless, writes the annotated video and prints 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,10 +52,24 @@ def prepare_demo(video: Path = DEMO_VIDEO, gallery_dir: Path = DEMO_GALLERY) -> 
 
 def demo_arguments(extra: Sequence[str], headless: bool) -> list[str]:
     """Pipeline flags for the demo; the user's extra flags come last so they win."""
+    # --overwrite: the demo's own outputs are replaced on every run
     args = ["--source", str(DEMO_VIDEO), "--gallery", str(DEMO_GALLERY), "--events", str(DEMO_EVENTS)]
+    args.append("--overwrite")
     if headless:
         args += ["--no-gui", "--output", str(DEMO_OUTPUT)]
     return args + list(extra)
+
+
+def closing_note(gallery_dir: Path = DEMO_GALLERY) -> str:
+    """Where the demo's people are and how to run on your own video: the demo's gallery is not the one
+    `python -m app.main` uses by default."""
+    shown = gallery_dir.relative_to(REPO_ROOT) if gallery_dir.is_relative_to(REPO_ROOT) else gallery_dir
+    default_gallery = load_settings(env_file=None).qdrant_path
+    return (
+        f"demo: its people are in the demo gallery {shown} (python -m app.enroll --gallery {shown} list); "
+        f"your own run uses {default_gallery}: python -m app.enroll add NAME PHOTO..., then "
+        "python -m app.main --source YOUR_VIDEO"
+    )
 
 
 def run_demo(extra: Sequence[str] = ()) -> int:
@@ -64,4 +79,7 @@ def run_demo(extra: Sequence[str] = ()) -> int:
     headless = "--no-gui" in extra or gui_unavailable_reason() is not None
     if headless:
         print(f"demo: no window here; writing {DEMO_OUTPUT.relative_to(REPO_ROOT)} and the summary")
-    return pipeline_main(demo_arguments(extra, headless))
+    code = pipeline_main(demo_arguments(extra, headless))
+    # stderr: the last line of stdout stays the pipeline's JSON summary
+    print(closing_note(), file=sys.stderr)
+    return code

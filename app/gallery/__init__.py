@@ -2,9 +2,11 @@
 
 from app.gallery.base import Gallery, GalleryInfo, GalleryInUseError, GalleryMismatchError, Match
 from app.gallery.factory import gallery_location, open_gallery
+from app.gallery.integrity import GalleryDamagedError
 
 __all__ = [
     "Gallery",
+    "GalleryDamagedError",
     "GalleryInUseError",
     "GalleryInfo",
     "GalleryMismatchError",

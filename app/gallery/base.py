@@ -8,6 +8,7 @@ in the embedder spec's similarity units (higher = more alike).
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -19,6 +20,13 @@ from typing import Any, Protocol, Self, runtime_checkable
 import numpy as np
 
 from app.errors import UserError
+from app.gallery.integrity import (
+    GalleryDamagedError,
+    IntegrityRecord,
+    VerifyReport,
+    check_vector_values,
+    damaged,
+)
 
 METRICS = ("euclidean", "cosine")
 RESERVED_PAYLOAD_KEYS = ("name", "added")
@@ -145,11 +153,32 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+MAX_NAME_LENGTH = 200
+# control, format, surrogate, private-use and unassigned characters
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
 def check_name(name: str) -> str:
+    """The one validation of a person's name, for every command that takes one: non-empty, no surrounding
+    spaces, at most MAX_NAME_LENGTH characters, and no control, format, unassigned or line/paragraph
+    separator characters (a newline or a terminal escape code would break listings and logs)."""
     if not isinstance(name, str) or not name.strip():
         raise UserError("a person's name must be a non-empty string")
+    bad = next(
+        (ch for ch in name if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")),
+        None,
+    )
+    if bad is not None:
+        raise UserError(
+            f"name {name!r} contains control characters (U+{ord(bad):04X}): use letters, digits, spaces "
+            "and punctuation"
+        )
     if name != name.strip():
         raise UserError(f"name {name!r} has leading or trailing spaces: remove them")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UserError(
+            f"name {name[:40]!r}... is {len(name)} characters long: use at most {MAX_NAME_LENGTH}"
+        )
     return name
 
 
@@ -232,6 +261,13 @@ def search_per_person(
         pending = short
         limit = min(total, limit * 4)
     return results
+
+
+def _detail(exc: GalleryDamagedError) -> str:
+    """The engine's words inside a damaged-gallery message: what is between its first ' (' and '); '."""
+    text = str(exc)
+    start, end = text.find(" ("), text.rfind("); ")
+    return text[start + 2 : end] if 0 <= start < end else text
 
 
 class QdrantGalleryBase(ABC):
@@ -396,6 +432,40 @@ class QdrantGalleryBase(ABC):
     def _delete_ids(self, ids: Sequence[str]) -> None:
         """Delete points by id in one write (an engine primitive; both engines have it)."""
         raise NotImplementedError
+
+    def _recorded_integrity(self) -> IntegrityRecord | None:
+        """The checksum recorded with the last change, where the engine keeps one."""
+        return None
+
+    def verify(self) -> VerifyReport:
+        """Read every payload and every vector back; GalleryDamagedError names the part that fails."""
+        record = self._require_record()
+        where = self._location
+        try:
+            with self._engine_errors("read the names of"):
+                named = list(self.points(with_vectors=False))
+        except GalleryDamagedError as exc:
+            raise damaged(where, "payload storage (names)", _detail(exc)) from None
+        nameless = sum(1 for _, payload, _ in named if not isinstance((payload or {}).get("name"), str))
+        if nameless:
+            raise damaged(where, "payload storage (names)", f"{nameless} embedding(s) have no name")
+        try:
+            with self._engine_errors("read the vectors of"):
+                every = list(self.points(with_vectors=True))
+        except GalleryDamagedError as exc:
+            raise damaged(where, "vector storage", _detail(exc)) from None
+        check_vector_values(every, record.dim, where)
+        with self._engine_errors("count"):
+            counted = self._count()
+        if counted != len(every):
+            raise damaged(where, "point count", f"{counted} counted, {len(every)} read")
+        recorded = self._recorded_integrity()
+        if recorded is not None:
+            recorded.check_count(len(every), where)
+            if IntegrityRecord.of(every).digest != recorded.digest:
+                raise damaged(where, "vectors or names", "they differ from the checksum recorded")
+        persons = len({payload["name"] for _, payload, _ in named})
+        return VerifyReport(where, len(every), persons, "ok" if recorded is not None else "not recorded")
 
     def info(self) -> GalleryInfo:
         self._require_open()

@@ -32,8 +32,8 @@ import numpy as np
 from app.config import Settings
 from app.errors import UserError
 from app.gallery.base import EmbedderIdentity, GalleryRecord
-from app.gallery.edge import _write_json_atomically
 from app.gallery.factory import gallery_location, open_gallery
+from app.gallery.storage_files import write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class UnknownStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         record = self.record.model_id if self.record else None
         data = {"model_id": record, "next_id": int(next_id), "clusters": dict(sorted(clusters.items()))}
-        _write_json_atomically(self.folder / CLUSTERS_FILE, data)
+        write_json_atomically(self.folder / CLUSTERS_FILE, data)
 
     def close(self) -> None:
         self.gallery.close()
@@ -271,6 +271,8 @@ def open_unknowns(settings: Settings, spec: EmbedderIdentity | None, client: Any
     inner = unknowns_settings(settings)
     where = f"unknown faces at {gallery_location(inner)}"
     gallery = open_gallery(inner, None, client=client)
+    if hasattr(gallery, "copy_on_write"):  # a sighting is written per stranger seen: no copy per write
+        gallery.copy_on_write = False
     try:
         if spec is not None:
             wanted = GalleryRecord.of(spec)

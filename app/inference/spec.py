@@ -182,6 +182,19 @@ def _read_io(path: Path) -> tuple[TensorInfo, TensorInfo]:
     return info(inputs[0]), info(graph.output[0])
 
 
+def _require_embedding_output(path: Path, shape: tuple) -> None:
+    """An embedder gives one (batch, D) vector per face; anything else (e.g. a RetinaFace detector's
+    (1, priors, 4) boxes) is the wrong file, whatever EMBEDDER says."""
+    if len(shape) == 2:
+        return
+    shown = "x".join(str(d) if isinstance(d, int) else "?" for d in shape) or "a scalar"
+    raise UserError(
+        f"{path} is not a face embedder: its output is {shown}, an embedder gives one vector per face "
+        "(Nx128 dlib, Nx512 ArcFace); if it is the RetinaFace detector, pass it as --detector and "
+        "checkpoints/dlib_resnet.onnx as --embedder-model"
+    )
+
+
 def _kind_from_input(path: Path, hw: tuple[int, int] | None) -> str:
     if hw == (150, 150):
         return "dlib"
@@ -210,6 +223,7 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
         input_info, output_info = model.inputs[0], model.outputs[0]
     else:
         input_info, output_info = _read_io(path)
+    _require_embedding_output(path, output_info.shape)
     hw = input_info.fixed_hw
     if kind == "auto":
         kind = _kind_from_input(path, hw)
@@ -230,7 +244,9 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
     dim = output_info.shape[-1] if output_info.shape and isinstance(output_info.shape[-1], int) else None
     if dim is None and model is not None:
         probe = np.zeros((1, 3, size, size), np.float32)
-        dim = int(np.prod(model.run(probe)[0].shape[1:]))
+        probed = model.run(probe)[0].shape
+        _require_embedding_output(path, probed)
+        dim = int(probed[-1])
     if dim is None:
         dim = 128 if kind == "dlib" else 512
     model_id = f"{kind}-{model_file_id(path)}"

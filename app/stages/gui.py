@@ -7,7 +7,8 @@ with one camera, a folder of NAME.mp4 with several).
 Per frame: copy the pixels out of the ring (only when something will show or store them) and release the
 slot at once, write the events and tracks lines, draw boxes, names, similarity, track ids, FPS and the
 per-stage latency of this frame, then write the video frame and show the window. Closing the window,
-`q` or Esc ends the run (`StopPipeline("window closed")`).
+`q` or Esc ends the run (`StopPipeline("quit key pressed (q)")`), closing the window too
+(`StopPipeline("window closed")`).
 
 A window needs OpenCV's highgui (the opencv-python wheel, not opencv-python-headless) and a display;
 `gui_unavailable_reason()` tells which is missing before anything starts, and the CLI suggests --no-gui.
@@ -89,6 +90,7 @@ class OpenCvWindow:
     def __init__(self, title: str = WINDOW_TITLE) -> None:
         self.title = title
         self._shown = False
+        self.quit_reason: str | None = None  # why show() returned False, for the stop reason
 
     def open(self) -> None:
         reason = gui_unavailable_reason()
@@ -105,6 +107,7 @@ class OpenCvWindow:
 
     def show(self, image) -> bool:
         if self._shown and self._closed():
+            self.quit_reason = "window closed"
             return False
         if not self._shown:
             # Qt opens WINDOW_NORMAL windows at 400x300; start at the frame's size, capped to a laptop screen.
@@ -114,7 +117,13 @@ class OpenCvWindow:
         cv2.imshow(self.title, image)
         self._shown = True
         key = cv2.waitKey(1) & 0xFF
-        return key not in QUIT_KEYS and not self._closed()
+        if key in QUIT_KEYS:
+            self.quit_reason = f"quit key pressed ({'Esc' if key == 27 else 'q'})"
+            return False
+        if self._closed():
+            self.quit_reason = "window closed"
+            return False
+        return True
 
     def _closed(self) -> bool:
         try:
@@ -227,12 +236,12 @@ class GuiStage:
         if video is not None:
             video.write(canvas)
         if self.window is not None and not self.window.show(canvas):
-            raise StopPipeline("window closed")
+            raise StopPipeline(getattr(self.window, "quit_reason", None) or "window closed")
         if self.mosaic is not None:
             self.mosaic.update(meta.stream, canvas)
             self.mosaic.set_note(meta.stream, meta.status or None)  # e.g. "reconnecting to ..."
             if not self.mosaic.show():
-                raise StopPipeline("window closed")  # q, Esc or the window closed: one reason, as always
+                raise StopPipeline(self.mosaic.last_stop_reason or "window closed")
         return []
 
     def _overlay_lines(self, msg: TrackedFaces) -> list[str]:

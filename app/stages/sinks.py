@@ -12,7 +12,9 @@ still leaves a readable file, complete up to its last frame.
   times are the camera's own.
   `--tracks-out x.csv`: MOTChallenge rows `frame,id,bb_left,bb_top,bb_width,bb_height,conf,-1,-1,-1`
   with 1-based frames (the format has no camera column: one camera's run per CSV file).
-- video (`--output x.mp4`): the annotated frames at the source's FPS.
+- video (`--output x.mp4`): the annotated frames at the source's FPS, H.264 in fragmented MP4
+  (`app/vision/video_writer.py`), so a killed run leaves a video that plays up to its last frame; one
+  file per camera.
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ import math
 from pathlib import Path
 from typing import TextIO
 
-import cv2
 import numpy as np
 
 from app.errors import UserError
 from app.integrations.events import EventFanout
 from app.pipeline.messages import TrackedFaces
-
-_FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+from app.vision.video_writer import CrashSafeVideoWriter
 
 
 def open_line_file(path: Path, what: str) -> TextIO:
@@ -157,27 +157,15 @@ class TracksSink:
 
 
 class VideoSink:
-    """The annotated video, written with OpenCV's FFmpeg writer at the source's FPS."""
+    """The annotated video at the source's FPS: H.264, readable up to the last frame after a hard crash."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._writer: cv2.VideoWriter | None = None
+        self._writer: CrashSafeVideoWriter | None = None
         self.frames = 0
 
     def open(self, fps: float, size_wh: tuple[int, int]) -> None:
-        fourcc = _FOURCC_BY_SUFFIX.get(self.path.suffix.lower())
-        if fourcc is None:
-            raise UserError(
-                f"unknown video format for {self.path}: name the --output file .mp4, .mov, .mkv or .avi"
-            )
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot write the video file {self.path}: {exc.strerror or exc}") from None
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), float(fps), size_wh)
-        if not writer.isOpened():
-            raise UserError(f"cannot write the video file {self.path}; check the folder and the file name")
-        self._writer = writer
+        self._writer = CrashSafeVideoWriter(self.path, fps, size_wh)
 
     def write(self, frame_bgr: np.ndarray) -> None:
         assert self._writer is not None
@@ -186,5 +174,5 @@ class VideoSink:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.release()
+            self._writer.close()
             self._writer = None

@@ -37,7 +37,8 @@ from app.vision.mosaic import (
     tile_rects,
 )
 
-QUIT_PRESSED = "q pressed"
+QUIT_PRESSED = "quit key pressed (q)"  # the run's stop reason, as the single-window GUI words it
+ESC_PRESSED = "quit key pressed (Esc)"
 WINDOW_CLOSED = "window closed"
 FIRST_SIZE_WH = (1280, 800)  # the window opens at the picture's size, capped to a laptop screen
 PLACEHOLDER_WH = (1280, 720)  # the picture's shape before any camera delivered one
@@ -196,7 +197,7 @@ class MosaicWindow:
     def handle_key(self, key: int) -> bool:
         """q / Esc: quit (False). 1-9: that camera full size (again: back to the mosaic). 0: the mosaic."""
         if key in QUIT_KEYS:
-            return self._stop(QUIT_PRESSED)
+            return self._stop(ESC_PRESSED if key == 27 else QUIT_PRESSED)
         if self.cameras == 1:
             return True
         if key == ord("0"):

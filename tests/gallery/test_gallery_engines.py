@@ -201,7 +201,9 @@ def test_edge_layout_records_embedder(tmp_path: Path) -> None:
     folder = tmp_path / "gallery" / "faces"
     record = json.loads((folder / "gallery.json").read_text())
     assert (record["model_id"], record["dim"], record["metric"]) == (DLIB.model_id, 128, "euclidean")
-    assert (folder / "shard" / "edge_config.json").is_file()
+    assert record["format"] == 2 and record["shard"].startswith("shard-")
+    assert (folder / record["shard"] / "edge_config.json").is_file()
+    assert record["integrity"]["count"] == 1 and len(record["integrity"]["sample_ids"]) == 1
 
 
 def test_server_records_embedder_in_collection_metadata(tmp_path: Path) -> None:

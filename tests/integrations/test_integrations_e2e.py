@@ -56,7 +56,11 @@ def cli(gallery: Path, tmp_path: Path, *extra: str) -> list[str]:
 
 
 def mqtt_env(port: int, **more: object) -> dict[str, str]:
-    return {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(port), **{k: str(v) for k, v in more.items()}}
+    return {
+        "FACEPIPE_MQTT_HOST": "127.0.0.1",
+        "FACEPIPE_MQTT_PORT": str(port),
+        **{k: str(v) for k, v in more.items()},
+    }
 
 
 def read_events(path: Path) -> list[dict]:
@@ -209,11 +213,11 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 
 def test_a_port_that_is_not_a_number_is_one_line(gallery, tmp_path):
-    result = run_cli(cli(gallery, tmp_path), {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": "abc"})
+    result = run_cli(cli(gallery, tmp_path), {"FACEPIPE_MQTT_HOST": "127.0.0.1", "FACEPIPE_MQTT_PORT": "abc"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: environment MQTT_PORT='abc' is not a valid int (invalid literal for int() with base 10: "
-        "'abc'); fix it in .env, the environment or the command line"
+        "error: environment FACEPIPE_MQTT_PORT='abc' is not a valid int (invalid literal for int() with "
+        "base 10: 'abc'); fix it in .env, the environment or the command line"
     ]
 
 
@@ -222,7 +226,7 @@ def test_a_metrics_port_in_use_is_one_line_before_anything_starts(gallery, tmp_p
         taken.bind(("0.0.0.0", 0))  # noqa: S104 - where the metrics server listens
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli(cli(gallery, tmp_path), {"METRICS_PORT": str(port)})
+        result = run_cli(cli(gallery, tmp_path), {"FACEPIPE_METRICS_PORT": str(port)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: METRICS_PORT={port} is in use; choose another port, or stop what listens there"
@@ -233,10 +237,10 @@ def test_a_metrics_port_in_use_is_one_line_before_anything_starts(gallery, tmp_p
     ("env", "warning"),
     [
         (
-            {"MQTT_HOST": "192.0.2.1", "MQTT_PASSWORD": "pw-never-shown"},
+            {"FACEPIPE_MQTT_HOST": "192.0.2.1", "FACEPIPE_MQTT_PASSWORD": "pw-never-shown"},
             "MQTT broker 192.0.2.1:",
         ),
-        ({"MQTT_TLS": "true"}, "TLS handshake failed"),
+        ({"FACEPIPE_MQTT_TLS": "true"}, "TLS handshake failed"),
     ],
     ids=["unreachable-host", "tls-to-a-plain-port"],
 )

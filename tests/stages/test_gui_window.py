@@ -107,6 +107,6 @@ def test_window_shows_frames_and_q_quits(display, tmp_path):
             proc.kill()
             proc.wait(5)
     assert proc.returncode == 0, err
-    assert "stopped: window closed" in err and took < 2.0
-    assert '"stop_reason": "window closed"' in out.splitlines()[-1]
+    assert "stopped: quit key pressed (q)" in err and took < 2.0
+    assert '"stop_reason": "quit key pressed (q)"' in out.splitlines()[-1]
     assert "QFontDatabase" not in err and "Traceback" not in err

@@ -24,7 +24,7 @@ import pytest
 from test_gui_window import display, press_key  # noqa: F401 - the virtual display fixture
 
 from app.stages.gui import WINDOW_TITLE
-from app.stages.window import QUIT_PRESSED, WINDOW_CLOSED, MosaicWindow
+from app.stages.window import ESC_PRESSED, QUIT_PRESSED, WINDOW_CLOSED, MosaicWindow
 from app.vision.drawing import NOTE_BGR
 from app.vision.mosaic import tile_rects
 
@@ -109,7 +109,7 @@ def test_one_camera_is_shown_full_size_as_before_and_q_quits():
 def test_escape_and_capital_q_quit_too(key):
     window, backend = three_cameras()
     backend.keys.append(key)
-    assert window.show() is False and window.last_stop_reason == QUIT_PRESSED
+    assert window.show() is False and window.last_stop_reason == (ESC_PRESSED if key == 27 else QUIT_PRESSED)
 
 
 def test_closing_the_window_quits_with_its_own_reason():
@@ -321,7 +321,7 @@ def test_real_window_click_selects_a_camera_keys_switch_back_and_q_quits(display
         click(display, x + w // 4, y + h // 2)  # a click on the camera alone: back to the mosaic
         assert read_line() == "mosaic"
         press_key(display, "q", at=(x + w // 4, y + h // 2))
-        assert read_line() == "stopped q pressed"
+        assert read_line() == "stopped quit key pressed (q)"
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
