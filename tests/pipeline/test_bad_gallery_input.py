@@ -29,7 +29,7 @@ def test_a_truncated_vector_file_stops_the_run_with_the_fix(tmp_path):
             tmp_path, "--source", str(HAMILTON), "--no-gui", "--gallery", str(gallery), "--max-frames", "5"
         )
     )
-    assert line.startswith(f"error: recognize: gallery at {gallery / 'faces'} is damaged: shard storage (")
+    assert line.startswith(f"error: embed: gallery at {gallery / 'faces'} is damaged: shard storage (")
     assert line.endswith("(python -m app.enroll restore DIR), or move the gallery folder away and re-enroll")
 
 
@@ -39,5 +39,5 @@ def test_the_detector_given_as_the_embedder_is_named(tmp_path):
         run_cli(tmp_path, "--source", str(HAMILTON), "--no-gui", "--gallery", str(tmp_path / "g"),
                 "--embedder-model", str(detector), "--embedder", "dlib", "--max-frames", "5")
     )  # fmt: skip
-    assert line.startswith(f"error: recognize: {detector} is not a face embedder: its output is ?x?x4")
+    assert line.startswith(f"error: embed: {detector} is not a face embedder: its output is ?x?x4")
     assert not (tmp_path / "g").exists()
