@@ -106,3 +106,24 @@ def test_missing_or_wrong_detector_model_is_a_one_line_user_error(tmp_path):
         with pytest.raises(UserError) as info:
             DetectStage(handle, Path(bogus)).setup()
         assert "\n" not in str(info.value)
+
+
+def test_each_camera_gets_its_own_score_threshold_and_minimum_face(clip_frames):
+    import copy
+
+    with ring_of(clip_frames[0].shape) as (ring, handle):
+        detect = DetectStage(handle, DETECTOR)
+        detect.setup()
+        raw = detect.process(put_frame(ring, clip_frames[2], 0))[0]
+        detect.close()
+    post = PostprocessStage(0.1, 0.4, score_thresholds={1: 0.6}, min_faces={2: 40})
+    post.setup()
+    by_stream = []
+    for stream in (0, 1, 2):
+        msg = copy.deepcopy(raw)
+        msg.meta.stream = stream
+        by_stream.append(post.process(msg)[0])
+    loose, strict, big = by_stream
+    assert len(strict.scores) < len(loose.scores) and (strict.scores > 0.6).all()  # camera 1's DET_THRESHOLD
+    sides = np.minimum(big.boxes[:, 2] - big.boxes[:, 0], big.boxes[:, 3] - big.boxes[:, 1])
+    assert 0 < len(big.scores) < len(loose.scores) and (sides >= 40).all()  # camera 2's MIN_FACE
