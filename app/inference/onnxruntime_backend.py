@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import UserError
-from app.inference.backend import TensorInfo
+from app.inference.interface import TensorInfo, tensor_dim
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,7 @@ _ORT_DTYPES = {
 
 
 def _tensor_info(node: ort.NodeArg) -> TensorInfo:
-    shape = tuple(
-        d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in node.shape
-    )
+    shape = tuple(tensor_dim(d) for d in node.shape)
     return TensorInfo(name=node.name, shape=shape, dtype=_ORT_DTYPES.get(node.type, node.type))
 
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from app.errors import UserError
 from app.inference import engine_cache
-from app.inference.backend import TensorInfo
 from app.inference.engine_cache import EngineKey, EngineMetadata, Profile
+from app.inference.interface import TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,10 @@ def build_engine(
 
 
 def _onnx_input(path: Path) -> tuple[str, tuple[int | str | None, ...]]:
-    import onnx
+    from app.inference.onnx_io import read_io
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    (value,) = [i for i in graph.input if i.name not in inits]
-    dims = tuple(
-        d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim
-    )
-    return value.name, dims
+    (value,), _ = read_io(path)
+    return value.name, value.shape
 
 
 class TensorRTModel:

@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from app.errors import UserError
-from app.inference.backend import Model, TensorInfo, load_model
+from app.inference.backend import load_model
+from app.inference.interface import Model, TensorInfo
 
 REPO = Path(__file__).resolve().parents[2]
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
