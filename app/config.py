@@ -23,10 +23,10 @@ from typing import Any
 from dotenv import dotenv_values
 
 from app.errors import UserError
+from app.inference.interface import BACKENDS
+from app.inference.spec import EMBEDDER_KINDS
 from app.url_masking import mask_url
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-EMBEDDER_KINDS = ("auto", "dlib", "arcface")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV_PREFIX = "FACEPIPE_"
 # The original project documented these names; they keep working without the prefix and without a warning.
