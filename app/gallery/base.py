@@ -147,12 +147,6 @@ class GalleryRecord:
             )
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an engine's error message, for one-line UserErrors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 MAX_NAME_LENGTH = 200
 # control, format, surrogate, private-use and unassigned characters
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})

@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from app.errors import UserError
+from app.errors import UserError, first_line
 from app.gallery.base import (
     EmbedderIdentity,
     GalleryInUseError,
     GalleryRecord,
     QdrantGalleryBase,
-    first_line,
 )
 from app.gallery.integrity import GalleryDamagedError, IntegrityRecord, damaged
 from app.gallery.storage_files import sparse_copytree, write_json_atomically

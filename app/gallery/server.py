@@ -18,8 +18,8 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
-from app.errors import UserError
-from app.gallery.base import EmbedderIdentity, GalleryRecord, QdrantGalleryBase, first_line
+from app.errors import UserError, first_line
+from app.gallery.base import EmbedderIdentity, GalleryRecord, QdrantGalleryBase
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)

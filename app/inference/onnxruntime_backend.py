@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.errors import UserError
+from app.errors import UserError, one_line
 from app.inference.interface import TensorInfo, tensor_dim
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,6 @@ def choose_providers(require_tensorrt: bool = False, trt_cache_dir: Path | None 
     return providers
 
 
-def _one_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class OnnxRuntimeModel:
     """One ONNX Runtime session with a single NCHW input."""
 
@@ -77,7 +72,8 @@ class OnnxRuntimeModel:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises several pybind types (InvalidProtobuf, Fail, InvalidGraph...)
             raise UserError(
-                f"{self.path} is not a loadable ONNX model ({_one_line(exc)}); re-export or re-download it"
+                f"{self.path} is not a loadable ONNX model ({one_line(exc, limit=160)}); "
+                "re-export or re-download it"
             ) from None
         self.inputs = [_tensor_info(n) for n in self._session.get_inputs()]
         self.outputs = [_tensor_info(n) for n in self._session.get_outputs()]
