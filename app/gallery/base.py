@@ -27,8 +27,8 @@ from app.gallery.integrity import (
     check_vector_values,
     damaged,
 )
+from app.inference.spec import METRICS, similarity_from_distance
 
-METRICS = ("euclidean", "cosine")
 RESERVED_PAYLOAD_KEYS = ("name", "added")
 SCROLL_PAGE = 1024  # points per scroll request when reading a gallery back
 
@@ -210,7 +210,7 @@ def point_payloads(name: str, count: int, meta: PointMeta) -> list[dict[str, Any
 
 def similarity_from_score(score: float, metric: str) -> float:
     """Qdrant's score to the spec's similarity: Euclid scores are distances, Cosine scores similarities."""
-    return 1.0 - score if metric == "euclidean" else score
+    return float(similarity_from_distance(score, metric)) if metric == "euclidean" else score
 
 
 def best_per_person(hits: Iterable[tuple[str, float]], k: int) -> list[Match]:

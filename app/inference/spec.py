@@ -49,6 +49,7 @@ from app.errors import UserError
 from app.inference.interface import Model, TensorInfo
 
 EMBEDDER_KINDS = ("auto", "dlib", "arcface")
+METRICS = ("euclidean", "cosine")  # how two embeddings compare; see the module docstring for the units
 
 # dlib's 150x150 chip, RetinaFace landmark order in image coordinates (image-left eye first).
 DLIB_TEMPLATE = np.array(
@@ -138,7 +139,7 @@ def rowwise_similarity(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in ("euclidean", "cosine"):
+    if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
 
 

@@ -71,6 +71,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from app.gallery.base import Match
+from app.inference.spec import METRICS, l2_normalize, rowwise_similarity
 from app.recognition import quality as face_quality
 from app.tracking.config import IdentityConfig
 from app.tracking.matching import box_iou
@@ -78,7 +79,6 @@ from app.tracking.matching import box_iou
 log = logging.getLogger(__name__)
 
 Status = Literal["pending", "known", "unknown"]
-METRICS = ("cosine", "euclidean")
 
 
 class TrackView(Protocol):
@@ -333,9 +333,7 @@ class TrackIdentities:
         return float(geometric_quality(_face_box(track)[None], track.landmarks[None], self.config)[0])
 
     def _normalise(self, vectors: np.ndarray) -> np.ndarray:
-        if self.metric != "cosine":
-            return vectors
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(vectors) if self.metric == "cosine" else vectors
 
     def _aggregate(self, record: _Record, extra: tuple[float, np.ndarray] | None = None) -> np.ndarray:
         kept = record.embeddings if extra is None else [*record.embeddings, extra]
@@ -344,9 +342,7 @@ class TrackIdentities:
         return self._normalise((weights[:, None] * vectors).sum(axis=0) / weights.sum())
 
     def _similarity(self, vector: np.ndarray, others: np.ndarray) -> np.ndarray:
-        if self.metric == "cosine":
-            return self._normalise(others) @ self._normalise(vector)
-        return 1.0 - np.linalg.norm(others - vector[None, :], axis=1)
+        return rowwise_similarity(others, vector[None, :], self.metric)
 
     def _vote(self, matches: list[Match], quality: float) -> tuple[str | None, float | None, float]:
         """(label, similarity, weight) of one embedding; label None = unknown."""
