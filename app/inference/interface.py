@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from app.errors import UserError
+
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
@@ -43,6 +45,16 @@ class TensorInfo:
         """The batch size when the model was exported with a fixed one, else None."""
         b = self.shape[0] if self.shape else None
         return b if isinstance(b, int) and b > 0 else None
+
+
+def require_one_image_input(path: object, inputs: list[TensorInfo]) -> None:
+    """A `Model` takes one NCHW batch; UserError naming the file and its inputs when it has anything else."""
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        got = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+        raise UserError(
+            f"{path} must have one NCHW (rank-4) image input but has: {got}; "
+            "export it with a single (N,3,H,W) input"
+        )
 
 
 @runtime_checkable

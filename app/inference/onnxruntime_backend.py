@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import UserError, one_line
-from app.inference.interface import TensorInfo, tensor_dim
+from app.inference.interface import TensorInfo, require_one_image_input, tensor_dim
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,7 @@ class OnnxRuntimeModel:
             ) from None
         self.inputs = [_tensor_info(n) for n in self._session.get_inputs()]
         self.outputs = [_tensor_info(n) for n in self._session.get_outputs()]
-        if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
-            got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
-            raise UserError(
-                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; "
-                "export it with a single (N,3,H,W) input"
-            )
+        require_one_image_input(self.path, self.inputs)
         self.providers: list[str] = self._session.get_providers()
         self._input_name = self.inputs[0].name
         self._input_dtype = np.dtype(self.inputs[0].dtype)

@@ -22,7 +22,7 @@ from torch import fx
 
 from app.errors import UserError
 from app.inference import torch_convert
-from app.inference.interface import TensorInfo
+from app.inference.interface import TensorInfo, require_one_image_input
 from app.inference.onnx_io import graph_io
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,7 @@ class TorchModel:
         proto = torch_convert.load_onnx(self.path)
         self.inputs, self.outputs = graph_io(proto.graph)
         self.outputs = [TensorInfo(o.name, o.shape, "float32") for o in self.outputs]  # always float32 out
-        if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
-            got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
-            raise UserError(
-                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; export it with a "
-                "single (N,3,H,W) input"
-            )
+        require_one_image_input(self.path, self.inputs)
         self._fixed_batch = self.inputs[0].fixed_batch
         if precision == "auto":
             precision = "fp16" if want_cuda and self.inputs[0].fixed_hw is not None else "fp32"
