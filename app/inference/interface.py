@@ -7,6 +7,7 @@ implement this interface and `app.inference.backend.load_model` picks one; neith
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -55,6 +56,26 @@ def require_one_image_input(path: object, inputs: list[TensorInfo]) -> None:
             f"{path} must have one NCHW (rank-4) image input but has: {got}; "
             "export it with a single (N,3,H,W) input"
         )
+
+
+def run_in_chunks(
+    run: Callable[[np.ndarray], list[np.ndarray]], batch: np.ndarray, step: int, *, pad: bool = False
+) -> list[np.ndarray] | None:
+    """`run` over `step`-row chunks of `batch`, each output concatenated back; None for an empty batch.
+
+    With `pad` (a model exported with a fixed batch) the last chunk is zero-padded to `step` rows and the
+    padding rows' outputs are dropped.
+    """
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(batch), step):
+        part = batch[start : start + step]
+        real = len(part)
+        if pad and real < step:
+            part = np.concatenate([part, np.zeros((step - real, *part.shape[1:]), part.dtype)])
+        parts.append([out[:real] for out in run(part)])
+    if not parts:
+        return None
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import UserError, one_line
-from app.inference.interface import TensorInfo, require_one_image_input, tensor_dim
+from app.inference.interface import TensorInfo, require_one_image_input, run_in_chunks, tensor_dim
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +92,14 @@ class OnnxRuntimeModel:
         batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
         fixed = self._fixed_batch
         if fixed is None or batch.shape[0] == fixed:
-            return self._session.run(self._output_names, {self._input_name: batch})
-        chunks: list[list[np.ndarray]] = []
-        for start in range(0, batch.shape[0], fixed):
-            part = batch[start : start + fixed]
-            real = part.shape[0]
-            if real < fixed:  # pad the tail; the padded rows are dropped below
-                part = np.concatenate([part, np.zeros((fixed - real, *part.shape[1:]), part.dtype)])
-            chunks.append(
-                [out[:real] for out in self._session.run(self._output_names, {self._input_name: part})]
-            )
-        if not chunks:
+            return self._run_once(batch)
+        outputs = run_in_chunks(self._run_once, batch, fixed, pad=True)
+        if outputs is None:
             return [
                 np.zeros((0, *(d if isinstance(d, int) else 0 for d in o.shape[1:])), np.float32)
                 for o in self.outputs
             ]
-        return [np.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]
+        return outputs
+
+    def _run_once(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._output_names, {self._input_name: batch})

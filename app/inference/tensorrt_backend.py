@@ -21,7 +21,7 @@ import numpy as np
 from app.errors import UserError
 from app.inference import engine_cache
 from app.inference.engine_cache import EngineKey, EngineMetadata, Profile
-from app.inference.interface import TensorInfo
+from app.inference.interface import TensorInfo, run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,10 @@ class TensorRTModel:
         """Run an (N,C,H,W) batch in chunks of the engine's max batch; outputs in `outputs` order."""
         if batch.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
-        parts = [
-            self._run_chunk(batch[i : i + self._max_batch]) for i in range(0, len(batch), self._max_batch)
-        ]
-        if not parts:
+        outputs = run_in_chunks(self._run_chunk, batch, self._max_batch)
+        if outputs is None:
             raise ValueError("empty batch")
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(self._output_names))]
+        return outputs
 
     def _run_chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
         cuda, stream = self._cuda, self._stream
