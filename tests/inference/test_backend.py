@@ -109,6 +109,14 @@ def test_fixed_batch_model_is_fed_in_chunks(tmp_path):
     np.testing.assert_allclose(out[:, :, 0, 0], batch.mean(axis=(2, 3)))
 
 
+def test_a_fixed_batch_tail_is_padded_and_its_padding_rows_dropped(tmp_path):
+    model = load_model(_write_model(tmp_path / "fixed2.onnx", [2, 3, 4, 4]))
+    batch = np.arange(5 * 3 * 16, dtype=np.float32).reshape(5, 3, 4, 4)
+    (out,) = model.run(batch)
+    assert out.shape == (5, 3, 1, 1)
+    np.testing.assert_allclose(out[:, :, 0, 0], batch.mean(axis=(2, 3)))
+
+
 def test_input_is_cast_to_the_model_dtype(tmp_path):
     model = load_model(_write_model(tmp_path / "dyn.onnx", ["N", 3, 2, 2]))
     (out,) = model.run(np.full((2, 3, 2, 2), 7, np.uint8))
