@@ -49,11 +49,16 @@ class GalleryInfo:
 
 
 class EmbedderIdentity(Protocol):
-    """What a gallery needs from `app.inference.spec.EmbedderSpec`."""
+    """What a gallery needs from `app.inference.spec.EmbedderSpec` (read-only, as frozen dataclasses are)."""
 
-    model_id: str
-    dim: int
-    metric: str
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def metric(self) -> str: ...
 
 
 # One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
@@ -61,6 +66,8 @@ PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 # (point id, payload, vector or None): one stored embedding as `points` returns it. An alias, since inside the
 # gallery classes `list` names their method.
 PointList = list[tuple[str, dict[str, Any], Any]]
+# (payload, vector or None): one stored embedding as `records` returns it.
+RecordList = list[tuple[dict[str, Any], Any]]
 
 
 @runtime_checkable
@@ -379,14 +386,12 @@ class QdrantGalleryBase(ABC):
             return np.zeros((0, self.record.dim if self.record else 0), np.float32)
         return np.asarray([vector for _, vector in records], dtype=np.float32)
 
-    def records(
-        self, name: str | None = None, with_vectors: bool = False
-    ) -> list[tuple[dict[str, Any], Any]]:
+    def records(self, name: str | None = None, with_vectors: bool = False) -> RecordList:
         """(payload, vector or None) of every point (of `name` if given), ordered by time added."""
         self._require_open()
         if not self._has_storage():
             return []
-        out: list[tuple[dict[str, Any], Any]] = []
+        out: RecordList = []
         offset = None
         with self._engine_errors("read"):
             while True:

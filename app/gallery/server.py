@@ -12,7 +12,7 @@ import logging
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -138,7 +138,11 @@ class ServerGallery(QdrantGalleryBase):
             models.QueryRequest(query=row.tolist(), limit=limit, with_payload=["name"]) for row in vectors
         ]
         responses = self.client.query_batch_points(self.collection, requests)
-        return [[(hit.payload["name"], hit.score) for hit in response.points] for response in responses]
+        # with_payload=["name"]: every hit carries a payload with the name
+        return [
+            [(cast(dict[str, Any], hit.payload)["name"], hit.score) for hit in response.points]
+            for response in responses
+        ]
 
     def _delete_name(self, name: str) -> None:
         selector = models.FilterSelector(filter=_name_filter(name))
