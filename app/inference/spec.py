@@ -38,7 +38,6 @@ re-measure with `testbench/eval_verification.py --kind arcface --embedder MODEL`
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import UserError
+from app.file_digest import file_sha256
 from app.inference.interface import Model, TensorInfo
 
 EMBEDDER_KINDS = ("auto", "dlib", "arcface")
@@ -145,11 +145,7 @@ def _check_metric(metric: str) -> None:
 
 @lru_cache(maxsize=8)
 def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_sha256(Path(path))[:12]
 
 
 def model_file_id(path: Path) -> str:
