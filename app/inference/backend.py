@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 
 from app.errors import UserError
-from app.inference.interface import BACKENDS, Model, TensorInfo
+from app.inference.interface import BACKENDS, Model, TensorInfo, require_model_file
 
 __all__ = ["BACKENDS", "Model", "TensorInfo", "load_model"]
 
@@ -20,9 +20,7 @@ def load_model(path: Path, backend: str = "onnxruntime", threads: int = 0) -> Mo
     path = Path(path)
     if backend not in BACKENDS:
         raise UserError(f"unknown inference backend {backend!r}; use one of: {', '.join(BACKENDS)}")
-    if not path.is_file():
-        hint = " (run `python -m app.models fetch`)" if path.parent.name == "checkpoints" else ""
-        raise UserError(f"model file {path} does not exist; check the path{hint}")
+    require_model_file(path)
     if backend == "tensorrt" and path.suffix.lower() in (".engine", ".plan", ".trt"):
         # Engine files run on TensorRT's own API (as the original did); ONNX files with backend=tensorrt go
         # through ONNX Runtime's TensorRT provider, which builds and caches the engine itself.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -46,6 +47,13 @@ class TensorInfo:
         """The batch size when the model was exported with a fixed one, else None."""
         b = self.shape[0] if self.shape else None
         return b if isinstance(b, int) and b > 0 else None
+
+
+def require_model_file(path: Path) -> None:
+    """UserError naming a model file that is not there (and how to fetch the shipped ones)."""
+    if not path.is_file():
+        hint = " (run `python -m app.models fetch`)" if path.parent.name == "checkpoints" else ""
+        raise UserError(f"model file {path} does not exist; check the path{hint}")
 
 
 def require_one_image_input(path: object, inputs: list[TensorInfo]) -> None:

@@ -9,7 +9,13 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import UserError, one_line
-from app.inference.interface import TensorInfo, require_one_image_input, run_in_chunks, tensor_dim
+from app.inference.interface import (
+    TensorInfo,
+    require_model_file,
+    require_one_image_input,
+    run_in_chunks,
+    tensor_dim,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,7 @@ class OnnxRuntimeModel:
 
     def __init__(self, path: Path, threads: int = 0, require_tensorrt: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model file {self.path} does not exist; check the path")
+        require_model_file(self.path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

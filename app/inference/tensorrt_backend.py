@@ -21,7 +21,7 @@ import numpy as np
 from app.errors import UserError
 from app.inference import engine_cache
 from app.inference.engine_cache import EngineKey, EngineMetadata, Profile
-from app.inference.interface import TensorInfo, run_in_chunks
+from app.inference.interface import TensorInfo, require_model_file, run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ class TensorRTModel:
         cache_dir: Path | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model file {self.path} does not exist; check the path")
+        require_model_file(self.path)
         trt, cuda = import_tensorrt()
         self._cuda = cuda
         trt_version, gpu_name = current_target(cuda, trt)

@@ -22,7 +22,7 @@ from torch import fx
 
 from app.errors import UserError
 from app.inference import torch_convert
-from app.inference.interface import TensorInfo, require_one_image_input
+from app.inference.interface import TensorInfo, require_model_file, require_one_image_input
 from app.inference.onnx_io import graph_io
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ class TorchModel:
         compile_mode: str | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model file {self.path} does not exist; check the path")
+        require_model_file(self.path)
         want_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
         if want_cuda and not torch.cuda.is_available():
             raise UserError(
