@@ -2,7 +2,7 @@
 # Set up a fresh machine and run the project.
 #   ./dev.sh [ARGS]      install, fetch models, run the main job (VIDEO_SOURCE from .env, else the demo);
 #                        ARGS starting with - go to the pipeline (e.g. ./dev.sh --no-gui --max-frames 30)
-#   ./dev.sh test [ARGS] install, fetch models, lint, run the tests (ARGS go to pytest)
+#   ./dev.sh test [ARGS] install, fetch models, lint, type-check, run the tests (ARGS go to pytest)
 #   ./dev.sh setup       install and fetch models only
 #   ./dev.sh run [ARGS]  run the pipeline: python -m app.main ARGS
 set -euo pipefail
@@ -56,6 +56,8 @@ case "$cmd" in
         echo "== lint"
         .venv/bin/python -m ruff check .
         .venv/bin/python -m ruff format --check .
+        echo "== types"
+        .venv/bin/python -m mypy
         echo "== tests"
         .venv/bin/python -m pytest "$@"
         ;;

@@ -22,11 +22,11 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from app.errors import UserError
+from app.errors import UserError, one_line
+from app.inference.interface import BACKENDS
+from app.inference.spec import EMBEDDER_KINDS
 from app.url_masking import mask_url
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-EMBEDDER_KINDS = ("auto", "dlib", "arcface")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV_PREFIX = "FACEPIPE_"
 # The original project documented these names; they keep working without the prefix and without a warning.
@@ -301,7 +301,7 @@ def _convert(f: dataclasses.Field, raw: Any, origin: str, key: str | None = None
         except ValueError as exc:
             kind = str(f.type).replace(" | None", "")
             raise ConfigError(
-                f"{origin} {shown}={raw!r} is not a valid {kind} ({_one_line(exc)}); fix it in "
+                f"{origin} {shown}={raw!r} is not a valid {kind} ({one_line(exc)}); fix it in "
                 ".env, the environment or the command line"
             ) from None
     else:
@@ -312,10 +312,6 @@ def _convert(f: dataclasses.Field, raw: Any, origin: str, key: str | None = None
             value = Path(value)
     _validate(f, value, origin, shown)
     return value
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
@@ -386,7 +382,7 @@ def _read_env_file(path: Path) -> dict[str, str | None]:
     try:
         return dict(dotenv_values(path))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read settings file {path} ({_one_line(exc)}): fix or remove it") from None
+        raise ConfigError(f"cannot read settings file {path} ({one_line(exc)}): fix or remove it") from None
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

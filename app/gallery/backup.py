@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
-from app.errors import UserError
-from app.gallery.base import GalleryRecord, QdrantGalleryBase, first_line
+from app.errors import UserError, first_line
+from app.gallery.base import GalleryRecord, QdrantGalleryBase
 from app.gallery.factory import gallery_location, open_gallery
 from app.gallery.integrity import IntegrityRecord, VerifyReport
 from app.gallery.storage_files import fsync_dir

@@ -27,8 +27,8 @@ from app.gallery.integrity import (
     check_vector_values,
     damaged,
 )
+from app.inference.spec import METRICS, similarity_from_distance
 
-METRICS = ("euclidean", "cosine")
 RESERVED_PAYLOAD_KEYS = ("name", "added")
 SCROLL_PAGE = 1024  # points per scroll request when reading a gallery back
 
@@ -49,11 +49,16 @@ class GalleryInfo:
 
 
 class EmbedderIdentity(Protocol):
-    """What a gallery needs from `app.inference.spec.EmbedderSpec`."""
+    """What a gallery needs from `app.inference.spec.EmbedderSpec` (read-only, as frozen dataclasses are)."""
 
-    model_id: str
-    dim: int
-    metric: str
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def metric(self) -> str: ...
 
 
 # One mapping for every vector of an `add`, or one mapping per vector (e.g. {"source": path}).
@@ -61,6 +66,8 @@ PointMeta = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 # (point id, payload, vector or None): one stored embedding as `points` returns it. An alias, since inside the
 # gallery classes `list` names their method.
 PointList = list[tuple[str, dict[str, Any], Any]]
+# (payload, vector or None): one stored embedding as `records` returns it.
+RecordList = list[tuple[dict[str, Any], Any]]
 
 
 @runtime_checkable
@@ -147,12 +154,6 @@ class GalleryRecord:
             )
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an engine's error message, for one-line UserErrors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 MAX_NAME_LENGTH = 200
 # control, format, surrogate, private-use and unassigned characters
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
@@ -216,7 +217,7 @@ def point_payloads(name: str, count: int, meta: PointMeta) -> list[dict[str, Any
 
 def similarity_from_score(score: float, metric: str) -> float:
     """Qdrant's score to the spec's similarity: Euclid scores are distances, Cosine scores similarities."""
-    return 1.0 - score if metric == "euclidean" else score
+    return float(similarity_from_distance(score, metric)) if metric == "euclidean" else score
 
 
 def best_per_person(hits: Iterable[tuple[str, float]], k: int) -> list[Match]:
@@ -385,14 +386,12 @@ class QdrantGalleryBase(ABC):
             return np.zeros((0, self.record.dim if self.record else 0), np.float32)
         return np.asarray([vector for _, vector in records], dtype=np.float32)
 
-    def records(
-        self, name: str | None = None, with_vectors: bool = False
-    ) -> list[tuple[dict[str, Any], Any]]:
+    def records(self, name: str | None = None, with_vectors: bool = False) -> RecordList:
         """(payload, vector or None) of every point (of `name` if given), ordered by time added."""
         self._require_open()
         if not self._has_storage():
             return []
-        out: list[tuple[dict[str, Any], Any]] = []
+        out: RecordList = []
         offset = None
         with self._engine_errors("read"):
             while True:

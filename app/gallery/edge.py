@@ -23,18 +23,17 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import qdrant_edge as qe
 
-from app.errors import UserError
+from app.errors import UserError, first_line
 from app.gallery.base import (
     EmbedderIdentity,
     GalleryInUseError,
     GalleryRecord,
     QdrantGalleryBase,
-    first_line,
 )
 from app.gallery.integrity import GalleryDamagedError, IntegrityRecord, damaged
 from app.gallery.storage_files import sparse_copytree, write_json_atomically
@@ -321,7 +320,8 @@ class EdgeGallery(QdrantGalleryBase):
             for row in vectors
         ]
         batches = self._shard.query_batch(qe.QueryBatchRequest(requests))
-        return [[(hit.payload["name"], hit.score) for hit in hits] for hits in batches]
+        # with_payload=["name"]: every hit carries a payload with the name
+        return [[(cast(dict[str, Any], hit.payload)["name"], hit.score) for hit in hits] for hits in batches]
 
     def _delete_name(self, name: str) -> None:
         assert self._shard is not None
@@ -331,7 +331,7 @@ class EdgeGallery(QdrantGalleryBase):
 
     def _delete_ids(self, ids: Sequence[str]) -> None:
         assert self._shard is not None
-        targets = [uuid.UUID(i) for i in ids]
+        targets: list[int | uuid.UUID | str] = [uuid.UUID(i) for i in ids]
         self._change(lambda shard: shard.update(qe.UpdateOperation.delete_points(targets)))
 
     def _name_counts(self, limit: int) -> Iterable[tuple[str, int]]:

@@ -12,14 +12,14 @@ import logging
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
-from app.errors import UserError
-from app.gallery.base import EmbedderIdentity, GalleryRecord, QdrantGalleryBase, first_line
+from app.errors import UserError, first_line
+from app.gallery.base import EmbedderIdentity, GalleryRecord, QdrantGalleryBase
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,11 @@ class ServerGallery(QdrantGalleryBase):
             models.QueryRequest(query=row.tolist(), limit=limit, with_payload=["name"]) for row in vectors
         ]
         responses = self.client.query_batch_points(self.collection, requests)
-        return [[(hit.payload["name"], hit.score) for hit in response.points] for response in responses]
+        # with_payload=["name"]: every hit carries a payload with the name
+        return [
+            [(cast(dict[str, Any], hit.payload)["name"], hit.score) for hit in response.points]
+            for response in responses
+        ]
 
     def _delete_name(self, name: str) -> None:
         selector = models.FilterSelector(filter=_name_filter(name))

@@ -111,7 +111,8 @@ class UnknownStore:
 
     @property
     def record(self) -> GalleryRecord | None:
-        return self.gallery.record
+        record: GalleryRecord | None = self.gallery.record
+        return record
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -146,7 +147,7 @@ class UnknownStore:
                 for name, face in zip(names, sighting.faces, strict=True)
             ]
             vectors = np.stack([np.asarray(f.vector, np.float32).ravel() for f in sighting.faces])
-            added = self.gallery.add(sighting.id, vectors, meta)
+            added: int = self.gallery.add(sighting.id, vectors, meta)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)

@@ -17,18 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.errors import UserError
+from app.file_digest import file_sha256 as file_sha256  # engine keys hash the ONNX file with it
 
 PRECISIONS = ("fp32", "fp16", "int8")
 METADATA_SUFFIX = ".json"
 Shape = tuple[int, ...]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BGR_MEAN = (104.0, 117.0, 123.0)
-PRESHRINK_BELOW_SCALE = 0.5  # as app.vision.alignment
+# The GPU twins of vision's preprocessing share its constants, so the two paths cannot drift apart.
+from app.vision.alignment import PRESHRINK_BELOW_SCALE
+from app.vision.retinaface import BGR_MEAN
 
 
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.errors import UserError
-from app.inference.backend import TensorInfo
+from app.errors import UserError, one_line
+from app.inference.interface import (
+    TensorInfo,
+    require_model_file,
+    require_one_image_input,
+    run_in_chunks,
+    tensor_dim,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +32,7 @@ _ORT_DTYPES = {
 
 
 def _tensor_info(node: ort.NodeArg) -> TensorInfo:
-    shape = tuple(
-        d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in node.shape
-    )
+    shape = tuple(tensor_dim(d) for d in node.shape)
     return TensorInfo(name=node.name, shape=shape, dtype=_ORT_DTYPES.get(node.type, node.type))
 
 
@@ -56,18 +60,12 @@ def choose_providers(require_tensorrt: bool = False, trt_cache_dir: Path | None 
     return providers
 
 
-def _one_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class OnnxRuntimeModel:
     """One ONNX Runtime session with a single NCHW input."""
 
     def __init__(self, path: Path, threads: int = 0, require_tensorrt: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model file {self.path} does not exist; check the path")
+        require_model_file(self.path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -79,16 +77,12 @@ class OnnxRuntimeModel:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises several pybind types (InvalidProtobuf, Fail, InvalidGraph...)
             raise UserError(
-                f"{self.path} is not a loadable ONNX model ({_one_line(exc)}); re-export or re-download it"
+                f"{self.path} is not a loadable ONNX model ({one_line(exc, limit=160)}); "
+                "re-export or re-download it"
             ) from None
         self.inputs = [_tensor_info(n) for n in self._session.get_inputs()]
         self.outputs = [_tensor_info(n) for n in self._session.get_outputs()]
-        if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
-            got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
-            raise UserError(
-                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; "
-                "export it with a single (N,3,H,W) input"
-            )
+        require_one_image_input(self.path, self.inputs)
         self.providers: list[str] = self._session.get_providers()
         self._input_name = self.inputs[0].name
         self._input_dtype = np.dtype(self.inputs[0].dtype)
@@ -103,19 +97,14 @@ class OnnxRuntimeModel:
         batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
         fixed = self._fixed_batch
         if fixed is None or batch.shape[0] == fixed:
-            return self._session.run(self._output_names, {self._input_name: batch})
-        chunks: list[list[np.ndarray]] = []
-        for start in range(0, batch.shape[0], fixed):
-            part = batch[start : start + fixed]
-            real = part.shape[0]
-            if real < fixed:  # pad the tail; the padded rows are dropped below
-                part = np.concatenate([part, np.zeros((fixed - real, *part.shape[1:]), part.dtype)])
-            chunks.append(
-                [out[:real] for out in self._session.run(self._output_names, {self._input_name: part})]
-            )
-        if not chunks:
+            return self._run_once(batch)
+        outputs = run_in_chunks(self._run_once, batch, fixed, pad=True)
+        if outputs is None:
             return [
                 np.zeros((0, *(d if isinstance(d, int) else 0 for d in o.shape[1:])), np.float32)
                 for o in self.outputs
             ]
-        return [np.concatenate([c[i] for c in chunks]) for i in range(len(self.outputs))]
+        return outputs
+
+    def _run_once(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self._output_names, {self._input_name: batch})

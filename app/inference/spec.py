@@ -38,7 +38,6 @@ re-measure with `testbench/eval_verification.py --kind arcface --embedder MODEL`
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,9 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import UserError
-from app.inference.backend import Model, TensorInfo
+from app.file_digest import file_sha256
+from app.inference.interface import Model, TensorInfo
 
 EMBEDDER_KINDS = ("auto", "dlib", "arcface")
+METRICS = ("euclidean", "cosine")  # how two embeddings compare; see the module docstring for the units
 
 # dlib's 150x150 chip, RetinaFace landmark order in image coordinates (image-left eye first).
 DLIB_TEMPLATE = np.array(
@@ -138,17 +139,13 @@ def rowwise_similarity(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in ("euclidean", "cosine"):
+    if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
 
 
 @lru_cache(maxsize=8)
 def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_sha256(Path(path))[:12]
 
 
 def model_file_id(path: Path) -> str:
@@ -159,27 +156,12 @@ def model_file_id(path: Path) -> str:
 
 def _read_io(path: Path) -> tuple[TensorInfo, TensorInfo]:
     """First input and output of an ONNX file without building a session."""
-    import onnx
+    from app.inference.onnx_io import read_io  # onnx is imported only when an embedder file is read
 
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:
-        raise UserError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it"
-        ) from None
-
-    def info(value) -> TensorInfo:
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-            for d in value.type.tensor_type.shape.dim
-        )
-        return TensorInfo(value.name, dims, "float32")
-
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    if not inputs or not graph.output:
+    inputs, outputs = read_io(path)
+    if not inputs or not outputs:
         raise UserError(f"{path} has no inputs or outputs; export the embedder with one NCHW input")
-    return info(inputs[0]), info(graph.output[0])
+    return inputs[0], outputs[0]
 
 
 def _require_embedding_output(path: Path, shape: tuple) -> None:

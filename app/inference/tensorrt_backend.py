@@ -20,8 +20,8 @@ import numpy as np
 
 from app.errors import UserError
 from app.inference import engine_cache
-from app.inference.backend import TensorInfo
 from app.inference.engine_cache import EngineKey, EngineMetadata, Profile
+from app.inference.interface import TensorInfo, require_model_file, run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,10 @@ def build_engine(
 
 
 def _onnx_input(path: Path) -> tuple[str, tuple[int | str | None, ...]]:
-    import onnx
+    from app.inference.onnx_io import read_io
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    (value,) = [i for i in graph.input if i.name not in inits]
-    dims = tuple(
-        d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim
-    )
-    return value.name, dims
+    (value,), _ = read_io(path)
+    return value.name, value.shape
 
 
 class TensorRTModel:
@@ -136,8 +131,7 @@ class TensorRTModel:
         cache_dir: Path | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model file {self.path} does not exist; check the path")
+        require_model_file(self.path)
         trt, cuda = import_tensorrt()
         self._cuda = cuda
         trt_version, gpu_name = current_target(cuda, trt)
@@ -194,12 +188,10 @@ class TensorRTModel:
         """Run an (N,C,H,W) batch in chunks of the engine's max batch; outputs in `outputs` order."""
         if batch.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
-        parts = [
-            self._run_chunk(batch[i : i + self._max_batch]) for i in range(0, len(batch), self._max_batch)
-        ]
-        if not parts:
+        outputs = run_in_chunks(self._run_chunk, batch, self._max_batch)
+        if outputs is None:
             raise ValueError("empty batch")
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(self._output_names))]
+        return outputs
 
     def _run_chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
         cuda, stream = self._cuda, self._stream

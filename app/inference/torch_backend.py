@@ -17,30 +17,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import fx
 
 from app.errors import UserError
 from app.inference import torch_convert
-from app.inference.backend import TensorInfo
+from app.inference.interface import TensorInfo, require_model_file, require_one_image_input
+from app.inference.onnx_io import graph_io
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PRECISIONS = ("auto", "fp32", "fp16")
-
-
-def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
-    dims: list[int | str | None] = []
-    for d in value.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or None)
-    elem = value.type.tensor_type.elem_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name if elem else "float32"
-    return TensorInfo(name=value.name, shape=tuple(dims), dtype=dtype)
 
 
 def pick_bucket(n: int, buckets: Sequence[int]) -> int:
@@ -105,8 +93,7 @@ class TorchModel:
         compile_mode: str | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"model file {self.path} does not exist; check the path")
+        require_model_file(self.path)
         want_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
         if want_cuda and not torch.cuda.is_available():
             raise UserError(
@@ -124,17 +111,9 @@ class TorchModel:
             torch.set_num_threads(int(threads))
 
         proto = torch_convert.load_onnx(self.path)
-        initializers = {i.name for i in proto.graph.initializer}
-        real_inputs = [i for i in proto.graph.input if i.name not in initializers]
-        self.inputs = [_tensor_info(i) for i in real_inputs]
-        self.outputs = [_tensor_info(o) for o in proto.graph.output]
+        self.inputs, self.outputs = graph_io(proto.graph)
         self.outputs = [TensorInfo(o.name, o.shape, "float32") for o in self.outputs]  # always float32 out
-        if len(self.inputs) != 1 or len(self.inputs[0].shape) != 4:
-            got = ", ".join(f"{i.name}{list(i.shape)}" for i in self.inputs)
-            raise UserError(
-                f"{self.path} must have one NCHW (rank-4) image input but has: {got}; export it with a "
-                "single (N,3,H,W) input"
-            )
+        require_one_image_input(self.path, self.inputs)
         self._fixed_batch = self.inputs[0].fixed_batch
         if precision == "auto":
             precision = "fp16" if want_cuda and self.inputs[0].fixed_hw is not None else "fp32"

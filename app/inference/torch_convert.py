@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from app.errors import UserError
+from app.errors import UserError, one_line
 
 # onnx2torch imports torchvision for its NMS and RoiAlign converters only.
 _TORCHVISION_CONVERTERS = ("onnx2torch.node_converters.nms", "onnx2torch.node_converters.roialign")
@@ -79,8 +79,9 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as exc:  # DecodeError and friends
-        msg = " ".join(str(exc).split())[:120]
-        raise UserError(f"{path} is not a loadable ONNX model ({msg}); re-export or re-download it") from None
+        raise UserError(
+            f"{path} is not a loadable ONNX model ({one_line(exc, limit=120)}); re-export or re-download it"
+        ) from None
 
 
 def convert(model: onnx.ModelProto) -> fx.GraphModule:
@@ -91,9 +92,9 @@ def convert(model: onnx.ModelProto) -> fx.GraphModule:
     try:
         return onnx2torch.convert(model)
     except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:
-        msg = " ".join(str(exc).split())[:160]
         raise UserError(
-            f"onnx2torch cannot convert this model ({type(exc).__name__}: {msg}); use backend=onnxruntime"
+            f"onnx2torch cannot convert this model ({type(exc).__name__}: {one_line(exc, limit=160)}); "
+            "use backend=onnxruntime"
         ) from None
 
 

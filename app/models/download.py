@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -14,11 +13,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app.errors import UserError
+from app.file_digest import file_sha256 as sha256_of
 from app.models.catalog import SourcePackage
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
 # Phrases in pip's stderr that mean the index could not be reached at all.
 _CONNECTION_MARKERS = (
     "NewConnectionError",
@@ -29,14 +28,6 @@ _CONNECTION_MARKERS = (
     "ConnectTimeoutError",
     "ProxyError",
 )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pip_download_command(source: SourcePackage, destination: Path) -> list[str]:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from app.config import Settings
-from app.inference.backend import Model, load_model
+from app.inference.backend import load_model
+from app.inference.interface import Model
 from app.inference.spec import EmbedderSpec, embedder_spec_for
 from app.vision.alignment import align_faces
 from app.vision.retinaface import (

@@ -71,6 +71,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from app.gallery.base import Match
+from app.inference.spec import METRICS, l2_normalize, rowwise_similarity
 from app.recognition import quality as face_quality
 from app.tracking.config import IdentityConfig
 from app.tracking.matching import box_iou
@@ -78,7 +79,6 @@ from app.tracking.matching import box_iou
 log = logging.getLogger(__name__)
 
 Status = Literal["pending", "known", "unknown"]
-METRICS = ("cosine", "euclidean")
 
 
 class TrackView(Protocol):
@@ -149,7 +149,8 @@ def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
     area = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6) * np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
     inner_w = np.clip(np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0.0), 0.0, None)
     inner_h = np.clip(np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0.0), 0.0, None)
-    return np.clip(inner_w * inner_h / area, 0.0, 1.0)
+    fraction: np.ndarray = np.clip(inner_w * inner_h / area, 0.0, 1.0)
+    return fraction
 
 
 def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
@@ -189,7 +190,9 @@ class TrackIdentities:
         overlap = box_iou(boxes, boxes)
         np.fill_diagonal(overlap, 0.0)
         max_overlap = overlap.max(axis=1)
-        geometric = geometric_quality(boxes, np.stack([t.landmarks for t in usable]), cfg)
+        geometric = geometric_quality(
+            boxes, np.stack([t.landmarks for t in usable if t.landmarks is not None]), cfg
+        )
         inside = np.ones(len(usable)) if frame_bgr is None else inside_fraction(boxes, frame_bgr.shape[:2])
         scores = np.array([float(getattr(t, "score", 1.0)) for t in usable])
         detector = face_quality.detector_term(scores, face_quality.QualityConfig().detector_floor)
@@ -291,8 +294,8 @@ class TrackIdentities:
                 record.overlapped = True
                 continue
             if quality is None:  # embedded without being selected: judge it by geometry alone
-                track = next((t for t in tracks if t.track_id == track_id), None)
-                quality = self._geometric(track) if track is not None else 0.5
+                embedded = next((t for t in tracks if t.track_id == track_id), None)
+                quality = self._geometric(embedded) if embedded is not None else 0.5
             self.counters.embeddings += 1
             self._add_embedding(record, np.asarray(vector, dtype=np.float32).ravel(), quality,
                                 list(matches.get(track_id, ())), frame)  # fmt: skip
@@ -529,9 +532,7 @@ class TrackIdentities:
 
 
 def _normalise(vectors: np.ndarray, metric: str) -> np.ndarray:
-    if metric != "cosine":
-        return vectors
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    return l2_normalize(vectors) if metric == "cosine" else vectors
 
 
 def _aggregate(kept: Sequence[tuple[float, np.ndarray]], metric: str, quality_floor: float) -> np.ndarray:
@@ -541,9 +542,7 @@ def _aggregate(kept: Sequence[tuple[float, np.ndarray]], metric: str, quality_fl
 
 
 def _similarity(vector: np.ndarray, others: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        return _normalise(others, metric) @ _normalise(vector, metric)
-    return 1.0 - np.linalg.norm(others - vector[None, :], axis=1)
+    return rowwise_similarity(others, vector[None, :], metric)
 
 
 def template_with(

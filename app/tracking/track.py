@@ -48,7 +48,8 @@ class Track:
     @property
     def box(self) -> np.ndarray:
         """(4,) x1, y1, x2, y2 of the Kalman estimate (smoothed; the prediction while lost)."""
-        return xyah_to_xyxy(self.mean[None, :4])[0]
+        box: np.ndarray = xyah_to_xyxy(self.mean[None, :4])[0]
+        return box
 
     @property
     def is_active(self) -> bool:

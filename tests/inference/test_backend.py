@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from app.errors import UserError
-from app.inference.backend import Model, TensorInfo, load_model
+from app.inference.backend import load_model
+from app.inference.interface import Model, TensorInfo
 
 REPO = Path(__file__).resolve().parents[2]
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
@@ -105,6 +106,14 @@ def test_fixed_batch_model_is_fed_in_chunks(tmp_path):
     assert model.inputs[0].fixed_batch == 1 and model.inputs[0].fixed_hw == (4, 4)
     batch = np.arange(3 * 3 * 16, dtype=np.float32).reshape(3, 3, 4, 4)
     (out,) = model.run(batch)
+    np.testing.assert_allclose(out[:, :, 0, 0], batch.mean(axis=(2, 3)))
+
+
+def test_a_fixed_batch_tail_is_padded_and_its_padding_rows_dropped(tmp_path):
+    model = load_model(_write_model(tmp_path / "fixed2.onnx", [2, 3, 4, 4]))
+    batch = np.arange(5 * 3 * 16, dtype=np.float32).reshape(5, 3, 4, 4)
+    (out,) = model.run(batch)
+    assert out.shape == (5, 3, 1, 1)
     np.testing.assert_allclose(out[:, :, 0, 0], batch.mean(axis=(2, 3)))
 
 

@@ -43,6 +43,16 @@ def alive(pids) -> list[int]:
     return out
 
 
+def still_alive(pids, within_s: float = 5.0) -> list[int]:
+    """Those of `pids` still alive once they had `within_s` to finish exiting: a process the stopped run
+    leaves behind (an orphan) stays, one that is just exiting (the run's resource tracker sees its parent
+    go only after the parent has gone) does not. The wait is a bound, not a measurement."""
+    deadline = time.monotonic() + within_s
+    while (left := alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def shm_segments(owner_pid: int) -> list[str]:
     """Frame-ring segments named after `owner_pid` still in /dev/shm."""
     return sorted(p.name for p in Path("/dev/shm").glob(f"facering-{owner_pid}-*"))

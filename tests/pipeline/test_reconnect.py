@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_checks import REPO, RunningPipeline, alive, shm_segments
+from process_checks import REPO, RunningPipeline, shm_segments, still_alive
 
 from app.config import load_settings
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
@@ -372,7 +372,7 @@ class LiveRun:
         took = self.run.wait(timeout=20)
         assert took < 2.0 and self.run.proc.returncode == 130, self.run.stderr
         pids = list(self.run.stage_pids)
-        assert alive(pids) == [] and shm_segments(self.run.proc.pid) == []
+        assert still_alive(pids) == [] and shm_segments(self.run.proc.pid) == []
         assert "Traceback" not in self.run.stderr
         return self.run.summary()
 

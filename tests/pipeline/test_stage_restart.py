@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pipeline_fakes import LinesSink, MeanStage, PassStage
-from process_checks import RunningPipeline, alive, children_of, shm_segments
+from process_checks import RunningPipeline, children_of, shm_segments, still_alive
 
 from app.pipeline.supervisor import EXIT_FAILED, RunResult, Supervisor
 from app.stages.capture import CaptureStage
@@ -131,7 +131,7 @@ def test_killed_capture_is_restarted_within_a_second_and_frames_go_on(tmp_path):
     assert result.summary["capture_restarts"] == 1
     lines = run.lines()
     assert_in_order(lines)  # indices go on from where the dead process stopped
-    assert lines[-1]["frame"] == 89 and alive([old, new]) == []
+    assert lines[-1]["frame"] == 89 and still_alive([old, new]) == []
 
 
 @pytest.mark.parametrize("how", ["raise", "hold"])
@@ -226,7 +226,7 @@ def test_cli_on_a_live_camera_survives_a_killed_capture(tmp_path):
     assert resumed_s < 3.0 and took < 2.0
     assert run.proc.returncode == 130 and run.summary()["capture_restarts"] == 1
     assert "stage capture died unexpectedly (killed by SIGKILL); restarting it" in run.stderr
-    assert alive([*stages, old]) == [] and shm_segments(run.proc.pid) == []
+    assert still_alive([*stages, old]) == [] and shm_segments(run.proc.pid) == []
     assert "Traceback" not in run.stderr
 
 
@@ -242,4 +242,4 @@ def test_cli_on_a_live_camera_stops_cleanly_when_detection_dies(tmp_path):
             run.kill()
     assert took < 2.0 and run.proc.returncode == 1
     assert "stopped: stage detect died unexpectedly (killed by SIGKILL)" in run.stderr
-    assert alive(list(run.stage_pids)) == [] and shm_segments(run.proc.pid) == []
+    assert still_alive(list(run.stage_pids)) == [] and shm_segments(run.proc.pid) == []
