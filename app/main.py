@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     log.debug("settings: %s", settings.redacted())
     preflight(settings, source_flags_from(args))
-    from app.pipeline.assembly import run_pipeline
+    from app.stages.assembly import run_pipeline
 
     result = run_pipeline(settings, max_frames=args.max_frames, source_flags=source_flags_from(args))
     if result.error is not None:

@@ -369,8 +369,8 @@ def run_pipeline(
     """Run the real pipeline (assembly API) to the end of `frames` frames a stream; summary plus what
     _FrameLog saw."""
     from app.cameras import CameraConfig
-    from app.pipeline.assembly import build_graph
     from app.pipeline.supervisor import Supervisor
+    from app.stages.assembly import build_graph
 
     names = ["default"] if streams == 1 else [f"cam{i + 1:02d}" for i in range(streams)]
     cameras = [CameraConfig(name, str(settings.video_source)) for name in names]
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     from app.config import load_settings
-    from app.pipeline.assembly import inference_threads
+    from app.stages.assembly import inference_threads
 
     if args.frames < 10:
         raise UserError("--frames must be at least 10")

@@ -54,12 +54,6 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 
 # (importing module, imported unit) -> why the rule is broken for now.
 ALLOWANCES: dict[tuple[str, str], str] = {
-    # Assembling the stages is application code living in the framework; the multi-camera rewrite moves it
-    # out of app/pipeline, and these four go with it.
-    ("app.pipeline.assembly", "stages"): "stage assembly moves out of the framework",
-    ("app.pipeline.assembly", "integrations"): "stage assembly moves out of the framework",
-    ("app.pipeline.assembly", "tracking"): "stage assembly moves out of the framework",
-    ("app.pipeline.assembly", "config"): "stage assembly moves out of the framework",
     # Identity voting is a recognition policy (gallery matches, image sharpness) kept in tracking; its home
     # is app/recognition, after which tracking imports neither.
     ("app.tracking.identity", "gallery"): "identity voting belongs in recognition",

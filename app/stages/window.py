@@ -24,7 +24,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from app.stages.gui import QUIT_KEYS, WINDOW_TITLE, OpenCvWindow
+from app.stages.opencv_window import QUIT_KEYS, WINDOW_TITLE, OpenCvWindow
 from app.vision.drawing import draw_legend, draw_note, draw_overlay
 from app.vision.mosaic import (
     EMPTY_TILE_BGR,

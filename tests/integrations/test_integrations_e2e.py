@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import load_settings
 from app.enroll import main as enroll_main
 from app.integrations.runtime import Integrations
-from app.pipeline.assembly import run_pipeline
 from app.recognition.analyzer import FaceAnalyzer
+from app.stages.assembly import run_pipeline
 from tests.pipeline.process_checks import REPO, RunningPipeline
 from tests.support.mosquitto import MosquittoBroker, free_port
 from tests.support.mqtt_subscriber import Subscriber

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import app.stages.gui as gui_module
-from app.stages.gui import OpenCvWindow
+import app.stages.opencv_window as gui_module
+from app.stages.opencv_window import OpenCvWindow
 
 
 @pytest.fixture

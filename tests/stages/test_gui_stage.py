@@ -15,7 +15,7 @@ from stage_chain import put_frame, ring_of
 from app.errors import UserError
 from app.pipeline.messages import SourceInfo, TrackedFaces
 from app.pipeline.stage_runner import StopPipeline
-from app.stages import gui as gui_module
+from app.stages import opencv_window as gui_module
 from app.stages.gui import GuiStage, gui_unavailable_reason
 from app.vision.drawing import KNOWN_BGR, PENDING_BGR, UNKNOWN_BGR, draw_faces, face_label
 
