@@ -38,18 +38,18 @@ if TYPE_CHECKING:
 
 # CLI option -> Settings field; values go to load_settings as text, so config validates them.
 SETTING_OPTIONS: dict[str, tuple[str, str]] = {
-    "--gallery": ("qdrant_path", "folder of the embedded gallery (QDRANT_PATH)"),
-    "--collection": ("qdrant_collection", "gallery collection name (QDRANT_COLLECTION)"),
+    "--gallery": ("qdrant_path", "folder of the embedded gallery (FACEPIPE_QDRANT_PATH)"),
+    "--collection": ("qdrant_collection", "gallery collection name (FACEPIPE_QDRANT_COLLECTION)"),
     "--qdrant-host": ("qdrant_host", "use the Qdrant server at this host or URL (QDRANT_HOST)"),
     "--qdrant-port": ("qdrant_port", "Qdrant server port (QDRANT_PORT)"),
     "--qdrant-api-key": ("qdrant_api_key", "Qdrant server API key (QDRANT_API_KEY)"),
-    "--detector-model": ("detector_model", "RetinaFace ONNX model (DETECTOR_MODEL)"),
-    "--embedder-model": ("embedder_model", "face embedder ONNX model (EMBEDDER_MODEL)"),
-    "--embedder": ("embedder", "embedder kind: auto, dlib or arcface (EMBEDDER)"),
+    "--detector-model": ("detector_model", "RetinaFace ONNX model (FACEPIPE_DETECTOR_MODEL)"),
+    "--embedder-model": ("embedder_model", "face embedder ONNX model (FACEPIPE_EMBEDDER_MODEL)"),
+    "--embedder": ("embedder", "embedder kind: auto, dlib or arcface (FACEPIPE_EMBEDDER)"),
     "--backend": ("backend", "inference backend (BACKEND)"),
-    "--det-size": ("det_size", "detector input size (DET_SIZE)"),
+    "--det-size": ("det_size", "detector input size (FACEPIPE_DET_SIZE)"),
     "--det-threshold": ("det_threshold", "minimum detector score (DET_THRESHOLD)"),
-    "--threshold": ("match_threshold", "similarity needed to name a face (MATCH_THRESHOLD)"),
+    "--threshold": ("match_threshold", "similarity needed to name a face (FACEPIPE_MATCH_THRESHOLD)"),
     "--threads": ("threads", "ONNX Runtime threads, 0 = auto (THREADS)"),
     "--log-level": ("log_level", "log level (LOG_LEVEL)"),
 }

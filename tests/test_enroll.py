@@ -204,7 +204,7 @@ def test_gallery_of_another_embedder_is_refused_and_unchanged(tmp_path: Path) ->
             result,
             f"gallery at {gallery / 'faces'} was built with embedder arcface-0123456789ab (dim 512)",
             "this run uses dlib-",
-            "use another QDRANT_PATH/QDRANT_COLLECTION or re-enroll",
+            "use another FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION or re-enroll",
         )
     assert_same(before, snapshot(gallery))
     # Another collection in the same folder is a separate gallery: the fix the message names works.

@@ -177,7 +177,8 @@ def verify_gallery(settings: Settings, client: QdrantClient | None = None) -> Ve
         folder = settings.qdrant_path / settings.qdrant_collection
         if not (folder / "gallery.json").is_file():
             raise UserError(
-                f"no gallery at {folder}: enroll someone first, or check QDRANT_PATH/QDRANT_COLLECTION"
+                f"no gallery at {folder}: enroll someone first, or check "
+                "FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION"
             )
         gallery = EdgeGallery(folder, None, check=False)
     try:

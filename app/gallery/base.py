@@ -138,7 +138,8 @@ class GalleryRecord:
             return cls(model_id=str(data["model_id"]), dim=int(data["dim"]), metric=str(data["metric"]))
         except (KeyError, TypeError, ValueError):
             raise UserError(
-                f"gallery at {where} has no valid embedder record: use another QDRANT_PATH/QDRANT_COLLECTION"
+                f"gallery at {where} has no valid embedder record: use another "
+                "FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION"
             ) from None
 
     def as_dict(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ class GalleryRecord:
             raise GalleryMismatchError(
                 f"gallery at {where} was built with embedder {self.model_id} (dim {self.dim}); this run uses "
                 f"{wanted.model_id} (dim {wanted.dim}{metric_note}): use another "
-                "QDRANT_PATH/QDRANT_COLLECTION or re-enroll"
+                "FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION or re-enroll"
             )
 
 

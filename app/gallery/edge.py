@@ -72,7 +72,8 @@ class _FolderLock:
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise GalleryInUseError(
                 f"gallery at {where} is in use by another process{who}: stop it, or use another "
-                "QDRANT_PATH/QDRANT_COLLECTION (or a Qdrant server via QDRANT_HOST for shared access)"
+                "FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION "
+                "(or a Qdrant server via QDRANT_HOST for shared access)"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -106,7 +107,9 @@ class EdgeGallery(QdrantGalleryBase):
         # in place through Qdrant's write-ahead log, without the copy and without an integrity record.
         self.copy_on_write = True
         if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"gallery path {self.folder} is a file, not a folder: use another QDRANT_PATH")
+            raise UserError(
+                f"gallery path {self.folder} is a file, not a folder: use another FACEPIPE_QDRANT_PATH"
+            )
         if self._record_path.exists() or (self.folder / SHARD_DIR).exists():
             self._lock.acquire(self.folder)
             try:
@@ -128,7 +131,7 @@ class EdgeGallery(QdrantGalleryBase):
         if not self._record_path.is_file():
             raise UserError(
                 f"{self.folder} holds a Qdrant shard but no {RECORD_FILE}, so its embedder is unknown: "
-                "use another QDRANT_PATH/QDRANT_COLLECTION"
+                "use another FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION"
             )
         try:
             data = json.loads(self._record_path.read_text())
@@ -169,7 +172,7 @@ class EdgeGallery(QdrantGalleryBase):
             if "WouldBlock" in message:
                 raise GalleryInUseError(
                     f"gallery at {self.folder} is in use by another process: stop it, or use another "
-                    "QDRANT_PATH/QDRANT_COLLECTION"
+                    "FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION"
                 ) from None
             raise damaged(str(self.folder), "shard storage", f"cannot load {path.name}: {message}") from None
 

@@ -38,7 +38,8 @@ def open_gallery(
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", collection):
         # it names a folder of the embedded gallery, so no separators or dot-names
         raise UserError(
-            f"QDRANT_COLLECTION={collection!r} is not a valid name: use letters, digits, '_', '-', '.'"
+            f"FACEPIPE_QDRANT_COLLECTION={collection!r} is not a valid name: "
+            "use letters, digits, '_', '-', '.'"
         )
     if client is not None or settings.qdrant_host:
         # qdrant-client is imported only here: it is slow to import and the embedded path does not need it

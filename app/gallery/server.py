@@ -67,7 +67,7 @@ class ServerGallery(QdrantGalleryBase):
         if stored is None:
             raise UserError(
                 f"{self.where} was not made by this gallery (no embedder record in its metadata): "
-                "use another QDRANT_COLLECTION"
+                "use another FACEPIPE_QDRANT_COLLECTION"
             )
         record = GalleryRecord.from_mapping(stored, self.where)
         if self.record is None:
@@ -79,7 +79,7 @@ class ServerGallery(QdrantGalleryBase):
         ):
             raise UserError(
                 f"{self.where} stores {params.size}-d {params.distance.value} vectors but its record says "
-                f"{record.dim}-d {record.metric}: use another QDRANT_COLLECTION"
+                f"{record.dim}-d {record.metric}: use another FACEPIPE_QDRANT_COLLECTION"
             )
 
     def _create(self) -> None:

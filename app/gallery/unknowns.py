@@ -282,7 +282,7 @@ def open_unknowns(settings: Settings, spec: EmbedderIdentity | None, client: Any
                 raise UserError(
                     f"{where} were kept with embedder {stored.model_id} (dim {stored.dim}); this run uses "
                     f"{wanted.model_id} (dim {wanted.dim}): clear them with `python -m app.enroll unknowns "
-                    "forget --all`, or set KEEP_UNKNOWN=false"
+                    "forget --all`, or set FACEPIPE_KEEP_UNKNOWN=false"
                 )
             gallery.record = wanted
     except BaseException:

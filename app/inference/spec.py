@@ -184,7 +184,7 @@ def _kind_from_input(path: Path, hw: tuple[int, int] | None) -> str:
         return "arcface"
     raise UserError(
         f"cannot tell the embedder kind of {path} from its input size {hw or 'dynamic'} (150 = dlib, 112 = "
-        "arcface); set EMBEDDER=dlib or EMBEDDER=arcface"
+        "arcface); set FACEPIPE_EMBEDDER=dlib or FACEPIPE_EMBEDDER=arcface"
     )
 
 
@@ -213,7 +213,8 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
         size, template = 150, DLIB_TEMPLATE
         if hw not in (None, (150, 150)):
             raise UserError(
-                f"{path} takes {hw[1]}x{hw[0]} input but a dlib embedder needs 150x150; set EMBEDDER=auto"
+                f"{path} takes {hw[1]}x{hw[0]} input but a dlib embedder needs 150x150; "
+                "set FACEPIPE_EMBEDDER=auto"
             )
     else:
         # ArcFace-family models at other square sizes (e.g. 224) use the same template scaled.

@@ -90,7 +90,7 @@ def _describe(exc: BaseException, tls: bool) -> str:
     # A plain MQTT port answers a TLS hello by closing: a reset, an EOF or an SSL error mid-handshake.
     if tls and isinstance(exc, ssl.SSLError | ConnectionResetError | ConnectionAbortedError):
         reason = getattr(exc, "reason", None) or text
-        return f"TLS handshake failed: {reason}; is MQTT_TLS right for this port?"
+        return f"TLS handshake failed: {reason}; is FACEPIPE_MQTT_TLS right for this port?"
     return text
 
 
@@ -275,7 +275,8 @@ class MqttPublisher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            hint = "; check MQTT_USER and MQTT_PASSWORD" if reason_code.value in (4, 5, 134, 135) else ""
+            refused = reason_code.value in (4, 5, 134, 135)
+            hint = "; check FACEPIPE_MQTT_USER and FACEPIPE_MQTT_PASSWORD" if refused else ""
             self._failed(f"the broker refused the connection: {reason_code}{hint}")
             client.disconnect()
             return

@@ -176,7 +176,7 @@ class MetricsServer:
             in_use = exc.errno == errno.EADDRINUSE
             why = "is in use" if in_use else f"cannot be opened ({exc.strerror or exc})"
             raise UserError(
-                f"METRICS_PORT={self.port} {why}; choose another port, or stop what listens there"
+                f"FACEPIPE_METRICS_PORT={self.port} {why}; choose another port, or stop what listens there"
             ) from None
         log.info("metrics on http://%s:%d/metrics", self.address, self.port)
 

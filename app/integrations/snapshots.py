@@ -74,7 +74,8 @@ class SnapshotWriter:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(
-                f"cannot create the snapshot folder {self.folder}: {exc.strerror or exc}; check SNAPSHOTS_DIR"
+                f"cannot create the snapshot folder {self.folder}: {exc.strerror or exc}; "
+                "check FACEPIPE_SNAPSHOTS_DIR"
             ) from None
 
     def write(

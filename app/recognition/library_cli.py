@@ -506,7 +506,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if record != wanted:
         raise UserError(
             f"{args.file} holds embeddings of {record.model_id} (dim {record.dim}); this gallery uses "
-            f"{wanted.model_id} (dim {wanted.dim}): re-enroll from photos instead, or set EMBEDDER_MODEL"
+            f"{wanted.model_id} (dim {wanted.dim}): re-enroll from photos instead, "
+            "or set FACEPIPE_EMBEDDER_MODEL"
         )
     with contextlib.closing(open_gallery(settings, wanted)) as gallery:
         existing = gallery.list()

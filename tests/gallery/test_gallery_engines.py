@@ -174,7 +174,7 @@ def test_reopen_and_model_mismatch(engine: str, tmp_path: Path) -> None:
     assert (
         f"was built with embedder {DLIB.model_id} (dim 128); this run uses {ARC.model_id} (dim 512" in message
     )
-    assert "QDRANT_PATH/QDRANT_COLLECTION or re-enroll" in message
+    assert "FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION or re-enroll" in message
     # Same dim, other model file: refused too (another network's space).
     with pytest.raises(GalleryMismatchError):
         open_engine(engine, tmp_path, Spec("dlib-ffffffffffff", 128, "euclidean"))

@@ -263,4 +263,4 @@ def test_the_pipeline_refuses_a_gallery_of_another_embedder(tmp_path):
         f"error: embed: gallery at {gallery / 'faces'} was built with embedder arcface-0123456789ab "
         "(dim 512); this run uses dlib-"
     )
-    assert line.endswith("use another QDRANT_PATH/QDRANT_COLLECTION or re-enroll")
+    assert line.endswith("use another FACEPIPE_QDRANT_PATH/FACEPIPE_QDRANT_COLLECTION or re-enroll")

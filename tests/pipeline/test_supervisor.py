@@ -78,7 +78,7 @@ def test_setup_failure_is_one_line_user_error_and_nothing_starts(video, tmp_path
     assert_clean(handle)
 
 
-GALLERY_ERROR = "gallery of 512-d vectors, embedder gives 128; use another QDRANT_COLLECTION"
+GALLERY_ERROR = "gallery of 512-d vectors, embedder gives 128; use another FACEPIPE_QDRANT_COLLECTION"
 
 
 @pytest.mark.parametrize("detect_setup_s", [0.0, 0.6])
