@@ -229,7 +229,7 @@ def test_a_metrics_port_in_use_is_one_line_before_anything_starts(gallery, tmp_p
         result = run_cli(cli(gallery, tmp_path), {"FACEPIPE_METRICS_PORT": str(port)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: METRICS_PORT={port} is in use; choose another port, or stop what listens there"
+        f"error: FACEPIPE_METRICS_PORT={port} is in use; choose another port, or stop what listens there"
     ]
 
 

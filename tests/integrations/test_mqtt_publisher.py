@@ -297,4 +297,4 @@ def test_a_wrong_password_is_one_warning_naming_the_settings_and_not_the_passwor
             right.stop()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "refused the connection" in lines[0], lines
-    assert "check MQTT_USER and MQTT_PASSWORD" in lines[0] and "wrong-pw" not in lines[0]
+    assert "check FACEPIPE_MQTT_USER and FACEPIPE_MQTT_PASSWORD" in lines[0] and "wrong-pw" not in lines[0]

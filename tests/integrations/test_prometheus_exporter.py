@@ -94,5 +94,5 @@ def test_a_metrics_port_in_use_is_one_line():
         collector = PipelineCollector("default", PipelineReading, IntegrationReading, {})
         with pytest.raises(UserError) as info:
             MetricsServer(port, collector, address="127.0.0.1").start()
-    expected = f"METRICS_PORT={port} is in use; choose another port, or stop what listens there"
+    expected = f"FACEPIPE_METRICS_PORT={port} is in use; choose another port, or stop what listens there"
     assert str(info.value) == expected
