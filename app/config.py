@@ -206,6 +206,26 @@ class Settings:
             hi=64,
         ),
     )
+    # Multi-camera speed and latency
+    live_files: bool = field(
+        default=False,
+        metadata=_meta(
+            "Treat paced files as live cameras (newest frame wins, tracking never waits): latency tests"
+        ),
+    )
+    result_lag: int = field(
+        default=1,
+        metadata=_meta(
+            "Files: frames between an embedding request and the frame its answer is applied on", lo=1, hi=16
+        ),
+    )
+    decoder: str = field(
+        default="auto",
+        metadata=_meta(
+            "Video decoder for files and stream URLs: auto (NVDEC when it is available, else FFmpeg)",
+            choices=("auto", "ffmpeg", "nvdec"),
+        ),
+    )
 
     # Output safety
     overwrite: bool = field(

@@ -595,6 +595,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live", action="store_true", help="pace every stream at its FPS instead of full speed")
     p.add_argument("--live-fps", type=float, default=0.0, help="with --live: this FPS (0 = the clip's)")
     p.add_argument(
+        "--result-lag", type=int, default=1, help="RESULT_LAG setting (files: frames an answer waits)"
+    )
+    p.add_argument("--decoder", default="ffmpeg", choices=("auto", "ffmpeg", "nvdec"), help="DECODER setting")
+    p.add_argument(
         "--keep-unknown",
         action="store_true",
         help="keep unknown faces as a run does by default (off here: it has its own benchmark, "
@@ -692,6 +696,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "qdrant_path": str(gallery),
         "max_speed": not args.live,
         "fps_target": args.live_fps if args.live else 0.0,
+        # --live plays the clip as a live camera: newest frame wins, tracking never waits for answers.
+        "live_files": args.live,
+        "result_lag": args.result_lag,
+        "decoder": args.decoder,
         "keep_unknown": args.keep_unknown,
         "gui": False,
         "ring_slots": slots,
@@ -714,6 +722,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "label": args.label,
         "streams": args.streams,
         "live": args.live,
+        "result_lag": args.result_lag,
+        "decoder": args.decoder,
         "fps": run["fps"],
         "fps_per_stream_min": min(rates) if rates else None,
         "fps_per_stream_max": max(rates) if rates else None,

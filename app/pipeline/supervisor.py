@@ -216,15 +216,16 @@ class Supervisor:
     def live_view(self) -> dict[str, Any]:
         """For observers in other threads of this process (e.g. /metrics); never blocks. `dropped` (None
         once the rings are gone: `metrics.dropped` then holds the final count), queue depths, and the Ready
-        info of each ready node (a capture's SourceInfo as a dict)."""
+        info of each ready node (a capture's SourceInfo as a dict); `dropped_by_stream` per stream index."""
         queues: dict[str, int] = {}
         for (src, dst), q in list(self._queues.items()):
             with contextlib.suppress(Exception):  # closed at shutdown; qsize is unsupported on macOS
                 queues[f"{src}->{dst}"] = q.qsize()
         dropped = None
+        by_stream: dict[int, int] = {}
         with contextlib.suppress(Exception):  # the rings may be closing under us
-            rings = list(self._rings.values())
-            dropped = sum(ring.dropped for ring in rings) if rings else None
+            by_stream = {i: ring.dropped for i, ring in list(self._rings.items())}
+            dropped = sum(by_stream.values()) if by_stream else None
         ready = {
             c.name: dataclasses.asdict(c.ready_info)
             if isinstance(c.ready_info, SourceInfo)
@@ -232,7 +233,7 @@ class Supervisor:
             for c in list(self._children.values())
             if c.ready
         }
-        return {"dropped": dropped, "queues": queues, "ready": ready}
+        return {"dropped": dropped, "dropped_by_stream": by_stream, "queues": queues, "ready": ready}
 
     # -- start --------------------------------------------------------------------------------------------
 

@@ -89,8 +89,12 @@ class CaptureStage:
         status_every_s: float = STATUS_EVERY_S,
         stream: int = 0,
         camera: str = "default",
+        live_file: bool = False,
+        decoder: str = "auto",
     ) -> None:
         self.source = source
+        self.live_file = live_file  # a paced file played as a live camera (latency benchmarks)
+        self.decoder = decoder
         self.stream = int(stream)
         self.camera = camera
         self.frames = frames
@@ -139,7 +143,8 @@ class CaptureStage:
             raise CaptureError(scrub_secrets(f"{type(exc).__name__}: {exc}", spec)) from None
 
     def _setup(self, spec: SourceSpec) -> SourceInfo:
-        self.live = spec.live
+        # A paced file played as live: newest frame wins and tracking never waits, but it still ends.
+        self.live = spec.live or (self.live_file and not self.max_speed)
         self.restarted = self._resume()
         if self.restarted and not spec.live:
             raise CaptureError("a file source is not resumed by a restarted capture")
@@ -166,7 +171,7 @@ class CaptureStage:
                 self._pending = None if spec.live else first
         if self._cap is None:
             self._start_outage("not reachable after the capture restart")
-        if self.max_speed or self.live:
+        if self.max_speed or spec.live:
             self.pace_fps = 0.0
         else:
             self.pace_fps = self.fps_target or self.fps
@@ -205,7 +210,7 @@ class CaptureStage:
                 return NOTHING_YET
             self._pending = self._read(self._cap)
             if self._pending is None:
-                if not self.live:
+                if not self.spec.live:
                     self.end_reason = "end of stream"
                     self._check_complete()
                     return None

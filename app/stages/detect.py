@@ -29,7 +29,7 @@ import numpy as np
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.messages import FrameRef, RawDetections
+from app.pipeline.messages import FrameRef, RawDetections, SourceInfo
 from app.pipeline.stage_runner import Capabilities
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class DetectStage:
         self.candidate_floor = float(candidate_floor)
         self.model = None
         self.gpu = None
+        self._live: set[int] = set()  # live cameras among those served (set by start)
 
     def setup(self) -> dict[str, object]:
         if self.backend == "torch" and self._torch_device_wanted():
@@ -163,20 +164,59 @@ class DetectStage:
         return {"input_hw": (h, w), "max_batch": self.max_batch}
 
     def start(self, sources: dict) -> None:
-        """GPU path: page-lock every camera's ring now (~50 ms each), not when its first frame comes."""
+        """Live cameras are noted (their stale frames are dropped before detection). CPU path: the detector
+        input is fitted to the cameras' frames. GPU path: page-lock every camera's ring now (~50 ms each),
+        not when its first frame comes."""
+        served = [s for s in sources if self.streams is None or s in self.streams]
+        self._live = {s for s in served if isinstance(sources[s], SourceInfo) and sources[s].live}
         if self.gpu is None:
+            self._fit_input(served)
             return
-        for stream in sources:
-            if self.streams is not None and stream not in self.streams:
-                continue
+        for stream in served:
             ring = self.frames.ring(stream)
             self.gpu.register_ring(ring.frame(0), ring.slots)
+
+    def _fit_input(self, streams: list[int]) -> None:
+        """A model with a free input size gets the smallest input holding every camera's frame
+        (`fitted_input_hw`: 640x384 for 16:9 at 640), not det_size square."""
+        from app.vision.retinaface import RetinaFacePreprocessor, fitted_input_hw
+
+        if self.model is None or self.model.inputs[0].fixed_hw is not None or not streams:
+            return
+        hw = fitted_input_hw([self.frames.ring(s).frame(0).shape[:2] for s in streams], self.det_size)
+        if hw == tuple(self.input_hw):
+            return
+        self.input_hw = hw
+        self.preprocess = RetinaFacePreprocessor(hw)
+        self._buffer = np.zeros((self._fixed_batch or self.max_batch, 3, *hw), np.float32)
+        self._split(self.model.run(self._buffer[: self._fixed_batch or 1]))  # the first run at a size is slow
+        log.info("detector input %dx%d for frames of %s", hw[1], hw[0],
+                 sorted({self.frames.ring(s).frame(0).shape[:2] for s in streams}))  # fmt: skip
+
+    def _newest_live(self, msgs: list[FrameRef]) -> list[FrameRef]:
+        """A live camera's frame with a newer one of that camera behind it in the batch is stale: dropped
+        here (counted by its ring), before it costs a detection."""
+        newest: dict[int, int] = {}
+        for m in msgs:
+            if m.meta.stream in self._live:
+                newest[m.meta.stream] = max(newest.get(m.meta.stream, 0), m.meta.seq)
+        if not newest:
+            return msgs
+        kept = []
+        for m in msgs:
+            if m.meta.stream in newest and m.meta.seq != newest[m.meta.stream]:
+                self.frames.ring(m.meta.stream).drop(m.meta.slot, m.meta.seq)
+            else:
+                kept.append(m)
+        return kept
 
     def process(self, msg: FrameRef) -> list[RawDetections]:
         return self.process_batch([msg])
 
     def process_batch(self, msgs: list[FrameRef]) -> list[RawDetections]:
         rings = self.frames
+        if self._live and len(msgs) > 1:
+            msgs = self._newest_live(msgs)
         frames = [m for m in msgs if rings.ring(m.meta.stream).claim(m.meta.slot, m.meta.seq)]
         if not frames:
             return []
