@@ -96,6 +96,39 @@ def ensure_clip(resolution: str, frames: int, work: Path, faces: int = 10) -> Pa
     return path
 
 
+def ensure_h264(clip: Path) -> Path:
+    """The clip re-encoded as H.264 (the generated clips are MPEG-4 part 2, which NVDEC may not take), made
+    once beside it with the pipeline's own writer; its ground truth is copied along."""
+    from app.vision.video_writer import CrashSafeVideoWriter
+
+    out = clip.with_name(f"{clip.stem}-h264.mp4")
+    truth = clip.with_suffix(".gt.json")
+    if out.is_file() and out.stat().st_size > 0:
+        return out
+    cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+    fps = cap.get(cv2.CAP_PROP_FPS) or CLIP_FPS
+    writer = None
+    log(f"re-encoding {clip.name} as H.264")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if writer is None:
+                writer = CrashSafeVideoWriter(
+                    out.with_suffix(".part.mp4"), fps, (frame.shape[1], frame.shape[0])
+                )
+            writer.write(frame)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.close()
+    out.with_suffix(".part.mp4").replace(out)
+    if truth.is_file():
+        out.with_suffix(".gt.json").write_text(truth.read_text())
+    return out
+
+
 def ensure_gallery(embedder: Path, kind: str, work: Path, images_dir: Path = DEMO_IMAGES_DIR) -> Path:
     """A gallery of the demo enrollment photos made with `embedder` (ONNX Runtime; the gallery only cares
     which embedder file made it), in a folder named after the file, enrolled once."""
@@ -598,6 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--result-lag", type=int, default=1, help="RESULT_LAG setting (files: frames an answer waits)"
     )
     p.add_argument("--decoder", default="ffmpeg", choices=("auto", "ffmpeg", "nvdec"), help="DECODER setting")
+    p.add_argument("--codec", default="as-made", choices=("as-made", "h264"), help="h264: re-encode the clip")
     p.add_argument(
         "--keep-unknown",
         action="store_true",
@@ -673,6 +707,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     clip = args.source or ensure_clip(args.resolution, args.frames, work, args.faces)
     if not clip.is_file():
         raise UserError(f"video file {clip} does not exist; check --source")
+    if args.codec == "h264":
+        clip = ensure_h264(clip)
     detector, note = args.detector, "as given"
     if is_random_weights(args.detector) and not args.raw_detector:
         detector = guided_detector(

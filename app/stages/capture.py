@@ -48,13 +48,13 @@ from app.pipeline.sources import (
     READ_TIMEOUT_S,
     SourceSpec,
     frame_count,
-    open_video,
     parse_source,
     quiet_video_backend,
     scrub_secrets,
     source_fps,
 )
 from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
+from app.stages.nvdec import open_capture
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class CaptureStage:
         shape: tuple[int, ...] | None = None
         self.fps = DEFAULT_FPS
         try:
-            self._cap = open_video(spec, self.open_timeout_s, self.read_timeout_s)
+            self._cap = open_capture(spec, self.decoder, self.open_timeout_s, self.read_timeout_s)
         except UserError:
             if not self.restarted:
                 raise  # at start a dead source is a user error (fail fast); after a restart, reconnect
@@ -178,7 +178,7 @@ class CaptureStage:
         if shape is not None:
             log.info("source %s: %dx%d at %.2f fps (%s)", spec.display, shape[1], shape[0], self.fps,
                      "live" if self.live else "file")  # fmt: skip
-        self.declared_frames = None if self.live or self._cap is None else frame_count(self._cap)
+        self.declared_frames = None if spec.live or self._cap is None else frame_count(self._cap)
         return SourceInfo(
             frame_shape=(int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None else None,
             fps=self.fps,
@@ -217,7 +217,8 @@ class CaptureStage:
                 self._lose(self._read_problem)
                 return NOTHING_YET
             # Live cap: skip frames that come sooner than the target rate allows.
-            if self.live and self.fps_target > 0 and self._pending[2] - self._last_emit < 1 / self.fps_target:
+            live_cap = self.spec.live and self.fps_target > 0
+            if live_cap and self._pending[2] - self._last_emit < 1 / self.fps_target:
                 self._pending = None
                 self.frames_skipped += 1
                 return NOTHING_YET
@@ -356,7 +357,7 @@ class CaptureStage:
             return NOTHING_YET
         attempt = outage.failures + 1
         try:
-            cap = open_video(self.spec, self.open_timeout_s, self.read_timeout_s)
+            cap = open_capture(self.spec, self.decoder, self.open_timeout_s, self.read_timeout_s)
         except UserError:
             delay = outage.failed()
             log.debug("reconnect attempt %d to %s refused; next in %.2f s", attempt, self.spec.display, delay)
