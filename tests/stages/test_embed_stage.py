@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -79,9 +80,16 @@ def test_requests_of_two_streams_are_answered_in_one_model_call_each_to_its_own_
         worker.close()
 
 
-def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> list[TrackedFaces]:
+def recognise(
+    frames: list[np.ndarray],
+    gallery: Path,
+    through_worker: bool,
+    result_lag: int = 1,
+    serve_delay_s: float = 0.0,
+) -> list[TrackedFaces]:
     """Detect, post-process and recognise in this process; with `through_worker`, embeddings come from an
-    EmbedStage serving in a thread, as the embedding worker process does."""
+    EmbedStage serving in a thread, as the embedding worker process does (answers `result_lag` frames after
+    their request; `serve_delay_s` slows the worker down)."""
     settings = load_settings({"qdrant_path": str(gallery)}, env_file=None)
     requests: queue.Queue = queue.Queue()
     results: queue.Queue = queue.Queue()
@@ -90,7 +98,7 @@ def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> 
     stop = threading.Event()
     out = []
     with ring_of(frames[0].shape, slots=6) as (ring, handle):
-        recognize = RecognizeStage(handle, settings, embed=channel)
+        recognize = RecognizeStage(handle, settings, embed=channel, result_lag=result_lag)
         stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), recognize]
         setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
         serving = None
@@ -99,6 +107,7 @@ def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> 
 
             def serve() -> None:
                 while not stop.is_set():
+                    time.sleep(serve_delay_s)
                     worker.serve(0.02)
 
             serving = threading.Thread(target=serve)
@@ -135,3 +144,17 @@ def test_recognition_through_the_worker_names_as_in_process_recognition_does(gal
     # ...and the same name, a frame or two later: an answer is applied on the frame after its request.
     assert 0 <= first_named(shared) - first_named(alone) <= 3
     assert sum(LIN in r.names for r in shared) >= sum(LIN in r.names for r in alone) - 3
+
+
+def test_a_result_lag_of_several_frames_gives_the_same_tracks_and_names_however_fast_the_worker_is(
+    gallery_dir,
+):
+    frames = clip(100, 160)
+    alone = recognise(frames, gallery_dir, through_worker=False)
+    fast = recognise(frames, gallery_dir, through_worker=True, result_lag=3)
+    slow = recognise(frames, gallery_dir, through_worker=True, result_lag=3, serve_delay_s=0.05)
+    # A file's answers are applied on exactly the frame `lag` after their request: timing changes nothing.
+    assert [(list(r.track_ids), r.names) for r in fast] == [(list(r.track_ids), r.names) for r in slow]
+    assert [list(r.track_ids) for r in fast] == [list(r.track_ids) for r in alone]
+    first = next(i for i, r in enumerate(fast) if LIN in r.names)
+    assert 0 <= first - next(i for i, r in enumerate(alone) if LIN in r.names) <= 3 + 2
