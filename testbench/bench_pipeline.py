@@ -540,8 +540,10 @@ def model_only(
     when not known); fps_all_faces: every face embedded on every frame.
     """
     from app.inference.spec import embedder_spec_for
-    from app.vision.retinaface import letterbox
+    from app.vision.retinaface import fitted_input_hw, letterbox
 
+    # The input the detection stage runs at: fitted to the clip's frames unless the model fixes it.
+    fitted = fitted_input_hw([frames[0].shape[:2]], det_size)
     face_batch = max(1, round(faces))
     out: dict[str, Any] = {"det_batch": det_batch, "face_batch": face_batch}
     batch_frames = (frames * det_batch)[:det_batch]
@@ -554,7 +556,11 @@ def model_only(
         det = TorchDetector(
             detector, det_size, max_batch=det_batch, precision=det_precision, threads=det_threads
         )
-        det.warmup()
+        if det.model.inputs[0].fixed_hw is None:
+            det.refit(fitted)
+        else:
+            det.warmup()
+        out["detector_input_hw"] = list(det.input_hw)
         sync = torch.cuda.synchronize if det.device.type == "cuda" else None
         h, w = det.input_hw
         for b in sorted({1, det_batch}):
@@ -577,11 +583,13 @@ def model_only(
         from app.inference.backend import load_model
 
         det_model = load_model(detector, backend, det_threads)
-        blobs = np.stack([letterbox(f, det_size)[0] for f in batch_frames])
+        hw = det_model.inputs[0].fixed_hw or fitted
+        out["detector_input_hw"] = list(hw)
+        blobs = np.stack([letterbox(f, hw)[0] for f in batch_frames])
         for b in sorted({1, det_batch}):
             out[f"detector_per_s_b{b}"] = round(_rate(lambda x=blobs[:b]: det_model.run(x), b, min_s=2.0), 2)
         frame = batch_frames[0]
-        out["cpu_letterbox_ms"] = round(1e3 / _rate(lambda: letterbox(frame, det_size), 1, min_s=0.5), 3)
+        out["cpu_letterbox_ms"] = round(1e3 / _rate(lambda: letterbox(frame, hw), 1, min_s=0.5), 3)
         emb_model = load_model(embedder, backend, embed_threads)
         spec = embedder_spec_for(embedder, kind, emb_model)
         rng = np.random.default_rng(0)

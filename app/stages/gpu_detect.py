@@ -204,6 +204,14 @@ class TorchDetector:
         h, w = self.input_hw
         self.detect([np.zeros((h, w, 3), np.uint8)])
 
+    def refit(self, input_hw: tuple[int, int]) -> None:
+        """Run at another detector input size from now on (e.g. fitted to the cameras' frames): its graphs
+        are captured here, before the first frame."""
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        h, w = self.input_hw
+        self._blob = torch.empty((self.max_batch, 3, h, w), dtype=self.model.dtype, device=self.device)
+        self.warmup()
+
     def register_ring(self, first_slot: np.ndarray, slots: int) -> bool:
         return self.uploader.register(first_slot, slots)
 
