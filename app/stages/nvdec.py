@@ -10,8 +10,11 @@ session) and leaves the CPU cores to tracking.
   imports and the driver reports a GPU, else FFmpeg; a source NVDEC cannot open (e.g. a codec it lacks) then
   falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2).
 - Frames come back to the host as BGR uint8 (decoded as interleaved RGB into host memory, then one
-  channel swap), so they go into the shared-memory ring like any other frame. Keeping them on the GPU would
-  save the download but needs the ring to live in GPU memory: not done.
+  channel swap), so they go into the shared-memory ring like any other frame. The calls used
+  (`CreateDemuxer(filename=)`, `CreateDecoder(gpuid, codec, usedevicememory, outputColorType)`, iterating
+  the demuxer, `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec
+  2.2.4's samples; that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames
+  on the GPU would save the download but needs the ring to live in GPU memory: not done.
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
   timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.
 """
@@ -31,7 +34,7 @@ import numpy as np
 
 from app.config import env_name
 from app.errors import UserError
-from app.pipeline.sources import READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
+from app.pipeline.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +109,14 @@ def choose_decoder(setting: str, spec: SourceSpec, problem: str | None) -> str:
     return "ffmpeg"
 
 
-def open_capture(
-    spec: SourceSpec,
-    decoder: str,
-    open_timeout_s: float,
-    read_timeout_s: float,
-    problem: str | None = None,
-) -> Any:
-    """An opened capture for `spec` with the decoder `DECODER` picks (`cv2.VideoCapture` or `NvdecCapture`).
-
-    `problem`: what `nvdec_problem()` said (checked here when not given and NVDEC may be wanted)."""
-    if decoder != "ffmpeg" and spec.kind != "webcam" and problem is None:
-        problem = nvdec_problem()
+def open_capture(spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float) -> Any:
+    """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture."""
+    wanted = decoder != "ffmpeg" and spec.kind != "webcam"
+    problem = nvdec_problem() if wanted else None
     if choose_decoder(decoder, spec, problem) == "ffmpeg":
         return open_video(spec, open_timeout_s, read_timeout_s)
     try:
-        return NvdecCapture(spec, read_timeout_s)
+        return NvdecCapture(spec, read_timeout_s, open_timeout_s)
     except UserError:
         if decoder == "nvdec":
             raise
@@ -132,13 +127,20 @@ def open_capture(
 class NvdecCapture:
     """Frames of a file or stream URL decoded by NVDEC, read like a cv2.VideoCapture (BGR uint8)."""
 
-    def __init__(self, spec: SourceSpec, read_timeout_s: float = READ_TIMEOUT_S, gpu_id: int = 0) -> None:
+    def __init__(
+        self,
+        spec: SourceSpec,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        gpu_id: int = 0,
+    ) -> None:
         nvc = import_nvc()
         self.spec = spec
         self.read_timeout_s = None if spec.kind == "file" else float(read_timeout_s)
         self._fps, self._frames = _container_facts(spec)
         try:
-            self._demuxer = nvc.CreateDemuxer(str(spec.target))
+            self._demuxer = nvc.CreateDemuxer(filename=str(spec.target))
+            self._hw = (int(self._demuxer.Height()), int(self._demuxer.Width()))
             self._decoder = nvc.CreateDecoder(
                 gpuid=gpu_id,
                 codec=self._demuxer.GetNvCodecId(),
@@ -153,18 +155,36 @@ class NvdecCapture:
         self._thread = threading.Thread(target=self._decode, name="nvdec", daemon=True)
         self._thread.start()
         self._open = True
+        # The first frame now: a codec the engine lacks fails here, at open (DECODER=auto then uses FFmpeg),
+        # not as an empty video later.
+        try:
+            self._first: Any = self._frames_out.get(timeout=open_timeout_s)
+        except queue.Empty:
+            self._first = _END
+        if self._first is _END:
+            self.release()
+            raise UserError(f"NVDEC gave no frame of {spec.display}; set {_setting()}=ffmpeg")
 
     def _decode(self) -> None:
         """Demux and decode to the end (or a stop), each frame downloaded and swapped to BGR."""
         try:
             for packet in self._demuxer:
                 for frame in self._decoder.Decode(packet):
-                    rgb = np.from_dlpack(frame)
-                    if not self._put(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+                    if not self._put(cv2.cvtColor(self._host_rgb(frame), cv2.COLOR_RGB2BGR)):
                         return
         except Exception as exc:  # noqa: BLE001 - a broken stream ends it; read() says so
             log.debug("nvdec: %s", scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec))
         self._put(_END)
+
+    def _host_rgb(self, frame: Any) -> np.ndarray:
+        """A decoded frame in host memory as an (H,W,3) RGB view: through DLPack, or from its plane pointer
+        (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a CPU array."""
+        try:
+            return np.from_dlpack(frame)
+        except (TypeError, RuntimeError, BufferError, ValueError):
+            size = int(frame.framesize())
+            pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
+            return np.ctypeslib.as_array(pointer, shape=(size,)).reshape(*self._hw, 3)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -181,6 +201,9 @@ class NvdecCapture:
     def read(self) -> tuple[bool, np.ndarray | None]:
         if not self._open:
             return False, None
+        if self._first is not None:
+            item, self._first = self._first, None
+            return True, item
         try:
             item = self._frames_out.get(timeout=self.read_timeout_s)
         except queue.Empty:

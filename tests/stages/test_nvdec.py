@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 from app.errors import UserError
@@ -80,3 +81,76 @@ def test_a_run_asking_for_nvdec_without_it_is_one_error_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "FACEPIPE_DECODER" in errors[0] and ("pynvvideocodec" in errors[0] or "GPU" in errors[0])
+
+
+class FrameLibrary:
+    """Stands in for PyNvVideoCodec's demuxer/decoder API (which needs an NVIDIA GPU) to check the adapter's
+    own logic: order, colour order, end of stream, a source that yields nothing. Frames are real pixels of
+    the Hamilton clip, handed out as RGB host arrays as the library does with usedevicememory=False."""
+
+    class OutputColorType:
+        RGB = "rgb"
+
+    def __init__(self, frames: list) -> None:
+        self.frames = frames
+
+    def CreateDemuxer(self, filename: str):  # noqa: N802 - the library's name
+        frames = self.frames
+
+        class Demuxer:
+            def Height(self):  # noqa: N802
+                return frames[0].shape[0] if frames else 0
+
+            def Width(self):  # noqa: N802
+                return frames[0].shape[1] if frames else 0
+
+            def GetNvCodecId(self):  # noqa: N802
+                return 4
+
+            def __iter__(self):
+                return iter(range(len(frames)))
+
+        return Demuxer()
+
+    def CreateDecoder(self, gpuid, codec, usedevicememory, outputColorType):  # noqa: N802, N803
+        assert usedevicememory is False and outputColorType == "rgb"
+        frames = self.frames
+
+        class Decoder:
+            def Decode(self, packet):  # noqa: N802
+                return [cv2.cvtColor(frames[packet], cv2.COLOR_BGR2RGB)]
+
+        return Decoder()
+
+
+def clip_frames(n: int) -> list:
+    cap = cv2.VideoCapture(str(HAMILTON))
+    frames = [cap.read()[1] for _ in range(n)]
+    cap.release()
+    return frames
+
+
+def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypatch):
+    frames = clip_frames(12)
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
+    cap = nvdec.NvdecCapture(FILE)
+    assert cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 275
+    got = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        got.append(image)
+    cap.release()
+    assert len(got) == 12 and all(np.array_equal(a, b) for a, b in zip(got, frames, strict=True))
+    assert not cap.isOpened()
+
+
+def test_a_source_nvdec_yields_nothing_from_fails_at_open_and_auto_falls_back_to_ffmpeg(monkeypatch):
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary([]))
+    monkeypatch.setattr(nvdec, "nvdec_problem", lambda: None)
+    with pytest.raises(UserError, match="NVDEC gave no frame of .*; set FACEPIPE_DECODER=ffmpeg"):
+        open_capture(FILE, "nvdec", 5.0, 3.0)
+    cap = open_capture(FILE, "auto", 5.0, 3.0)
+    assert isinstance(cap, cv2.VideoCapture) and cap.read()[0]
+    cap.release()
