@@ -7,7 +7,9 @@
   out, e.g. a truncated download) is the end of the run, never a reconnect.
 - Live sources (URLs, webcams) are read as they come; the ring's newest-wins policy drops stale frames, and a
   frame that finds the detection queue full is dropped too (both counted). `fps_target` caps a live rate by
-  skipping frames.
+  skipping frames. A paced file with `live_file` (LIVE_FILES, the benchmark's `--live`) is read like a file
+  but handled as live (newest frame wins, tracking never waits), and still ends at its last frame.
+- `decoder` (DECODER): OpenCV/FFmpeg or NVDEC for files and stream URLs (`nvdec.open_capture`).
 
 Live sources that drop or stall are reconnected, never the end of the run:
 - A read that fails (connection cut, camera gone) or takes about the whole read timeout (a stalled stream:
