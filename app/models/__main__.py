@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from app.cli_exit import run_cli
-from app.models import paths
 from app.errors import UserError
+from app.models import paths
 from app.models.catalog import ARTIFACTS, OPTIONAL_ARTIFACTS, Artifact
 from app.models.fetch import artifact_problems, fetch_artifact
 

@@ -1,4 +1,4 @@
-"""Fetch a source package into the download cache with ``pip download`` (or ``npm pack``), check its sha256."""
+"""Fetch a source package into the download cache (``pip download``, ``npm pack``) and check its sha256."""
 
 from __future__ import annotations
 
