@@ -98,8 +98,9 @@ def test_the_pipeline_names_the_hamilton_people_with_mobilefacenet(tmp_path, mob
     _enroll(gallery, lin, SHARED_FACES / "lin-manuel-miranda.png", env)
     _enroll(gallery, alex, SHARED_FACES / "alex-lacamoire.png", env)
     result = subprocess.run(
-        [sys.executable, "-m", "app.main", "--env-file", str(tmp_path / "none.env"), "--source", str(HAMILTON),
-         "--no-gui", "--max-speed", "--gallery", str(gallery), "--tracks-out", str(tracks)],
+        [sys.executable, "-m", "app.main", "--env-file", str(tmp_path / "none.env"),
+         "--source", str(HAMILTON), "--no-gui", "--max-speed", "--gallery", str(gallery),
+         "--tracks-out", str(tracks)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
