@@ -61,7 +61,7 @@ class FaceEmbedder:
         from app.inference.spec import embedder_spec_for
 
         s = self.settings
-        self.model = load_model(s.embedder_model, s.backend, self.threads, s.torch_compile)
+        self.model = load_model(s.embedder_model, s.backend, self.threads)
         spec = embedder_spec_for(s.embedder_model, s.embedder, self.model)
         if s.match_threshold is not None:
             spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
