@@ -57,7 +57,10 @@ class Settings:
     )
     embedder: str = field(
         default="auto",
-        metadata=_meta("Embedder kind: auto (from input size), dlib or arcface", choices=EMBEDDER_KINDS),
+        metadata=_meta(
+            "Embedder kind: auto (from input size and output), dlib, arcface or mobilefacenet",
+            choices=EMBEDDER_KINDS,
+        ),
     )
     backend: str = field(
         default="onnxruntime",

@@ -45,7 +45,7 @@ SETTING_OPTIONS: dict[str, tuple[str, str]] = {
     "--qdrant-api-key": ("qdrant_api_key", "Qdrant server API key (QDRANT_API_KEY)"),
     "--detector-model": ("detector_model", "RetinaFace ONNX model (FACEPIPE_DETECTOR_MODEL)"),
     "--embedder-model": ("embedder_model", "face embedder ONNX model (FACEPIPE_EMBEDDER_MODEL)"),
-    "--embedder": ("embedder", "embedder kind: auto, dlib or arcface (FACEPIPE_EMBEDDER)"),
+    "--embedder": ("embedder", "embedder kind: auto, dlib, arcface or mobilefacenet (FACEPIPE_EMBEDDER)"),
     "--backend": ("backend", "inference backend (BACKEND)"),
     "--det-size": ("det_size", "detector input size (FACEPIPE_DET_SIZE)"),
     "--det-threshold": ("det_threshold", "minimum detector score (DET_THRESHOLD)"),
