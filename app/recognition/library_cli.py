@@ -96,9 +96,9 @@ def write_sheet(path: Path, sheet: np.ndarray) -> None:
 
 def embedder_spec(settings: Settings) -> Any:
     """The configured embedder's identity (reads the ONNX graph; no session is built)."""
-    from app.inference.spec import embedder_spec_for
+    from app.recognition.embedder import configured_spec
 
-    return embedder_spec_for(settings.embedder_model, settings.embedder)
+    return configured_spec(settings)
 
 
 def crops_folder(settings: Settings) -> Path:

@@ -220,15 +220,9 @@ class RecognizeStage:
 
     def _spec_only(self) -> dict[str, object]:
         """The embedder's spec without loading it for inference (the worker runs it): chip size, threshold."""
-        import dataclasses
+        from app.recognition.embedder import configured_spec
 
-        from app.inference.spec import embedder_spec_for
-
-        s = self.settings
-        spec = embedder_spec_for(s.embedder_model, s.embedder)
-        if s.match_threshold is not None:
-            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
-        self.embedder.spec = spec
+        spec = self.embedder.spec = configured_spec(self.settings)
         return {"embedder": spec.model_id, "threshold": spec.threshold, "worker": True}
 
     @property
