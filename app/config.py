@@ -132,8 +132,8 @@ class Settings:
     # Cameras: several streams in one run
     cameras_file: Path | None = setting(
         None,
-        "Cameras file (TOML, one [[camera]] table per stream; see cameras.example.toml); empty = VIDEO_SOURCE "
-        "alone",
+        "Cameras file (TOML, one [[camera]] table per stream; see cameras.example.toml); "
+        "empty = VIDEO_SOURCE alone",
         flag="--cameras",
     )
     min_face: int = setting(
@@ -187,7 +187,8 @@ class Settings:
     )
     tracking_workers: int = setting(
         0,
-        "Tracking processes the cameras are spread over; 0 = one per 4 cameras, at most a quarter of the CPUs",
+        "Tracking processes the cameras are spread over; 0 = one per 4 cameras, at most a quarter of "
+        "the CPUs",
         lo=0,
         hi=64,
     )
