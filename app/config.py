@@ -7,6 +7,9 @@ variables (`OUTPUT`, `GUI`, `THREADS`...) from changing a run. The original proj
 name is still read for one release, with a warning. An unknown key in `.env` is an error naming the
 closest valid key. Bad values raise `ConfigError` with one line naming the setting, the value and what is
 accepted; every numeric setting has a lower and an upper bound.
+
+The command-line flags of the settings are made here too (`setting_flag`, `add_setting_flags`), from the
+fields' types and metadata: each CLI names the settings it takes, so a flag means the same in every CLI.
 """
 
 from __future__ import annotations
@@ -310,7 +313,7 @@ def _typed(kind: type, value: Any) -> Any:
     raise ValueError(f"a {type(value).__name__}")
 
 
-def _convert(f: dataclasses.Field, raw: Any, origin: str, key: str | None = None) -> Any:
+def _convert(f: dataclasses.Field[Any], raw: Any, origin: str, key: str | None = None) -> Any:
     """`raw` as the field's type, validated; messages name the setting as the user wrote it (`key`)."""
     shown = key or env_name(f.name)
     kind, optional = _field_types()[f.name]
@@ -329,7 +332,7 @@ def _convert(f: dataclasses.Field, raw: Any, origin: str, key: str | None = None
     return value
 
 
-def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
+def _validate(f: dataclasses.Field[Any], value: Any, origin: str, name: str) -> None:
     if value is None:
         return
     meta = f.metadata
@@ -346,7 +349,7 @@ def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
         raise ConfigError(f"{origin} {name}={value!r} {problem}")
 
 
-def range_problem(f: dataclasses.Field, value: Any) -> str | None:
+def range_problem(f: dataclasses.Field[Any], value: Any) -> str | None:
     """Why `value` is outside the field's lo/hi bounds ("is out of range: it must be ..."), or None."""
     lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
     if lo is not None and value < lo or hi is not None and value > hi:
@@ -462,7 +465,7 @@ def env_file_from(args: argparse.Namespace) -> Path:
     return Path(getattr(args, "env_file", ENV_FILE))
 
 
-def _field(name: str) -> dataclasses.Field:
+def _field(name: str) -> dataclasses.Field[Any]:
     return Settings.__dataclass_fields__[name]
 
 
@@ -493,12 +496,12 @@ def load_settings(
         # An empty variable means "use the default", as an empty line in .env does.
         if raw is not None and raw.strip():
             values[name] = _convert(f, raw, "environment", key)
-    for name, raw in (overrides or {}).items():
-        if raw is None:
+    for name, given in (overrides or {}).items():
+        if given is None:
             continue
         if name not in fields:
             raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _convert(fields[name], raw, "option")
+        values[name] = _convert(fields[name], given, "option")
     if "log_level" in values:
         values["log_level"] = str(values["log_level"]).upper()
     return Settings(**values)

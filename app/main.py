@@ -129,7 +129,7 @@ def check_run_outputs(
     inputs = [("--source", path) for path in source_files]
     inputs += [("--detector", settings.detector_model), ("--embedder-model", settings.embedder_model)]
     videos = video_paths(settings.output, list(cameras)) if settings.output is not None else []
-    named = [("--output", path) for path in videos]
+    named: list[tuple[str, Path | None]] = [("--output", path) for path in videos]
     named += [("--events", settings.events), ("--tracks-out", settings.tracks_out)]
     outputs = [(flag, path) for flag, path in named if path is not None]
     check_output_paths(inputs, outputs, overwrite=settings.overwrite)
