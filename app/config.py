@@ -361,6 +361,11 @@ def range_problem(f: dataclasses.Field[Any], value: Any) -> str | None:
 # -- command-line flags: every CLI builds its setting flags here, so a flag means the same in each -------
 
 ENV_FILE = Path(".env")
+# Settings every CLI that opens the gallery or runs the models takes as flags, in the order --help lists them.
+GALLERY_SETTINGS = ("qdrant_path", "qdrant_collection", "qdrant_host", "qdrant_port", "qdrant_api_key",
+                    "qdrant_https")  # fmt: skip
+MODEL_SETTINGS = ("detector_model", "embedder_model", "embedder", "backend", "det_size", "det_threshold",
+                  "match_threshold", "threads")  # fmt: skip
 FLAGS_TITLE = "settings (override the environment and the settings file)"
 _METAVARS = {int: "INT", float: "NUMBER", Path: "PATH", str: "TEXT"}
 
@@ -463,6 +468,11 @@ def flag_overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str, 
 def env_file_from(args: argparse.Namespace) -> Path:
     """The settings file `--env-file` names, else `.env`."""
     return Path(getattr(args, "env_file", ENV_FILE))
+
+
+def settings_from_flags(args: argparse.Namespace, names: Iterable[str]) -> Settings:
+    """The settings, with the flags of `names` given in `args` and the settings file `--env-file` names."""
+    return load_settings(flag_overrides(args, names), env_file=env_file_from(args))
 
 
 def _field(name: str) -> dataclasses.Field[Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.cli_exit import OneLineArgumentParser, run_cli
-from app.config import Settings, add_setting_flags, env_file_from, flag_overrides, load_settings
+from app.config import GALLERY_SETTINGS, MODEL_SETTINGS, Settings, add_setting_flags, settings_from_flags
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
 from app.gallery.base import check_name
@@ -39,23 +39,7 @@ if TYPE_CHECKING:
 
 # The settings this CLI takes as options, before or after the command; `app.config.setting_flag` makes each
 # option, so one shared with `app.main` means the same there. Values go to load_settings as text.
-SETTINGS = (
-    "qdrant_path",
-    "qdrant_collection",
-    "qdrant_host",
-    "qdrant_port",
-    "qdrant_api_key",
-    "qdrant_https",
-    "detector_model",
-    "embedder_model",
-    "embedder",
-    "backend",
-    "det_size",
-    "det_threshold",
-    "match_threshold",
-    "threads",
-    "log_level",
-)
+SETTINGS = (*GALLERY_SETTINGS, *MODEL_SETTINGS, "log_level")
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return load_settings(flag_overrides(args, SETTINGS), env_file=env_file_from(args))
+    return settings_from_flags(args, SETTINGS)
 
 
 def _analyzer(settings: Settings) -> FaceAnalyzer:

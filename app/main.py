@@ -20,7 +20,15 @@ from pathlib import Path
 
 from app.cameras import resolve_cameras, split_source_flag
 from app.cli_exit import run_cli
-from app.config import Settings, add_setting_flags, env_file_from, flag_overrides, load_settings
+from app.config import (
+    GALLERY_SETTINGS,
+    MODEL_SETTINGS,
+    Settings,
+    add_setting_flags,
+    env_file_from,
+    flag_overrides,
+    load_settings,
+)
 from app.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,20 +46,8 @@ SETTINGS = (
     "max_speed",
     "gui",
     "overwrite",
-    "backend",
-    "detector_model",
-    "embedder_model",
-    "embedder",
-    "match_threshold",
-    "det_threshold",
-    "det_size",
-    "qdrant_path",
-    "qdrant_collection",
-    "qdrant_host",
-    "qdrant_port",
-    "qdrant_api_key",
-    "qdrant_https",
-    "threads",
+    *MODEL_SETTINGS,
+    *GALLERY_SETTINGS,
     "ring_slots",
     "log_level",
 )
