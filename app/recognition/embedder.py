@@ -25,10 +25,15 @@ def configured_spec(settings: Settings, model: Model | None = None) -> EmbedderS
     return spec
 
 
-def load_embedder(settings: Settings, threads: int | None = None) -> tuple[Model, EmbedderSpec]:
+def load_embedder(
+    settings: Settings, threads: int | None = None, compiled: bool = True
+) -> tuple[Model, EmbedderSpec]:
     """The embedder model on `settings.backend` (`threads` per session, default `settings.threads`) and its
-    configured spec."""
+    configured spec. `compiled`: apply `settings.torch_compile` (the torch backend's start-up compile)."""
     model = load_model(
-        settings.embedder_model, settings.backend, settings.threads if threads is None else threads
+        settings.embedder_model,
+        settings.backend,
+        settings.threads if threads is None else threads,
+        settings.torch_compile if compiled else "none",
     )
     return model, configured_spec(settings, model)
