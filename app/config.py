@@ -280,7 +280,6 @@ def _parse_bool(text: str) -> bool:
 
 
 _PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, bool: _parse_bool, Path: Path, str: str}
-_TYPE_WORDS = {int: "int", float: "float", bool: "bool", Path: "Path", str: "str"}
 
 
 @functools.cache
@@ -332,7 +331,7 @@ def _convert(f: dataclasses.Field[Any], raw: Any, origin: str, key: str | None =
         value = _PARSERS[kind](raw.strip()) if isinstance(raw, str) else _typed(kind, raw)
     except ValueError as exc:
         raise ConfigError(
-            f"{origin} {shown}={raw!r} is not a valid {_TYPE_WORDS[kind]} ({one_line(exc)}); fix it in "
+            f"{origin} {shown}={raw!r} is not a valid {kind.__name__} ({one_line(exc)}); fix it in "
             ".env, the environment or the command line"
         ) from None
     _validate(f, value, origin, shown)

@@ -11,7 +11,8 @@
     python -m app.enroll show|rename|export|import ...         manage the face library
 (the library commands live in app.recognition.library_cli)
 
-Options such as --gallery PATH override settings from the environment and `.env` (see `app.config`).
+Options such as --gallery PATH override settings from the environment and `.env` (or the file --env-file
+names), before or after the command; each means what it means in `python -m app.main` (see `app.config`).
 Errors print one line, `error: ...`, on stderr and exit with status 2; the gallery is then unchanged.
 """
 
