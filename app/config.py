@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from dotenv import dotenv_values
 
 from app.errors import UserError, one_line
-from app.inference.interface import BACKENDS, TORCH_COMPILE_MODES
+from app.inference.interface import BACKENDS
 from app.inference.spec import EMBEDDER_KINDS
 from app.url_masking import mask_url
 
@@ -198,13 +198,6 @@ class Settings:
 
     # Output safety
     overwrite: bool = setting(False, "Replace output files that exist already (else the run refuses)")
-    # torch backend
-    torch_compile: str = setting(
-        "none",
-        "torch backend: torch.compile the models at start (slower start, faster run): none, default, "
-        "max-autotune-no-cudagraphs",
-        choices=TORCH_COMPILE_MODES,
-    )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -17,9 +17,6 @@ import numpy as np
 from app.errors import UserError
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
-# torch.compile modes of the torch backend ("none": no compile). Modes that capture CUDA graphs themselves
-# ("reduce-overhead", "max-autotune") are left out: the backend captures its own graph per batch bucket.
-TORCH_COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 
 
 def tensor_dim(dim: object) -> int | str | None:

@@ -34,8 +34,7 @@ class FaceAnalyzer:
         self.detector: Model = load_model(settings.detector_model, settings.backend, settings.threads)
         self.embedder: Model
         self.spec: EmbedderSpec
-        # A few images each: torch.compile's start-up would cost more than it saves.
-        self.embedder, self.spec = load_embedder(settings, compiled=False)
+        self.embedder, self.spec = load_embedder(settings)
         self.preprocessor = RetinaFacePreprocessor.for_model(self.detector, settings.det_size)
         self.postprocessor = RetinaFacePostprocessor(
             self.preprocessor.input_hw, settings.det_threshold, settings.nms_threshold

@@ -25,15 +25,10 @@ def configured_spec(settings: Settings, model: Model | None = None) -> EmbedderS
     return spec
 
 
-def load_embedder(
-    settings: Settings, threads: int | None = None, compiled: bool = True
-) -> tuple[Model, EmbedderSpec]:
+def load_embedder(settings: Settings, threads: int | None = None) -> tuple[Model, EmbedderSpec]:
     """The embedder model on `settings.backend` (`threads` per session, default `settings.threads`) and its
-    configured spec. `compiled`: apply `settings.torch_compile` (the torch backend's start-up compile)."""
+    configured spec."""
     model = load_model(
-        settings.embedder_model,
-        settings.backend,
-        settings.threads if threads is None else threads,
-        settings.torch_compile if compiled else "none",
+        settings.embedder_model, settings.backend, settings.threads if threads is None else threads
     )
     return model, configured_spec(settings, model)

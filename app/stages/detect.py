@@ -71,13 +71,12 @@ class DetectStage:
         device: str | None = None,
         candidate_floor: float = CANDIDATE_FLOOR,
         streams: tuple[int, ...] | None = None,
-        torch_compile: str = "none",
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
         device "cpu" runs the GPU path on the CPU (tests). streams: the cameras this detector serves (None:
-        every camera of the run). torch_compile: the GPU path's `torch.compile` mode ("none" = eager graphs).
+        every camera of the run).
         """
         self.streams = streams
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
@@ -90,7 +89,6 @@ class DetectStage:
         self.precision = precision
         self.device = device
         self.candidate_floor = float(candidate_floor)
-        self.torch_compile = torch_compile
         self.model = None
         self.gpu = None
 
@@ -126,7 +124,6 @@ class DetectStage:
             device=self.device,
             threads=self.threads,
             floor=self.candidate_floor,
-            compile_mode=None if self.torch_compile == "none" else self.torch_compile,
         )
         self.max_batch = self.gpu.max_batch
         self.input_hw = self.gpu.input_hw

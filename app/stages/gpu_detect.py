@@ -177,11 +177,8 @@ class TorchDetector:
         threads: int = 0,
         floor: float = 0.01,
         top_k: int = PRE_NMS_TOP_K,
-        compile_mode: str | None = None,
     ) -> None:
-        self.model = TorchModel(
-            Path(model_path), threads=threads, device=device, precision=precision, compile_mode=compile_mode
-        )
+        self.model = TorchModel(Path(model_path), threads=threads, device=device, precision=precision)
         self.device = self.model.device
         if self.device.type == "cuda" and threads > 0:
             torch.set_num_threads(int(threads))  # the CPU only launches kernels here

@@ -12,8 +12,6 @@
 #   SKIP_MODEL_BENCH=1 PIPELINE_CMD=streams_bench MODELS_SET=r50 bash testbench/gpu/run_h200.sh
 #       # several cameras: N = 1, 4, 8, 16 streams of the 1080p clip at full speed, then 16 live at 30 fps
 #       # (MODELS_SET=r50: R50 + R100 fp16; MODELS_SET=default: the default models; STREAM_COUNTS overrides N)
-#   FACEPIPE_TORCH_COMPILE=default ... streams_bench    # the same with the models through torch.compile
-#       # (compiling each batch size takes tens of seconds per run: set RUN_TIMEOUT_S=420)
 # Everything lands in $OUT: run.log, nvidia-smi.csv, torch_results.json, and from the pipeline benchmark
 # pipeline_*.json (one JSON line each), stage_logs.txt (the stage processes' log of each run) and
 # gpu_util.txt (nvidia-smi dmon during the runs).
@@ -118,7 +116,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("pipeline_*.json")):
           f"{e['p50']}/{e['p95']}/{e.get('p99')} steady {st.get('p50')}/{st.get('p95')}/{st.get('p99')} "
           f"gpu {(d.get('gpu_util_percent') or {}).get('mean')} det-batch {d['det_batch'].get('mean')} "
           f"det-ceiling {d.get('detector_ceiling_fps')} model-only {d.get('model_only_fps')} "
-          f"detect-cpu {d['stage_cpu_percent'].get('detect')} compile {d.get('torch_compile')}")
+          f"detect-cpu {d['stage_cpu_percent'].get('detect')}")
 PY
 }
 PIPELINE_CMD=${PIPELINE_CMD:-pipeline_bench}

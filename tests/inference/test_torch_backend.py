@@ -176,37 +176,3 @@ def test_user_errors(tmp_path):
 def test_pick_bucket():
     buckets = (1, 2, 4, 8, 32)
     assert [pick_bucket(n, buckets) for n in (1, 2, 3, 8, 9, 32, 33)] == [1, 2, 4, 8, 32, 32, 32]
-
-
-def _compile_with(monkeypatch, backend) -> None:
-    """Make TorchModel's torch.compile use a Dynamo `backend` (real tracing, no C++ toolchain needed)."""
-    real = torch.compile
-
-    def compile_(fn, mode=None, dynamic=None):
-        return real(fn, backend=backend, dynamic=dynamic)
-
-    monkeypatch.setattr(torch, "compile", compile_)
-
-
-def test_a_compiled_graph_is_used_when_it_matches(monkeypatch, faces):
-    _compile_with(monkeypatch, "eager")
-    compiled = TorchModel(DETECTOR, compile_mode="default")
-    plain = TorchModel(DETECTOR)
-    batch = faces[1][:1]
-    for got, want in zip(compiled.run(batch), plain.run(batch), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    [module] = compiled._specialised.values()
-    assert hasattr(module, "_torchdynamo_orig_callable")  # the compiled wrapper is what runs
-
-
-def test_a_compiled_graph_that_computes_something_else_is_dropped(monkeypatch, faces, caplog):
-    def miscompile(gm, example_inputs):  # a compiler bug: every output 10 % off
-        return lambda *args: [o * 1.1 for o in gm(*args)]
-
-    _compile_with(monkeypatch, miscompile)
-    model = TorchModel(EMBEDDER, compile_mode="default")
-    chips = np.random.default_rng(5).uniform(-0.5, 0.5, (1, 3, 150, 150)).astype(np.float32)
-    with caplog.at_level("WARNING", logger="app.inference.torch_backend"):
-        got = model.run(chips)[0]
-    np.testing.assert_allclose(got, TorchModel(EMBEDDER).run(chips)[0], rtol=1e-4, atol=1e-5)
-    assert "running it uncompiled" in caplog.text
