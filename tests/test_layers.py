@@ -54,10 +54,6 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 
 # (importing module, imported unit) -> why the rule is broken for now.
 ALLOWANCES: dict[tuple[str, str], str] = {
-    # Identity voting is a recognition policy (gallery matches, image sharpness) kept in tracking; its home
-    # is app/recognition, after which tracking imports neither.
-    ("app.tracking.identity", "gallery"): "identity voting belongs in recognition",
-    ("app.tracking.identity", "recognition"): "identity voting belongs in recognition",
     # The GPU twins of vision's letterbox and alignment share its constants; their home is app/vision once
     # the GPU detect stage that imports them is rewritten.
     ("app.inference.gpu_preprocess", "vision"): "GPU preprocessing belongs in vision",

@@ -27,8 +27,8 @@ import numpy as np
 from app.config import Settings
 from app.gallery.unknowns import KeptFace, Sighting, UnknownStore, open_unknowns
 from app.recognition import quality
+from app.recognition.identity import inside_fraction
 from app.tracking.config import IdentityConfig
-from app.tracking.identity import inside_fraction
 
 log = logging.getLogger(__name__)
 

@@ -201,7 +201,7 @@ class EmbedStage:
     def _queries(self, batch: list[EmbedRequest], vectors: np.ndarray) -> np.ndarray:
         """What to search with: each track's template with its new embedding folded in (as the tracking
         stage would search in-process), or the embedding itself for a track with no template yet."""
-        from app.tracking.identity import template_with
+        from app.recognition.identity import template_with
 
         spec, floor = self.embedder.spec, self.identity_config.quality_floor
         queries = vectors.copy()

@@ -199,7 +199,7 @@ class RecognizeStage:
         return self.embedder.gallery_outages
 
     def setup(self) -> dict[str, object]:
-        from app.tracking import TrackIdentities
+        from app.recognition.identity import TrackIdentities
         from app.vision.alignment import align_faces
 
         self._align = align_faces

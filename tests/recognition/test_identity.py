@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from app.gallery.base import Match
+from app.recognition.identity import TrackIdentities, TrackLabel, geometric_quality, sharpness
 from app.tracking.config import IdentityConfig
-from app.tracking.identity import TrackIdentities, TrackLabel, geometric_quality, sharpness
 from tests.support.shared_data import SHARED_FACES
 
 THRESHOLD = 0.4  # dlib: 1 - distance 0.6
