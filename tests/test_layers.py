@@ -53,11 +53,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 }
 
 # (importing module, imported unit) -> why the rule is broken for now.
-ALLOWANCES: dict[tuple[str, str], str] = {
-    # The GPU twins of vision's letterbox and alignment share its constants; their home is app/vision once
-    # the GPU detect stage that imports them is rewritten.
-    ("app.inference.gpu_preprocess", "vision"): "GPU preprocessing belongs in vision",
-}
+ALLOWANCES: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

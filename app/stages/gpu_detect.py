@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.inference import gpu_preprocess
 from app.inference.torch_backend import TorchModel, pick_bucket
+from app.vision import gpu_preprocess
 from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
 
 log = logging.getLogger(__name__)
