@@ -30,7 +30,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "models": frozenset(),
     "vision": frozenset({"inference"}),  # the models it prepares input for, the embedder specs it aligns to
     "gallery": frozenset({"config", "inference"}),  # metric names and similarity arithmetic
-    "tracking": frozenset({"inference"}),  # similarity arithmetic for identity voting
+    # the tracker follows boxes only; who is on a track (gallery matches, face quality) is recognition's
+    "tracking": frozenset(),
+    # identity voting over the tracker's tracks, enrolment, quality, clustering: the gallery's matches
     "recognition": frozenset({"config", "inference", "vision", "tracking", "gallery"}),
     # the framework: frames, rings, messages, supervision; it knows no stage and no domain package
     "pipeline": frozenset(),

@@ -73,7 +73,7 @@ import numpy as np
 from app.gallery.base import Match
 from app.inference.spec import METRICS, l2_normalize, rowwise_similarity
 from app.recognition import quality as face_quality
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 from app.tracking.matching import box_iou
 
 log = logging.getLogger(__name__)

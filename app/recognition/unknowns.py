@@ -28,7 +28,7 @@ from app.config import Settings
 from app.gallery.unknowns import KeptFace, Sighting, UnknownStore, open_unknowns
 from app.recognition import quality
 from app.recognition.identity import inside_fraction
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 
 log = logging.getLogger(__name__)
 

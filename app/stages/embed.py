@@ -28,7 +28,7 @@ from app.errors import UserError
 from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 
 log = logging.getLogger(__name__)
 

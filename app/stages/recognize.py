@@ -52,8 +52,9 @@ from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import EmbedRequest, EmbedResult, FaceDetections, SourceInfo, TrackedFaces
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
+from app.recognition.identity_config import IdentityConfig
 from app.stages.embed import FaceEmbedder
-from app.tracking.config import IdentityConfig, TrackerConfig
+from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)

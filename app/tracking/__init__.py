@@ -1,12 +1,11 @@
 """Face tracking (ByteTrack): boxes across frames; who is on a track is app.recognition.identity's job."""
 
 from app.tracking.bytetrack import ByteTracker
-from app.tracking.config import IdentityConfig, TrackerConfig
+from app.tracking.config import TrackerConfig
 from app.tracking.track import Track, TrackState
 
 __all__ = [
     "ByteTracker",
-    "IdentityConfig",
     "Track",
     "TrackState",
     "TrackerConfig",

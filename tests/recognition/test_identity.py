@@ -6,7 +6,7 @@ import pytest
 
 from app.gallery.base import Match
 from app.recognition.identity import TrackIdentities, TrackLabel, geometric_quality, sharpness
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 from tests.support.shared_data import SHARED_FACES
 
 THRESHOLD = 0.4  # dlib: 1 - distance 0.6
