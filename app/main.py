@@ -91,8 +91,8 @@ def configure_logging(level_name: str) -> None:
 
 def preflight(settings: Settings, source_flags: Sequence[str] | None = None) -> None:
     """Checks that need no model and no stage process, so their errors come at once."""
-    from app.pipeline.sources import parse_source
     from app.stages.gui import gui_unavailable_reason
+    from app.stages.sources import parse_source
 
     cameras = resolve_cameras(settings, source_flags)
     source_files: list[Path] = []

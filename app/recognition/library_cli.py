@@ -555,8 +555,8 @@ def _track_boxes(path: Path, track: int) -> dict[int, np.ndarray]:
 
 def cmd_add_video(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.analyzer import FaceAnalyzer
+    from app.recognition.identity_config import IdentityConfig
     from app.recognition.unknowns import face_quality
-    from app.tracking.config import IdentityConfig
     from app.tracking.matching import box_iou
     from app.vision.alignment import align_faces
 

@@ -27,7 +27,7 @@ from app.errors import UserError
 from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class EmbedStage:
     def _queries(self, batch: list[EmbedRequest], vectors: np.ndarray) -> np.ndarray:
         """What to search with: each track's template with its new embedding folded in (as the tracking
         stage would search in-process), or the embedding itself for a track with no template yet."""
-        from app.tracking.identity import template_with
+        from app.recognition.identity import template_with
 
         spec, floor = self.embedder.spec, self.identity_config.quality_floor
         queries = vectors.copy()

@@ -52,8 +52,9 @@ from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import EmbedRequest, EmbedResult, FaceDetections, SourceInfo, TrackedFaces
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
+from app.recognition.identity_config import IdentityConfig
 from app.stages.embed import FaceEmbedder
-from app.tracking.config import IdentityConfig, TrackerConfig
+from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class RecognizeStage:
         return self.embedder.gallery_outages
 
     def setup(self) -> dict[str, object]:
-        from app.tracking import TrackIdentities
+        from app.recognition.identity import TrackIdentities
         from app.vision.alignment import align_faces
 
         self._align = align_faces
