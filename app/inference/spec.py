@@ -27,7 +27,7 @@ at K = 3 was 0.4724 (seed 0, 20 splits), 0.4711 (seed 0, 100), 0.4613 (seed 0, 5
 The earlier value 0.46 came from one clip (short_hamilton_clip.mp4, faces labelled by eye in
 testbench/scan_video_threshold.py: strangers there reach at most 0.438, nobody is falsely named at >= 0.44);
 0.475 keeps that clip free of false names too. On video a track is named from its template (the quality-
-weighted mean of its embeddings, app/tracking/identity.py), which scores well above single frames for the
+weighted mean of its embeddings, app/recognition/identity.py), which scores well above single frames for the
 same person, so the stricter threshold costs little there. Recalibrate on your own photos with
 testbench/calibrate.py and set MATCH_THRESHOLD.
 

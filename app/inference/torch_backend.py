@@ -6,7 +6,7 @@ graph is replayed and the first n rows of each output are returned. The graphs r
 converted graph specialised to that shape (`torch_convert.specialise`), which makes capture possible.
 On CPU it runs fp32 without graphs, so tests can compare it with ONNX Runtime on any machine.
 
-`run_torch` takes and returns device tensors, so GPU preprocessing (`gpu_preprocess`) feeds the model
+`run_torch` takes and returns device tensors, so GPU preprocessing (`vision.gpu_preprocess`) feeds the model
 without a round trip through host memory.
 """
 

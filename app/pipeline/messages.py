@@ -70,6 +70,20 @@ class RawDetections:
 
 
 @dataclass
+class CandidateDetections(RawDetections):
+    """detect -> postprocess: only the priors whose face score passed `floor` (~0.1-20 KB, not 1 MB a frame).
+
+    `loc`, `conf`, `landmarks` hold those K rows of the raw outputs, `prior_index` (K,) ascending says which
+    priors they are out of `priors`; every other prior scored <= floor. Decoded as they are (the decoder
+    takes the prior index), they give the same faces as the full outputs for any score threshold >= floor.
+    """
+
+    prior_index: np.ndarray  # (K,) int64
+    priors: int  # P, the number of priors of the detector input
+    floor: float
+
+
+@dataclass
 class FaceDetections:
     """postprocess -> recognize: decoded faces in source pixels, best score first."""
 

@@ -96,9 +96,9 @@ def write_sheet(path: Path, sheet: np.ndarray) -> None:
 
 def embedder_spec(settings: Settings) -> Any:
     """The configured embedder's identity (reads the ONNX graph; no session is built)."""
-    from app.inference.spec import embedder_spec_for
+    from app.recognition.embedder import configured_spec
 
-    return embedder_spec_for(settings.embedder_model, settings.embedder)
+    return configured_spec(settings)
 
 
 def crops_folder(settings: Settings) -> Path:
@@ -555,8 +555,8 @@ def _track_boxes(path: Path, track: int) -> dict[int, np.ndarray]:
 
 def cmd_add_video(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.analyzer import FaceAnalyzer
+    from app.recognition.identity_config import IdentityConfig
     from app.recognition.unknowns import face_quality
-    from app.tracking.config import IdentityConfig
     from app.tracking.matching import box_iou
     from app.vision.alignment import align_faces
 

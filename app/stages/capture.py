@@ -42,7 +42,8 @@ from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
-from app.pipeline.sources import (
+from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
+from app.stages.sources import (
     DEFAULT_FPS,
     OPEN_TIMEOUT_S,
     READ_TIMEOUT_S,
@@ -54,7 +55,6 @@ from app.pipeline.sources import (
     scrub_secrets,
     source_fps,
 )
-from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
 
 log = logging.getLogger(__name__)
 

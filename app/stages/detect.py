@@ -22,14 +22,13 @@ claim and is skipped (the ring already counted it as dropped).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.messages import FrameRef, RawDetections
+from app.pipeline.messages import CandidateDetections, FrameRef, RawDetections
 from app.pipeline.stage_runner import Capabilities
 
 log = logging.getLogger(__name__)
@@ -39,20 +38,6 @@ GPU_MAX_BATCH = 16  # GPU: a batch of 8-16 runs RetinaFace-R50 at 2x the frames/
 # Candidates kept: below any score floor post-processing uses (min(det_threshold, the
 # tracker's low threshold 0.1)) unless DET_THRESHOLD is set under it; mnet0.25 on busy frames gives <1100.
 CANDIDATE_FLOOR = 0.01
-
-
-@dataclass
-class CandidateDetections(RawDetections):
-    """detect -> postprocess (GPU path): only the priors whose face score passed `floor`.
-
-    `loc`, `conf`, `landmarks` hold those K rows of the raw outputs, `prior_index` (K,) says which priors they
-    are out of `priors`; every other prior scored <= floor. Decodes to the same faces as the full outputs for
-    any score threshold >= floor.
-    """
-
-    prior_index: np.ndarray  # (K,) int64
-    priors: int  # P, the number of priors of the detector input
-    floor: float
 
 
 class DetectStage:

@@ -11,7 +11,7 @@ Per batch of frames:
 4. Only the candidate priors come back: score above `floor`, at most `top_k` per frame. The raw outputs are
    16 floats per prior (1.07 MB per frame at 640x640); pickled through the queue to post-processing they cost
    about 1 ms per frame in each process. The candidates are ~0.1-20 KB and decode to the same faces (see
-   `CandidateDetections` in app/stages/detect.py).
+   `CandidateDetections` in app/pipeline/messages.py).
 
 Runs on a CPU torch device too (no registration, no graphs), which is how the tests check it.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.inference import gpu_preprocess
 from app.inference.torch_backend import TorchModel, pick_bucket
+from app.vision import gpu_preprocess
 from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
 
 log = logging.getLogger(__name__)
