@@ -46,6 +46,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -332,7 +333,9 @@ class Supervisor:
         return self._multi_camera() and child.node.caps.source and child.node.stream is not None
 
     def _camera_failed(self, child: _Child, reason: str, failure: Failed | None) -> None:
-        stream = self.graph.streams[child.node.stream]  # type: ignore[index]
+        index = child.node.stream
+        assert index is not None  # only a camera's source fails as a camera (`_camera_may_fail`)
+        stream = self.graph.streams[index]
         child.failure = failure
         text = failure.message if failure is not None else reason
         self._notes[stream.index] = text
@@ -533,7 +536,7 @@ class Supervisor:
         ready = wait([*by_conn, *sentinels], timeout)
         out: list[tuple[_Child, Any]] = []
         for item in ready:
-            child = by_conn.get(item)  # type: ignore[call-overload]
+            child = by_conn.get(item) if isinstance(item, Connection) else None  # else a sentinel
             if child is not None:
                 out.extend(self._drain(child))
         return out
@@ -616,7 +619,7 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
+def _sigint_ignored() -> Iterator[None]:
     """Spawned children inherit an ignored SIGINT (a Ctrl-C during their start cannot hit them half-made)."""
     try:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
