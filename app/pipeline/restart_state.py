@@ -8,69 +8,61 @@ between a death and the next spawn), so there is no lock.
 
 from __future__ import annotations
 
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from multiprocessing.context import BaseContext
+from typing import Any, Generic, TypeVar, overload
 
 SIZE = 8  # doubles; room for more fields without changing what the supervisor allocates
-# The layout: index -> field (restarts is the supervisor's, the rest the source's).
-_RESTARTS, _SEQ, _FRAMES_READ, _LIVE_START, _SEGMENT = range(5)
+
+T = TypeVar("T")
+
+
+class _Field(Generic[T]):
+    """One named double of the layout, read and written as a `T`."""
+
+    def __init__(self, index: int, read: Callable[[float], T], write: Callable[[T], float]) -> None:
+        self.index, self.read, self.write = index, read, write
+
+    @overload
+    def __get__(self, state: None, owner: type[Any]) -> _Field[T]: ...
+    @overload
+    def __get__(self, state: RestartState, owner: type[Any]) -> T: ...
+    def __get__(self, state: RestartState | None, owner: type[Any]) -> T | _Field[T]:
+        return self if state is None else self.read(state.values[self.index])
+
+    def __set__(self, state: RestartState, value: T) -> None:
+        state.values[self.index] = self.write(value)
+
+
+def _time_or_none(value: float) -> float | None:
+    return value or None  # 0.0 stands for "not yet": a monotonic clock is never exactly 0 by then
+
+
+def _time_or_zero(value: float | None) -> float:
+    return value or 0.0
 
 
 class RestartState:
     """Named fields over the shared doubles (a `RawArray` in a run, any list of floats in a test)."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("values",)
+
+    # The layout, one double each. `restarts` is the supervisor's (0 in a source's first process), the rest
+    # the source's: the last sequence number published, frames taken from the source, when the live clock
+    # started (monotonic seconds; None before the first frame), the segment of the frames being published.
+    restarts = _Field(0, int, float)
+    seq = _Field(1, int, float)
+    frames_read = _Field(2, int, float)
+    live_start = _Field(3, _time_or_none, _time_or_zero)
+    segment = _Field(4, int, float)
 
     def __init__(self, values: MutableSequence[float]) -> None:
         if len(values) < SIZE:
             raise ValueError(f"restart state needs {SIZE} values, got {len(values)}")
-        self._values = values
+        self.values = values
 
     @classmethod
     def shared(cls, ctx: BaseContext) -> RestartState:
         """Zeroed doubles in shared memory, to hand to a stage before its process is spawned."""
         values: MutableSequence[float] = ctx.RawArray("d", SIZE)
         return cls(values)
-
-    @property
-    def restarts(self) -> int:
-        """How often the supervisor restarted this source (0 in its first process)."""
-        return int(self._values[_RESTARTS])
-
-    @restarts.setter
-    def restarts(self, count: int) -> None:
-        self._values[_RESTARTS] = float(count)
-
-    @property
-    def seq(self) -> int:
-        """The last frame sequence number published."""
-        return int(self._values[_SEQ])
-
-    @seq.setter
-    def seq(self, value: int) -> None:
-        self._values[_SEQ] = float(value)
-
-    @property
-    def frames_read(self) -> int:
-        return int(self._values[_FRAMES_READ])
-
-    @frames_read.setter
-    def frames_read(self, value: int) -> None:
-        self._values[_FRAMES_READ] = float(value)
-
-    @property
-    def live_start(self) -> float | None:
-        """When the live stream's clock started (monotonic seconds), None before its first frame."""
-        return float(self._values[_LIVE_START]) or None
-
-    @live_start.setter
-    def live_start(self, value: float | None) -> None:
-        self._values[_LIVE_START] = value or 0.0
-
-    @property
-    def segment(self) -> int:
-        return int(self._values[_SEGMENT])
-
-    @segment.setter
-    def segment(self, value: int) -> None:
-        self._values[_SEGMENT] = float(value)
