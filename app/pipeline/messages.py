@@ -13,6 +13,7 @@ Times are `time.monotonic()` seconds: CLOCK_MONOTONIC is one clock for all proce
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +167,7 @@ class EmbedResult:
     track_ids: list[int]
     qualities: list[float]
     vectors: np.ndarray  # (N,dim) float32
-    matches: list | None  # per track: best-first Match per person
+    matches: list[list[Any]] | None  # per track: best-first gallery Match per person (a domain type)
     gallery_unavailable: bool = False
 
 

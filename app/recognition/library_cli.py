@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from app.config import Settings
-from app.errors import UserError
+from app.errors import UserError, first_line
 from app.gallery import gallery_location, open_gallery
 from app.gallery.base import GalleryRecord, check_name
 from app.gallery.unknowns import UnknownFace, UnknownStore, open_unknowns, remove_store
@@ -476,7 +476,7 @@ def _read_export(path: Path) -> tuple[GalleryRecord, dict[str, list[tuple[list[f
     except FileNotFoundError:
         raise UserError(f"export file {path} does not exist") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read export file {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read export file {path}: {first_line(exc)}") from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise UserError(f"{path} is not a gallery export (made by `python -m app.enroll export`)")
     if doc.get("version") != EXPORT_VERSION:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import UserError
+from app.inference.batching import stage_batch
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import CandidateDetections, FrameRef, RawDetections
 from app.pipeline.stage_runner import Capabilities
@@ -132,16 +133,12 @@ class DetectStage:
         self.preprocess = RetinaFacePreprocessor.for_model(self.model, self.det_size)
         self.input_hw = self.preprocess.input_hw
         self._split = split_outputs
-        fixed = self.model.inputs[0].fixed_batch
-        self.max_batch = self.batch_limit or DEFAULT_MAX_BATCH
-        if fixed is not None:
-            self.max_batch = 1 if fixed == 1 else min(self.max_batch, fixed)
-        self._fixed_batch = fixed
+        self.max_batch = stage_batch(self.batch_limit or DEFAULT_MAX_BATCH, self.model.inputs[0].fixed_batch)
         h, w = self.input_hw
-        self._buffer = np.zeros((fixed or self.max_batch, 3, h, w), np.float32)
+        self._buffer = np.zeros((self.max_batch, 3, h, w), np.float32)
         # One warm-up call: the first run of a session is slow, and a wrong model fails here, at start.
         try:
-            self._split(self.model.run(self._buffer[: fixed or 1]))
+            self._split(self.model.run(self._buffer[:1]))
         except ValueError as exc:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
             raise UserError(message) from None
@@ -172,8 +169,7 @@ class DetectStage:
             self.preprocess(rings.ring(m.meta.stream).frame(m.meta.slot), out=self._buffer[i])[1]
             for i, m in enumerate(frames)
         ]
-        batch = self._buffer[: self._fixed_batch or n]
-        loc, conf, landmarks = self._split(self.model.run(batch))
+        loc, conf, landmarks = self._split(self.model.run(self._buffer[:n]))
         hw, priors, floor = self.input_hw, loc.shape[1], self.candidate_floor
         out: list[RawDetections] = []
         for i, m in enumerate(frames):

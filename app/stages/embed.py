@@ -61,7 +61,6 @@ class FaceEmbedder:
         s = self.settings
         self.model, spec = load_embedder(s, self.threads)
         self.spec = spec
-        self._fixed_batch = self.model.inputs[0].fixed_batch
         self.gallery = open_gallery(s, spec)
         info = self.gallery.info()
         if info.persons == 0:
@@ -87,12 +86,10 @@ class FaceEmbedder:
         return self.gallery_down is not None and not self.gallery_down.due()
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, batched when the model can."""
+        """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, in the model's batches."""
         if not len(chips):
             return np.zeros((0, self.spec.dim), np.float32)
-        if self._fixed_batch is None or self._fixed_batch == len(chips):
-            return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
-        return np.concatenate([self.embed(chips[i : i + 1]) for i in range(len(chips))])
+        return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
 
     def search(self, vectors: np.ndarray) -> list | None:
         """Gallery matches per vector; None while the gallery server is not answering (retried later)."""

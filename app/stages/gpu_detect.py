@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.inference.batching import chunk_slices, stage_batch
 from app.inference.torch_backend import TorchModel, pick_bucket
 from app.vision import gpu_preprocess
 from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
@@ -183,8 +184,7 @@ class TorchDetector:
         if self.device.type == "cuda" and threads > 0:
             torch.set_num_threads(int(threads))  # the CPU only launches kernels here
         self.input_hw = detector_input_hw(self.model, det_size)
-        fixed = self.model.inputs[0].fixed_batch
-        self.max_batch = max(1, int(max_batch)) if fixed is None else min(max(1, int(max_batch)), fixed)
+        self.max_batch = stage_batch(max_batch, self.model.inputs[0].fixed_batch)
         self.floor = float(floor)
         self.top_k = int(top_k)
         self.uploader = RingUploader(self.device, self.max_batch)
@@ -213,13 +213,12 @@ class TorchDetector:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, frame in enumerate(frames):
             by_shape.setdefault(tuple(frame.shape), []).append(i)
-        out: list[FrameCandidates | None] = [None] * len(frames)
+        out: dict[int, FrameCandidates] = {}
         for indices in by_shape.values():
-            for i in range(0, len(indices), self.max_batch):
-                chunk = indices[i : i + self.max_batch]
-                for j, found in zip(chunk, self._detect_chunk([frames[k] for k in chunk]), strict=True):
-                    out[j] = found
-        return out  # type: ignore[return-value]
+            for part in chunk_slices(len(indices), self.max_batch):
+                chunk = indices[part]
+                out.update(zip(chunk, self._detect_chunk([frames[k] for k in chunk]), strict=True))
+        return [out[i] for i in range(len(frames))]
 
     def _detect_chunk(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
         n = len(frames)
