@@ -533,7 +533,6 @@ def model_only(
     faces: float,
     det_size: int,
     embedded_per_frame: float | None = None,
-    torch_compile: str = "none",
 ) -> dict[str, Any]:
     """Detector images/s and embedder faces/s on `backend`, in this process; see the module docstring.
 
@@ -554,11 +553,9 @@ def model_only(
         from app.inference.torch_backend import TorchModel
         from app.stages.gpu_detect import TorchDetector
 
-        compile_mode = None if torch_compile == "none" else torch_compile
         det = TorchDetector(
-            detector, det_size, max_batch=det_batch, precision=det_precision, threads=det_threads,
-            compile_mode=compile_mode,
-        )  # fmt: skip
+            detector, det_size, max_batch=det_batch, precision=det_precision, threads=det_threads
+        )
         if det.model.inputs[0].fixed_hw is None:
             det.refit(fitted)
         else:
@@ -576,7 +573,7 @@ def model_only(
         out["detector_path_per_s"] = round(_rate(lambda: det.detect(list(block)), det_batch, sync), 1)
         out["detector_precision"] = det.precision
         det.close()
-        emb = TorchModel(embedder, compile_mode=compile_mode)
+        emb = TorchModel(embedder)
         spec = embedder_spec_for(embedder, kind, emb)
         for b in sorted({1, face_batch}):
             chips = torch.randn((b, 3, spec.input_size[1], spec.input_size[0]), device=emb.device)
@@ -782,7 +779,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms": run["latency_ms"],
         "queue_wait_ms": run["queue_wait_ms"],
         "backend": args.backend,
-        "torch_compile": settings.torch_compile,
         "models": {
             "detector": args.detector.name,
             "detector_note": note,
@@ -820,7 +816,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ceiling = model_only(
             args.backend, detector, args.embedder, args.embedder_kind, sample, stage_batch,
             args.det_precision, det_threads, embed_threads, faces if faces == faces else 1.0, args.det_size,
-            (run.get("recognition") or {}).get("embedded_per_frame"), settings.torch_compile,
+            (run.get("recognition") or {}).get("embedded_per_frame"),
         )  # fmt: skip
         result["model_only_fps"] = ceiling.pop("fps")
         result["detector_ceiling_fps"] = ceiling.get(

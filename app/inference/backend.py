@@ -11,11 +11,8 @@ from app.inference.interface import BACKENDS, Model, TensorInfo, require_model_f
 __all__ = ["BACKENDS", "Model", "TensorInfo", "load_model"]
 
 
-def load_model(
-    path: Path, backend: str = "onnxruntime", threads: int = 0, torch_compile: str = "none"
-) -> Model:
-    """Load an ONNX model for `backend`; `threads` = intra-op threads (0 = the runtime's choice);
-    `torch_compile`: a `TORCH_COMPILE_MODES` entry, used by the torch backend only.
+def load_model(path: Path, backend: str = "onnxruntime", threads: int = 0) -> Model:
+    """Load an ONNX model for `backend`; `threads` = intra-op threads (0 = the runtime's choice).
 
     Raises UserError (one line naming the file and the fix) for a missing file, a file that is not ONNX, a
     model whose input is not one NCHW tensor, or a backend that this install cannot provide.
@@ -41,6 +38,4 @@ def load_model(
         raise UserError(
             f"backend 'torch' is not available ({exc}); install the 'torch' extra or use backend=onnxruntime"
         ) from None
-    return module.TorchModel(
-        path, threads=threads, compile_mode=None if torch_compile == "none" else torch_compile
-    )
+    return module.TorchModel(path, threads=threads)

@@ -155,7 +155,6 @@ def build_graph(
             # Only what post-processing can keep crosses the queue (the lowest camera threshold).
             candidate_floor=min(thresholds.values()),
             streams=members,
-            torch_compile=settings.torch_compile,
         )
         nodes.append(Node(lane_name("detect", d), detect))
         outs = [(k, tuple(s for s in members if s % lanes == k)) for k in range(lanes)]

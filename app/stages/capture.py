@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import cv2
 import numpy as np
@@ -44,7 +43,10 @@ from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
-from app.pipeline.sources import (
+from app.pipeline.restart_state import RestartState
+from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
+from app.stages.nvdec import open_capture
+from app.stages.sources import (
     DEFAULT_FPS,
     OPEN_TIMEOUT_S,
     READ_TIMEOUT_S,
@@ -55,8 +57,6 @@ from app.pipeline.sources import (
     scrub_secrets,
     source_fps,
 )
-from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
-from app.stages.nvdec import open_capture
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ _REANCHOR_FRAMES = 2  # a paced file running more than this many frames late res
 STALL_FRACTION = 0.8  # a live read taking this share of the read timeout is a stall, not a slow frame
 STATUS_EVERY_S = 0.5  # placeholder frames while a source is away: the GUI stays responsive and says why
 PLACEHOLDER_DIM = 0.35
-# restart_state layout (doubles; index 0 belongs to the supervisor: how often it restarted this stage)
-_RESTARTS, _SEQ, _FRAMES_READ, _LIVE_START, _SEGMENT = range(5)
-RESTART_STATE_SIZE = 8
 
 
 class CaptureError(RuntimeError):
@@ -108,8 +105,8 @@ class CaptureStage:
         self.read_timeout_s = float(read_timeout_s)
         self.backoff = backoff
         self.status_every_s = float(status_every_s)
-        # Shared doubles that outlive this process (set by the supervisor before the process starts).
-        self.restart_state: Any = None
+        # Shared state that outlives this process (set by the supervisor before the process starts).
+        self.restart_state: RestartState | None = None
         self.frames_read = 0  # frames taken from the source (live: dropped and skipped ones included)
         self.frames_skipped = 0
         self.end_reason = "end of stream"
@@ -444,20 +441,20 @@ class CaptureStage:
     def _resume(self) -> bool:
         """Continue from a dead predecessor's state; True when this process is a restart."""
         state = self.restart_state
-        if state is None or state[_RESTARTS] < 1:
+        if state is None or state.restarts < 1:
             return False
-        self._seq = int(state[_SEQ])
-        self.frames_read = int(state[_FRAMES_READ])
-        self._live_start = float(state[_LIVE_START]) or None
-        self.segment = int(state[_SEGMENT]) + 1  # whatever the dead process was doing, there is a gap
-        log.info("capture restarted (%d): continuing after frame %d", int(state[_RESTARTS]), self.frames_read)
+        self._seq = state.seq
+        self.frames_read = state.frames_read
+        self._live_start = state.live_start
+        self.segment = state.segment + 1  # whatever the dead process was doing, there is a gap
+        log.info("capture restarted (%d): continuing after frame %d", state.restarts, self.frames_read)
         return True
 
     def _remember(self) -> None:
         state = self.restart_state
         if state is None:
             return
-        state[_SEQ] = self._seq
-        state[_FRAMES_READ] = self.frames_read
-        state[_LIVE_START] = self._live_start or 0.0
-        state[_SEGMENT] = self.segment
+        state.seq = self._seq
+        state.frames_read = self.frames_read
+        state.live_start = self._live_start
+        state.segment = self.segment

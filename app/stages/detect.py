@@ -22,14 +22,14 @@ claim and is skipped (the ring already counted it as dropped).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.errors import UserError
+from app.inference.batching import stage_batch
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.messages import FrameRef, RawDetections, SourceInfo
+from app.pipeline.messages import CandidateDetections, FrameRef, RawDetections, SourceInfo
 from app.pipeline.stage_runner import Capabilities
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,6 @@ GPU_MAX_BATCH = 16  # GPU: a batch of 8-16 runs RetinaFace-R50 at 2x the frames/
 # Candidates kept: below any score floor post-processing uses (min(det_threshold, the
 # tracker's low threshold 0.1)) unless DET_THRESHOLD is set under it; mnet0.25 on busy frames gives <1100.
 CANDIDATE_FLOOR = 0.01
-
-
-@dataclass
-class CandidateDetections(RawDetections):
-    """detect -> postprocess (GPU path): only the priors whose face score passed `floor`.
-
-    `loc`, `conf`, `landmarks` hold those K rows of the raw outputs, `prior_index` (K,) says which priors they
-    are out of `priors`; every other prior scored <= floor. Decodes to the same faces as the full outputs for
-    any score threshold >= floor.
-    """
-
-    prior_index: np.ndarray  # (K,) int64
-    priors: int  # P, the number of priors of the detector input
-    floor: float
 
 
 class DetectStage:
@@ -71,13 +57,12 @@ class DetectStage:
         device: str | None = None,
         candidate_floor: float = CANDIDATE_FLOOR,
         streams: tuple[int, ...] | None = None,
-        torch_compile: str = "none",
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
         device "cpu" runs the GPU path on the CPU (tests). streams: the cameras this detector serves (None:
-        every camera of the run). torch_compile: the GPU path's `torch.compile` mode ("none" = eager graphs).
+        every camera of the run).
         """
         self.streams = streams
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
@@ -90,7 +75,6 @@ class DetectStage:
         self.precision = precision
         self.device = device
         self.candidate_floor = float(candidate_floor)
-        self.torch_compile = torch_compile
         self.model = None
         self.gpu = None
         self._live: set[int] = set()  # live cameras among those served (set by start)
@@ -127,7 +111,6 @@ class DetectStage:
             device=self.device,
             threads=self.threads,
             floor=self.candidate_floor,
-            compile_mode=None if self.torch_compile == "none" else self.torch_compile,
         )
         self.max_batch = self.gpu.max_batch
         self.input_hw = self.gpu.input_hw
@@ -151,16 +134,12 @@ class DetectStage:
         self.preprocess = RetinaFacePreprocessor.for_model(self.model, self.det_size)
         self.input_hw = self.preprocess.input_hw
         self._split = split_outputs
-        fixed = self.model.inputs[0].fixed_batch
-        self.max_batch = self.batch_limit or DEFAULT_MAX_BATCH
-        if fixed is not None:
-            self.max_batch = 1 if fixed == 1 else min(self.max_batch, fixed)
-        self._fixed_batch = fixed
+        self.max_batch = stage_batch(self.batch_limit or DEFAULT_MAX_BATCH, self.model.inputs[0].fixed_batch)
         h, w = self.input_hw
-        self._buffer = np.zeros((fixed or self.max_batch, 3, h, w), np.float32)
+        self._buffer = np.zeros((self.max_batch, 3, h, w), np.float32)
         # One warm-up call: the first run of a session is slow, and a wrong model fails here, at start.
         try:
-            self._split(self.model.run(self._buffer[: fixed or 1]))
+            self._split(self.model.run(self._buffer[:1]))
         except ValueError as exc:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
             raise UserError(message) from None
@@ -196,10 +175,8 @@ class DetectStage:
             self.gpu.refit(hw)  # CUDA graphs for the new size, captured now
         else:
             self.preprocess = RetinaFacePreprocessor(hw)
-            self._buffer = np.zeros((self._fixed_batch or self.max_batch, 3, *hw), np.float32)
-            self._split(
-                self.model.run(self._buffer[: self._fixed_batch or 1])
-            )  # a new size's first run is slow
+            self._buffer = np.zeros((self.max_batch, 3, *hw), np.float32)
+            self._split(self.model.run(self._buffer[:1]))  # a first run at a new size is slow
         log.info("detector input %dx%d for frames of %s", hw[1], hw[0],
                  sorted({self.frames.ring(s).frame(0).shape[:2] for s in streams}))  # fmt: skip
 
@@ -237,8 +214,7 @@ class DetectStage:
             self.preprocess(rings.ring(m.meta.stream).frame(m.meta.slot), out=self._buffer[i])[1]
             for i, m in enumerate(frames)
         ]
-        batch = self._buffer[: self._fixed_batch or n]
-        loc, conf, landmarks = self._split(self.model.run(batch))
+        loc, conf, landmarks = self._split(self.model.run(self._buffer[:n]))
         hw, priors, floor = self.input_hw, loc.shape[1], self.candidate_floor
         out: list[RawDetections] = []
         for i, m in enumerate(frames):

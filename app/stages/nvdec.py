@@ -34,7 +34,7 @@ import numpy as np
 
 from app.config import env_name
 from app.errors import UserError
-from app.pipeline.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
+from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
 
 log = logging.getLogger(__name__)
 

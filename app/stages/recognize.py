@@ -52,8 +52,9 @@ from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import EmbedRequest, EmbedResult, FaceDetections, SourceInfo, TrackedFaces
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
+from app.recognition.identity_config import IdentityConfig
 from app.stages.embed import FaceEmbedder
-from app.tracking.config import IdentityConfig, TrackerConfig
+from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class RecognizeStage:
         return self.embedder.gallery_outages
 
     def setup(self) -> dict[str, object]:
-        from app.tracking import TrackIdentities
+        from app.recognition.identity import TrackIdentities
         from app.vision.alignment import align_faces
 
         self._align = align_faces
@@ -221,15 +222,9 @@ class RecognizeStage:
 
     def _spec_only(self) -> dict[str, object]:
         """The embedder's spec without loading it for inference (the worker runs it): chip size, threshold."""
-        import dataclasses
+        from app.recognition.embedder import configured_spec
 
-        from app.inference.spec import embedder_spec_for
-
-        s = self.settings
-        spec = embedder_spec_for(s.embedder_model, s.embedder)
-        if s.match_threshold is not None:
-            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
-        self.embedder.spec = spec
+        spec = self.embedder.spec = configured_spec(self.settings)
         return {"embedder": spec.model_id, "threshold": spec.threshold, "worker": True}
 
     @property

@@ -17,8 +17,6 @@
 #       # -d .whl` (check it is a cp312 manylinux x86_64 wheel under 60 MB). The clip is re-encoded as H.264
 #       # (CODEC=h264, the default with DECODER=nvdec; the generated clips are MPEG-4 part 2). Compare with
 #       # DECODER=ffmpeg CODEC=h264 for the same clip. RESULT_LAG=k: file answers applied k frames later.
-#   FACEPIPE_TORCH_COMPILE=default ... streams_bench    # the same with the models through torch.compile
-#       # (compiling each batch size takes tens of seconds per run: set RUN_TIMEOUT_S=420)
 # Everything lands in $OUT: run.log, nvidia-smi.csv, torch_results.json, and from the pipeline benchmark
 # pipeline_*.json (one JSON line each), stage_logs.txt (the stage processes' log of each run) and
 # gpu_util.txt (nvidia-smi dmon during the runs).
@@ -129,7 +127,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("pipeline_*.json")):
           f"{e['p50']}/{e['p95']}/{e.get('p99')} steady {st.get('p50')}/{st.get('p95')}/{st.get('p99')} "
           f"decoder {d.get('decoder')} gpu {(d.get('gpu_util_percent') or {}).get('mean')} det-batch {d['det_batch'].get('mean')} "
           f"det-ceiling {d.get('detector_ceiling_fps')} model-only {d.get('model_only_fps')} "
-          f"detect-cpu {d['stage_cpu_percent'].get('detect')} compile {d.get('torch_compile')}")
+          f"detect-cpu {d['stage_cpu_percent'].get('detect')}")
 PY
 }
 PIPELINE_CMD=${PIPELINE_CMD:-pipeline_bench}

@@ -21,6 +21,7 @@ from app.inference.torch_backend import TorchModel, pick_bucket  # noqa: E402
 from app.vision.alignment import align_faces  # noqa: E402
 from app.vision.image_io import read_image  # noqa: E402
 from app.vision.retinaface import decode_retinaface, letterbox, split_outputs  # noqa: E402
+from tests.support.onnx_models import fixed_batch_copy  # noqa: E402
 from tests.support.shared_data import SHARED_FACES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,6 +110,16 @@ def test_any_batch_size_and_an_empty_batch(embedder):
     assert embedder.run(x[:0])[0].shape == (0, 128)
 
 
+def test_a_fixed_batch_model_runs_any_number_of_rows_in_padded_chunks(embedder, tmp_path):
+    fixed = TorchModel(fixed_batch_copy(EMBEDDER, 2, tmp_path))
+    assert fixed.inputs[0].fixed_batch == 2
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (5, 3, 150, 150)).astype(np.float32)
+    want = embedder.run(x)[0]
+    for n in (1, 2, 5):
+        np.testing.assert_allclose(fixed.run(x[:n])[0], want[:n], rtol=1e-4, atol=1e-5)
+    assert fixed.run(x[:0])[0].shape == (0, 128)
+
+
 def test_run_torch_takes_and_returns_tensors(embedder):
     x = torch.from_numpy(np.random.default_rng(2).uniform(-0.5, 0.5, (3, 3, 150, 150)).astype(np.float32))
     out = embedder.run_torch(x)
@@ -176,37 +187,3 @@ def test_user_errors(tmp_path):
 def test_pick_bucket():
     buckets = (1, 2, 4, 8, 32)
     assert [pick_bucket(n, buckets) for n in (1, 2, 3, 8, 9, 32, 33)] == [1, 2, 4, 8, 32, 32, 32]
-
-
-def _compile_with(monkeypatch, backend) -> None:
-    """Make TorchModel's torch.compile use a Dynamo `backend` (real tracing, no C++ toolchain needed)."""
-    real = torch.compile
-
-    def compile_(fn, mode=None, dynamic=None):
-        return real(fn, backend=backend, dynamic=dynamic)
-
-    monkeypatch.setattr(torch, "compile", compile_)
-
-
-def test_a_compiled_graph_is_used_when_it_matches(monkeypatch, faces):
-    _compile_with(monkeypatch, "eager")
-    compiled = TorchModel(DETECTOR, compile_mode="default")
-    plain = TorchModel(DETECTOR)
-    batch = faces[1][:1]
-    for got, want in zip(compiled.run(batch), plain.run(batch), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    [module] = compiled._specialised.values()
-    assert hasattr(module, "_torchdynamo_orig_callable")  # the compiled wrapper is what runs
-
-
-def test_a_compiled_graph_that_computes_something_else_is_dropped(monkeypatch, faces, caplog):
-    def miscompile(gm, example_inputs):  # a compiler bug: every output 10 % off
-        return lambda *args: [o * 1.1 for o in gm(*args)]
-
-    _compile_with(monkeypatch, miscompile)
-    model = TorchModel(EMBEDDER, compile_mode="default")
-    chips = np.random.default_rng(5).uniform(-0.5, 0.5, (1, 3, 150, 150)).astype(np.float32)
-    with caplog.at_level("WARNING", logger="app.inference.torch_backend"):
-        got = model.run(chips)[0]
-    np.testing.assert_allclose(got, TorchModel(EMBEDDER).run(chips)[0], rtol=1e-4, atol=1e-5)
-    assert "running it uncompiled" in caplog.text

@@ -18,7 +18,8 @@ import pytest
 from pipeline_fakes import build, make_video
 from process_checks import RunningPipeline, alive, shm_segments
 
-from app.pipeline.supervisor import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Supervisor
+from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR
+from app.pipeline.supervisor import Supervisor
 
 FAKES = Path(__file__).resolve().parent / "pipeline_fakes.py"
 STAGES = ["capture", "detect", "postprocess", "recognize", "gui"]

@@ -19,13 +19,15 @@ from app.gallery import open_gallery
 from app.pipeline.messages import EmbedRequest, TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
-from app.stages.embed import EmbedStage
+from app.stages.embed import EmbedStage, FaceEmbedder
 from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import EmbedChannel, RecognizeStage
 from app.vision.alignment import align_faces
+from tests.support.onnx_models import fixed_batch_copy
 from tests.support.shared_data import HAMILTON, REPO
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
+EMBEDDER = REPO / "checkpoints" / "dlib_resnet.onnx"
 LIN = "Lin-Manuel Miranda"
 
 
@@ -158,3 +160,23 @@ def test_a_result_lag_of_several_frames_gives_the_same_tracks_and_names_however_
     assert [list(r.track_ids) for r in fast] == [list(r.track_ids) for r in alone]
     first = next(i for i, r in enumerate(fast) if LIN in r.names)
     assert 0 <= first - next(i for i, r in enumerate(alone) if LIN in r.names) <= 3 + 2
+
+
+def test_a_fixed_batch_embedder_embeds_any_number_of_faces_as_the_dynamic_one(gallery_dir, tmp_path):
+    fixed_model = fixed_batch_copy(EMBEDDER, 2, tmp_path)
+    dynamic = FaceEmbedder(load_settings({"qdrant_path": str(gallery_dir)}, env_file=None))
+    fixed_settings = {"qdrant_path": str(tmp_path / "gallery"), "embedder_model": str(fixed_model)}
+    fixed = FaceEmbedder(load_settings(fixed_settings, env_file=None))
+    dynamic.setup()
+    fixed.setup()
+    assert fixed.model.inputs[0].fixed_batch == 2 and dynamic.model.inputs[0].fixed_batch is None
+    analyzer = FaceAnalyzer(dynamic.settings)
+    image = clip(150, 151)[0]
+    landmarks = analyzer.detect(image).landmarks[:1]
+    # Five different chips (the face shifted a pixel more each), so a row out of place would show.
+    chips = align_faces(image, np.concatenate([landmarks + i for i in range(5)]), analyzer.spec)
+    for count in (1, 2, 5):
+        np.testing.assert_array_equal(fixed.embed(chips[:count]), dynamic.embed(chips[:count]))
+    assert fixed.embed(chips[:0]).shape == (0, 128)
+    fixed.close()
+    dynamic.close()

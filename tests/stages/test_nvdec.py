@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from app.errors import UserError
-from app.pipeline.sources import parse_source
 from app.stages import nvdec
 from app.stages.nvdec import NvdecUnavailable, choose_decoder, nvdec_problem, open_capture
+from app.stages.sources import parse_source
 from tests.support.shared_data import HAMILTON, REPO
 
 FILE = parse_source(str(HAMILTON))
