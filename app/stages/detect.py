@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 4  # CPU: batching saves little there; a small cap keeps latency low
 GPU_MAX_BATCH = 16  # GPU: a batch of 8-16 runs RetinaFace-R50 at 2x the frames/s of batch 1 (H200)
+COMMON_FRAME_HW = (1080, 1920)  # 16:9, most cameras: the GPU path has the graphs of its fitted input ready
 # Candidates kept: below any score floor post-processing uses (min(det_threshold, the
 # tracker's low threshold 0.1)) unless DET_THRESHOLD is set under it; mnet0.25 on busy frames gives <1100.
 CANDIDATE_FLOOR = 0.01
@@ -116,6 +117,7 @@ class DetectStage:
         self.input_hw = self.gpu.input_hw
         try:
             self.gpu.warmup()
+            self._prepare_common_fit()
         except ValueError as exc:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
             raise UserError(message) from None
@@ -125,6 +127,17 @@ class DetectStage:
             "device": str(self.gpu.device),
             "precision": self.gpu.precision,
         }
+
+    def _prepare_common_fit(self) -> None:
+        """GPU path: capture the graphs of the input most cameras are fitted to (16:9) now, before the run is
+        ready; captured at start instead, the first frames waited seconds for them (live ones dropped)."""
+        from app.vision.retinaface import fitted_input_hw
+
+        if self.gpu is None or self.gpu.model.inputs[0].fixed_hw is not None:
+            return
+        common = fitted_input_hw([COMMON_FRAME_HW], self.det_size)
+        if common != tuple(self.input_hw):
+            self.gpu.prepare(common)
 
     def _setup_cpu(self) -> dict[str, object]:
         from app.inference.backend import load_model

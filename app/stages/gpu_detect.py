@@ -195,14 +195,21 @@ class TorchDetector:
     def precision(self) -> str:
         return self.model.precision
 
+    def _buckets(self) -> list[int]:
+        return sorted({pick_bucket(b, self.model.buckets) for b in range(1, self.max_batch + 1)})
+
     def warmup(self) -> None:
         """Capture the graph of every batch bucket up to max_batch now, so none is captured mid-run, and
         run the whole path once (a wrong model fails here, at start)."""
         if self.model.cuda_graphs:
-            buckets = sorted({pick_bucket(b, self.model.buckets) for b in range(1, self.max_batch + 1)})
-            self.model.warmup(buckets, self.input_hw)
+            self.model.warmup(self._buckets(), self.input_hw)
         h, w = self.input_hw
         self.detect([np.zeros((h, w, 3), np.uint8)])
+
+    def prepare(self, input_hw: tuple[int, int]) -> None:
+        """Capture the graphs of another input size now, so that a later `refit` to it captures nothing."""
+        if self.model.cuda_graphs:
+            self.model.warmup(self._buckets(), (int(input_hw[0]), int(input_hw[1])))
 
     def refit(self, input_hw: tuple[int, int]) -> None:
         """Run at another detector input size from now on (e.g. fitted to the cameras' frames): its graphs
