@@ -99,12 +99,12 @@ def ensure_clip(resolution: str, frames: int, work: Path, faces: int = 10) -> Pa
 def ensure_h264(clip: Path) -> Path:
     """The clip re-encoded as H.264 (the generated clips are MPEG-4 part 2, which NVDEC may not take), made
     once beside it with the pipeline's own writer; its ground truth is copied along."""
-    from app.vision.video_writer import CrashSafeVideoWriter
-
     out = clip.with_name(f"{clip.stem}-h264.mp4")
     truth = clip.with_suffix(".gt.json")
     if out.is_file() and out.stat().st_size > 0:
         return out
+    from app.vision.video_writer import CrashSafeVideoWriter  # PyAV only where the clip is made
+
     cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
     fps = cap.get(cv2.CAP_PROP_FPS) or CLIP_FPS
     writer = None
