@@ -203,8 +203,8 @@ class Settings:
         1, "Files: frames between an embedding request and the frame its answer is applied on", lo=1, hi=16
     )
     decoder: str = setting(
-        "auto",
-        "Video decoder for files and stream URLs: auto (NVDEC when it is available, else FFmpeg)",
+        "ffmpeg",
+        "Video decoder for files and stream URLs: ffmpeg, nvdec, or auto (NVDEC when it is available)",
         choices=("auto", "ffmpeg", "nvdec"),
     )
 
