@@ -274,28 +274,20 @@ def embedder_spec_for(path: Path, kind: str = "auto", model: Model | None = None
             threshold=DLIB_DEFAULT_THRESHOLD,
             kind="dlib",
         )
-    if kind == "mobilefacenet":
-        return EmbedderSpec(
-            model_id=model_id,
-            input_size=(size, size),
-            template=np.asarray(template, np.float32),
-            channel_order="RGB",
-            mean=np.array([127.5, 127.5, 127.5], np.float32),
-            std=np.array([128.0, 128.0, 128.0], np.float32),
-            dim=int(dim),
-            metric="cosine",
-            threshold=MOBILEFACENET_DEFAULT_THRESHOLD,
-            kind="mobilefacenet",
-        )
+    # ArcFace-family kinds differ only in input scaling and threshold: (x - 127.5) / std, RGB, cosine.
+    std, threshold = {
+        "mobilefacenet": (128.0, MOBILEFACENET_DEFAULT_THRESHOLD),
+        "arcface": (127.5, ARCFACE_DEFAULT_THRESHOLD),
+    }[kind]
     return EmbedderSpec(
         model_id=model_id,
         input_size=(size, size),
         template=np.asarray(template, np.float32),
         channel_order="RGB",
-        mean=np.array([127.5, 127.5, 127.5], np.float32),
-        std=np.array([127.5, 127.5, 127.5], np.float32),
+        mean=np.full(3, 127.5, np.float32),
+        std=np.full(3, std, np.float32),
         dim=int(dim),
         metric="cosine",
-        threshold=ARCFACE_DEFAULT_THRESHOLD,
-        kind="arcface",
+        threshold=threshold,
+        kind=kind,
     )
