@@ -113,7 +113,7 @@ class EmbedderSpec:
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         """Raw model output -> (N,dim) float32 embeddings: L2-normalised for cosine, raw for euclidean."""
         out = np.asarray(raw, np.float32).reshape(raw.shape[0], -1)
-        return l2_normalize(out) if self.metric == "cosine" else out
+        return normalize_for(out, self.metric)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(M,N) similarities between embeddings a (M,D) and b (N,D)."""
@@ -124,6 +124,11 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def normalize_for(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Embeddings as `metric` compares them: unit length for cosine, as they are for euclidean."""
+    return l2_normalize(vectors) if metric == "cosine" else np.asarray(vectors, np.float32)
 
 
 def similarity_from_distance(distance: np.ndarray | float, metric: str = "euclidean") -> np.ndarray | float:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.inference.spec import normalize_for
+
 
 @dataclass(frozen=True)
 class ClusterParams:
@@ -63,7 +65,7 @@ def cluster_faces(vectors: np.ndarray, metric: str, params: ClusterParams | None
     if metric == "cosine":
         # On unit vectors, Euclidean distance = sqrt(2 * cosine distance): the same neighbourhoods, and the
         # tree/brute Euclidean code paths of scikit-learn are faster than its cosine one.
-        array = array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+        array = normalize_for(array, metric)
         eps = float(np.sqrt(2.0 * params.eps))
     else:
         eps = params.eps

@@ -71,7 +71,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from app.gallery.base import Match
-from app.inference.spec import METRICS, l2_normalize, rowwise_similarity
+from app.inference.spec import METRICS, normalize_for, rowwise_similarity
 from app.recognition import quality as face_quality
 from app.recognition.identity_config import IdentityConfig
 from app.tracking.matching import box_iou
@@ -331,7 +331,7 @@ class TrackIdentities:
         return float(face_quality.geometric(box, landmarks, self.config.reference_face_size)[0])
 
     def _normalise(self, vectors: np.ndarray) -> np.ndarray:
-        return _normalise(vectors, self.metric)
+        return normalize_for(vectors, self.metric)
 
     def _aggregate(self, record: _Record, extra: tuple[float, np.ndarray] | None = None) -> np.ndarray:
         kept = record.embeddings if extra is None else [*record.embeddings, extra]
@@ -513,14 +513,10 @@ class TrackIdentities:
 # -- template arithmetic, pure: also run by the embedding worker, which searches the gallery ---------------
 
 
-def _normalise(vectors: np.ndarray, metric: str) -> np.ndarray:
-    return l2_normalize(vectors) if metric == "cosine" else vectors
-
-
 def _aggregate(kept: Sequence[tuple[float, np.ndarray]], metric: str, quality_floor: float) -> np.ndarray:
     weights = np.array([max(q, quality_floor) for q, _ in kept])
-    vectors = _normalise(np.stack([v for _, v in kept]), metric)
-    return _normalise((weights[:, None] * vectors).sum(axis=0) / weights.sum(), metric)
+    vectors = normalize_for(np.stack([v for _, v in kept]), metric)
+    return normalize_for((weights[:, None] * vectors).sum(axis=0) / weights.sum(), metric)
 
 
 def _similarity(vector: np.ndarray, others: np.ndarray, metric: str) -> np.ndarray:
