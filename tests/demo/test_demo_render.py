@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import KNN_TRAIN, RenderedDemo
 
 from app.demo import Actor, Keyframe, Scenario, bench_scenario, images_from_dir, render, standard_scenario
 from app.demo.background import make_background
@@ -16,6 +15,8 @@ from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
 from app.demo.sprites import cut_sprite, locate_photo
 from app.errors import UserError
+from tests.demo.rendered_demo import RenderedDemo
+from tests.support.shared_data import KNN_TRAIN
 
 
 def _digests(scenario: Scenario, sprites: dict) -> list[str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_checks import RunningPipeline, alive, children_of, shm_segments
 from test_pipeline_e2e import cli, enroll, run_to_end
 
+from tests.pipeline.process_checks import RunningPipeline, alive, children_of, shm_segments
 from tests.support.servers import MjpegServer, RtspServer, rtsp_support_problem
 from tests.support.shared_data import HAMILTON, SHARED_FACES
 

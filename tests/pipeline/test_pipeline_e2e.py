@@ -18,20 +18,13 @@ import pytest
 from app.demo import demo_sets, load_ground_truth, standard_scenario, write_video
 from tests.pipeline.process_checks import REPO, RunningPipeline, shm_segments, still_alive
 from tests.support.servers import MjpegServer
-from tests.support.shared_data import HAMILTON, SHARED_FACES
+from tests.support.shared_data import DEMO_FILES, HAMILTON, SHARED_FACES
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["capture", "detect", "postprocess", "recognize", "gui"]
 PROCESSES = [*STAGES, "embed"]  # the shared embedding worker stamps no frame
-DEMO_FILES = {  # the demo images folder as `python -m app.models fetch` lays it out, from the shared data
-    "obama.jpg": SHARED_FACES / "knn_examples" / "train" / "obama" / "obama.jpg",
-    "obama2.jpg": SHARED_FACES / "knn_examples" / "train" / "obama" / "obama2.jpg",
-    "obama3.jpg": SHARED_FACES / "edge" / "obama3.jpg",
-    "biden.jpg": SHARED_FACES / "knn_examples" / "train" / "biden" / "biden.jpg",
-    "obama_partial_face.jpg": SHARED_FACES / "edge" / "obama_partial_face.jpg",
-}
 
 
 def cli(*argv: str, env_file: Path) -> list[str]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from stage_chain import ring_of
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
+from tests.stages.stage_chain import ring_of
 from tests.support.shared_data import HAMILTON
 
 

@@ -11,13 +11,13 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of
 
 from app.pipeline.messages import EndOfStream, FaceDetections, Ready, Start
 from app.pipeline.stage_runner import StageChannels, StageRunner
 from app.stages.detect import CANDIDATE_FLOOR, CandidateDetections, DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import PRE_NMS_TOP_K, decode_retinaface, prior_boxes
+from tests.stages.stage_chain import put_frame, ring_of
 from tests.support.shared_data import HAMILTON, REPO
 from tests.support.waiting import GUARD_S
 
