@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from app.errors import UserError
 from app.integrations.events import EventFanout
 from app.pipeline.messages import TrackedFaces
-from app.vision.video_writer import CrashSafeVideoWriter
+
+if TYPE_CHECKING:
+    from app.vision.video_writer import CrashSafeVideoWriter
 
 
 def open_line_file(path: Path, what: str) -> TextIO:
@@ -165,6 +167,9 @@ class VideoSink:
         self.frames = 0
 
     def open(self, fps: float, size_wh: tuple[int, int]) -> None:
+        # Imported here: PyAV is loaded only by runs that write a video.
+        from app.vision.video_writer import CrashSafeVideoWriter
+
         self._writer = CrashSafeVideoWriter(self.path, fps, size_wh)
 
     def write(self, frame_bgr: np.ndarray) -> None:
