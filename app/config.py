@@ -7,18 +7,26 @@ variables (`OUTPUT`, `GUI`, `THREADS`...) from changing a run. The original proj
 name is still read for one release, with a warning. An unknown key in `.env` is an error naming the
 closest valid key. Bad values raise `ConfigError` with one line naming the setting, the value and what is
 accepted; every numeric setting has a lower and an upper bound.
+
+The command-line flags of the settings are made here too (`setting_flag`, `add_setting_flags`), from the
+fields' types and metadata: each CLI names the settings it takes, so a flag means the same in every CLI.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import functools
+import numbers
 import os
 import sys
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dotenv import dotenv_values
 
@@ -33,184 +41,175 @@ ENV_PREFIX = "FACEPIPE_"
 UNPREFIXED_NAMES = ("video_source", "qdrant_host", "qdrant_port")
 
 
+T = TypeVar("T")
+
+
 class ConfigError(UserError):
     """A setting that cannot be used; the message names it and the fix."""
 
 
-def _meta(help_text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": help_text, **extra}
+def setting(default: T, help_text: str, **extra: Any) -> T:
+    """A Settings field: its default, the help shown in `.env.example` and `--help`, and its metadata.
+
+    `lo`/`hi`: bounds of a number; `choices`: the accepted words; `secret`: hidden in logs. The command-line
+    flag of the setting (`--` + the name with dashes, or `flag`) is described by `setting_flag`; `flag_help`
+    words it where the flag reads differently from the setting (`--no-gui`), `metavar` names its value,
+    `repeat` lets it be given several times, `or_file` lets a value that is not one of the choices name a
+    file for that other setting (`--embedder KIND|FILE`).
+    """
+    return field(default=default, metadata={"help": help_text, **extra})
 
 
 @dataclass(frozen=True)
 class Settings:
-    video_source: str = field(
-        default="data/demo/demo.mp4",
-        metadata=_meta("Video file, rtsp:// or http(s):// URL, or webcam index (0, 1, ...)"),
+    video_source: str = setting(
+        "data/demo/demo.mp4",
+        "Video file, rtsp:// or http(s):// URL, or webcam index (0, 1, ...)",
+        flag="--source",
+        metavar="[NAME=]SOURCE",
+        repeat=True,
+        flag_help="Video file, rtsp:// or http(s):// URL (e.g. an MJPEG phone camera), or webcam index; "
+        "repeat as --source NAME=URL for several cameras",
     )
-    detector_model: Path = field(
-        default=Path("checkpoints/retinaface_mnet025.onnx"),
-        metadata=_meta("RetinaFace ONNX (biubug6 format: mobilenet0.25 or ResNet-50) or TensorRT engine"),
+    detector_model: Path = setting(
+        Path("checkpoints/retinaface_mnet025.onnx"),
+        "RetinaFace ONNX (biubug6 format: mobilenet0.25 or ResNet-50) or TensorRT engine",
+        flag=("--detector", "--detector-model"),
     )
-    embedder_model: Path = field(
-        default=Path("checkpoints/dlib_resnet.onnx"),
-        metadata=_meta("Face embedder ONNX: dlib ResNet (default) or an ArcFace R50/R100"),
+    embedder_model: Path = setting(
+        Path("checkpoints/dlib_resnet.onnx"),
+        "Face embedder ONNX: dlib ResNet (default) or an ArcFace R50/R100",
     )
-    embedder: str = field(
-        default="auto",
-        metadata=_meta("Embedder kind: auto (from input size), dlib or arcface", choices=EMBEDDER_KINDS),
+    embedder: str = setting(
+        "auto",
+        "Embedder kind: auto (from input size and output), dlib, arcface or mobilefacenet",
+        choices=EMBEDDER_KINDS,
+        or_file="embedder_model",
+        metavar="KIND|FILE",
+        flag_help="Embedder kind: auto, dlib, arcface or mobilefacenet; or an embedder model file",
     )
-    backend: str = field(
-        default="onnxruntime",
-        metadata=_meta("Inference backend: onnxruntime, torch or tensorrt", choices=BACKENDS),
+    backend: str = setting(
+        "onnxruntime", "Inference backend: onnxruntime, torch or tensorrt", choices=BACKENDS
     )
-    det_size: int = field(
-        default=640,
-        metadata=_meta("Detector input side in pixels (frames are letterboxed)", lo=32, hi=4096),
+    det_size: int = setting(640, "Detector input side in pixels (frames are letterboxed)", lo=32, hi=4096)
+    det_threshold: float = setting(0.6, "Minimum detector score for a face", lo=0.0, hi=1.0)
+    nms_threshold: float = setting(0.4, "IoU above which overlapping boxes merge", lo=0.0, hi=1.0)
+    match_threshold: float | None = setting(
+        None,
+        "Similarity needed to name a face (empty = the embedder's measured default)",
+        lo=-1.0,
+        hi=1.0,
+        flag="--threshold",
     )
-    det_threshold: float = field(
-        default=0.6, metadata=_meta("Minimum detector score for a face", lo=0.0, hi=1.0)
+    qdrant_path: Path = setting(
+        Path("data/gallery"), "Folder of the embedded Qdrant gallery", flag="--gallery"
     )
-    nms_threshold: float = field(
-        default=0.4, metadata=_meta("IoU above which overlapping boxes merge", lo=0.0, hi=1.0)
+    qdrant_host: str | None = setting(
+        None, "Qdrant server host or URL; empty = embedded gallery", metavar="HOST"
     )
-    match_threshold: float | None = field(
-        default=None,
-        metadata=_meta(
-            "Similarity needed to name a face (empty = the embedder's measured default)", lo=-1.0, hi=1.0
-        ),
+    qdrant_port: int = setting(6333, "Qdrant server port", lo=1, hi=65535)
+    qdrant_api_key: str | None = setting(None, "Qdrant server API key", secret=True, metavar="KEY")
+    qdrant_https: bool = setting(False, "Use https for the Qdrant server")
+    qdrant_collection: str = setting("faces", "Qdrant collection name", flag="--collection", metavar="NAME")
+    fps_target: float = setting(
+        0.0,
+        "Playback FPS for files (0 = the file's own FPS); caps the FPS of live sources",
+        lo=0.0,
+        hi=1000.0,
     )
-    qdrant_path: Path = field(
-        default=Path("data/gallery"), metadata=_meta("Folder of the embedded Qdrant gallery")
+    max_speed: bool = setting(False, "Read files as fast as the pipeline goes")
+    gui: bool = setting(True, "Show the OpenCV window", flag_help="No window (headless)")
+    output: Path | None = setting(None, "Write the annotated video to this .mp4")
+    events: Path | None = setting(None, "Write recognition events (JSON lines) here")
+    tracks_out: Path | None = setting(None, "Write per-frame faces here: .jsonl, or .csv for MOTChallenge")
+    threads: int = setting(0, "Threads per ONNX Runtime session; 0 = automatic", lo=0, hi=256)
+    log_level: str = setting("WARNING", "Log level", choices=LOG_LEVELS)
+    ring_slots: int = setting(8, "Frame slots in the shared-memory ring (frames in flight)", lo=3, hi=256)
+    track_high_thresh: float = setting(
+        0.6, "Tracker: detections above this start/extend tracks", lo=0.0, hi=1.0
     )
-    qdrant_host: str | None = field(
-        default=None, metadata=_meta("Qdrant server host; empty = embedded gallery")
-    )
-    qdrant_port: int = field(default=6333, metadata=_meta("Qdrant server port", lo=1, hi=65535))
-    qdrant_api_key: str | None = field(default=None, metadata=_meta("Qdrant server API key", secret=True))
-    qdrant_https: bool = field(default=False, metadata=_meta("Use https for the Qdrant server"))
-    qdrant_collection: str = field(default="faces", metadata=_meta("Qdrant collection name"))
-    fps_target: float = field(
-        default=0.0, metadata=_meta("Playback FPS for files; 0 = the file's own FPS", lo=0.0, hi=1000.0)
-    )
-    max_speed: bool = field(default=False, metadata=_meta("Read files as fast as the pipeline goes"))
-    gui: bool = field(default=True, metadata=_meta("Show the OpenCV window"))
-    output: Path | None = field(default=None, metadata=_meta("Write the annotated video to this .mp4"))
-    events: Path | None = field(default=None, metadata=_meta("Write recognition events (JSON lines) here"))
-    tracks_out: Path | None = field(
-        default=None, metadata=_meta("Write per-frame faces here: .jsonl, or .csv for MOTChallenge")
-    )
-    threads: int = field(
-        default=0, metadata=_meta("Threads per ONNX Runtime session; 0 = automatic", lo=0, hi=256)
-    )
-    log_level: str = field(default="WARNING", metadata=_meta("Log level", choices=LOG_LEVELS))
-    ring_slots: int = field(default=8, metadata=_meta("Frame slots in the shared-memory ring", lo=3, hi=256))
-    track_high_thresh: float = field(
-        default=0.6, metadata=_meta("Tracker: detections above this start/extend tracks", lo=0.0, hi=1.0)
-    )
-    track_buffer: int = field(
-        default=30, metadata=_meta("Tracker: frames (at 30 FPS) a lost track is kept", lo=1, hi=9000)
-    )
-    track_match_thresh: float = field(
-        default=0.8, metadata=_meta("Tracker: IoU-distance gate of the first association", lo=0.0, hi=1.0)
+    track_buffer: int = setting(30, "Tracker: frames (at 30 FPS) a lost track is kept", lo=1, hi=9000)
+    track_match_thresh: float = setting(
+        0.8, "Tracker: IoU-distance gate of the first association", lo=0.0, hi=1.0
     )
     # Cameras: several streams in one run
-    cameras_file: Path | None = field(
-        default=None,
-        metadata=_meta("Cameras file (TOML, one [[camera]] table per stream); empty = VIDEO_SOURCE alone"),
+    cameras_file: Path | None = setting(
+        None,
+        "Cameras file (TOML, one [[camera]] table per stream; see cameras.example.toml); "
+        "empty = VIDEO_SOURCE alone",
+        flag="--cameras",
     )
-    min_face: int = field(
-        default=0,
-        metadata=_meta(
-            "Smallest face to keep: short side of its box in pixels; 0 = no minimum", lo=0, hi=4096
-        ),
+    min_face: int = setting(
+        0, "Smallest face to keep: short side of its box in pixels; 0 = no minimum", lo=0, hi=4096
     )
     # MQTT, Home Assistant discovery, Prometheus metrics and face snapshots (all off unless configured)
-    mqtt_host: str | None = field(
-        default=None, metadata=_meta("MQTT broker host; empty = no MQTT (events, states, availability)")
+    mqtt_host: str | None = setting(None, "MQTT broker host; empty = no MQTT (events, states, availability)")
+    mqtt_port: int = setting(1883, "MQTT broker port (8883 is usual for TLS)", lo=1, hi=65535)
+    mqtt_user: str | None = setting(None, "MQTT user name")
+    mqtt_password: str | None = setting(None, "MQTT password", secret=True)
+    mqtt_tls: bool = setting(False, "Connect to the MQTT broker over TLS")
+    mqtt_topic_prefix: str = setting("facepipe", "First level of every MQTT topic")
+    mqtt_client_id: str = setting("facepipe", "MQTT client id; also the Home Assistant device id")
+    mqtt_buffer: int = setting(
+        10000, "MQTT messages kept while the broker is away (then the oldest are dropped)", lo=10, hi=1000000
     )
-    mqtt_port: int = field(
-        default=1883, metadata=_meta("MQTT broker port (8883 is usual for TLS)", lo=1, hi=65535)
+    ha_discovery: bool = setting(True, "Publish Home Assistant MQTT discovery configs")
+    ha_discovery_prefix: str = setting("homeassistant", "Home Assistant discovery topic prefix")
+    camera_idle_s: float = setting(
+        60.0, "Seconds without a recognised face before a camera's last face is cleared", lo=1.0, hi=86400.0
     )
-    mqtt_user: str | None = field(default=None, metadata=_meta("MQTT user name"))
-    mqtt_password: str | None = field(default=None, metadata=_meta("MQTT password", secret=True))
-    mqtt_tls: bool = field(default=False, metadata=_meta("Connect to the MQTT broker over TLS"))
-    mqtt_topic_prefix: str = field(default="facepipe", metadata=_meta("First level of every MQTT topic"))
-    mqtt_client_id: str = field(
-        default="facepipe", metadata=_meta("MQTT client id; also the Home Assistant device id")
+    metrics_port: int | None = setting(
+        None, "Serve Prometheus metrics on this port (/metrics); empty = off", lo=1, hi=65535
     )
-    mqtt_buffer: int = field(
-        default=10000,
-        metadata=_meta(
-            "MQTT messages kept while the broker is away (then the oldest are dropped)", lo=10, hi=1000000
-        ),
+    snapshots_dir: Path | None = setting(
+        None, "Write a JPEG face crop of every recognition event here; empty = off"
     )
-    ha_discovery: bool = field(default=True, metadata=_meta("Publish Home Assistant MQTT discovery configs"))
-    ha_discovery_prefix: str = field(
-        default="homeassistant", metadata=_meta("Home Assistant discovery topic prefix")
+    snapshot_full_frame: bool = setting(False, "Also write the whole frame, boxes drawn, with every snapshot")
+    snapshot_retain_days: float = setting(
+        7.0, "Delete snapshots older than this many days", lo=0.01, hi=3650.0
     )
-    camera_idle_s: float = field(
-        default=60.0,
-        metadata=_meta(
-            "Seconds without a recognised face before a camera's last face is cleared", lo=1.0, hi=86400.0
-        ),
-    )
-    metrics_port: int | None = field(
-        default=None,
-        metadata=_meta("Serve Prometheus metrics on this port (/metrics); empty = off", lo=1, hi=65535),
-    )
-    snapshots_dir: Path | None = field(
-        default=None, metadata=_meta("Write a JPEG face crop of every recognition event here; empty = off")
-    )
-    snapshot_full_frame: bool = field(
-        default=False, metadata=_meta("Also write the whole frame, boxes drawn, with every snapshot")
-    )
-    snapshot_retain_days: float = field(
-        default=7.0, metadata=_meta("Delete snapshots older than this many days", lo=0.01, hi=3650.0)
-    )
-    snapshot_retain_count: int = field(
-        default=10000,
-        metadata=_meta("Keep at most this many snapshots (oldest deleted first)", lo=1, hi=10000000),
+    snapshot_retain_count: int = setting(
+        10000, "Keep at most this many snapshots (oldest deleted first)", lo=1, hi=10000000
     )
     # Unknown faces: keeping, grouping and privacy
-    keep_unknown: bool = field(
-        default=True, metadata=_meta("Keep the best faces of unknown tracks for review (enroll unknowns)")
+    keep_unknown: bool = setting(True, "Keep the best faces of unknown tracks for review (enroll unknowns)")
+    unknown_retain_days: float = setting(
+        30.0, "Days an unknown face is kept before it is dropped", lo=0.01, hi=3650.0
     )
-    unknown_retain_days: float = field(
-        default=30.0, metadata=_meta("Days an unknown face is kept before it is dropped", lo=0.01, hi=3650.0)
+    unknown_max_faces: int = setting(
+        10000, "Most unknown faces kept; the oldest go first", lo=10, hi=1_000_000
     )
-    unknown_max_faces: int = field(
-        default=10000, metadata=_meta("Most unknown faces kept; the oldest go first", lo=10, hi=1_000_000)
+    unknown_min_quality: float = setting(
+        0.3, "Face quality (0..1) needed to keep an unknown face", lo=0.0, hi=1.0
     )
-    unknown_min_quality: float = field(
-        default=0.3, metadata=_meta("Face quality (0..1) needed to keep an unknown face", lo=0.0, hi=1.0)
-    )
-    unknown_faces_per_track: int = field(
-        default=5, metadata=_meta("Best faces kept per unknown track", lo=1, hi=50)
-    )
-    blur_unknown: bool = field(
-        default=False, metadata=_meta("Blur faces that are not known in the window and the output video")
-    )
+    unknown_faces_per_track: int = setting(5, "Best faces kept per unknown track", lo=1, hi=50)
+    blur_unknown: bool = setting(False, "Blur faces that are not known in the window and the output video")
     # Multi-camera processes
-    detect_workers: int = field(
-        default=1,
-        metadata=_meta(
-            "Detector processes the cameras are spread over (each batches its cameras' frames)", lo=1, hi=8
-        ),
+    detect_workers: int = setting(
+        1, "Detector processes the cameras are spread over (each batches its cameras' frames)", lo=1, hi=8
     )
-    tracking_workers: int = field(
-        default=0,
-        metadata=_meta(
-            "Tracking processes the cameras are spread over; 0 = one per 4 cameras, at most a quarter of "
-            "the CPUs",
-            lo=0,
-            hi=64,
-        ),
+    tracking_workers: int = setting(
+        0,
+        "Tracking processes the cameras are spread over; 0 = one per 4 cameras, at most a quarter of "
+        "the CPUs",
+        lo=0,
+        hi=64,
+    )
+    # Multi-camera speed and latency
+    live_files: bool = setting(
+        False, "Treat paced files as live cameras (newest frame wins, tracking never waits): latency tests"
+    )
+    result_lag: int = setting(
+        1, "Files: frames between an embedding request and the frame its answer is applied on", lo=1, hi=16
+    )
+    decoder: str = setting(
+        "auto",
+        "Video decoder for files and stream URLs: auto (NVDEC when it is available, else FFmpeg)",
+        choices=("auto", "ffmpeg", "nvdec"),
     )
 
     # Output safety
-    overwrite: bool = field(
-        default=False, metadata=_meta("Replace output files that exist already (else the run refuses)")
-    )
+    overwrite: bool = setting(False, "Replace output files that exist already (else the run refuses)")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -285,36 +284,66 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _parser_for(annotation: str) -> Callable[[str], Any]:
-    base = annotation.replace(" | None", "")
-    return {"int": int, "float": float, "bool": _parse_bool, "Path": Path, "str": str}[base]
+_PARSERS: dict[type, Callable[[str], Any]] = {int: int, float: float, bool: _parse_bool, Path: Path, str: str}
 
 
-def _convert(f: dataclasses.Field, raw: Any, origin: str, key: str | None = None) -> Any:
+@functools.cache
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """Field name -> (its type without None, whether None is allowed), from the resolved annotations."""
+    resolved: dict[str, tuple[type, bool]] = {}
+    for name, hint in typing.get_type_hints(Settings).items():
+        args = (
+            typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        )
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in _PARSERS:
+            raise TypeError(
+                f"setting {name}: type {hint} is not one of int, float, bool, Path, str (or | None)"
+            )
+        resolved[name] = (kinds[0], len(kinds) != len(args))
+    return resolved
+
+
+def setting_type(name: str) -> type:
+    """The type of setting `name` (int, float, bool, Path or str), without its `| None`."""
+    return _field_types()[name][0]
+
+
+def _typed(kind: type, value: Any) -> Any:
+    """A value given as a Python object (not text) as `kind`; ValueError when it is not one."""
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if kind is Path and isinstance(value, str | os.PathLike):
+        return Path(value)
+    if kind is str and isinstance(value, str | os.PathLike):
+        return os.fspath(value)
+    raise ValueError(f"a {type(value).__name__}")
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any, origin: str, key: str | None = None) -> Any:
     """`raw` as the field's type, validated; messages name the setting as the user wrote it (`key`)."""
     shown = key or env_name(f.name)
-    optional = "None" in str(f.type)
-    if isinstance(raw, str):
-        text = raw.strip()
-        try:
-            value = _parser_for(str(f.type))(text)
-        except ValueError as exc:
-            kind = str(f.type).replace(" | None", "")
-            raise ConfigError(
-                f"{origin} {shown}={raw!r} is not a valid {kind} ({one_line(exc)}); fix it in "
-                ".env, the environment or the command line"
-            ) from None
-    else:
-        value = raw
-        if value is None and not optional:
+    kind, optional = _field_types()[f.name]
+    if raw is None:
+        if not optional:
             raise ConfigError(f"{origin} {shown} must not be empty")
-        if isinstance(value, str) and str(f.type).startswith("Path"):
-            value = Path(value)
+        return None
+    try:
+        value = _PARSERS[kind](raw.strip()) if isinstance(raw, str) else _typed(kind, raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{origin} {shown}={raw!r} is not a valid {kind.__name__} ({one_line(exc)}); fix it in "
+            ".env, the environment or the command line"
+        ) from None
     _validate(f, value, origin, shown)
     return value
 
 
-def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
+def _validate(f: dataclasses.Field[Any], value: Any, origin: str, name: str) -> None:
     if value is None:
         return
     meta = f.metadata
@@ -331,7 +360,7 @@ def _validate(f: dataclasses.Field, value: Any, origin: str, name: str) -> None:
         raise ConfigError(f"{origin} {name}={value!r} {problem}")
 
 
-def range_problem(f: dataclasses.Field, value: Any) -> str | None:
+def range_problem(f: dataclasses.Field[Any], value: Any) -> str | None:
     """Why `value` is outside the field's lo/hi bounds ("is out of range: it must be ..."), or None."""
     lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
     if lo is not None and value < lo or hi is not None and value > hi:
@@ -340,8 +369,129 @@ def range_problem(f: dataclasses.Field, value: Any) -> str | None:
     return None
 
 
+# -- command-line flags: every CLI builds its setting flags here, so a flag means the same in each -------
+
+ENV_FILE = Path(".env")
+# Settings every CLI that opens the gallery or runs the models takes as flags, in the order --help lists them.
+GALLERY_SETTINGS = ("qdrant_path", "qdrant_collection", "qdrant_host", "qdrant_port", "qdrant_api_key",
+                    "qdrant_https")  # fmt: skip
+MODEL_SETTINGS = ("detector_model", "embedder_model", "embedder", "backend", "det_size", "det_threshold",
+                  "match_threshold", "threads")  # fmt: skip
+FLAGS_TITLE = "settings (override the environment and the settings file)"
+_METAVARS = {int: "INT", float: "NUMBER", Path: "PATH", str: "TEXT"}
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """A setting's command-line flag, built from its field: names, help, value name, what it sets."""
+
+    setting: str
+    option_strings: tuple[str, ...]
+    help: str
+    metavar: str | None  # None for a switch, which takes no value
+    const: object = None  # the value a switch sets
+    repeat: bool = False  # may be given several times; the setting takes the first
+    or_file: str | None = None  # a value that is none of the choices is a file for this other setting
+
+
+@functools.cache
+def setting_flag(name: str) -> SettingFlag:
+    """The flag of setting `name`: `--` + the name with dashes unless the field names its own (`flag`);
+    a switch for a bool setting (`--no-NAME` when it is on by default). Its help is the setting's help (or
+    `flag_help`), with the bounds or choices, the environment name and the default."""
+    f = _field(name)
+    meta = f.metadata
+    kind, _ = _field_types()[name]
+    dashed = name.replace("_", "-")
+    default_flag = f"--no-{dashed}" if kind is bool and f.default is True else f"--{dashed}"
+    flags = meta.get("flag", default_flag)
+    option_strings = (flags,) if isinstance(flags, str) else tuple(flags)
+    text = meta.get("flag_help", meta["help"])
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if kind is bool:
+        const = not f.default
+        where = f"{env_name(name)}={str(const).lower()}"
+        metavar = None
+    else:
+        const = None
+        where = env_name(name) + (f" or {env_name(meta['or_file'])}" if meta.get("or_file") else "")
+        if lo is not None:
+            where += f", {lo} to {hi}"
+        if f.default is not None:
+            where += f", default {f.default}"
+        metavar = meta.get("metavar") or ("{" + ",".join(choices) + "}" if choices else _METAVARS[kind])
+    return SettingFlag(
+        setting=name,
+        option_strings=option_strings,
+        help=f"{text} [{where}]".replace("%", "%%"),  # argparse %-formats help
+        metavar=metavar,
+        const=const,
+        repeat=bool(meta.get("repeat")),
+        or_file=meta.get("or_file"),
+    )
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add the flags of the settings `names` and `--env-file` to `parser`, in one group.
+
+    A flag not given leaves no attribute (SUPPRESS): it overrides nothing, and a CLI that adds the flags to
+    a parser and its sub-commands keeps one given before or after the command."""
+    group = parser.add_argument_group(FLAGS_TITLE)
+    for name in names:
+        flag = setting_flag(name)
+        common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": flag.help}
+        if flag.metavar is None:
+            group.add_argument(*flag.option_strings, action="store_const", const=flag.const, **common)
+        else:
+            action = "append" if flag.repeat else "store"
+            group.add_argument(*flag.option_strings, action=action, metavar=flag.metavar, **common)
+    group.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"Settings file read before the environment; a missing file is skipped [default {ENV_FILE}]",
+    )
+
+
+def flag_overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str, object]:
+    """The setting flags given in `args`, as `load_settings` overrides (setting -> text); flags not given
+    are left out. A value of an `or_file` flag that is none of its choices goes to that file setting."""
+    overrides: dict[str, object] = {}
+    files: dict[str, object] = {}  # applied last: `--embedder FILE` wins over `--embedder-model`
+    for name in names:
+        if not hasattr(args, name):
+            continue
+        flag = setting_flag(name)
+        value = getattr(args, name)
+        if flag.repeat:
+            value = value[0]
+        choices = _field(name).metadata.get("choices", ())
+        if flag.or_file and str(value).strip().lower() not in choices:
+            files[flag.or_file] = value
+        elif flag.or_file:
+            overrides[name] = str(value).strip().lower()
+        else:
+            overrides[name] = value
+    return {**overrides, **files}
+
+
+def env_file_from(args: argparse.Namespace) -> Path:
+    """The settings file `--env-file` names, else `.env`."""
+    return Path(getattr(args, "env_file", ENV_FILE))
+
+
+def settings_from_flags(args: argparse.Namespace, names: Iterable[str]) -> Settings:
+    """The settings, with the flags of `names` given in `args` and the settings file `--env-file` names."""
+    return load_settings(flag_overrides(args, names), env_file=env_file_from(args))
+
+
+def _field(name: str) -> dataclasses.Field[Any]:
+    return Settings.__dataclass_fields__[name]
+
+
 def load_settings(
-    overrides: Mapping[str, object] | None = None, env_file: Path | None = Path(".env")
+    overrides: Mapping[str, object] | None = None, env_file: Path | None = ENV_FILE
 ) -> Settings:
     """Build the settings: field defaults, then `.env`, then the environment, then `overrides` (CLI flags)."""
     fields = {f.name: f for f in dataclasses.fields(Settings)}
@@ -367,12 +517,12 @@ def load_settings(
         # An empty variable means "use the default", as an empty line in .env does.
         if raw is not None and raw.strip():
             values[name] = _convert(f, raw, "environment", key)
-    for name, raw in (overrides or {}).items():
-        if raw is None:
+    for name, given in (overrides or {}).items():
+        if given is None:
             continue
         if name not in fields:
             raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _convert(fields[name], raw, "option")
+        values[name] = _convert(fields[name], given, "option")
     if "log_level" in values:
         values["log_level"] = str(values["log_level"]).upper()
     return Settings(**values)

@@ -11,7 +11,8 @@
     python -m app.enroll show|rename|export|import ...         manage the face library
 (the library commands live in app.recognition.library_cli)
 
-Options such as --gallery PATH override settings from the environment and `.env` (see `app.config`).
+Options such as --gallery PATH override settings from the environment and `.env` (or the file --env-file
+names), before or after the command; each means what it means in `python -m app.main` (see `app.config`).
 Errors print one line, `error: ...`, on stderr and exit with status 2; the gallery is then unchanged.
 """
 
@@ -27,46 +28,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.cli_exit import OneLineArgumentParser, run_cli
-from app.config import Settings, load_settings
+from app.config import GALLERY_SETTINGS, MODEL_SETTINGS, Settings, add_setting_flags, settings_from_flags
 from app.errors import UserError
 from app.gallery import gallery_location, open_gallery
 from app.gallery.base import check_name
 from app.recognition import library_cli
 
 if TYPE_CHECKING:
+    from app.gallery.backup import BackupSummary
     from app.recognition.analyzer import FaceAnalyzer
 
-# CLI option -> Settings field; values go to load_settings as text, so config validates them.
-SETTING_OPTIONS: dict[str, tuple[str, str]] = {
-    "--gallery": ("qdrant_path", "folder of the embedded gallery (FACEPIPE_QDRANT_PATH)"),
-    "--collection": ("qdrant_collection", "gallery collection name (FACEPIPE_QDRANT_COLLECTION)"),
-    "--qdrant-host": ("qdrant_host", "use the Qdrant server at this host or URL (QDRANT_HOST)"),
-    "--qdrant-port": ("qdrant_port", "Qdrant server port (QDRANT_PORT)"),
-    "--qdrant-api-key": ("qdrant_api_key", "Qdrant server API key (QDRANT_API_KEY)"),
-    "--detector-model": ("detector_model", "RetinaFace ONNX model (FACEPIPE_DETECTOR_MODEL)"),
-    "--embedder-model": ("embedder_model", "face embedder ONNX model (FACEPIPE_EMBEDDER_MODEL)"),
-    "--embedder": ("embedder", "embedder kind: auto, dlib or arcface (FACEPIPE_EMBEDDER)"),
-    "--backend": ("backend", "inference backend (BACKEND)"),
-    "--det-size": ("det_size", "detector input size (FACEPIPE_DET_SIZE)"),
-    "--det-threshold": ("det_threshold", "minimum detector score (DET_THRESHOLD)"),
-    "--threshold": ("match_threshold", "similarity needed to name a face (FACEPIPE_MATCH_THRESHOLD)"),
-    "--threads": ("threads", "ONNX Runtime threads, 0 = auto (THREADS)"),
-    "--log-level": ("log_level", "log level (LOG_LEVEL)"),
-}
+# The settings this CLI takes as options, before or after the command; `app.config.setting_flag` makes each
+# option, so one shared with `app.main` means the same there. Values go to load_settings as text.
+SETTINGS = (*GALLERY_SETTINGS, *MODEL_SETTINGS, "log_level")
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (override environment and .env)")
-    for option, (dest, help_text) in SETTING_OPTIONS.items():
-        # SUPPRESS: an option given before or after the command is kept; absent ones do not override.
-        group.add_argument(option, dest=dest, metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
-    group.add_argument(
-        "--qdrant-https",
-        dest="qdrant_https",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="use https for the Qdrant server (QDRANT_HTTPS)",
-    )
+    add_setting_flags(parser, SETTINGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {dest: getattr(args, dest) for dest, _ in SETTING_OPTIONS.values() if hasattr(args, dest)}
-    if getattr(args, "qdrant_https", False):
-        overrides["qdrant_https"] = True
-    return load_settings(overrides)
+    return settings_from_flags(args, SETTINGS)
 
 
 def _analyzer(settings: Settings) -> FaceAnalyzer:
@@ -277,20 +252,21 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from app.gallery.backup import backup_gallery
 
     done = backup_gallery(settings, args.dir)
-    doc = {"gallery": gallery_location(settings), "backup": str(done.folder), "count": done.count,
-           "persons": done.persons}  # fmt: skip
-    line = f"backed up {gallery_location(settings)} to {done.folder}: {done.describe()}"
-    return library_cli.emit(args, doc, [line])
+    return _emit_copy(args, settings, done, f"backed up {gallery_location(settings)} to {done.folder}")
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from app.gallery.backup import restore_gallery
 
     done = restore_gallery(settings, args.dir)
+    return _emit_copy(args, settings, done, f"restored {gallery_location(settings)} from {done.folder}")
+
+
+def _emit_copy(args: argparse.Namespace, settings: Settings, done: BackupSummary, line: str) -> int:
+    """The report of a backup or a restore: the gallery, the backup folder and what was copied."""
     doc = {"gallery": gallery_location(settings), "backup": str(done.folder), "count": done.count,
            "persons": done.persons}  # fmt: skip
-    line = f"restored {gallery_location(settings)} from {done.folder}: {done.describe()}"
-    return library_cli.emit(args, doc, [line])
+    return library_cli.emit(args, doc, [f"{line}: {done.describe()}"])
 
 
 COMMANDS = {

@@ -96,6 +96,39 @@ def ensure_clip(resolution: str, frames: int, work: Path, faces: int = 10) -> Pa
     return path
 
 
+def ensure_h264(clip: Path) -> Path:
+    """The clip re-encoded as H.264 (the generated clips are MPEG-4 part 2, which NVDEC may not take), made
+    once beside it with the pipeline's own writer; its ground truth is copied along."""
+    from app.vision.video_writer import CrashSafeVideoWriter
+
+    out = clip.with_name(f"{clip.stem}-h264.mp4")
+    truth = clip.with_suffix(".gt.json")
+    if out.is_file() and out.stat().st_size > 0:
+        return out
+    cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+    fps = cap.get(cv2.CAP_PROP_FPS) or CLIP_FPS
+    writer = None
+    log(f"re-encoding {clip.name} as H.264")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if writer is None:
+                writer = CrashSafeVideoWriter(
+                    out.with_suffix(".part.mp4"), fps, (frame.shape[1], frame.shape[0])
+                )
+            writer.write(frame)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.close()
+    out.with_suffix(".part.mp4").replace(out)
+    if truth.is_file():
+        out.with_suffix(".gt.json").write_text(truth.read_text())
+    return out
+
+
 def ensure_gallery(embedder: Path, kind: str, work: Path, images_dir: Path = DEMO_IMAGES_DIR) -> Path:
     """A gallery of the demo enrollment photos made with `embedder` (ONNX Runtime; the gallery only cares
     which embedder file made it), in a folder named after the file, enrolled once."""
@@ -507,8 +540,10 @@ def model_only(
     when not known); fps_all_faces: every face embedded on every frame.
     """
     from app.inference.spec import embedder_spec_for
-    from app.vision.retinaface import letterbox
+    from app.vision.retinaface import fitted_input_hw, letterbox
 
+    # The input the detection stage runs at: fitted to the clip's frames unless the model fixes it.
+    fitted = fitted_input_hw([frames[0].shape[:2]], det_size)
     face_batch = max(1, round(faces))
     out: dict[str, Any] = {"det_batch": det_batch, "face_batch": face_batch}
     batch_frames = (frames * det_batch)[:det_batch]
@@ -521,7 +556,11 @@ def model_only(
         det = TorchDetector(
             detector, det_size, max_batch=det_batch, precision=det_precision, threads=det_threads
         )
-        det.warmup()
+        if det.model.inputs[0].fixed_hw is None:
+            det.refit(fitted)
+        else:
+            det.warmup()
+        out["detector_input_hw"] = list(det.input_hw)
         sync = torch.cuda.synchronize if det.device.type == "cuda" else None
         h, w = det.input_hw
         for b in sorted({1, det_batch}):
@@ -544,11 +583,13 @@ def model_only(
         from app.inference.backend import load_model
 
         det_model = load_model(detector, backend, det_threads)
-        blobs = np.stack([letterbox(f, det_size)[0] for f in batch_frames])
+        hw = det_model.inputs[0].fixed_hw or fitted
+        out["detector_input_hw"] = list(hw)
+        blobs = np.stack([letterbox(f, hw)[0] for f in batch_frames])
         for b in sorted({1, det_batch}):
             out[f"detector_per_s_b{b}"] = round(_rate(lambda x=blobs[:b]: det_model.run(x), b, min_s=2.0), 2)
         frame = batch_frames[0]
-        out["cpu_letterbox_ms"] = round(1e3 / _rate(lambda: letterbox(frame, det_size), 1, min_s=0.5), 3)
+        out["cpu_letterbox_ms"] = round(1e3 / _rate(lambda: letterbox(frame, hw), 1, min_s=0.5), 3)
         emb_model = load_model(embedder, backend, embed_threads)
         spec = embedder_spec_for(embedder, kind, emb_model)
         rng = np.random.default_rng(0)
@@ -594,6 +635,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=1, help="cameras at once (copies of the clip)")
     p.add_argument("--live", action="store_true", help="pace every stream at its FPS instead of full speed")
     p.add_argument("--live-fps", type=float, default=0.0, help="with --live: this FPS (0 = the clip's)")
+    p.add_argument(
+        "--result-lag", type=int, default=1, help="RESULT_LAG setting (files: frames an answer waits)"
+    )
+    p.add_argument("--decoder", default="ffmpeg", choices=("auto", "ffmpeg", "nvdec"), help="DECODER setting")
+    p.add_argument("--codec", default="as-made", choices=("as-made", "h264"), help="h264: re-encode the clip")
     p.add_argument(
         "--keep-unknown",
         action="store_true",
@@ -669,6 +715,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     clip = args.source or ensure_clip(args.resolution, args.frames, work, args.faces)
     if not clip.is_file():
         raise UserError(f"video file {clip} does not exist; check --source")
+    if args.codec == "h264":
+        clip = ensure_h264(clip)
     detector, note = args.detector, "as given"
     if is_random_weights(args.detector) and not args.raw_detector:
         detector = guided_detector(
@@ -692,6 +740,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "qdrant_path": str(gallery),
         "max_speed": not args.live,
         "fps_target": args.live_fps if args.live else 0.0,
+        # --live plays the clip as a live camera: newest frame wins, tracking never waits for answers.
+        "live_files": args.live,
+        "result_lag": args.result_lag,
+        "decoder": args.decoder,
         "keep_unknown": args.keep_unknown,
         "gui": False,
         "ring_slots": slots,
@@ -714,6 +766,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "label": args.label,
         "streams": args.streams,
         "live": args.live,
+        "result_lag": args.result_lag,
+        "decoder": args.decoder,
         "fps": run["fps"],
         "fps_per_stream_min": min(rates) if rates else None,
         "fps_per_stream_max": max(rates) if rates else None,

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.errors import UserError  # noqa: E402
+from app.inference.spec import EMBEDDER_KINDS  # noqa: E402
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits")
     parser.add_argument("--detector", type=Path, help="detector ONNX (default: settings)")
     parser.add_argument("--embedder", type=Path, help="embedder ONNX (default: settings)")
-    parser.add_argument("--kind", choices=("auto", "dlib", "arcface"), help="embedder kind")
+    parser.add_argument("--kind", choices=EMBEDDER_KINDS, help="embedder kind")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (0 = auto)")
     parser.add_argument(
         "--flip", action="store_true", help="also embed the mirrored chip and average (test-time flip)"

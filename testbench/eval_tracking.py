@@ -60,7 +60,9 @@ from app.demo import (  # noqa: E402
 from app.errors import UserError  # noqa: E402
 from app.gallery.factory import open_gallery  # noqa: E402
 from app.recognition.analyzer import FaceAnalyzer  # noqa: E402
-from app.tracking import ByteTracker, IdentityConfig, TrackerConfig, TrackIdentities, TrackLabel  # noqa: E402
+from app.recognition.identity import TrackIdentities, TrackLabel  # noqa: E402
+from app.recognition.identity_config import IdentityConfig  # noqa: E402
+from app.tracking import ByteTracker, TrackerConfig  # noqa: E402
 from app.tracking.matching import box_iou, linear_assignment  # noqa: E402
 
 SHARED_FACES = REPO.parent / "shared" / "data" / "faces"

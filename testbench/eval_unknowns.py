@@ -87,8 +87,8 @@ def truth_label(truth, frame: int, box) -> str | None:
 def keeper_cost(frames: int = 3000) -> int:
     import time
 
+    from app.recognition.identity import TrackLabel
     from app.recognition.unknowns import KeepConfig, UnknownKeeper
-    from app.tracking.identity import TrackLabel
 
     class Face:
         def __init__(self, track_id: int, x: float) -> None:

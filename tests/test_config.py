@@ -11,6 +11,7 @@ from app.config import (
     env_name,
     legacy_env_name,
     load_settings,
+    setting_type,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,8 +135,7 @@ def test_det_size_has_an_upper_bound(tmp_path):
 
 def test_every_numeric_setting_has_both_bounds():
     for f in dataclasses.fields(Settings):
-        kind = str(f.type).replace(" | None", "")
-        if kind in ("int", "float"):
+        if setting_type(f.name) in (int, float):
             assert f.metadata.get("lo") is not None and f.metadata.get("hi") is not None, f.name
 
 

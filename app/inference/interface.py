@@ -1,13 +1,12 @@
 """The inference interface every stage codes against: a `Model` and the `TensorInfo` of its inputs/outputs.
 
-A `Model` takes one NCHW batch and returns its outputs in the model's declared order. Stages never import a
-runtime directly, so the same code runs on ONNX Runtime CPU, CUDA or TensorRT providers. The backends
+A `Model` takes an NCHW batch of any size and returns its outputs in the model's declared order. Stages never
+import a runtime directly, so the same code runs on ONNX Runtime CPU, CUDA or TensorRT providers. The backends
 implement this interface and `app.inference.backend.load_model` picks one; neither imports the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -66,31 +65,12 @@ def require_one_image_input(path: object, inputs: list[TensorInfo]) -> None:
         )
 
 
-def run_in_chunks(
-    run: Callable[[np.ndarray], list[np.ndarray]], batch: np.ndarray, step: int, *, pad: bool = False
-) -> list[np.ndarray] | None:
-    """`run` over `step`-row chunks of `batch`, each output concatenated back; None for an empty batch.
-
-    With `pad` (a model exported with a fixed batch) the last chunk is zero-padded to `step` rows and the
-    padding rows' outputs are dropped.
-    """
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, len(batch), step):
-        part = batch[start : start + step]
-        real = len(part)
-        if pad and real < step:
-            part = np.concatenate([part, np.zeros((step - real, *part.shape[1:]), part.dtype)])
-        parts.append([out[:real] for out in run(part)])
-    if not parts:
-        return None
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-
-
 @runtime_checkable
 class Model(Protocol):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one NCHW batch; outputs come back in the order of `outputs`."""
+        """Run an NCHW batch of any number of rows (a fixed-batch model's too: the backend cuts and pads it,
+        `batching.run_in_chunks`); outputs come back in the order of `outputs`."""
         ...

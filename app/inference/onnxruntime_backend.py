@@ -9,13 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import UserError, one_line
-from app.inference.interface import (
-    TensorInfo,
-    require_model_file,
-    require_one_image_input,
-    run_in_chunks,
-    tensor_dim,
-)
+from app.inference.batching import run_in_chunks
+from app.inference.interface import TensorInfo, require_model_file, require_one_image_input, tensor_dim
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +90,8 @@ class OnnxRuntimeModel:
         if batch.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
         batch = np.ascontiguousarray(batch, dtype=self._input_dtype)
-        fixed = self._fixed_batch
-        if fixed is None or batch.shape[0] == fixed:
-            return self._run_once(batch)
-        outputs = run_in_chunks(self._run_once, batch, fixed, pad=True)
-        if outputs is None:
+        outputs = run_in_chunks(self._run_once, batch, fixed=self._fixed_batch)
+        if outputs is None:  # an empty batch for a fixed-batch model
             return [
                 np.zeros((0, *(d if isinstance(d, int) else 0 for d in o.shape[1:])), np.float32)
                 for o in self.outputs

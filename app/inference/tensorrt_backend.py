@@ -20,8 +20,9 @@ import numpy as np
 
 from app.errors import UserError
 from app.inference import engine_cache
+from app.inference.batching import run_in_chunks
 from app.inference.engine_cache import EngineKey, EngineMetadata, Profile
-from app.inference.interface import TensorInfo, require_model_file, run_in_chunks
+from app.inference.interface import TensorInfo, require_model_file
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,16 @@ class TensorRTModel:
         return TensorInfo(name, shape, np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))).name)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run an (N,C,H,W) batch in chunks of the engine's max batch; outputs in `outputs` order."""
+        """Run an (N,C,H,W) batch in chunks of the engine's max batch (padded when its batch is fixed);
+        outputs in `outputs` order."""
         if batch.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
-        outputs = run_in_chunks(self._run_chunk, batch, self._max_batch)
-        if outputs is None:
+        if not len(batch):
             raise ValueError("empty batch")
+        outputs = run_in_chunks(
+            self._run_chunk, batch, fixed=self.inputs[0].fixed_batch, limit=self._max_batch
+        )
+        assert outputs is not None  # only an empty batch gives none
         return outputs
 
     def _run_chunk(self, chunk: np.ndarray) -> list[np.ndarray]:

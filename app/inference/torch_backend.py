@@ -6,7 +6,7 @@ graph is replayed and the first n rows of each output are returned. The graphs r
 converted graph specialised to that shape (`torch_convert.specialise`), which makes capture possible.
 On CPU it runs fp32 without graphs, so tests can compare it with ONNX Runtime on any machine.
 
-`run_torch` takes and returns device tensors, so GPU preprocessing (`gpu_preprocess`) feeds the model
+`run_torch` takes and returns device tensors, so GPU preprocessing (`vision.gpu_preprocess`) feeds the model
 without a round trip through host memory.
 """
 
@@ -22,6 +22,7 @@ from torch import fx
 
 from app.errors import UserError
 from app.inference import torch_convert
+from app.inference.batching import ArrayOps, run_in_chunks
 from app.inference.interface import TensorInfo, require_model_file, require_one_image_input
 from app.inference.onnx_io import graph_io
 
@@ -63,6 +64,13 @@ class _GraphRunner:
         self.static_in[:n].copy_(x)
         self.graph.replay()
         return [o[:n] for o in self.static_out]
+
+
+def _zero_rows(like: torch.Tensor, rows: int) -> torch.Tensor:
+    return like.new_zeros((rows, *like.shape[1:]))
+
+
+TORCH_OPS: ArrayOps[torch.Tensor] = ArrayOps(torch.cat, _zero_rows)
 
 
 def _as_list(out: object) -> list[torch.Tensor]:
@@ -159,8 +167,7 @@ class TorchModel:
         if batch.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {tuple(batch.shape)}")
         with torch.inference_mode():
-            outs = self._forward(batch.to(self.device))
-            return [o.clone() if self.cuda_graphs else o for o in outs]
+            return self._forward(batch.to(self.device))
 
     def warmup(self, batch_sizes: Sequence[int], hw: tuple[int, int]) -> None:
         """Specialise (and capture) ahead of time for these batch sizes at spatial size `hw`."""
@@ -170,14 +177,14 @@ class TorchModel:
 
     # -- internals ------------------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n = x.shape[0]
-        if n == 0:  # one dummy row gives the output shapes, which the ONNX file may leave symbolic
-            return [o[:0] for o in self._forward_chunk(torch.zeros((1, *x.shape[1:]), device=x.device))]
-        step = self._fixed_batch or self.buckets[-1]
-        if n > step or (self._fixed_batch and n != step):
-            parts = [self._forward_chunk(x[i : i + step]) for i in range(0, n, step)]
-            return [torch.cat([p[k] for p in parts]) for k in range(len(self.outputs))]
-        return self._forward_chunk(x)
+        if x.shape[0] == 0:  # one dummy row gives the output shapes, which the ONNX file may leave symbolic
+            return [o[:0] for o in self._forward(torch.zeros((1, *x.shape[1:]), device=x.device))]
+        # Fixed-batch chunks arrive padded; dynamic ones hold at most the largest bucket.
+        outs = run_in_chunks(
+            self._forward_chunk, x, fixed=self._fixed_batch, limit=self.buckets[-1], ops=TORCH_OPS
+        )
+        assert outs is not None  # only an empty batch gives none
+        return outs
 
     def _forward_chunk(self, x: torch.Tensor) -> list[torch.Tensor]:
         n = x.shape[0]
@@ -196,11 +203,9 @@ class TorchModel:
             if runner is None:
                 runner = _GraphRunner(self._module_for(key), key, self.dtype, self.channels_last, self._pool)
                 self._graphs[key] = runner
-            return runner(x)
-        if rows != n:  # a fixed-batch model fed fewer rows
-            pad = torch.zeros((rows - n, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            x = torch.cat([x, pad])
-        return [o[:n].float() for o in _as_list(self._module_for(key)(x))]
+            # Copied out of the graph's buffers: the next chunk's replay overwrites them.
+            return [o.clone() for o in runner(x)]
+        return [o.float() for o in _as_list(self._module_for(key)(x))]
 
     def _module_for(self, shape: tuple[int, ...]) -> Callable:
         module = self._specialised.get(shape)

@@ -7,6 +7,10 @@ parent process, which is not on the frame path.
 
 Names: `facepipe_` prefix, counters end in `_total`, times in seconds; labels are camera, stage, status and
 queue names only, never a person's name.
+
+Several cameras: every per-frame series (frames, dropped, fps, faces, recognitions, stage latency) has one
+sample per camera (`camera` label = its name) and no total sample, so `sum without (camera)` is the run's
+total and nothing is counted twice. One camera: one sample, labelled with its name, as always.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class PipelineReading:
 
     metrics: PipelineMetrics | None = None
     dropped: int = 0
+    # Several cameras: name -> (its metrics, its dropped frames); empty: `metrics` is the one camera.
+    cameras: dict[str, tuple[PipelineMetrics, int]] = field(default_factory=dict)
     queue_depths: dict[str, int] = field(default_factory=dict)
     gallery_persons: int | None = None
     gallery_embeddings: int | None = None
@@ -80,43 +86,45 @@ class PipelineCollector:
         yield from self._pipeline(reading)
         yield from self._integrations(self.read_integrations())
 
+    def _per_camera(self, r: PipelineReading) -> list[tuple[str, PipelineMetrics | None, int]]:
+        if len(r.cameras) > 1:
+            return [(name, metrics, dropped) for name, (metrics, dropped) in r.cameras.items()]
+        return [(self.camera, r.metrics, r.dropped)]
+
     def _pipeline(self, r: PipelineReading) -> Iterator[Metric]:
-        cam = [self.camera]
+        per_camera = self._per_camera(r)
         m = r.metrics
         frames = CounterMetricFamily(f"{PREFIX}_frames", "Frames processed to the end", labels=["camera"])
-        frames.add_metric(cam, m.frames if m else 0)
-        yield frames
         dropped = CounterMetricFamily(
             f"{PREFIX}_dropped_frames", "Frames dropped on purpose (live sources)", labels=["camera"]
         )
-        dropped.add_metric(cam, r.dropped)
-        yield dropped
         fps = GaugeMetricFamily(f"{PREFIX}_processed_fps", "Frames processed per second", labels=["camera"])
-        fps.add_metric(cam, m.fps if m else 0.0)
-        yield fps
         faces = CounterMetricFamily(
             f"{PREFIX}_faces", "Faces shown (confirmed tracks), summed over frames", labels=["camera"]
         )
-        faces.add_metric(cam, m.faces if m else 0)
-        yield faces
         recognitions = CounterMetricFamily(
             f"{PREFIX}_recognitions",
             "Recognition events (a track got or changed its label) by status",
             labels=["camera", "status"],
         )
-        for status in ("known", "unknown"):
-            recognitions.add_metric([self.camera, status], m.recognitions[status] if m else 0)
-        yield recognitions
         latency = HistogramMetricFamily(
             f"{PREFIX}_stage_latency_seconds",
             "Per-frame time in each stage; end_to_end = from the decoded frame to the sink's end",
             labels=["camera", "stage"],
         )
-        for stage, histogram in m.histograms.items() if m else ():
-            buckets = histogram.cumulative()
-            shown = [("+Inf" if b == float("inf") else repr(b), count) for b, count in buckets]
-            latency.add_metric([self.camera, stage], shown, histogram.sum)
-        yield latency
+        for camera, cm, camera_dropped in per_camera:
+            cam = [camera]
+            frames.add_metric(cam, cm.frames if cm else 0)
+            dropped.add_metric(cam, camera_dropped)
+            fps.add_metric(cam, cm.fps if cm else 0.0)
+            faces.add_metric(cam, cm.faces if cm else 0)
+            for status in ("known", "unknown"):
+                recognitions.add_metric([camera, status], cm.recognitions[status] if cm else 0)
+            for stage, histogram in cm.histograms.items() if cm else ():
+                buckets = histogram.cumulative()
+                shown = [("+Inf" if b == float("inf") else repr(b), count) for b, count in buckets]
+                latency.add_metric([camera, stage], shown, histogram.sum)
+        yield from (frames, dropped, fps, faces, recognitions, latency)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting in a queue", labels=["queue"])
         for name, value in r.queue_depths.items():
             depth.add_metric([name], value)

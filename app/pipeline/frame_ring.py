@@ -152,7 +152,7 @@ class FrameRing:
 
     def frame(self, slot: int) -> np.ndarray:
         """The slot's pixels (H,W,C) uint8, a view into shared memory: copy what must outlive the slot."""
-        return self._frames[slot]
+        return self._frames[slot, ...]
 
     def publish(self, slot: int, seq: int) -> None:
         """The caller wrote the frame: make it visible as `seq` (must be > 0 and unique) and QUEUED."""
@@ -213,6 +213,7 @@ class FrameRing:
 
     def close(self) -> None:
         """Drop this process's mapping (views from `frame()` must be gone)."""
+        # None, not arrays: the views must go for the mapping to close, and nothing reads them after close.
         self._header = self._seq = self._state = self._frames = None  # type: ignore[assignment]
         try:
             self._shm.close()

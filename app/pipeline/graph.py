@@ -113,7 +113,9 @@ class PipelineGraph:
         return out
 
     @classmethod
-    def linear(cls, stages: list[Any], ring: FrameRingHandle, ring_slots: int, camera: str = "default"):
+    def linear(
+        cls, stages: list[Any], ring: FrameRingHandle, ring_slots: int, camera: str = "default"
+    ) -> PipelineGraph:
         """One camera: stages[0] the source, each stage feeding the next (node names = stage names)."""
         if len(stages) < 2:
             raise ValueError("a pipeline needs a source and at least one more stage")

@@ -13,6 +13,7 @@ Times are `time.monotonic()` seconds: CLOCK_MONOTONIC is one clock for all proce
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,20 @@ class RawDetections:
     landmarks: np.ndarray  # (P,10)
     scale: float  # detector input pixel = source pixel * scale
     input_hw: tuple[int, int]
+
+
+@dataclass
+class CandidateDetections(RawDetections):
+    """detect -> postprocess: only the priors whose face score passed `floor` (~0.1-20 KB, not 1 MB a frame).
+
+    `loc`, `conf`, `landmarks` hold those K rows of the raw outputs, `prior_index` (K,) ascending says which
+    priors they are out of `priors`; every other prior scored <= floor. Decoded as they are (the decoder
+    takes the prior index), they give the same faces as the full outputs for any score threshold >= floor.
+    """
+
+    prior_index: np.ndarray  # (K,) int64
+    priors: int  # P, the number of priors of the detector input
+    floor: float
 
 
 @dataclass
@@ -152,7 +167,7 @@ class EmbedResult:
     track_ids: list[int]
     qualities: list[float]
     vectors: np.ndarray  # (N,dim) float32
-    matches: list | None  # per track: best-first Match per person
+    matches: list[list[Any]] | None  # per track: best-first gallery Match per person (a domain type)
     gallery_unavailable: bool = False
 
 

@@ -250,6 +250,8 @@ class StreamMetrics:
         """The total summary (PipelineMetrics.summary) plus `cameras`: name -> frames, fps, dropped,
         end-to-end latency p50/p95/p99."""
         out = self.total.summary(sum(dropped.values()), stop_reason)
+        for i, metrics in enumerate(self.per_stream):
+            metrics.dropped = dropped.get(i, 0)  # what /metrics reads once the rings are gone
         out["cameras"] = {
             name: {
                 "frames": metrics.frames,

@@ -48,7 +48,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from app.errors import UserError
+from app.errors import UserError, one_line
+from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from app.pipeline.channels import FairInbox
 from app.pipeline.messages import (
     EndOfStream,
@@ -138,14 +139,6 @@ class StageChannels:
     stop: Any  # Event: the supervisor wants every stage to stop now
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: the message for a UserError, `Type: message` otherwise."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, UserError):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def stamp_now() -> float:
     return time.monotonic()
 
@@ -176,9 +169,9 @@ class StageRunner:
             info = self.stage.setup() or {}
         except Exception as exc:  # noqa: BLE001 - any setup failure is reported, then the process ends
             log.debug("%s: setup failed", name, exc_info=True)
-            self._send(Failed(name, one_line(exc), during_setup=True, user_error=isinstance(exc, UserError)))
+            self._report_failure(exc, during_setup=True)
             self._close_stage()
-            return 2 if isinstance(exc, UserError) else 1
+            return EXIT_USER_ERROR if isinstance(exc, UserError) else EXIT_FAILED
         if self.caps.batched:
             self.max_batch = max(1, int(self.stage.max_batch))  # setup() may have lowered it
         if isinstance(info, SourceInfo):
@@ -187,8 +180,8 @@ class StageRunner:
             info = dict(info)
         if not self._send(Ready(name, info)):
             self._close_stage()
-            return 1
-        code = 0
+            return EXIT_FAILED
+        code = EXIT_OK
         orderly = False
         try:
             start = self._wait_for_start()
@@ -207,8 +200,8 @@ class StageRunner:
             self._send(Finished(name, str(exc) or "stopped"))
         except Exception as exc:  # noqa: BLE001
             log.debug("%s: failed", name, exc_info=True)
-            self._send(Failed(name, one_line(exc), during_setup=False, user_error=isinstance(exc, UserError)))
-            code = 1
+            self._report_failure(exc, during_setup=False)
+            code = EXIT_FAILED
         finally:
             self._close_stage()
             if not orderly:
@@ -217,6 +210,10 @@ class StageRunner:
                     if hasattr(outbox, "cancel_join_thread"):
                         outbox.cancel_join_thread()
         return code
+
+    def _report_failure(self, exc: Exception, *, during_setup: bool) -> None:
+        message = one_line(exc, limit=None, typed=True)
+        self._send(Failed(self.stage.name, message, during_setup, user_error=isinstance(exc, UserError)))
 
     # -- loops --------------------------------------------------------------------------------------------
 
@@ -385,7 +382,7 @@ def _prepare_linux_process(stage_name: str) -> None:
         libc.prctl(pr_set_name, ctypes.c_char_p(f"{PROCESS_NAME_PREFIX}{stage_name}"[:15].encode()), 0, 0, 0)
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
-        os._exit(1)  # the parent died before prctl took effect
+        os._exit(EXIT_FAILED)  # the parent died before prctl took effect
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -46,26 +46,27 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from app.errors import UserError
+from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER_ERROR
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.graph import Node, PipelineGraph, Stream
 from app.pipeline.messages import Failed, Finished, FrameDone, FrameMeta, Ready, SourceInfo, Start
 from app.pipeline.metrics import StreamMetrics
+from app.pipeline.restart_state import RestartState
 from app.pipeline.stage_runner import StageChannels, stage_process_main
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; the CLI shows it by default
 
 RING_PREFIX = "facering"
-RESTART_STATE_SIZE = 8  # shared doubles for a restartable source; [0] = how often it was restarted
 SOURCE_READY_TIMEOUT_S = 60.0  # a restarted capture opens its source (bounded by its own timeouts) first
 SETUP_FAILURE_SETTLE_S = 2.0  # how long earlier stages may take to report their own setup failure
 _STUCK_LOCK_S = 0.5  # ring and queue locks are held for microseconds: longer means a dead holder
-EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 @dataclass
@@ -100,7 +101,7 @@ class _Child:
 class _Restarts:
     """One restartable source's restart budget and the shared state its next process resumes from."""
 
-    state: Any  # RawArray of RESTART_STATE_SIZE doubles
+    state: RestartState
     times: list[float] = field(default_factory=list)
     count: int = 0
 
@@ -162,7 +163,7 @@ class Supervisor:
         for node in graph.nodes:
             if node.caps.restartable:
                 # Set before the first spawn, so every process of the source gets it.
-                state = self.ctx.RawArray("d", RESTART_STATE_SIZE)
+                state = RestartState.shared(self.ctx)
                 node.stage.restart_state = state
                 self._restarts[node.name] = _Restarts(state)
 
@@ -216,15 +217,16 @@ class Supervisor:
     def live_view(self) -> dict[str, Any]:
         """For observers in other threads of this process (e.g. /metrics); never blocks. `dropped` (None
         once the rings are gone: `metrics.dropped` then holds the final count), queue depths, and the Ready
-        info of each ready node (a capture's SourceInfo as a dict)."""
+        info of each ready node (a capture's SourceInfo as a dict); `dropped_by_stream` per stream index."""
         queues: dict[str, int] = {}
         for (src, dst), q in list(self._queues.items()):
             with contextlib.suppress(Exception):  # closed at shutdown; qsize is unsupported on macOS
                 queues[f"{src}->{dst}"] = q.qsize()
         dropped = None
+        by_stream: dict[int, int] = {}
         with contextlib.suppress(Exception):  # the rings may be closing under us
-            rings = list(self._rings.values())
-            dropped = sum(ring.dropped for ring in rings) if rings else None
+            by_stream = {i: ring.dropped for i, ring in list(self._rings.items())}
+            dropped = sum(by_stream.values()) if by_stream else None
         ready = {
             c.name: dataclasses.asdict(c.ready_info)
             if isinstance(c.ready_info, SourceInfo)
@@ -232,7 +234,7 @@ class Supervisor:
             for c in list(self._children.values())
             if c.ready
         }
-        return {"dropped": dropped, "queues": queues, "ready": ready}
+        return {"dropped": dropped, "dropped_by_stream": by_stream, "queues": queues, "ready": ready}
 
     # -- start --------------------------------------------------------------------------------------------
 
@@ -332,7 +334,9 @@ class Supervisor:
         return self._multi_camera() and child.node.caps.source and child.node.stream is not None
 
     def _camera_failed(self, child: _Child, reason: str, failure: Failed | None) -> None:
-        stream = self.graph.streams[child.node.stream]  # type: ignore[index]
+        index = child.node.stream
+        assert index is not None  # only a camera's source fails as a camera (`_camera_may_fail`)
+        stream = self.graph.streams[index]
         child.failure = failure
         text = failure.message if failure is not None else reason
         self._notes[stream.index] = text
@@ -502,7 +506,7 @@ class Supervisor:
         self._take_back_from_dead_source(dead.node)
         budget.times.append(now)
         budget.count += 1
-        budget.state[0] = budget.count
+        budget.state.restarts = budget.count
         log.warning("%s; restarting it (restart %d, at most %d in %.0f s)", reason, budget.count,
                     self.source_restarts, self.restart_window_s)  # fmt: skip
         with _sigint_ignored():
@@ -533,7 +537,7 @@ class Supervisor:
         ready = wait([*by_conn, *sentinels], timeout)
         out: list[tuple[_Child, Any]] = []
         for item in ready:
-            child = by_conn.get(item)  # type: ignore[call-overload]
+            child = by_conn.get(item) if isinstance(item, Connection) else None  # else a sentinel
             if child is not None:
                 out.extend(self._drain(child))
         return out
@@ -616,7 +620,7 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
+def _sigint_ignored() -> Iterator[None]:
     """Spawned children inherit an ignored SIGINT (a Ctrl-C during their start cannot hit them half-made)."""
     try:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

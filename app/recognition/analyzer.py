@@ -6,7 +6,6 @@ processes; this class keeps them together for code that just wants faces and emb
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +13,8 @@ import numpy as np
 from app.config import Settings
 from app.inference.backend import load_model
 from app.inference.interface import Model
-from app.inference.spec import EmbedderSpec, embedder_spec_for
+from app.inference.spec import EmbedderSpec
+from app.recognition.embedder import load_embedder
 from app.vision.alignment import align_faces
 from app.vision.retinaface import (
     Detections,
@@ -32,11 +32,9 @@ class FaceAnalyzer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.detector: Model = load_model(settings.detector_model, settings.backend, settings.threads)
-        self.embedder: Model = load_model(settings.embedder_model, settings.backend, settings.threads)
-        spec = embedder_spec_for(settings.embedder_model, settings.embedder, self.embedder)
-        if settings.match_threshold is not None:
-            spec = dataclasses.replace(spec, threshold=float(settings.match_threshold))
-        self.spec: EmbedderSpec = spec
+        self.embedder: Model
+        self.spec: EmbedderSpec
+        self.embedder, self.spec = load_embedder(settings)
         self.preprocessor = RetinaFacePreprocessor.for_model(self.detector, settings.det_size)
         self.postprocessor = RetinaFacePostprocessor(
             self.preprocessor.input_hw, settings.det_threshold, settings.nms_threshold

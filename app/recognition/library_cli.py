@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from app.config import Settings
-from app.errors import UserError
+from app.errors import UserError, first_line
 from app.gallery import gallery_location, open_gallery
 from app.gallery.base import GalleryRecord, check_name
 from app.gallery.unknowns import UnknownFace, UnknownStore, open_unknowns, remove_store
@@ -96,9 +96,9 @@ def write_sheet(path: Path, sheet: np.ndarray) -> None:
 
 def embedder_spec(settings: Settings) -> Any:
     """The configured embedder's identity (reads the ONNX graph; no session is built)."""
-    from app.inference.spec import embedder_spec_for
+    from app.recognition.embedder import configured_spec
 
-    return embedder_spec_for(settings.embedder_model, settings.embedder)
+    return configured_spec(settings)
 
 
 def crops_folder(settings: Settings) -> Path:
@@ -476,7 +476,7 @@ def _read_export(path: Path) -> tuple[GalleryRecord, dict[str, list[tuple[list[f
     except FileNotFoundError:
         raise UserError(f"export file {path} does not exist") from None
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read export file {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read export file {path}: {first_line(exc)}") from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise UserError(f"{path} is not a gallery export (made by `python -m app.enroll export`)")
     if doc.get("version") != EXPORT_VERSION:
@@ -555,8 +555,8 @@ def _track_boxes(path: Path, track: int) -> dict[int, np.ndarray]:
 
 def cmd_add_video(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.analyzer import FaceAnalyzer
+    from app.recognition.identity_config import IdentityConfig
     from app.recognition.unknowns import face_quality
-    from app.tracking.config import IdentityConfig
     from app.tracking.matching import box_iou
     from app.vision.alignment import align_faces
 

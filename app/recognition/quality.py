@@ -18,6 +18,7 @@ Pure functions over numpy arrays; nothing here knows about tracks or galleries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,7 +54,20 @@ def combine(size, frontal, sharpness, detector) -> np.ndarray:
     """The quality product of the terms (arrays or floats, each in 0..1)."""
     size, frontal = np.asarray(size, np.float64), np.asarray(frontal, np.float64)
     sharp, det = np.asarray(sharpness, np.float64), np.asarray(detector, np.float64)
-    return size * (0.3 + 0.7 * frontal) * (0.3 + 0.7 * sharp) * (0.5 + 0.5 * det)
+    return size * frontal_weight(frontal) * sharpness_weight(sharp) * detector_weight(det)
+
+
+# What each term (array or float) weighs in the product: a turned, blurred or doubtful face counts a little.
+def frontal_weight(frontal: Any) -> Any:
+    return 0.3 + 0.7 * frontal
+
+
+def sharpness_weight(sharpness: Any) -> Any:
+    return 0.3 + 0.7 * sharpness
+
+
+def detector_weight(detector: Any) -> Any:
+    return 0.5 + 0.5 * detector
 
 
 def size_term(boxes: np.ndarray, reference_size: float) -> np.ndarray:
@@ -82,7 +96,18 @@ def detector_term(scores: np.ndarray, floor: float) -> np.ndarray:
 
 def geometric(boxes: np.ndarray, landmarks: np.ndarray, reference_size: float) -> np.ndarray:
     """Size x frontal part of the quality, without pixels or scores -> (N,) in 0..1."""
-    return size_term(boxes, reference_size) * (0.3 + 0.7 * frontal_term(landmarks))
+    return size_term(boxes, reference_size) * frontal_weight(frontal_term(landmarks))
+
+
+def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
+    """Fraction of each (N, 4) box's area inside a frame of (height, width): a cut face embeds poorly."""
+    height, width = frame_hw[:2]
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6) * np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
+    inner_w = np.clip(np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0.0), 0.0, None)
+    inner_h = np.clip(np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0.0), 0.0, None)
+    fraction: np.ndarray = np.clip(inner_w * inner_h / area, 0.0, 1.0)
+    return fraction
 
 
 def sharpness_term(frame_bgr: np.ndarray, box: np.ndarray, reference_sharpness: float) -> float:

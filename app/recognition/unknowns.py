@@ -27,8 +27,7 @@ import numpy as np
 from app.config import Settings
 from app.gallery.unknowns import KeptFace, Sighting, UnknownStore, open_unknowns
 from app.recognition import quality
-from app.tracking.config import IdentityConfig
-from app.tracking.identity import inside_fraction
+from app.recognition.identity_config import IdentityConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def face_quality(
         reference_size=config.reference_face_size, reference_sharpness=config.reference_sharpness
     )
     terms = quality.face_quality(frame_bgr, boxes, landmarks, np.asarray(det_scores, np.float64), scale)
-    return terms.quality * inside_fraction(boxes, frame_bgr.shape[:2])
+    return terms.quality * quality.inside_fraction(boxes, frame_bgr.shape[:2])
 
 
 @dataclass

@@ -123,6 +123,8 @@ def build_graph(
             verbose=settings.log_level == "DEBUG",
             stream=index,
             camera=camera.name,
+            live_file=settings.live_files,
+            decoder=settings.decoder,
         )
         nodes.append(Node(name, capture, stream=index))
         streams.append(Stream(index, camera.name, ring, name))
@@ -135,7 +137,8 @@ def build_graph(
     lanes = tracking_lanes(settings, len(cameras))
     lane_streams = [tuple(range(k, len(cameras), lanes)) for k in range(lanes)]
     ctx = multiprocessing.get_context("spawn")
-    requests = ctx.Queue(maxsize=EMBED_REQUESTS_PER_CAMERA * len(cameras) + 4)
+    in_flight = max(EMBED_REQUESTS_PER_CAMERA, settings.result_lag)
+    requests = ctx.Queue(maxsize=in_flight * len(cameras) + 4)
     # Results are never refused (the worker must not block on them; tracking drains them every frame).
     results = [ctx.Queue() for _ in range(lanes)]
     for d in range(detectors):
@@ -178,7 +181,11 @@ def build_graph(
             Node(
                 track,
                 RecognizeStage(
-                    rings, settings, threads=embed_threads, embed=EmbedChannel(requests, results[k], k)
+                    rings,
+                    settings,
+                    threads=embed_threads,
+                    embed=EmbedChannel(requests, results[k], k),
+                    result_lag=settings.result_lag,
                 ),
             ),
         ]

@@ -7,7 +7,9 @@
   out, e.g. a truncated download) is the end of the run, never a reconnect.
 - Live sources (URLs, webcams) are read as they come; the ring's newest-wins policy drops stale frames, and a
   frame that finds the detection queue full is dropped too (both counted). `fps_target` caps a live rate by
-  skipping frames.
+  skipping frames. A paced file with `live_file` (LIVE_FILES, the benchmark's `--live`) is read like a file
+  but handled as live (newest frame wins, tracking never waits), and still ends at its last frame.
+- `decoder` (DECODER): OpenCV/FFmpeg or NVDEC for files and stream URLs (`nvdec.open_capture`).
 
 Live sources that drop or stall are reconnected, never the end of the run:
 - A read that fails (connection cut, camera gone) or takes about the whole read timeout (a stalled stream:
@@ -34,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import cv2
 import numpy as np
@@ -43,19 +44,20 @@ from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
-from app.pipeline.sources import (
+from app.pipeline.restart_state import RestartState
+from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
+from app.stages.nvdec import open_capture
+from app.stages.sources import (
     DEFAULT_FPS,
     OPEN_TIMEOUT_S,
     READ_TIMEOUT_S,
     SourceSpec,
     frame_count,
-    open_video,
     parse_source,
     quiet_video_backend,
     scrub_secrets,
     source_fps,
 )
-from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,6 @@ _REANCHOR_FRAMES = 2  # a paced file running more than this many frames late res
 STALL_FRACTION = 0.8  # a live read taking this share of the read timeout is a stall, not a slow frame
 STATUS_EVERY_S = 0.5  # placeholder frames while a source is away: the GUI stays responsive and says why
 PLACEHOLDER_DIM = 0.35
-# restart_state layout (doubles; index 0 belongs to the supervisor: how often it restarted this stage)
-_RESTARTS, _SEQ, _FRAMES_READ, _LIVE_START, _SEGMENT = range(5)
-RESTART_STATE_SIZE = 8
 
 
 class CaptureError(RuntimeError):
@@ -90,10 +89,14 @@ class CaptureStage:
         status_every_s: float = STATUS_EVERY_S,
         stream: int = 0,
         camera: str = "default",
+        live_file: bool = False,
+        decoder: str = "auto",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.source = source
+        self.live_file = live_file  # a paced file played as a live camera (latency benchmarks)
+        self.decoder = decoder
         # Pacing, stamps, stalls and outages all read this clock (tests drive it: test_capture_stage.py).
         self.clock = clock
         self.sleep = sleep
@@ -108,8 +111,8 @@ class CaptureStage:
         self.read_timeout_s = float(read_timeout_s)
         self.backoff = backoff
         self.status_every_s = float(status_every_s)
-        # Shared doubles that outlive this process (set by the supervisor before the process starts).
-        self.restart_state: Any = None
+        # Shared state that outlives this process (set by the supervisor before the process starts).
+        self.restart_state: RestartState | None = None
         self.frames_read = 0  # frames taken from the source (live: dropped and skipped ones included)
         self.frames_skipped = 0
         self.end_reason = "end of stream"
@@ -145,14 +148,15 @@ class CaptureStage:
             raise CaptureError(scrub_secrets(f"{type(exc).__name__}: {exc}", spec)) from None
 
     def _setup(self, spec: SourceSpec) -> SourceInfo:
-        self.live = spec.live
+        # A paced file played as live: newest frame wins and tracking never waits, but it still ends.
+        self.live = spec.live or (self.live_file and not self.max_speed)
         self.restarted = self._resume()
         if self.restarted and not spec.live:
             raise CaptureError("a file source is not resumed by a restarted capture")
         shape: tuple[int, ...] | None = None
         self.fps = DEFAULT_FPS
         try:
-            self._cap = open_video(spec, self.open_timeout_s, self.read_timeout_s)
+            self._cap = open_capture(spec, self.decoder, self.open_timeout_s, self.read_timeout_s)
         except UserError:
             if not self.restarted:
                 raise  # at start a dead source is a user error (fail fast); after a restart, reconnect
@@ -172,14 +176,14 @@ class CaptureStage:
                 self._pending = None if spec.live else first
         if self._cap is None:
             self._start_outage("not reachable after the capture restart")
-        if self.max_speed or self.live:
+        if self.max_speed or spec.live:
             self.pace_fps = 0.0
         else:
             self.pace_fps = self.fps_target or self.fps
         if shape is not None:
             log.info("source %s: %dx%d at %.2f fps (%s)", spec.display, shape[1], shape[0], self.fps,
                      "live" if self.live else "file")  # fmt: skip
-        self.declared_frames = None if self.live or self._cap is None else frame_count(self._cap)
+        self.declared_frames = None if spec.live or self._cap is None else frame_count(self._cap)
         return SourceInfo(
             frame_shape=(int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None else None,
             fps=self.fps,
@@ -211,14 +215,15 @@ class CaptureStage:
                 return NOTHING_YET
             self._pending = self._read(self._cap)
             if self._pending is None:
-                if not self.live:
+                if not self.spec.live:
                     self.end_reason = "end of stream"
                     self._check_complete()
                     return None
                 self._lose(self._read_problem)
                 return NOTHING_YET
             # Live cap: skip frames that come sooner than the target rate allows.
-            if self.live and self.fps_target > 0 and self._pending[2] - self._last_emit < 1 / self.fps_target:
+            live_cap = self.spec.live and self.fps_target > 0
+            if live_cap and self._pending[2] - self._last_emit < 1 / self.fps_target:
                 self._pending = None
                 self.frames_skipped += 1
                 return NOTHING_YET
@@ -357,7 +362,7 @@ class CaptureStage:
             return NOTHING_YET
         attempt = outage.failures + 1
         try:
-            cap = open_video(self.spec, self.open_timeout_s, self.read_timeout_s)
+            cap = open_capture(self.spec, self.decoder, self.open_timeout_s, self.read_timeout_s)
         except UserError:
             delay = outage.failed()
             log.debug("reconnect attempt %d to %s refused; next in %.2f s", attempt, self.spec.display, delay)
@@ -442,20 +447,20 @@ class CaptureStage:
     def _resume(self) -> bool:
         """Continue from a dead predecessor's state; True when this process is a restart."""
         state = self.restart_state
-        if state is None or state[_RESTARTS] < 1:
+        if state is None or state.restarts < 1:
             return False
-        self._seq = int(state[_SEQ])
-        self.frames_read = int(state[_FRAMES_READ])
-        self._live_start = float(state[_LIVE_START]) or None
-        self.segment = int(state[_SEGMENT]) + 1  # whatever the dead process was doing, there is a gap
-        log.info("capture restarted (%d): continuing after frame %d", int(state[_RESTARTS]), self.frames_read)
+        self._seq = state.seq
+        self.frames_read = state.frames_read
+        self._live_start = state.live_start
+        self.segment = state.segment + 1  # whatever the dead process was doing, there is a gap
+        log.info("capture restarted (%d): continuing after frame %d", state.restarts, self.frames_read)
         return True
 
     def _remember(self) -> None:
         state = self.restart_state
         if state is None:
             return
-        state[_SEQ] = self._seq
-        state[_FRAMES_READ] = self.frames_read
-        state[_LIVE_START] = self._live_start or 0.0
-        state[_SEGMENT] = self.segment
+        state.seq = self._seq
+        state.frames_read = self.frames_read
+        state.live_start = self._live_start
+        state.segment = self.segment

@@ -22,14 +22,14 @@ claim and is skipped (the ring already counted it as dropped).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.errors import UserError
+from app.inference.batching import stage_batch
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.messages import FrameRef, RawDetections
+from app.pipeline.messages import CandidateDetections, FrameRef, RawDetections, SourceInfo
 from app.pipeline.stage_runner import Capabilities
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,6 @@ GPU_MAX_BATCH = 16  # GPU: a batch of 8-16 runs RetinaFace-R50 at 2x the frames/
 # Candidates kept: below any score floor post-processing uses (min(det_threshold, the
 # tracker's low threshold 0.1)) unless DET_THRESHOLD is set under it; mnet0.25 on busy frames gives <1100.
 CANDIDATE_FLOOR = 0.01
-
-
-@dataclass
-class CandidateDetections(RawDetections):
-    """detect -> postprocess (GPU path): only the priors whose face score passed `floor`.
-
-    `loc`, `conf`, `landmarks` hold those K rows of the raw outputs, `prior_index` (K,) says which priors they
-    are out of `priors`; every other prior scored <= floor. Decodes to the same faces as the full outputs for
-    any score threshold >= floor.
-    """
-
-    prior_index: np.ndarray  # (K,) int64
-    priors: int  # P, the number of priors of the detector input
-    floor: float
 
 
 class DetectStage:
@@ -91,6 +77,7 @@ class DetectStage:
         self.candidate_floor = float(candidate_floor)
         self.model = None
         self.gpu = None
+        self._live: set[int] = set()  # live cameras among those served (set by start)
 
     def setup(self) -> dict[str, object]:
         if self.backend == "torch" and self._torch_device_wanted():
@@ -147,36 +134,76 @@ class DetectStage:
         self.preprocess = RetinaFacePreprocessor.for_model(self.model, self.det_size)
         self.input_hw = self.preprocess.input_hw
         self._split = split_outputs
-        fixed = self.model.inputs[0].fixed_batch
-        self.max_batch = self.batch_limit or DEFAULT_MAX_BATCH
-        if fixed is not None:
-            self.max_batch = 1 if fixed == 1 else min(self.max_batch, fixed)
-        self._fixed_batch = fixed
+        self.max_batch = stage_batch(self.batch_limit or DEFAULT_MAX_BATCH, self.model.inputs[0].fixed_batch)
         h, w = self.input_hw
-        self._buffer = np.zeros((fixed or self.max_batch, 3, h, w), np.float32)
+        self._buffer = np.zeros((self.max_batch, 3, h, w), np.float32)
         # One warm-up call: the first run of a session is slow, and a wrong model fails here, at start.
         try:
-            self._split(self.model.run(self._buffer[: fixed or 1]))
+            self._split(self.model.run(self._buffer[:1]))
         except ValueError as exc:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
             raise UserError(message) from None
         return {"input_hw": (h, w), "max_batch": self.max_batch}
 
     def start(self, sources: dict) -> None:
-        """GPU path: page-lock every camera's ring now (~50 ms each), not when its first frame comes."""
+        """Live cameras are noted (their stale frames are dropped before detection); the detector input is
+        fitted to the cameras' frames; GPU path: every camera's ring is page-locked now (~50 ms each), not
+        when its first frame comes."""
+        served = [s for s in sources if self.streams is None or s in self.streams]
+        self._live = {s for s in served if isinstance(sources[s], SourceInfo) and sources[s].live}
+        self._fit_input(served)
         if self.gpu is None:
             return
-        for stream in sources:
-            if self.streams is not None and stream not in self.streams:
-                continue
+        for stream in served:
             ring = self.frames.ring(stream)
             self.gpu.register_ring(ring.frame(0), ring.slots)
+
+    def _fit_input(self, streams: list[int]) -> None:
+        """A model with a free input size gets the smallest input holding every camera's frame
+        (`fitted_input_hw`: 640x384 for 16:9 at 640), not det_size square: 40 % fewer pixels through the
+        model for 16:9 cameras."""
+        from app.vision.retinaface import RetinaFacePreprocessor, fitted_input_hw
+
+        model = self.gpu.model if self.gpu is not None else self.model
+        if model is None or model.inputs[0].fixed_hw is not None or not streams:
+            return
+        hw = fitted_input_hw([self.frames.ring(s).frame(0).shape[:2] for s in streams], self.det_size)
+        if hw == tuple(self.input_hw):
+            return
+        self.input_hw = hw
+        if self.gpu is not None:
+            self.gpu.refit(hw)  # CUDA graphs for the new size, captured now
+        else:
+            self.preprocess = RetinaFacePreprocessor(hw)
+            self._buffer = np.zeros((self.max_batch, 3, *hw), np.float32)
+            self._split(self.model.run(self._buffer[:1]))  # a first run at a new size is slow
+        log.info("detector input %dx%d for frames of %s", hw[1], hw[0],
+                 sorted({self.frames.ring(s).frame(0).shape[:2] for s in streams}))  # fmt: skip
+
+    def _newest_live(self, msgs: list[FrameRef]) -> list[FrameRef]:
+        """A live camera's frame with a newer one of that camera behind it in the batch is stale: dropped
+        here (counted by its ring), before it costs a detection."""
+        newest: dict[int, int] = {}
+        for m in msgs:
+            if m.meta.stream in self._live:
+                newest[m.meta.stream] = max(newest.get(m.meta.stream, 0), m.meta.seq)
+        if not newest:
+            return msgs
+        kept = []
+        for m in msgs:
+            if m.meta.stream in newest and m.meta.seq != newest[m.meta.stream]:
+                self.frames.ring(m.meta.stream).drop(m.meta.slot, m.meta.seq)
+            else:
+                kept.append(m)
+        return kept
 
     def process(self, msg: FrameRef) -> list[RawDetections]:
         return self.process_batch([msg])
 
     def process_batch(self, msgs: list[FrameRef]) -> list[RawDetections]:
         rings = self.frames
+        if self._live and len(msgs) > 1:
+            msgs = self._newest_live(msgs)
         frames = [m for m in msgs if rings.ring(m.meta.stream).claim(m.meta.slot, m.meta.seq)]
         if not frames:
             return []
@@ -187,8 +214,7 @@ class DetectStage:
             self.preprocess(rings.ring(m.meta.stream).frame(m.meta.slot), out=self._buffer[i])[1]
             for i, m in enumerate(frames)
         ]
-        batch = self._buffer[: self._fixed_batch or n]
-        loc, conf, landmarks = self._split(self.model.run(batch))
+        loc, conf, landmarks = self._split(self.model.run(self._buffer[:n]))
         hw, priors, floor = self.input_hw, loc.shape[1], self.candidate_floor
         out: list[RawDetections] = []
         for i, m in enumerate(frames):

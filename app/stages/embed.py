@@ -14,7 +14,6 @@ already given stay. An unreachable server at start-up is still a one-line error 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import time
@@ -28,7 +27,7 @@ from app.errors import UserError
 from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +56,11 @@ class FaceEmbedder:
 
     def setup(self, warm_batches: tuple[int, ...] | None = None) -> dict[str, object]:
         from app.gallery import gallery_location, open_gallery
-        from app.inference.backend import load_model
-        from app.inference.spec import embedder_spec_for
+        from app.recognition.embedder import load_embedder
 
         s = self.settings
-        self.model = load_model(s.embedder_model, s.backend, self.threads)
-        spec = embedder_spec_for(s.embedder_model, s.embedder, self.model)
-        if s.match_threshold is not None:
-            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
+        self.model, spec = load_embedder(s, self.threads)
         self.spec = spec
-        self._fixed_batch = self.model.inputs[0].fixed_batch
         self.gallery = open_gallery(s, spec)
         info = self.gallery.info()
         if info.persons == 0:
@@ -92,12 +86,10 @@ class FaceEmbedder:
         return self.gallery_down is not None and not self.gallery_down.due()
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, batched when the model can."""
+        """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, in the model's batches."""
         if not len(chips):
             return np.zeros((0, self.spec.dim), np.float32)
-        if self._fixed_batch is None or self._fixed_batch == len(chips):
-            return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
-        return np.concatenate([self.embed(chips[i : i + 1]) for i in range(len(chips))])
+        return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
 
     def search(self, vectors: np.ndarray) -> list | None:
         """Gallery matches per vector; None while the gallery server is not answering (retried later)."""
@@ -201,7 +193,7 @@ class EmbedStage:
     def _queries(self, batch: list[EmbedRequest], vectors: np.ndarray) -> np.ndarray:
         """What to search with: each track's template with its new embedding folded in (as the tracking
         stage would search in-process), or the embedding itself for a track with no template yet."""
-        from app.tracking.identity import template_with
+        from app.recognition.identity import template_with
 
         spec, floor = self.embedder.spec, self.identity_config.quality_floor
         queries = vectors.copy()

@@ -11,7 +11,7 @@ Per batch of frames:
 4. Only the candidate priors come back: score above `floor`, at most `top_k` per frame. The raw outputs are
    16 floats per prior (1.07 MB per frame at 640x640); pickled through the queue to post-processing they cost
    about 1 ms per frame in each process. The candidates are ~0.1-20 KB and decode to the same faces (see
-   `CandidateDetections` in app/stages/detect.py).
+   `CandidateDetections` in app/pipeline/messages.py).
 
 Runs on a CPU torch device too (no registration, no graphs), which is how the tests check it.
 """
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.inference import gpu_preprocess
+from app.inference.batching import chunk_slices, stage_batch
 from app.inference.torch_backend import TorchModel, pick_bucket
+from app.vision import gpu_preprocess
 from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,7 @@ class TorchDetector:
         if self.device.type == "cuda" and threads > 0:
             torch.set_num_threads(int(threads))  # the CPU only launches kernels here
         self.input_hw = detector_input_hw(self.model, det_size)
-        fixed = self.model.inputs[0].fixed_batch
-        self.max_batch = max(1, int(max_batch)) if fixed is None else min(max(1, int(max_batch)), fixed)
+        self.max_batch = stage_batch(max_batch, self.model.inputs[0].fixed_batch)
         self.floor = float(floor)
         self.top_k = int(top_k)
         self.uploader = RingUploader(self.device, self.max_batch)
@@ -204,6 +204,14 @@ class TorchDetector:
         h, w = self.input_hw
         self.detect([np.zeros((h, w, 3), np.uint8)])
 
+    def refit(self, input_hw: tuple[int, int]) -> None:
+        """Run at another detector input size from now on (e.g. fitted to the cameras' frames): its graphs
+        are captured here, before the first frame."""
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        h, w = self.input_hw
+        self._blob = torch.empty((self.max_batch, 3, h, w), dtype=self.model.dtype, device=self.device)
+        self.warmup()
+
     def register_ring(self, first_slot: np.ndarray, slots: int) -> bool:
         return self.uploader.register(first_slot, slots)
 
@@ -213,13 +221,12 @@ class TorchDetector:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, frame in enumerate(frames):
             by_shape.setdefault(tuple(frame.shape), []).append(i)
-        out: list[FrameCandidates | None] = [None] * len(frames)
+        out: dict[int, FrameCandidates] = {}
         for indices in by_shape.values():
-            for i in range(0, len(indices), self.max_batch):
-                chunk = indices[i : i + self.max_batch]
-                for j, found in zip(chunk, self._detect_chunk([frames[k] for k in chunk]), strict=True):
-                    out[j] = found
-        return out  # type: ignore[return-value]
+            for part in chunk_slices(len(indices), self.max_batch):
+                chunk = indices[part]
+                out.update(zip(chunk, self._detect_chunk([frames[k] for k in chunk]), strict=True))
+        return [out[i] for i in range(len(frames))]
 
     def _detect_chunk(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
         n = len(frames)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import cv2
 
-from app.errors import UserError
+from app.errors import UserError, one_line
 
 WINDOW_TITLE = "Face recognition (q / Esc to quit)"
 SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype", "/usr/share/fonts", "/usr/local/share/fonts")
@@ -77,9 +77,7 @@ class OpenCvWindow:
             # Resizable, aspect kept, no Qt toolbar: the video is the whole window.
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         except cv2.error as exc:
-            raise UserError(
-                f"cannot open a window ({' '.join(str(exc).split())[:120]}); run with --no-gui"
-            ) from None
+            raise UserError(f"cannot open a window ({one_line(exc, limit=120)}); run with --no-gui") from None
 
     def show(self, image) -> bool:
         if self._shown and self._closed():

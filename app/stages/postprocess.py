@@ -7,8 +7,8 @@ tracker's low threshold; which boxes start tracks and get shown is the tracker's
 Cameras may override the score threshold and set a minimum face size (`score_thresholds`, `min_faces`, by
 stream): faces whose box's short side is below that many source pixels are dropped here, before tracking.
 
-From the GPU detection path the stage gets `CandidateDetections` (only the priors above the detect stage's
-floor); they are scattered back into full-size buffers, so the one decoder runs on both paths.
+From the detection stage it gets `CandidateDetections` (only the priors above the detect stage's floor, on
+both the CPU and the GPU path); the decoder takes them as they are, with their prior index.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-import numpy as np
-
-from app.pipeline.messages import FaceDetections, RawDetections
-from app.stages.detect import CandidateDetections
+from app.pipeline.messages import CandidateDetections, FaceDetections, RawDetections
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +35,6 @@ class PostprocessStage:
         self.nms_threshold = float(nms_threshold)
         self.score_thresholds = {int(k): float(v) for k, v in (score_thresholds or {}).items()}
         self.min_faces = {int(k): int(v) for k, v in (min_faces or {}).items()}
-        self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._last_index: dict[int, np.ndarray] = {}
         self._warned_floor = False
 
     def setup(self) -> dict[str, object]:
@@ -50,46 +45,33 @@ class PostprocessStage:
 
     def process(self, msg: RawDetections) -> list[FaceDetections]:
         meta = msg.meta
-        loc, conf, landmarks = msg.loc, msg.conf, msg.landmarks
+        prior_index = None
         if isinstance(msg, CandidateDetections):
-            loc, conf, landmarks = self._expand(msg)
+            self._check_floor(msg.floor)
+            prior_index = msg.prior_index
         found = self._decode(
-            loc,
-            conf,
-            landmarks,
+            msg.loc,
+            msg.conf,
+            msg.landmarks,
             msg.scale,
             msg.input_hw,
             self.score_thresholds.get(meta.stream, self.score_threshold),
             self.nms_threshold,
             (meta.width, meta.height),
+            prior_index,
         )
         found = found.at_least(self.min_faces.get(meta.stream, 0))
         return [FaceDetections(meta, found.boxes, found.scores, found.landmarks)]
 
-    def _expand(self, msg: CandidateDetections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Full (P,4), (P,2), (P,10) arrays holding the candidates; every other prior scores 0."""
-        if msg.floor > self.score_threshold and not self._warned_floor:
+    def _check_floor(self, floor: float) -> None:
+        if floor > self.score_threshold and not self._warned_floor:
             log.warning(
                 "detection keeps candidates above %.3f but the score threshold is %.3f: faces in between "
                 "are lost",
-                msg.floor,
+                floor,
                 self.score_threshold,
             )
             self._warned_floor = True
-        p = msg.priors
-        if p not in self._buffers:
-            self._buffers[p] = (np.zeros((p, 4), np.float32), np.zeros((p, 2), np.float32),
-                                np.zeros((p, 10), np.float32))  # fmt: skip
-            self._last_index[p] = np.zeros((0,), np.int64)
-        loc, conf, landmarks = self._buffers[p]
-        # Only scores decide what is decoded: clearing the last frame's candidate scores is enough.
-        conf[self._last_index[p]] = 0.0
-        index = msg.prior_index
-        loc[index] = msg.loc
-        conf[index] = msg.conf
-        landmarks[index] = msg.landmarks
-        self._last_index[p] = index
-        return loc, conf, landmarks
 
     def close(self) -> None:
         pass

@@ -52,14 +52,16 @@ from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import EmbedRequest, EmbedResult, FaceDetections, SourceInfo, TrackedFaces
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
+from app.recognition.identity_config import IdentityConfig
 from app.stages.embed import FaceEmbedder
-from app.tracking.config import IdentityConfig, TrackerConfig
+from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
 
 log = logging.getLogger(__name__)
 
 # Frames of a file stream between an embed request and the frame its answer is applied on: the worker's
 # round trip overlaps the next frame's detection, and the tracker waits only when it takes longer than that.
+# The RESULT_LAG setting picks another k (any fixed k is as reproducible; names come up to k frames later).
 # Measured on the Hamilton clip (Lin-Manuel Miranda enrolled): named on 107 rows in-process, 107 at lag 1,
 # 101 at lag 2, 59 at lag 3 (a track being looked at is not asked about again until its answer is in).
 RESULT_LAG_FRAMES = 1
@@ -199,7 +201,7 @@ class RecognizeStage:
         return self.embedder.gallery_outages
 
     def setup(self) -> dict[str, object]:
-        from app.tracking import TrackIdentities
+        from app.recognition.identity import TrackIdentities
         from app.vision.alignment import align_faces
 
         self._align = align_faces
@@ -220,15 +222,9 @@ class RecognizeStage:
 
     def _spec_only(self) -> dict[str, object]:
         """The embedder's spec without loading it for inference (the worker runs it): chip size, threshold."""
-        import dataclasses
+        from app.recognition.embedder import configured_spec
 
-        from app.inference.spec import embedder_spec_for
-
-        s = self.settings
-        spec = embedder_spec_for(s.embedder_model, s.embedder)
-        if s.match_threshold is not None:
-            spec = dataclasses.replace(spec, threshold=float(s.match_threshold))
-        self.embedder.spec = spec
+        spec = self.embedder.spec = configured_spec(self.settings)
         return {"embedder": spec.model_id, "threshold": spec.threshold, "worker": True}
 
     @property

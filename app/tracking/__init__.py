@@ -1,17 +1,12 @@
-"""Face tracking (ByteTrack) and per-track identity voting."""
+"""Face tracking (ByteTrack): boxes across frames; who is on a track is app.recognition.identity's job."""
 
 from app.tracking.bytetrack import ByteTracker
-from app.tracking.config import IdentityConfig, TrackerConfig
-from app.tracking.identity import IdentityCounters, TrackIdentities, TrackLabel
+from app.tracking.config import TrackerConfig
 from app.tracking.track import Track, TrackState
 
 __all__ = [
     "ByteTracker",
-    "IdentityConfig",
-    "IdentityCounters",
     "Track",
-    "TrackIdentities",
-    "TrackLabel",
     "TrackState",
     "TrackerConfig",
 ]

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.inference import gpu_preprocess, torch_convert
+from app.inference import torch_convert
 from app.inference.torch_backend import TorchModel
+from app.vision import gpu_preprocess
 
 REPO = Path(__file__).resolve().parents[2]
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"

@@ -12,6 +12,11 @@
 #   SKIP_MODEL_BENCH=1 PIPELINE_CMD=streams_bench MODELS_SET=r50 bash testbench/gpu/run_h200.sh
 #       # several cameras: N = 1, 4, 8, 16 streams of the 1080p clip at full speed, then 16 live at 30 fps
 #       # (MODELS_SET=r50: R50 + R100 fp16; MODELS_SET=default: the default models; STREAM_COUNTS overrides N)
+#   SKIP_MODEL_BENCH=1 PIPELINE_CMD=streams_bench DECODER=nvdec bash testbench/gpu/run_h200.sh
+#       # the same with NVDEC decode (PyNvVideoCodec): first, here, `pip download pynvvideocodec==2.2.4 --no-deps
+#       # -d .whl` (check it is a cp312 manylinux x86_64 wheel under 60 MB). The clip is re-encoded as H.264
+#       # (CODEC=h264, the default with DECODER=nvdec; the generated clips are MPEG-4 part 2). Compare with
+#       # DECODER=ffmpeg CODEC=h264 for the same clip. RESULT_LAG=k: file answers applied k frames later.
 # Everything lands in $OUT: run.log, nvidia-smi.csv, torch_results.json, and from the pipeline benchmark
 # pipeline_*.json (one JSON line each), stage_logs.txt (the stage processes' log of each run) and
 # gpu_util.txt (nvidia-smi dmon during the runs).
@@ -93,14 +98,20 @@ streams_bench() {  # several cameras in one pipeline: the shared detector batchi
         models=(--detector "$MODELS/retinaface_r50.onnx" --det-precision fp16
                 --embedder "$MODELS/iresnet100.onnx" --embedder-kind arcface)
     fi
+    local decoder=${DECODER:-ffmpeg} codec=${CODEC:-}
+    [ -z "$codec" ] && codec=$([ "$decoder" = nvdec ] && echo h264 || echo as-made)
+    models+=(--decoder "$decoder" --codec "$codec" --result-lag "${RESULT_LAG:-1}")
+    if [ "$decoder" = nvdec ]; then
+        python3 -c 'import PyNvVideoCodec as nvc; print("PyNvVideoCodec", nvc.__version__)' || return 1
+    fi
     for n in ${STREAM_COUNTS:-1 4 8 16}; do
         frames=$(( n == 1 ? 1500 : n <= 4 ? 600 : n <= 8 ? 400 : 300 ))
         model_only=--skip-model-only
         [ "$n" = 16 ] && model_only=
-        pipeline_run "${MODELS_SET:-r50}_s$n" --backend torch --resolution 1080p --frames "$frames" \
+        pipeline_run "${MODELS_SET:-r50}_${decoder}_s$n" --backend torch --resolution 1080p --frames "$frames" \
             --streams "$n" --det-batch "${DET_BATCH:-32}" "${models[@]}" $model_only
     done
-    pipeline_run "${MODELS_SET:-r50}_live16" --backend torch --resolution 1080p --frames 240 --streams 16 \
+    pipeline_run "${MODELS_SET:-r50}_${decoder}_live16" --backend torch --resolution 1080p --frames 240 --streams 16 \
         --live --live-fps 30 --det-batch "${DET_BATCH:-32}" "${models[@]}" --skip-model-only
     kill "$dmon" 2>/dev/null
     streams_summary
@@ -114,7 +125,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("pipeline_*.json")):
     print(f"{d['label']:>16} n={d['streams']:>2} fps {d['fps']:>7} steady {d.get('fps_steady')} per-stream "
           f"{d['fps_per_stream_min']}-{d['fps_per_stream_max']} dropped {d['dropped']} e2e p50/p95/p99 "
           f"{e['p50']}/{e['p95']}/{e.get('p99')} steady {st.get('p50')}/{st.get('p95')}/{st.get('p99')} "
-          f"gpu {(d.get('gpu_util_percent') or {}).get('mean')} det-batch {d['det_batch'].get('mean')} "
+          f"decoder {d.get('decoder')} gpu {(d.get('gpu_util_percent') or {}).get('mean')} det-batch {d['det_batch'].get('mean')} "
           f"det-ceiling {d.get('detector_ceiling_fps')} model-only {d.get('model_only_fps')} "
           f"detect-cpu {d['stage_cpu_percent'].get('detect')}")
 PY

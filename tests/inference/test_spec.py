@@ -86,7 +86,7 @@ def test_explicit_arcface_at_224_scales_the_template(tmp_path):
 
 
 def test_unknown_input_size_needs_an_explicit_kind(tmp_path):
-    with pytest.raises(UserError, match="set FACEPIPE_EMBEDDER=dlib or FACEPIPE_EMBEDDER=arcface"):
+    with pytest.raises(UserError, match="set FACEPIPE_EMBEDDER=dlib, arcface or mobilefacenet"):
         embedder_spec_for(_embedder(tmp_path / "odd.onnx", 96, 16))
 
 

@@ -21,6 +21,7 @@ from app.inference.torch_backend import TorchModel, pick_bucket  # noqa: E402
 from app.vision.alignment import align_faces  # noqa: E402
 from app.vision.image_io import read_image  # noqa: E402
 from app.vision.retinaface import decode_retinaface, letterbox, split_outputs  # noqa: E402
+from tests.support.onnx_models import fixed_batch_copy  # noqa: E402
 from tests.support.shared_data import SHARED_FACES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +108,16 @@ def test_any_batch_size_and_an_empty_batch(embedder):
     np.testing.assert_allclose(embedder.run(x[:2])[0], full[:2], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(embedder.run(x[4:])[0], full[4:], rtol=1e-4, atol=1e-5)
     assert embedder.run(x[:0])[0].shape == (0, 128)
+
+
+def test_a_fixed_batch_model_runs_any_number_of_rows_in_padded_chunks(embedder, tmp_path):
+    fixed = TorchModel(fixed_batch_copy(EMBEDDER, 2, tmp_path))
+    assert fixed.inputs[0].fixed_batch == 2
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (5, 3, 150, 150)).astype(np.float32)
+    want = embedder.run(x)[0]
+    for n in (1, 2, 5):
+        np.testing.assert_allclose(fixed.run(x[:n])[0], want[:n], rtol=1e-4, atol=1e-5)
+    assert fixed.run(x[:0])[0].shape == (0, 128)
 
 
 def test_run_torch_takes_and_returns_tensors(embedder):

@@ -9,10 +9,12 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.config import load_settings
 from app.errors import UserError
 from app.integrations.prometheus import IntegrationReading, MetricsServer, PipelineCollector, PipelineReading
+from app.integrations.runtime import Integrations
 from app.pipeline.messages import FrameMeta, StageStamp
-from app.pipeline.metrics import PipelineMetrics
+from app.pipeline.metrics import PipelineMetrics, StreamMetrics
 from tests.support.mosquitto import free_port
 
 STAGES = ["capture", "detect", "recognize", "gui"]
@@ -96,3 +98,46 @@ def test_a_metrics_port_in_use_is_one_line():
             MetricsServer(port, collector, address="127.0.0.1").start()
     expected = f"FACEPIPE_METRICS_PORT={port} is in use; choose another port, or stop what listens there"
     assert str(info.value) == expected
+
+
+def camera_frame(stream: int, index: int, faces: int) -> FrameMeta:
+    meta = frame(index, faces)
+    meta.stream = stream
+    return meta
+
+
+class RunningSupervisor:
+    """What the runtime reads of a running supervisor: its metrics and its non-blocking live view."""
+
+    def __init__(self, metrics: StreamMetrics, dropped: dict[int, int]) -> None:
+        self.metrics = metrics
+        self.dropped = dropped
+
+    def live_view(self) -> dict:
+        by_stream = dict(self.dropped)
+        return {"dropped": sum(by_stream.values()), "dropped_by_stream": by_stream, "queues": {}, "ready": {}}
+
+
+def test_several_cameras_have_one_series_each_and_no_double_counted_total():
+    metrics = StreamMetrics(STAGES, ["door", "yard"])
+    metrics.start(100.0)
+    for i in range(6):
+        metrics.add(camera_frame(0, i, faces=1))
+    for i in range(4):
+        metrics.add(camera_frame(1, i, faces=3))
+    settings = load_settings({"metrics_port": free_port()}, env_file=None)
+    integrations = Integrations(settings, camera="door", cameras=["door", "yard"])
+    integrations.start()
+    try:
+        integrations.attach(RunningSupervisor(metrics, {0: 2, 1: 5}))
+        got = scrape(settings.metrics_port)
+    finally:
+        integrations.stop()
+    door, yard = (("camera", "door"),), (("camera", "yard"),)
+    assert got["facepipe_frames_total"] == {door: 6, yard: 4}
+    assert got["facepipe_faces_total"] == {door: 6, yard: 12}
+    assert got["facepipe_dropped_frames_total"] == {door: 2, yard: 5}
+    e2e = lambda camera: (("camera", camera), ("stage", "end_to_end"))  # noqa: E731
+    assert got["facepipe_stage_latency_seconds_count"][e2e("door")] == 6
+    assert got["facepipe_stage_latency_seconds_count"][e2e("yard")] == 4
+    assert set(got["facepipe_processed_fps"]) == {door, yard}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from app.exit_codes import EXIT_USER_ERROR
 from app.pipeline.channels import FairInbox
 from app.pipeline.graph import Channel, Node, PipelineGraph, Stream
 from app.pipeline.messages import (
@@ -27,7 +28,7 @@ from app.pipeline.messages import (
     Start,
 )
 from app.pipeline.stage_runner import Capabilities, StageChannels, StageRunner
-from app.pipeline.supervisor import EXIT_USER_ERROR, Supervisor
+from app.pipeline.supervisor import Supervisor
 from tests.pipeline.pipeline_fakes import build_cameras, make_video
 from tests.support.waiting import GUARD_S, wait_until
 

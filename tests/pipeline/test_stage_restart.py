@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.pipeline.supervisor import EXIT_FAILED, RunResult, Supervisor
+from app.exit_codes import EXIT_FAILED
+from app.pipeline.supervisor import RunResult, Supervisor
 from app.stages.capture import CaptureStage
 from tests.pipeline.pipeline_fakes import LinesSink, MeanStage, PassStage
 from tests.pipeline.process_checks import RunningPipeline, children_of, shm_segments, still_alive
@@ -42,7 +43,7 @@ class DyingCapture(CaptureStage):
         self.how = how
 
     def produce(self):
-        first_process = self.restart_state is None or self.restart_state[0] == 0
+        first_process = self.restart_state is None or self.restart_state.restarts == 0
         if first_process and self.frames_read == 15:
             if self.how == "raise":
                 raise RuntimeError("decoder went away")

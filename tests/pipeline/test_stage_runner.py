@@ -29,7 +29,6 @@ from app.pipeline.stage_runner import (
     StageChannels,
     StageRunner,
     StopPipeline,
-    one_line,
 )
 from tests.support.waiting import GUARD_S, wait_until
 
@@ -274,12 +273,6 @@ def test_live_source_drops_instead_of_blocking_on_a_full_queue():
     assert [h.outbox.get().meta.frame_index for _ in range(2)] == [0, 1]
     thread.join(GUARD_S)
     assert h.outbox.get_nowait() == EndOfStream("end of file", 5) and result == [0]
-
-
-def test_one_line():
-    assert one_line(UserError("a\n b")) == "a b"
-    assert one_line(KeyError("k")) == "KeyError: 'k'"
-    assert one_line(RuntimeError()) == "RuntimeError"
 
 
 @pytest.mark.parametrize("stage", [Brightness(), CountingSource(1)])

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from app.pipeline.supervisor import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Supervisor
+from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR
+from app.pipeline.supervisor import Supervisor
 from tests.pipeline.pipeline_fakes import build, make_video
 from tests.pipeline.process_checks import RunningPipeline, shm_segments, still_alive
 from tests.support.waiting import wait_until

@@ -11,9 +11,9 @@ import pytest
 
 from app.config import load_settings
 from app.gallery.unknowns import open_unknowns
+from app.recognition.identity import TrackLabel
+from app.recognition.identity_config import IdentityConfig
 from app.recognition.unknowns import KeepConfig, UnknownKeeper, UnknownRecorder, face_quality, start_recorder
-from app.tracking.config import IdentityConfig
-from app.tracking.identity import TrackLabel
 
 
 @dataclasses.dataclass

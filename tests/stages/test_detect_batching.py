@@ -18,6 +18,7 @@ from app.stages.detect import CANDIDATE_FLOOR, CandidateDetections, DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import PRE_NMS_TOP_K, decode_retinaface, prior_boxes
 from tests.stages.stage_chain import put_frame, ring_of
+from tests.support.onnx_models import fixed_batch_copy
 from tests.support.shared_data import HAMILTON, REPO
 from tests.support.waiting import GUARD_S
 
@@ -143,6 +144,25 @@ def test_an_idle_stage_runs_each_frame_at_once(clip_frames):
         taken = max(k for k, t in enumerate(traffic[:answer]) if t[:2] == ("in", "get") and t[3])
         between = [t for t in traffic[taken + 1 : answer] if t[:2] == ("in", "get")]
         assert all(not blocking for _, _, blocking, _ in between), traffic
+
+
+def test_a_fixed_batch_detector_finds_what_the_dynamic_one_finds(clip_frames, tmp_path):
+    """Exported with a batch of 2: the stage's batch shrinks to it, one frame is padded to a full batch."""
+    fixed_model = fixed_batch_copy(DETECTOR, 2, tmp_path)
+    with ring_of(clip_frames[0].shape, slots=6) as (ring, handle):
+        fixed = DetectStage(handle, fixed_model, max_batch=4)
+        dynamic = DetectStage(handle, DETECTOR, max_batch=4)
+        assert fixed.setup()["max_batch"] == 2 and dynamic.setup()["max_batch"] == 4
+        for batch in ([0, 1], [2]):
+            got = fixed.process_batch([put_frame(ring, clip_frames[i], i) for i in batch])
+            want = dynamic.process_batch([put_frame(ring, clip_frames[i], i + 3) for i in batch])
+            for g, w in zip(got, want, strict=True):
+                a, b = decode(g), decode(w)
+                assert len(a.scores) > 0
+                np.testing.assert_array_equal(a.boxes, b.boxes)
+                np.testing.assert_array_equal(a.scores, b.scores)
+        fixed.close()
+        dynamic.close()
 
 
 def decode(raw, threshold: float = 0.1) -> FaceDetections:

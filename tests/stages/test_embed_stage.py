@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -17,14 +18,16 @@ from app.gallery import open_gallery
 from app.pipeline.messages import EmbedRequest, TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
-from app.stages.embed import EmbedStage
+from app.stages.embed import EmbedStage, FaceEmbedder
 from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import EmbedChannel, RecognizeStage
 from app.vision.alignment import align_faces
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
+from tests.support.onnx_models import fixed_batch_copy
 from tests.support.shared_data import HAMILTON, REPO
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
+EMBEDDER = REPO / "checkpoints" / "dlib_resnet.onnx"
 LIN = "Lin-Manuel Miranda"
 
 
@@ -79,9 +82,16 @@ def test_requests_of_two_streams_are_answered_in_one_model_call_each_to_its_own_
         worker.close()
 
 
-def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> list[TrackedFaces]:
+def recognise(
+    frames: list[np.ndarray],
+    gallery: Path,
+    through_worker: bool,
+    result_lag: int = 1,
+    serve_delay_s: float = 0.0,
+) -> list[TrackedFaces]:
     """Detect, post-process and recognise in this process; with `through_worker`, embeddings come from an
-    EmbedStage serving in a thread, as the embedding worker process does."""
+    EmbedStage serving in a thread, as the embedding worker process does (answers `result_lag` frames after
+    their request; `serve_delay_s` slows the worker down)."""
     settings = load_settings({"qdrant_path": str(gallery)}, env_file=None)
     requests: queue.Queue = queue.Queue()
     results: queue.Queue = queue.Queue()
@@ -90,7 +100,7 @@ def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> 
     stop = threading.Event()
     out = []
     with ring_of(frames[0].shape, slots=6) as (ring, handle):
-        recognize = RecognizeStage(handle, settings, embed=channel)
+        recognize = RecognizeStage(handle, settings, embed=channel, result_lag=result_lag)
         stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), recognize]
         setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
         serving = None
@@ -99,6 +109,7 @@ def recognise(frames: list[np.ndarray], gallery: Path, through_worker: bool) -> 
 
             def serve() -> None:
                 while not stop.is_set():
+                    time.sleep(serve_delay_s)
                     worker.serve(0.02)
 
             serving = threading.Thread(target=serve)
@@ -135,3 +146,37 @@ def test_recognition_through_the_worker_names_as_in_process_recognition_does(gal
     # ...and the same name, a frame or two later: an answer is applied on the frame after its request.
     assert 0 <= first_named(shared) - first_named(alone) <= 3
     assert sum(LIN in r.names for r in shared) >= sum(LIN in r.names for r in alone) - 3
+
+
+def test_a_result_lag_of_several_frames_gives_the_same_tracks_and_names_however_fast_the_worker_is(
+    gallery_dir,
+):
+    frames = clip(100, 160)
+    alone = recognise(frames, gallery_dir, through_worker=False)
+    fast = recognise(frames, gallery_dir, through_worker=True, result_lag=3)
+    slow = recognise(frames, gallery_dir, through_worker=True, result_lag=3, serve_delay_s=0.05)
+    # A file's answers are applied on exactly the frame `lag` after their request: timing changes nothing.
+    assert [(list(r.track_ids), r.names) for r in fast] == [(list(r.track_ids), r.names) for r in slow]
+    assert [list(r.track_ids) for r in fast] == [list(r.track_ids) for r in alone]
+    first = next(i for i, r in enumerate(fast) if LIN in r.names)
+    assert 0 <= first - next(i for i, r in enumerate(alone) if LIN in r.names) <= 3 + 2
+
+
+def test_a_fixed_batch_embedder_embeds_any_number_of_faces_as_the_dynamic_one(gallery_dir, tmp_path):
+    fixed_model = fixed_batch_copy(EMBEDDER, 2, tmp_path)
+    dynamic = FaceEmbedder(load_settings({"qdrant_path": str(gallery_dir)}, env_file=None))
+    fixed_settings = {"qdrant_path": str(tmp_path / "gallery"), "embedder_model": str(fixed_model)}
+    fixed = FaceEmbedder(load_settings(fixed_settings, env_file=None))
+    dynamic.setup()
+    fixed.setup()
+    assert fixed.model.inputs[0].fixed_batch == 2 and dynamic.model.inputs[0].fixed_batch is None
+    analyzer = FaceAnalyzer(dynamic.settings)
+    image = clip(150, 151)[0]
+    landmarks = analyzer.detect(image).landmarks[:1]
+    # Five different chips (the face shifted a pixel more each), so a row out of place would show.
+    chips = align_faces(image, np.concatenate([landmarks + i for i in range(5)]), analyzer.spec)
+    for count in (1, 2, 5):
+        np.testing.assert_array_equal(fixed.embed(chips[:count]), dynamic.embed(chips[:count]))
+    assert fixed.embed(chips[:0]).shape == (0, 128)
+    fixed.close()
+    dynamic.close()

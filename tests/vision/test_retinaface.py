@@ -145,6 +145,40 @@ def test_nothing_above_threshold_gives_empty_detections():
     assert det.largest() is None
 
 
+def test_candidate_rows_decode_to_the_same_faces_as_the_full_outputs(detector):
+    image = read_image(SHARED_FACES / "obama-720p.jpg")
+    blob, scale = letterbox(image, 640)
+    loc, conf, landms = (o[0] for o in split_outputs(detector.run(blob[None])))
+    index = np.flatnonzero(conf[:, 1] > 0.01)  # what the detection stage sends: the rows above its floor
+    assert 0 < len(index) < len(conf) // 10
+    for threshold in (0.01, 0.05, 0.6):
+        full = decode_retinaface(loc, conf, landms, scale, (640, 640), threshold, 0.4, image.shape[1::-1])
+        got = decode_retinaface(
+            loc[index],
+            conf[index],
+            landms[index],
+            scale,
+            (640, 640),
+            threshold,
+            0.4,
+            image.shape[1::-1],
+            index,
+        )
+        assert len(got) == len(full) > 0
+        np.testing.assert_array_equal(got.boxes, full.boxes)
+        np.testing.assert_array_equal(got.scores, full.scores)
+        np.testing.assert_array_equal(got.landmarks, full.landmarks)
+
+
+def test_decode_rejects_a_prior_index_that_does_not_fit_the_rows():
+    rows = (np.zeros((3, 4)), np.full((3, 2), 0.9), np.zeros((3, 10)))
+    p = prior_boxes((64, 64)).shape[0]
+    with pytest.raises(ValueError, match="prior index"):
+        decode_retinaface(*rows, 1.0, (64, 64), 0.5, 0.4, (64, 64), np.arange(2))
+    with pytest.raises(ValueError, match="prior index"):
+        decode_retinaface(*rows, 1.0, (64, 64), 0.5, 0.4, (64, 64), np.array([0, 1, p]))
+
+
 # --- letterbox ----------------------------------------------------------------------------------------
 
 

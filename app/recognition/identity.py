@@ -73,7 +73,7 @@ import numpy as np
 from app.gallery.base import Match
 from app.inference.spec import METRICS, l2_normalize, rowwise_similarity
 from app.recognition import quality as face_quality
-from app.tracking.config import IdentityConfig
+from app.recognition.identity_config import IdentityConfig
 from app.tracking.matching import box_iou
 
 log = logging.getLogger(__name__)
@@ -137,27 +137,6 @@ def _face_box(track: TrackView) -> np.ndarray:
     return np.asarray(track.box if box is None else box, dtype=np.float64)
 
 
-def geometric_quality(boxes: np.ndarray, landmarks: np.ndarray, config: IdentityConfig) -> np.ndarray:
-    """Size x frontal terms, (N, 4) boxes and (N, 5, 2) landmarks -> (N,) in 0..1 (recognition.quality)."""
-    return face_quality.geometric(boxes, landmarks, config.reference_face_size)
-
-
-def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
-    """Fraction of each (N, 4) box's area inside a frame of (height, width)."""
-    height, width = frame_hw[:2]
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    area = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6) * np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
-    inner_w = np.clip(np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0.0), 0.0, None)
-    inner_h = np.clip(np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0.0), 0.0, None)
-    fraction: np.ndarray = np.clip(inner_w * inner_h / area, 0.0, 1.0)
-    return fraction
-
-
-def sharpness(frame_bgr: np.ndarray, box: np.ndarray, config: IdentityConfig) -> float:
-    """Laplacian variance of the face crop resized to 64 px grey, scaled to 0..1 (app.recognition.quality)."""
-    return face_quality.sharpness_term(frame_bgr, box, config.reference_sharpness)
-
-
 class TrackIdentities:
     """Names for tracks from sparse embeddings and gallery matches; see the module docstring."""
 
@@ -190,13 +169,16 @@ class TrackIdentities:
         overlap = box_iou(boxes, boxes)
         np.fill_diagonal(overlap, 0.0)
         max_overlap = overlap.max(axis=1)
-        geometric = geometric_quality(
-            boxes, np.stack([t.landmarks for t in usable if t.landmarks is not None]), cfg
+        landmarks = np.stack([t.landmarks for t in usable if t.landmarks is not None])
+        geometric = face_quality.geometric(boxes, landmarks, cfg.reference_face_size)
+        inside = (
+            np.ones(len(usable))
+            if frame_bgr is None
+            else face_quality.inside_fraction(boxes, frame_bgr.shape[:2])
         )
-        inside = np.ones(len(usable)) if frame_bgr is None else inside_fraction(boxes, frame_bgr.shape[:2])
         scores = np.array([float(getattr(t, "score", 1.0)) for t in usable])
         detector = face_quality.detector_term(scores, face_quality.QualityConfig().detector_floor)
-        geometric *= inside * (0.5 + 0.5 * detector)
+        geometric *= inside * face_quality.detector_weight(detector)
         selected = []
         for i, track in enumerate(usable):
             record = self._record(track.track_id, frame)
@@ -223,11 +205,10 @@ class TrackIdentities:
             )
             if not (must or better):
                 continue
-            quality = (
-                geometric[i]
-                if frame_bgr is None
-                else geometric[i] * (0.3 + 0.7 * sharpness(frame_bgr, boxes[i], cfg))
-            )
+            quality = geometric[i]
+            if frame_bgr is not None:
+                sharp = face_quality.sharpness_term(frame_bgr, boxes[i], cfg.reference_sharpness)
+                quality = quality * face_quality.sharpness_weight(sharp)
             if not must and quality <= record.best_quality * cfg.better_quality_ratio:
                 continue  # larger and more frontal, but blurred: not worth an embedding
             self._selected_quality[track.track_id] = float(quality)
@@ -346,7 +327,8 @@ class TrackIdentities:
     def _geometric(self, track: TrackView) -> float:
         if track.landmarks is None:
             return 0.5
-        return float(geometric_quality(_face_box(track)[None], track.landmarks[None], self.config)[0])
+        box, landmarks = _face_box(track)[None], track.landmarks[None]
+        return float(face_quality.geometric(box, landmarks, self.config.reference_face_size)[0])
 
     def _normalise(self, vectors: np.ndarray) -> np.ndarray:
         return _normalise(vectors, self.metric)

@@ -16,9 +16,9 @@ import pytest
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.pipeline.sources import mask_url, open_video, parse_source, scrub_secrets
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
+from app.stages.sources import mask_url, open_video, parse_source, scrub_secrets
 from tests.support.servers import MjpegServer
 from tests.support.shared_data import HAMILTON
 

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="GPU preprocessing is part of the optional 'torch' extra")
 
-from app.inference import gpu_preprocess  # noqa: E402
 from app.inference.spec import embedder_spec_for  # noqa: E402
+from app.vision import gpu_preprocess  # noqa: E402
 from app.vision.alignment import align_faces, estimate_similarities  # noqa: E402
 from app.vision.image_io import read_image  # noqa: E402
 from app.vision.retinaface import decode_retinaface, letterbox, split_outputs  # noqa: E402

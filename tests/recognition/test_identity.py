@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from app.gallery.base import Match
-from app.tracking.config import IdentityConfig
-from app.tracking.identity import TrackIdentities, TrackLabel, geometric_quality, sharpness
+from app.recognition import quality
+from app.recognition.identity import TrackIdentities, TrackLabel
+from app.recognition.identity_config import IdentityConfig
 from tests.support.shared_data import SHARED_FACES
 
 THRESHOLD = 0.4  # dlib: 1 - distance 0.6
@@ -268,10 +269,10 @@ def test_quality_prefers_large_frontal_faces():
     cfg = IdentityConfig()
     small, large = track(1, size=40), track(2, size=120)
     profile = track(3, size=120, yaw=0.5)
-    q = geometric_quality(
+    q = quality.geometric(
         np.stack([t.box for t in (small, large, profile)]),
         np.stack([t.landmarks for t in (small, large, profile)]),
-        cfg,
+        cfg.reference_face_size,
     )
     assert q[1] > q[0] and q[1] > q[2]
     assert q[1] == pytest.approx(1.0)
@@ -281,17 +282,21 @@ def test_sharpness_of_a_real_face_drops_when_blurred():
     image = cv2.imread(str(SHARED_FACES / "obama-480p.jpg"))
     assert image is not None
     box = np.array([392.0, 38.0, 494.0, 186.0])  # RetinaFace mnet0.25's box on this photo
-    cfg = IdentityConfig()
-    sharp = sharpness(image, box, cfg)
-    slightly = sharpness(cv2.GaussianBlur(image, (0, 0), 1.5), box, cfg)
-    blurred = sharpness(cv2.GaussianBlur(image, (0, 0), 3), box, cfg)
+    reference = IdentityConfig().reference_sharpness
+    sharp = quality.sharpness_term(image, box, reference)
+    slightly = quality.sharpness_term(cv2.GaussianBlur(image, (0, 0), 1.5), box, reference)
+    blurred = quality.sharpness_term(cv2.GaussianBlur(image, (0, 0), 3), box, reference)
     assert sharp == pytest.approx(1.0)  # a sharp photo saturates the term
     assert sharp > slightly > blurred
     assert blurred < 0.2
-    assert sharpness(image, np.array([-50.0, -50.0, -10.0, -10.0]), cfg) == 0.0  # box off the frame
+    assert (
+        quality.sharpness_term(image, np.array([-50.0, -50.0, -10.0, -10.0]), reference) == 0.0
+    )  # off the frame
 
 
 def test_quality_of_real_landmarks_is_high_for_a_frontal_photo():
     landmarks = np.array([[421, 93], [469, 92], [447, 119], [422, 140], [468, 140]], np.float32)
-    q = geometric_quality(np.array([[392.0, 38.0, 494.0, 186.0]]), landmarks[None], IdentityConfig())
+    q = quality.geometric(
+        np.array([[392.0, 38.0, 494.0, 186.0]]), landmarks[None], IdentityConfig().reference_face_size
+    )
     assert q[0] > 0.9

@@ -1,0 +1,238 @@
+"""NVDEC decoding for the capture stage: which decoder a source gets (`DECODER`), and `NvdecCapture`, the
+part of `cv2.VideoCapture` capture uses (`read`, `get`, `release`, `isOpened`) over NVIDIA's PyNvVideoCodec.
+
+Why: on the H200 host one FFmpeg process decodes 1080p H.264 at 640-750 frames/s and 16 of them 1255/s in
+all, below what the shared detector takes; NVDEC decodes on the GPU's own video engines (~450 frames/s a
+session) and leaves the CPU cores to tracking.
+
+- `DECODER=ffmpeg`: OpenCV/FFmpeg, as always. `DECODER=nvdec`: PyNvVideoCodec for files and stream URLs; a
+  missing wheel or GPU is one line saying how to fix it. `DECODER=auto` (default): NVDEC when the wheel
+  imports and the driver reports a GPU, else FFmpeg; a source NVDEC cannot open (e.g. a codec it lacks) then
+  falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2).
+- Frames come back to the host as BGR uint8 (decoded as interleaved RGB into host memory, then one
+  channel swap), so they go into the shared-memory ring like any other frame. The calls used
+  (`CreateDemuxer(filename=)`, `CreateDecoder(gpuid, codec, usedevicememory, outputColorType)`, iterating
+  the demuxer, `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec
+  2.2.4's samples; that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames
+  on the GPU would save the download but needs the ring to live in GPU memory: not done.
+- Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
+  timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import queue
+import threading
+from typing import Any
+
+import cv2
+import numpy as np
+
+from app.config import env_name
+from app.errors import UserError
+from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("auto", "ffmpeg", "nvdec")
+WHEEL = "pynvvideocodec==2.2.4"
+MODULE = "PyNvVideoCodec"
+DECODED_AHEAD = 8  # frames decoded ahead of the reader: NVDEC works while the ring is busy
+_END = object()
+
+
+class NvdecUnavailable(UserError):
+    """NVDEC was asked for (DECODER=nvdec) but cannot be used here; the message names the fix."""
+
+
+def _setting() -> str:
+    return env_name("decoder")
+
+
+def cuda_devices() -> int:
+    """GPUs the NVIDIA driver reports (libcuda's cuDeviceGetCount); 0 without a driver or a GPU."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+def import_nvc() -> Any:
+    """The PyNvVideoCodec module, or NvdecUnavailable saying how to install it."""
+    try:
+        import PyNvVideoCodec as nvc  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise NvdecUnavailable(
+            f"{_setting()}=nvdec needs NVIDIA's PyNvVideoCodec, which does not import ({exc}); install it "
+            f"with `pip install {WHEEL}` (or the wheel in .whl/), or set {_setting()}=ffmpeg"
+        ) from None
+    return nvc
+
+
+@functools.lru_cache(maxsize=1)
+def nvdec_problem() -> str | None:
+    """Why NVDEC cannot be used here (one line naming the fix), or None when it can (asked once a process:
+    every reconnect opens the source again)."""
+    try:
+        import_nvc()
+    except NvdecUnavailable as exc:
+        return str(exc)
+    if cuda_devices() == 0:
+        return (
+            f"{_setting()}=nvdec needs an NVIDIA GPU and its driver, and none was found (libcuda reports no "
+            f"device); set {_setting()}=ffmpeg"
+        )
+    return None
+
+
+def choose_decoder(setting: str, spec: SourceSpec, problem: str | None) -> str:
+    """'ffmpeg' or 'nvdec' for this source; `problem` is `nvdec_problem()` (None: NVDEC works here).
+
+    Webcams always get OpenCV. NvdecUnavailable when NVDEC is required (`nvdec`) and `problem` says why
+    it cannot be."""
+    if setting not in DECODERS:
+        raise UserError(f"{_setting()}={setting!r} is not a decoder; use one of {', '.join(DECODERS)}")
+    if spec.kind == "webcam" or setting == "ffmpeg":
+        return "ffmpeg"
+    if problem is None:
+        return "nvdec"
+    if setting == "nvdec":
+        raise NvdecUnavailable(problem)
+    return "ffmpeg"
+
+
+def open_capture(spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float) -> Any:
+    """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture."""
+    wanted = decoder != "ffmpeg" and spec.kind != "webcam"
+    problem = nvdec_problem() if wanted else None
+    if choose_decoder(decoder, spec, problem) == "ffmpeg":
+        return open_video(spec, open_timeout_s, read_timeout_s)
+    try:
+        return NvdecCapture(spec, read_timeout_s, open_timeout_s)
+    except UserError:
+        if decoder == "nvdec":
+            raise
+    log.warning("NVDEC cannot decode %s; using FFmpeg for it", spec.display)
+    return open_video(spec, open_timeout_s, read_timeout_s)
+
+
+class NvdecCapture:
+    """Frames of a file or stream URL decoded by NVDEC, read like a cv2.VideoCapture (BGR uint8)."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        gpu_id: int = 0,
+    ) -> None:
+        nvc = import_nvc()
+        self.spec = spec
+        self.read_timeout_s = None if spec.kind == "file" else float(read_timeout_s)
+        self._fps, self._frames = _container_facts(spec)
+        try:
+            self._demuxer = nvc.CreateDemuxer(filename=str(spec.target))
+            self._hw = (int(self._demuxer.Height()), int(self._demuxer.Width()))
+            self._decoder = nvc.CreateDecoder(
+                gpuid=gpu_id,
+                codec=self._demuxer.GetNvCodecId(),
+                usedevicememory=False,  # frames decoded into host memory: they go to the ring
+                outputColorType=nvc.OutputColorType.RGB,
+            )
+        except Exception as exc:  # noqa: BLE001 - the library's errors name neither the file nor the fix
+            text = scrub_secrets(f"{type(exc).__name__}: {exc}", spec)
+            raise UserError(f"NVDEC cannot decode {spec.display} ({text}); set {_setting()}=ffmpeg") from None
+        self._frames_out: queue.Queue[Any] = queue.Queue(maxsize=DECODED_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._decode, name="nvdec", daemon=True)
+        self._thread.start()
+        self._open = True
+        # The first frame now: a codec the engine lacks fails here, at open (DECODER=auto then uses FFmpeg),
+        # not as an empty video later.
+        try:
+            self._first: Any = self._frames_out.get(timeout=open_timeout_s)
+        except queue.Empty:
+            self._first = _END
+        if self._first is _END:
+            self.release()
+            raise UserError(f"NVDEC gave no frame of {spec.display}; set {_setting()}=ffmpeg")
+
+    def _decode(self) -> None:
+        """Demux and decode to the end (or a stop), each frame downloaded and swapped to BGR."""
+        try:
+            for packet in self._demuxer:
+                for frame in self._decoder.Decode(packet):
+                    if not self._put(cv2.cvtColor(self._host_rgb(frame), cv2.COLOR_RGB2BGR)):
+                        return
+        except Exception as exc:  # noqa: BLE001 - a broken stream ends it; read() says so
+            log.debug("nvdec: %s", scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec))
+        self._put(_END)
+
+    def _host_rgb(self, frame: Any) -> np.ndarray:
+        """A decoded frame in host memory as an (H,W,3) RGB view: through DLPack, or from its plane pointer
+        (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a CPU array."""
+        try:
+            return np.from_dlpack(frame)
+        except (TypeError, RuntimeError, BufferError, ValueError):
+            size = int(frame.framesize())
+            pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
+            return np.ctypeslib.as_array(pointer, shape=(size,)).reshape(*self._hw, 3)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._frames_out.put(item, timeout=0.1)
+                return True
+        return False
+
+    # -- the part of cv2.VideoCapture the capture stage uses ----------------------------------------------
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
+        return self._open
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if not self._open:
+            return False, None
+        if self._first is not None:
+            item, self._first = self._first, None
+            return True, item
+        try:
+            item = self._frames_out.get(timeout=self.read_timeout_s)
+        except queue.Empty:
+            return False, None  # no frame within the read timeout: a stalled stream
+        if item is _END:
+            self._open = False
+            return False, None
+        return True, item
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FPS:
+            return self._fps
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return self._frames
+        return 0.0
+
+    def release(self) -> None:
+        self._open = False
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
+def _container_facts(spec: SourceSpec) -> tuple[float, float]:
+    """(fps, frame count) as the container declares them, read by OpenCV's FFmpeg probe (no decoding):
+    a file's count and rate stay what the FFmpeg path reports."""
+    if spec.kind != "file":
+        return 0.0, 0.0
+    probe = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+    try:
+        return float(probe.get(cv2.CAP_PROP_FPS) or 0.0), float(probe.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
+    finally:
+        probe.release()

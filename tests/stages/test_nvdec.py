@@ -1,0 +1,156 @@
+"""Which decoder a source gets (DECODER=auto|ffmpeg|nvdec), and NVDEC's error path on a machine without
+PyNvVideoCodec or a GPU: one line naming the fix, or FFmpeg when NVDEC was only preferred."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from app.errors import UserError
+from app.stages import nvdec
+from app.stages.nvdec import NvdecUnavailable, choose_decoder, nvdec_problem, open_capture
+from app.stages.sources import parse_source
+from tests.support.shared_data import HAMILTON, REPO
+
+FILE = parse_source(str(HAMILTON))
+URL = parse_source("rtsp://user:secret@127.0.0.1:8554/cam")
+WEBCAM = parse_source("0")
+MISSING = "FACEPIPE_DECODER=nvdec needs NVIDIA's PyNvVideoCodec ..."
+
+
+@pytest.mark.parametrize("spec", [FILE, URL])
+def test_auto_takes_nvdec_when_it_works_and_ffmpeg_when_it_does_not(spec):
+    assert choose_decoder("auto", spec, problem=None) == "nvdec"
+    assert choose_decoder("auto", spec, problem=MISSING) == "ffmpeg"
+
+
+def test_ffmpeg_is_ffmpeg_and_webcams_always_use_opencv():
+    assert choose_decoder("ffmpeg", FILE, problem=None) == "ffmpeg"
+    for setting in ("auto", "nvdec"):
+        assert choose_decoder(setting, WEBCAM, problem=None) == "ffmpeg"
+
+
+def test_nvdec_required_but_unavailable_says_why():
+    with pytest.raises(NvdecUnavailable, match="PyNvVideoCodec"):
+        choose_decoder("nvdec", FILE, problem=MISSING)
+    assert choose_decoder("nvdec", URL, problem=None) == "nvdec"
+
+
+def test_an_unknown_decoder_is_one_line():
+    with pytest.raises(UserError, match="FACEPIPE_DECODER='vaapi' is not a decoder; use one of auto, ffmpeg"):
+        choose_decoder("vaapi", FILE, problem=None)
+
+
+@pytest.mark.skipif(nvdec_problem() is None, reason="this machine has PyNvVideoCodec and a GPU")
+def test_without_the_wheel_or_a_gpu_nvdec_names_the_fix_and_auto_plays_with_ffmpeg():
+    problem = nvdec_problem()
+    assert problem is not None and "\n" not in problem and "FACEPIPE_DECODER=ffmpeg" in problem
+    assert "pip install pynvvideocodec==2.2.4" in problem or "NVIDIA GPU" in problem
+    with pytest.raises(NvdecUnavailable) as info:
+        open_capture(FILE, "nvdec", 5.0, 3.0)
+    assert str(info.value) == problem
+    cap = open_capture(FILE, "auto", 5.0, 3.0)
+    assert isinstance(cap, cv2.VideoCapture)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (360, 640, 3)
+
+
+def test_no_driver_means_no_device(monkeypatch):
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(nvdec.ctypes, "CDLL", no_library)
+    assert nvdec.cuda_devices() == 0
+
+
+@pytest.mark.skipif(nvdec_problem() is None, reason="this machine has PyNvVideoCodec and a GPU")
+def test_a_run_asking_for_nvdec_without_it_is_one_error_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEPIPE_DECODER": "nvdec"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.main", "--env-file", str(tmp_path / "none.env"),
+         "--source", str(HAMILTON), "--no-gui", "--gallery", str(tmp_path / "gallery")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "FACEPIPE_DECODER" in errors[0] and ("pynvvideocodec" in errors[0] or "GPU" in errors[0])
+
+
+class FrameLibrary:
+    """Stands in for PyNvVideoCodec's demuxer/decoder API (which needs an NVIDIA GPU) to check the adapter's
+    own logic: order, colour order, end of stream, a source that yields nothing. Frames are real pixels of
+    the Hamilton clip, handed out as RGB host arrays as the library does with usedevicememory=False."""
+
+    class OutputColorType:
+        RGB = "rgb"
+
+    def __init__(self, frames: list) -> None:
+        self.frames = frames
+
+    def CreateDemuxer(self, filename: str):  # noqa: N802 - the library's name
+        frames = self.frames
+
+        class Demuxer:
+            def Height(self):  # noqa: N802
+                return frames[0].shape[0] if frames else 0
+
+            def Width(self):  # noqa: N802
+                return frames[0].shape[1] if frames else 0
+
+            def GetNvCodecId(self):  # noqa: N802
+                return 4
+
+            def __iter__(self):
+                return iter(range(len(frames)))
+
+        return Demuxer()
+
+    def CreateDecoder(self, gpuid, codec, usedevicememory, outputColorType):  # noqa: N802, N803
+        assert usedevicememory is False and outputColorType == "rgb"
+        frames = self.frames
+
+        class Decoder:
+            def Decode(self, packet):  # noqa: N802
+                return [cv2.cvtColor(frames[packet], cv2.COLOR_BGR2RGB)]
+
+        return Decoder()
+
+
+def clip_frames(n: int) -> list:
+    cap = cv2.VideoCapture(str(HAMILTON))
+    frames = [cap.read()[1] for _ in range(n)]
+    cap.release()
+    return frames
+
+
+def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypatch):
+    frames = clip_frames(12)
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
+    cap = nvdec.NvdecCapture(FILE)
+    assert cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 275
+    got = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        got.append(image)
+    cap.release()
+    assert len(got) == 12 and all(np.array_equal(a, b) for a, b in zip(got, frames, strict=True))
+    assert not cap.isOpened()
+
+
+def test_a_source_nvdec_yields_nothing_from_fails_at_open_and_auto_falls_back_to_ffmpeg(monkeypatch):
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary([]))
+    monkeypatch.setattr(nvdec, "nvdec_problem", lambda: None)
+    with pytest.raises(UserError, match="NVDEC gave no frame of .*; set FACEPIPE_DECODER=ffmpeg"):
+        open_capture(FILE, "nvdec", 5.0, 3.0)
+    cap = open_capture(FILE, "auto", 5.0, 3.0)
+    assert isinstance(cap, cv2.VideoCapture) and cap.read()[0]
+    cap.release()
