@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -107,10 +106,10 @@ def test_bad_flag_value_is_one_line(tmp_path):
 
 def test_gui_without_a_window_says_use_no_gui(tmp_path):
     env = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
-    started = time.monotonic()
-    result = run_cli(tmp_path, "--source", str(HAMILTON), env=env)
+    # Refused before any stage starts: the missing detector, which only the detect stage notices while
+    # loading its model, is never reached.
+    result = run_cli(tmp_path, "--source", str(HAMILTON), "--detector", str(tmp_path / "no.onnx"), env=env)
     assert_one_error_line(result, "--no-gui")
-    assert time.monotonic() - started < 15  # refused before any model loads
 
 
 def test_missing_model_is_reported_by_its_stage(tmp_path):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -90,10 +91,15 @@ class CaptureStage:
         camera: str = "default",
         live_file: bool = False,
         decoder: str = "auto",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.source = source
         self.live_file = live_file  # a paced file played as a live camera (latency benchmarks)
         self.decoder = decoder
+        # Pacing, stamps, stalls and outages all read this clock (tests drive it: test_capture_stage.py).
+        self.clock = clock
+        self.sleep = sleep
         self.stream = int(stream)
         self.camera = camera
         self.frames = frames
@@ -231,7 +237,7 @@ class CaptureStage:
         self._pending = None
         if index == 0:
             # Read during setup, long before the start: keep its read time, not its age.
-            now = time.monotonic()
+            now = self.clock()
             read_start, read_end = now - (read_end - read_start), now
         if self._clock_start is None and self.pace_fps > 0:
             self._clock_start = read_end - index / self.pace_fps
@@ -280,9 +286,9 @@ class CaptureStage:
 
     def _read(self, cap: cv2.VideoCapture) -> tuple[np.ndarray, float, float, int] | None:
         """The next frame with its read times and index; None (and `_read_problem`) when there is none."""
-        start = time.monotonic()
+        start = self.clock()
         ok, image = cap.read()
-        end = time.monotonic()
+        end = self.clock()
         took = end - start
         if not ok or image is None:
             stalled = self.live and took >= STALL_FRACTION * self.read_timeout_s
@@ -306,7 +312,7 @@ class CaptureStage:
         """True when the next file frame is due (always for live sources and max speed)."""
         if self.pace_fps <= 0:
             return True
-        now = time.monotonic()
+        now = self.clock()
         if self._clock_start is None:
             self._clock_start = now - self.frames_read / self.pace_fps
         due = self._clock_start + self.frames_read / self.pace_fps
@@ -314,8 +320,8 @@ class CaptureStage:
             if now - due > _REANCHOR_FRAMES / self.pace_fps:
                 self._clock_start = now - self.frames_read / self.pace_fps  # fell behind: no catch-up burst
             return True
-        time.sleep(min(due - now, POLL_S))
-        return time.monotonic() >= due
+        self.sleep(min(due - now, POLL_S))
+        return self.clock() >= due
 
     def _check_complete(self) -> None:
         """A file that ends well before the frame count its container declares is truncated or damaged:
@@ -333,8 +339,8 @@ class CaptureStage:
     # -- reconnecting -------------------------------------------------------------------------------------
 
     def _start_outage(self, reason: str) -> None:
-        self._outage = RetrySchedule(self.backoff)
-        self._next_status = time.monotonic()  # say so at once
+        self._outage = RetrySchedule(self.backoff, clock=self.clock)
+        self._next_status = self.clock()  # say so at once
         log.warning("source %s lost (%s); reconnecting", self.spec.display, reason)
 
     def _lose(self, reason: str) -> None:
@@ -345,14 +351,14 @@ class CaptureStage:
         """One step of the outage: a placeholder when due, else a reconnect attempt when due, else a nap."""
         outage = self._outage
         assert outage is not None
-        now = time.monotonic()
+        now = self.clock()
         if now >= self._next_status:
             self._next_status = now + self.status_every_s
             placeholder = self._placeholder(outage)
             if placeholder is not None:
                 return placeholder
         if not outage.due():
-            time.sleep(min(outage.wait_s(), POLL_S, max(0.0, self._next_status - now)))
+            self.sleep(min(outage.wait_s(), POLL_S, max(0.0, self._next_status - now)))
             return NOTHING_YET
         attempt = outage.failures + 1
         try:
@@ -395,7 +401,7 @@ class CaptureStage:
             np.multiply(target, PLACEHOLDER_DIM, out=target, casting="unsafe")
         self._seq += 1
         ring.publish(slot, self._seq)
-        now = time.monotonic()
+        now = self.clock()
         if self._live_start is None:
             self._live_start = now
         status = (

@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from app.demo import GroundTruthFace, Scenario, demo_sets, render, standard_scenario
+from app.demo import Scenario, demo_sets, render, standard_scenario
 from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
-from app.demo.sprites import Sprite
-from tests.support.shared_data import SHARED_FACES
-
-KNN_TRAIN = SHARED_FACES / "knn_examples" / "train"
-
-# The demo images folder as `python -m app.models fetch` lays it out, built from the same files.
-DEMO_FILES = {
-    "obama.jpg": KNN_TRAIN / "obama" / "obama.jpg",
-    "obama2.jpg": KNN_TRAIN / "obama" / "obama2.jpg",
-    "obama3.jpg": SHARED_FACES / "edge" / "obama3.jpg",
-    "biden.jpg": KNN_TRAIN / "biden" / "biden.jpg",
-    "obama_partial_face.jpg": SHARED_FACES / "edge" / "obama_partial_face.jpg",
-}
-
-
-@dataclass
-class RenderedDemo:
-    scenario: Scenario
-    sprites: dict[int, Sprite]
-    truth: list[list[GroundTruthFace]]
-    digests: list[str]  # sha256 of every frame
+from tests.demo.rendered_demo import RenderedDemo
+from tests.support.shared_data import DEMO_FILES
 
 
 @pytest.fixture(scope="session")

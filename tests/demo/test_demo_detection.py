@@ -6,11 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import KNN_TRAIN, RenderedDemo
 
 from app.demo import Scenario, bench_scenario, demo_sets, images_from_dir, render, standard_scenario
 from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
+from tests.demo.rendered_demo import RenderedDemo
+from tests.support.shared_data import KNN_TRAIN
 
 
 def _iou(box: tuple[float, ...], boxes: np.ndarray) -> np.ndarray:

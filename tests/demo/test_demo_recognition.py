@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KNN_TRAIN
 
 from app.config import load_settings
 from app.demo import Scenario, demo_sets, images_from_dir, render, standard_scenario
@@ -15,6 +14,7 @@ from app.inference.spec import pairwise_similarity
 from app.models.paths import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
 from app.recognition.analyzer import FaceAnalyzer
 from app.vision.image_io import read_image
+from tests.support.shared_data import KNN_TRAIN
 
 
 @pytest.fixture(scope="module")

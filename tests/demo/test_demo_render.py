@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import KNN_TRAIN, RenderedDemo
 
 from app.demo import Actor, Keyframe, Scenario, bench_scenario, images_from_dir, render, standard_scenario
 from app.demo.background import make_background
@@ -17,6 +15,8 @@ from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
 from app.demo.sprites import cut_sprite, locate_photo
 from app.errors import UserError
+from tests.demo.rendered_demo import RenderedDemo
+from tests.support.shared_data import KNN_TRAIN
 
 
 def _digests(scenario: Scenario, sprites: dict) -> list[str]:
@@ -179,12 +179,10 @@ def test_an_actor_outside_the_frame_has_no_ground_truth(
     assert all(faces == [] for _, faces in render(scenario, locator=locator))
 
 
-def test_rendering_12_s_of_720p_takes_a_few_seconds(rendered_demo: RenderedDemo) -> None:
-    start = time.perf_counter()
-    n = sum(1 for _ in render(rendered_demo.scenario, sprites=rendered_demo.sprites))
-    elapsed = time.perf_counter() - start
-    assert n == 300
-    assert elapsed < 8.0, f"rendering 300 frames of 720p took {elapsed:.1f} s"
+def test_rendering_12_s_of_720p_gives_300_full_size_frames(rendered_demo: RenderedDemo) -> None:
+    # How long it takes is a benchmark's business, not a unit test's (it depends on the machine's load).
+    shapes = [frame.shape for frame, _ in render(rendered_demo.scenario, sprites=rendered_demo.sprites)]
+    assert len(shapes) == 300 and set(shapes) == {(720, 1280, 3)}
 
 
 def test_strangers_scenario_renders_every_photo(locator: RetinaFaceLocator) -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import KNN_TRAIN
 
 from app.demo import Actor, Keyframe, Scenario, bench_scenario, demo_sets, images_from_dir, standard_scenario
 from app.errors import UserError
+from tests.support.shared_data import KNN_TRAIN
 
 
 def test_keyframes_interpolate_linearly_and_bound_the_time_on_screen() -> None:

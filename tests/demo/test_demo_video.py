@@ -7,11 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import RenderedDemo
 
 from app.demo import ground_truth_path, load_ground_truth, render, write_video
 from app.demo.__main__ import main
 from app.errors import UserError
+from tests.demo.rendered_demo import RenderedDemo
 
 
 @pytest.fixture(scope="module")

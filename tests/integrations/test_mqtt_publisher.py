@@ -17,15 +17,18 @@ from app.integrations import discovery
 from app.integrations.mqtt import MqttConfig, MqttPublisher, publish_person_discovery
 from tests.support.mosquitto import MosquittoBroker, free_port
 from tests.support.mqtt_subscriber import Subscriber
+from tests.support.waiting import wait_until
 
-WAIT_S = 15.0  # failure guard only
+WAIT_S = 60.0  # failure guard only
 
 
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
+        self.reads = 0  # how often the publisher looked: its loops, without timing them
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
 
 
@@ -174,7 +177,9 @@ def test_a_camera_face_is_cleared_after_the_idle_time(broker):
             pub.submit(event(1, "Ada"))
             assert sub.wait_for(lambda m: m and json.loads(m[-1].payload)["name"] == "Ada", WAIT_S)
             clock.now += 59.0
-            time.sleep(0.3)  # a few publisher loops: still within the idle time
+            seen = clock.reads
+            # A few publisher loops look at the clock: still within the idle time.
+            wait_until(lambda: clock.reads >= seen + 3, "publisher loops reading the clock", timeout=WAIT_S)
             assert json.loads(sub.on(topic)[-1].payload)["name"] == "Ada"
             clock.now += 1.0
             assert sub.wait_for(lambda m: json.loads(m[-1].payload)["name"] is None, WAIT_S)

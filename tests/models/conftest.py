@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dlib_chips import FaceChipMaker
 
 from app.models import paths
 from app.models.catalog import DETECTOR, EMBEDDER
 from app.models.fetch import fetch_artifact
+from tests.models.dlib_chips import FaceChipMaker
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from dlib_chips import FaceChipMaker, normalise_chips
 
 from app.models import paths
 from app.models.archive_members import read_tar_members
@@ -23,6 +22,7 @@ from app.models.dlib_converter import (
     parse_dlib_network,
 )
 from app.models.download import ensure_source
+from tests.models.dlib_chips import FaceChipMaker, normalise_chips
 from tests.support.shared_data import SHARED_FACES
 
 # dlib 20.0.1 compute_face_descriptor() of the synthetic chip below (first 8 values and the L2 norm).

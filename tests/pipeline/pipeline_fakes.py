@@ -43,15 +43,19 @@ class MeanStage:
         fail_in: str = "",
         delay_s: float = 0.0,
         setup_s: float = 0.0,
+        loaded_marker: Path | None = None,
     ):
         self.name = name
         self.frames = frames
         self.fail_in = fail_in
         self.delay_s = delay_s
         self.setup_s = setup_s  # a model that takes this long to load
+        self.loaded_marker = loaded_marker  # written once the load is over: tells whether anyone waited
 
     def setup(self) -> dict:
         time.sleep(self.setup_s)
+        if self.loaded_marker is not None:
+            self.loaded_marker.touch()
         if self.fail_in == "setup":
             raise UserError("model file missing.onnx does not exist; check the path")
         return {}
@@ -120,11 +124,11 @@ class LinesSink:
 
 def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None, max_speed: bool = True,
           delay_s: float = 0.0, setup_s: float = 0.0, recognize_error: str = "",
-          ) -> tuple[list, FrameRingHandle]:  # fmt: skip
+          loaded_marker: Path | None = None) -> tuple[list, FrameRingHandle]:  # fmt: skip
     handle = Supervisor.new_ring_handle()
     stages = [
         CaptureStage(str(video), handle, max_speed=max_speed),
-        MeanStage(handle, fail_in=fail, delay_s=delay_s, setup_s=setup_s),
+        MeanStage(handle, fail_in=fail, delay_s=delay_s, setup_s=setup_s, loaded_marker=loaded_marker),
         PassStage("postprocess"),
         PassStage("recognize", setup_error=recognize_error),
         LinesSink(handle, out, stop_after=stop_after),

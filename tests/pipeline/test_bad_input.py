@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +31,9 @@ from onnx import TensorProto, helper
 from app.config import Settings
 from app.gallery import open_gallery
 from app.inference import engine_cache
-from tests.support.shared_data import SHARED_FACES
+from tests.support.shared_data import HAMILTON, SHARED_FACES
 
 REPO = Path(__file__).resolve().parents[2]
-HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 
 
 def run_cli(
@@ -124,12 +122,10 @@ def test_an_mp4_cut_in_half_before_its_index_is_one_line(tmp_path):
     full = write_clip(tmp_path / "full.mp4").read_bytes()
     half = tmp_path / "half.mp4"
     half.write_bytes(full[: len(full) // 2])  # OpenCV writes the index last: it is gone
-    started = time.monotonic()
     line = one_error_line(run_cli(tmp_path, "--source", str(half), "--no-gui", timeout=60))
     assert (
         line == f"error: capture: cannot decode video file {half}: not a video, or not a format FFmpeg reads"
     )
-    assert time.monotonic() - started < 30
 
 
 def test_a_streamable_mp4_cut_in_half_plays_what_it_has_then_ends(tmp_path):
@@ -156,10 +152,11 @@ def closed_port() -> int:
 
 def test_an_unreachable_http_camera_is_one_line_at_once(tmp_path):
     url = f"http://viewer:pa55word@127.0.0.1:{closed_port()}/video.mjpg"
-    started = time.monotonic()
-    line = one_error_line(run_cli(tmp_path, "--source", url, "--no-gui"))
+    # At start a refused camera is the end (no reconnecting): one line, whatever the machine's speed.
+    result = run_cli(tmp_path, "--source", url, "--no-gui")
+    line = one_error_line(result)
     assert line.startswith("error: capture: cannot open video stream http://***@127.0.0.1:")
-    assert "pa55word" not in line and time.monotonic() - started < 30
+    assert "pa55word" not in line and "reconnecting" not in result.stderr
 
 
 def test_a_webcam_that_does_not_exist(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import av
 import pytest
-from process_checks import RunningPipeline, alive
 
+from tests.pipeline.process_checks import RunningPipeline, alive
 from tests.support.shared_data import SHARED_FACES
 
 pytestmark = pytest.mark.slow

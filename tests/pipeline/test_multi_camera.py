@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from pipeline_fakes import build_cameras, make_video
 
 from app.exit_codes import EXIT_USER_ERROR
 from app.pipeline.channels import FairInbox
@@ -30,6 +29,8 @@ from app.pipeline.messages import (
 )
 from app.pipeline.stage_runner import Capabilities, StageChannels, StageRunner
 from app.pipeline.supervisor import Supervisor
+from tests.pipeline.pipeline_fakes import build_cameras, make_video
+from tests.support.waiting import GUARD_S, wait_until
 
 
 def ref(stream: int, index: int) -> FrameRef:
@@ -57,7 +58,7 @@ def test_multiprocessing_queues_are_waited_on_together():
     try:
         inbox = FairInbox([a, b])
         threading.Timer(0.05, lambda: b.put(ref(1, 7))).start()
-        assert inbox.get(timeout=5).meta.frame_index == 7
+        assert inbox.get(timeout=GUARD_S).meta.frame_index == 7
     finally:
         for q in (a, b):
             q.cancel_join_thread()
@@ -107,10 +108,10 @@ def test_one_streams_end_passes_on_and_the_stage_runs_until_every_stream_ended()
     inbox.put(EndOfStream("end of stream", 1, stream=0))
     inbox.put(ref(1, 0))
     inbox.put(ref(1, 1))
-    thread.join(0.3)
-    assert thread.is_alive()  # stream 1 has not ended: the stage goes on
+    wait_until(lambda: outbox.qsize() >= 4, "the four messages handled", poll_s=0.005)
+    assert thread.is_alive()  # stream 0's end was passed on, stream 1 has not ended: the stage goes on
     inbox.put(EndOfStream("end of stream", 2, stream=1))
-    thread.join(5)
+    thread.join(GUARD_S)
     assert result == [0] and stage.seen == {0: 1, 1: 2}
     out = [outbox.get_nowait() for _ in range(5)]
     assert [type(m).__name__ for m in out] == [
@@ -128,7 +129,7 @@ def test_the_last_stage_reports_each_streams_end():
     inbox.put(EndOfStream("end of stream", 0, stream=1))
     inbox.put(ref(0, 0))
     inbox.put(EndOfStream("frame limit reached (1)", 1, stream=0))
-    thread.join(5)
+    thread.join(GUARD_S)
     messages = []
     try:
         while supervisor_end.poll(0.2):
@@ -241,10 +242,7 @@ def test_a_stage_that_takes_notes_hears_why_a_camera_did_not_start():
     thread.start()
     assert isinstance(supervisor_end.recv(), Ready)
     supervisor_end.send(Start({1: None}, notes={0: "cannot open video stream rtsp://***@cam"}))
-    for _ in range(500):  # a failure guard, not a timing assertion
-        if stage.notes:
-            break
-        stop.wait(0.01)
+    wait_until(lambda: stage.notes, "the notes reaching the stage", poll_s=0.01)
     stop.set()
-    thread.join(2)
+    thread.join(GUARD_S)
     assert stage.notes == {0: "cannot open video stream rtsp://***@cam"}

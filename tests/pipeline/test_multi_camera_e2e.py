@@ -12,11 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_checks import RunningPipeline, alive, children_of, shm_segments
 from test_pipeline_e2e import cli, enroll, run_to_end
 
+from tests.pipeline.process_checks import RunningPipeline, alive, children_of, shm_segments
 from tests.support.servers import MjpegServer, RtspServer, rtsp_support_problem
 from tests.support.shared_data import HAMILTON, SHARED_FACES
+from tests.support.waiting import wait_until
 
 LIN, ALEX = "Lin-Manuel Miranda", "Alex Lacamoire"
 LIN_SHOT = (82, 211)  # frames of the Hamilton clip where Lin-Manuel is large and frontal
@@ -111,13 +112,6 @@ def capture_pids(run: RunningPipeline) -> dict[str, int]:
     return {comm: pid for pid, comm in children_of(run.proc.pid).items() if comm.startswith("fp-capture")}
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_file_mjpeg_and_rtsp_cameras_are_named_and_recover_on_their_own(gallery, tmp_path):
     lin = read_frames(*LIN_SHOT)
     video = write_video(tmp_path / "lin.mp4", lin * 3, fps=LIVE_FPS)  # ~48 s: running for the whole test
@@ -144,12 +138,13 @@ def test_file_mjpeg_and_rtsp_cameras_are_named_and_recover_on_their_own(gallery,
             return any(r["name"] == LIN and r["frame"] > after for r in rows)
 
         for camera in cameras:
-            wait_until(lambda c=camera: named(c), 90, f"{camera} to name Lin-Manuel")
+            wait_until(lambda c=camera: named(c), f"{camera} to name Lin-Manuel")
         assert not any(
             r["name"] not in (None, LIN) for rows in tracks_by_camera(tracks).values() for r in rows
         )
 
-        # The MJPEG camera goes away for 3 s: the others keep every frame they read.
+        # The MJPEG camera goes away for 3 s: the others go on. The file camera loses no frame (file frames
+        # wait for room); a live camera may drop frames on a loaded machine (newest wins), never stall.
         def last_frame(camera: str) -> int:
             return max((r["frame"] for r in tracks_by_camera(tracks).get(camera, [])), default=-1)
 
@@ -161,11 +156,12 @@ def test_file_mjpeg_and_rtsp_cameras_are_named_and_recover_on_their_own(gallery,
             during = [r["frame"] for r in tracks_by_camera(tracks)[camera] if r["frame"] > marks[camera]]
             assert during, f"{camera} stalled while the MJPEG camera was away"
             span = max(during) - marks[camera]
-            assert len(set(during)) >= 0.9 * span, f"{camera} lost frames: {len(set(during))} of {span}"
+            if camera == "file":
+                assert len(set(during)) >= 0.9 * span, f"{camera} lost frames: {len(set(during))} of {span}"
         back_from = last_frame("mjpg")
         mjpeg.start()
-        wait_until(lambda: last_frame("mjpg") > back_from, 60, "the MJPEG camera to come back by itself")
-        wait_until(lambda: named("mjpg", back_from), 60, "the MJPEG camera to name Lin-Manuel again")
+        wait_until(lambda: last_frame("mjpg") > back_from, "the MJPEG camera to come back by itself")
+        wait_until(lambda: named("mjpg", back_from), "the MJPEG camera to name Lin-Manuel again")
 
         # kill -9 of one camera's capture: that camera alone is restarted.
         before = capture_pids(run)
@@ -173,17 +169,17 @@ def test_file_mjpeg_and_rtsp_cameras_are_named_and_recover_on_their_own(gallery,
         assert set(before) == {"fp-capture:file", "fp-capture:mjpg", victim}, before
         resumed_from = last_frame(third_name)
         os.kill(before[victim], signal.SIGKILL)
-        wait_until(lambda: capture_pids(run).get(victim) not in (None, before[victim]), 30, "the restart")
+        wait_until(lambda: capture_pids(run).get(victim) not in (None, before[victim]), "the restart")
         after = capture_pids(run)
         assert {c: p for c, p in after.items() if c != victim} == {
             c: p for c, p in before.items() if c != victim
         }
-        wait_until(lambda: last_frame(third_name) > resumed_from, 60, f"{third_name} to resume")
+        wait_until(lambda: last_frame(third_name) > resumed_from, f"{third_name} to resume")
         run.record_stages()
     finally:
         run.signal(signal.SIGINT)
         try:
-            run.wait(timeout=30)
+            run.wait()
         finally:
             run.kill()
             mjpeg.close()
@@ -191,5 +187,5 @@ def test_file_mjpeg_and_rtsp_cameras_are_named_and_recover_on_their_own(gallery,
     assert run.proc.returncode == 130, run.stderr
     summary = run.summary()
     assert set(summary["cameras"]) == {"file", "mjpg", third_name} and summary["capture_restarts"] == 1
-    wait_until(lambda: not alive(run.stage_pids), 5, "every stage process to exit")
+    wait_until(lambda: not alive(run.stage_pids), "every stage process to exit")
     assert shm_segments(run.proc.pid) == []

@@ -2,12 +2,15 @@
 
 - The backoff policy on its own (no jitter: exact schedules).
 - The capture stage in this process: a stopped server gives placeholder frames that say "reconnecting",
-  a restarted one gives frames again in a new segment, within the backoff cap of its return; a frozen one
-  is a stall after about the read timeout; a camera back at another resolution is letterboxed into the ring.
+  a restarted one gives frames again in a new segment, from the first attempt after its return (the
+  backoff cap bounds how long that attempt is away); a frozen one is a stall, found by the read timeout;
+  a camera back at another resolution is letterboxed into the ring.
 - Recognition resets its tracks on a new segment, and the GUI draws the status.
 - The whole CLI (`python -m app.main --source URL`) against an MJPEG and an RTSP server that stop, restart
-  and freeze: it resumes within 2 s of the server's return and never hangs. The measured times are printed
-  (`pytest -s`).
+  and freeze: it resumes, retries on the backoff schedule and never hangs.
+
+Nothing here is timed: the tests wait for events (with generous timeouts that only a hang reaches) and
+check attempt counts and the schedule the stage logs, so they hold on a loaded machine.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,23 +30,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_checks import REPO, RunningPipeline, shm_segments, still_alive
 
 from app.config import load_settings
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp, TrackedFaces
-from app.pipeline.reconnect import BackoffPolicy, RetrySchedule
+from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
 from app.stages.gui import GuiStage
+from tests.pipeline.process_checks import REPO, RunningPipeline, shm_segments, still_alive
 from tests.support.servers import MjpegServer, RtspServer, rtsp_support_problem
 from tests.support.shared_data import HAMILTON
+from tests.support.waiting import GUARD_S, wait_until
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 RTSP_PROBLEM = rtsp_support_problem()
 needs_rtsp = pytest.mark.skipif(RTSP_PROBLEM is not None, reason=RTSP_PROBLEM or "")
 FAST = BackoffPolicy(first_s=0.05, factor=2.0, cap_s=0.4, jitter=0.0)
-RESUME_LIMIT_S = 2.0  # the pipeline resumes within this long of the server's return
+BACK_AT = re.compile(r"back after [0-9.]+ s \(attempt (\d+)\)")
 
 
 # -- the policy ---------------------------------------------------------------------------------------------
@@ -113,11 +118,11 @@ class Reader:
         self.ring = ring
         self.got: list[tuple[float, FrameMeta, np.ndarray]] = []  # (time, meta, pixels)
 
-    def until(self, done: Callable[[Reader], bool], timeout: float) -> float:
-        """Produce until `done(self)`; the seconds it took. Fails (never hangs) after `timeout`."""
-        started = time.monotonic()
+    def until(self, done: Callable[[Reader], bool], timeout: float = GUARD_S) -> None:
+        """Produce until `done(self)`. Fails (never hangs) after `timeout`, a failure guard."""
+        deadline = time.monotonic() + timeout
         while not done(self):
-            assert time.monotonic() - started < timeout, f"not done after {timeout} s: {self.summary()}"
+            assert time.monotonic() < deadline, f"not done after {timeout} s: {self.summary()}"
             msg = self.capture.produce()
             assert msg is not None, "a live source must not end"
             if msg is NOTHING_YET:
@@ -126,7 +131,6 @@ class Reader:
             assert self.ring.claim(meta.slot, meta.seq)
             self.got.append((time.monotonic(), meta, self.ring.frame(meta.slot).copy()))
             self.ring.release(meta.slot, meta.seq)
-        return time.monotonic() - started
 
     def frames(self) -> list[FrameMeta]:
         return [meta for _, meta, _ in self.got if not meta.status]
@@ -146,6 +150,17 @@ class Reader:
     def summary(self) -> str:
         return ", ".join(f"{m.frame_index}{'*' if m.status else ''}" for _, m, _ in self.got[-20:])
 
+    def failures(self) -> int:
+        """Failed reconnect attempts so far in the current outage (the stage runs only inside `until`)."""
+        outage = self.capture._outage
+        assert outage is not None, "not reconnecting"
+        return outage.failures
+
+
+def back_at_attempt(log: str) -> list[int]:
+    """The attempt numbers of the "back after ... (attempt N)" lines, in order."""
+    return [int(n) for n in BACK_AT.findall(log)]
+
 
 @contextmanager
 def reading(url: str, **options) -> Iterator[Reader]:
@@ -164,17 +179,20 @@ def test_capture_reconnects_when_the_server_comes_back(caplog):
     with MjpegServer(grey_frames(50), fps=50) as server:
         url = server.url.replace("http://", "http://cam:topsecret@")  # the server takes any credentials
         with reading(url, backoff=FAST, status_every_s=0.2) as reader:
-            reader.until(lambda r: len(r.frames()) >= 5, timeout=5)
+            reader.until(lambda r: len(r.frames()) >= 5)
             server.stop()
-            lost = reader.until(lambda r: bool(r.placeholders()), timeout=2)
-            reader.until(lambda r: len(r.placeholders()) >= 4, timeout=3)  # keeps saying so while down
+            reader.until(lambda r: bool(r.placeholders()))
+            reader.until(lambda r: len(r.placeholders()) >= 4)  # keeps saying so while down
             before = reader.mark()
+            failed = reader.failures()
             server.start()
-            back = reader.until(lambda r: r.last_is_frame(), timeout=3)
-            reader.until(lambda r: len(r.frames()) >= 15, timeout=5)
-    assert lost < 0.5  # a cut connection fails the read at once
-    # Attempts are due every <= 0.4 s (the cap): the next one after the return finds the server.
-    assert back < FAST.cap_s + 0.3, back
+            reader.until(lambda r: r.last_is_frame())
+            reader.until(lambda r: len(r.frames()) >= 15)
+    # A cut connection fails the read at once: the loss is the cut, not a read timeout.
+    assert "lost (connection lost or stream ended); reconnecting" in caplog.text
+    # Attempts are due every <= 0.4 s (the cap, see the policy tests): the first one after the return
+    # finds the server.
+    assert back_at_attempt(caplog.text) == [failed + 1], caplog.text
     status = reader.placeholders()[0].status
     assert status.startswith("reconnecting to http://***@127.0.0.1:") and "topsecret" not in status
     seqs = [meta.seq for _, meta, _ in reader.got]
@@ -183,7 +201,10 @@ def test_capture_reconnects_when_the_server_comes_back(caplog):
     assert segments[:before] == [0] * before and set(segments[before:]) == {1}
     frames = reader.frames()
     assert [m.frame_index for m in frames] == sorted(m.frame_index for m in frames)
-    assert reader.capture.reconnects == 1 and reader.capture.gaps_s[0] > 0.3
+    # The gap runs from the loss to the first frame back, so it spans every placeholder (one clock).
+    placeholder_stamps = [m.stamps[0].end for m in reader.placeholders()]
+    assert reader.capture.reconnects == 1
+    assert reader.capture.gaps_s[0] >= placeholder_stamps[-1] - placeholder_stamps[0] > 0
     # The placeholder is the last frame dimmed; frames after the return are the source's again.
     last_real = next(p for _, m, p in reversed(reader.got[:before]) if not m.status)
     first_placeholder = next(p for _, m, p in reader.got if m.status)
@@ -193,44 +214,51 @@ def test_capture_reconnects_when_the_server_comes_back(caplog):
     assert "topsecret" not in logged and "cam:" not in logged
 
 
-def test_a_frozen_stream_is_a_stall_after_about_the_read_timeout():
+def test_a_frozen_stream_is_a_stall_found_by_the_read_timeout(caplog):
+    caplog.set_level(logging.WARNING, logger="app")
     with (
         MjpegServer(grey_frames(50), fps=50) as server,
         reading(server.url, backoff=FAST, read_timeout_s=1.0, status_every_s=0.2) as reader,
     ):
-        reader.until(lambda r: len(r.frames()) >= 5, timeout=5)
+        reader.until(lambda r: len(r.frames()) >= 5)
+        assert not reader.placeholders()  # frames flowing: no false alarm
         server.freeze()
-        stalled = reader.until(lambda r: bool(r.placeholders()), timeout=5)
+        reader.until(lambda r: bool(r.placeholders()))  # not a hang
+        failed = reader.failures()
         server.unfreeze()
-        back = reader.until(lambda r: r.last_is_frame(), timeout=5)
-    assert 0.8 <= stalled < 1.6, stalled  # the read timeout (1 s), not a hang, not a false alarm
-    assert back < 1.6, back  # at worst one reconnect attempt blocked on the frozen server, then the next
+        reader.until(lambda r: r.last_is_frame())
+    # Found by the read timeout (a read that took about all of it), not taken for a cut connection.
+    assert re.search(r"lost \((no frame for|stalled: one frame in) [0-9.]+ s\); reconnecting", caplog.text)
+    assert back_at_attempt(caplog.text) == [failed + 1], caplog.text  # the next attempt finds it again
     assert reader.capture.segment == 1
 
 
 @needs_rtsp
-def test_rtsp_capture_reconnects_after_a_restart_and_a_stall(tmp_path):
+def test_rtsp_capture_reconnects_after_a_restart_and_a_stall(caplog):
+    caplog.set_level(logging.WARNING, logger="app")
     with (
         RtspServer(grey_frames(50, (320, 240)), fps=25) as server,
         reading(server.url, backoff=FAST, read_timeout_s=1.0, status_every_s=0.2) as reader,
     ):
-        reader.until(lambda r: len(r.frames()) >= 5, timeout=10)
+        reader.until(lambda r: len(r.frames()) >= 5)
         server.stop()
-        reader.until(lambda r: bool(r.placeholders()), timeout=3)
+        reader.until(lambda r: bool(r.placeholders()))
+        failed = reader.failures()
         server.start()  # returns once the server listens again
-        back = reader.until(lambda r: r.last_is_frame(), timeout=5)
-        reader.until(lambda r: len(r.frames()) >= 10, timeout=5)
+        reader.until(lambda r: r.last_is_frame())
+        reader.until(lambda r: len(r.frames()) >= 10)
+        assert "lost (connection lost or stream ended); reconnecting" in caplog.text
+        # The next attempt opens the new session (one more if its first frame is not decodable yet).
+        assert back_at_attempt(caplog.text)[0] <= failed + 2, caplog.text
         server.freeze()
         # FFmpeg's RTSP reader returns buffered frames after each full read timeout before failing: the
         # first read that takes about the timeout counts as the stall, not the third.
         mark = reader.mark()
-        stalled = reader.until(lambda r: r.placeholder_since(mark), timeout=6)
-        server.unfreeze()
-        back_after_stall = reader.until(lambda r: r.last_is_frame(), timeout=6)
-    assert back < FAST.cap_s + 0.5, back
-    assert 0.8 <= stalled < 2.0, stalled
-    assert back_after_stall < 2.5, back_after_stall
-    assert reader.capture.segment == 2
+        reader.until(lambda r: r.placeholder_since(mark))
+        server.unfreeze()  # a signal to the server process: it resumes when it gets there
+        reader.until(lambda r: r.last_is_frame())
+    assert re.search(r"lost \((no frame for|stalled: one frame in) [0-9.]+ s\); reconnecting", caplog.text)
+    assert len(back_at_attempt(caplog.text)) == 2 and reader.capture.segment == 2
 
 
 def test_a_camera_back_at_another_resolution_is_letterboxed_into_the_ring(caplog):
@@ -239,14 +267,14 @@ def test_a_camera_back_at_another_resolution_is_letterboxed_into_the_ring(caplog
         MjpegServer(grey_frames(20, (320, 240)), fps=50) as small,
         reading(small.url, backoff=FAST, status_every_s=0.2) as reader,
     ):
-        reader.until(lambda r: len(r.frames()) >= 3, timeout=5)
+        reader.until(lambda r: len(r.frames()) >= 3)
         small.stop()
-        reader.until(lambda r: bool(r.placeholders()), timeout=2)
+        reader.until(lambda r: bool(r.placeholders()))
         wide = MjpegServer(grey_frames(20, (640, 360)), fps=50)
         wide.port = small.port  # the camera comes back on its address with a 16:9 picture
         with wide:
-            reader.until(lambda r: r.last_is_frame(), timeout=3)
-            reader.until(lambda r: len(r.frames()) >= 8, timeout=5)
+            reader.until(lambda r: r.last_is_frame())
+            reader.until(lambda r: len(r.frames()) >= 8)
     _, meta, pixels = reader.got[-1]
     assert (meta.width, meta.height) == (320, 240) and pixels.shape == (240, 320, 3)
     # 640x360 scaled by 0.5 is 320x180, centred: 30 black rows above and below, picture in between.
@@ -341,36 +369,31 @@ class LiveRun:
             return []
         return [json.loads(line) for line in self.tracks.read_text().splitlines() if line.endswith("}")]
 
-    def wait_rows(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.rows()) < count:
-            assert time.monotonic() < deadline and self.run.proc.poll() is None, self.run.stderr
-            time.sleep(0.05)
+    def running(self) -> bool:
+        assert self.run.proc.poll() is None, self.run.stderr
+        return True
 
-    def seconds_until_new_track(self, timeout: float = 10.0) -> float:
-        """Seconds until the sink writes a face of a track newer than every track so far (after a gap the
-        tracker restarts, and ids continue)."""
+    def wait_rows(self, count: int) -> None:
+        wait_until(lambda: self.running() and len(self.rows()) >= count, f"{count} tracked faces")
+
+    def wait_new_track(self) -> None:
+        """Until the sink writes a face of a track newer than every track so far (after a gap the tracker
+        restarts, and ids continue)."""
         known = max((r["track"] for r in self.rows()), default=0)
-        started = time.monotonic()
-        while not any(r["track"] > known for r in self.rows()):
-            assert time.monotonic() - started < timeout, f"no new track in {timeout} s:\n{self.run.stderr}"
-            assert self.run.proc.poll() is None, self.run.stderr
-            time.sleep(0.02)
-        return time.monotonic() - started
+        wait_until(lambda: self.running() and any(r["track"] > known for r in self.rows()), "a new track")
 
-    def wait_log(self, text: str, count: int, timeout: float) -> float:
-        started = time.monotonic()
-        while sum(text in line for line in self.run.stderr_lines) < count:
-            assert time.monotonic() - started < timeout, (
-                f"no {count}x {text!r} in {timeout} s:\n{self.run.stderr}"
-            )
-            time.sleep(0.02)
-        return time.monotonic() - started
+    def log_lines(self, text: str) -> list[str]:
+        return [line for line in self.run.stderr_lines if text in line]
+
+    def wait_log(self, text: str, count: int) -> list[str]:
+        """The first `count` stderr lines containing `text`, once there are that many."""
+        wait_until(lambda: self.running() and len(self.log_lines(text)) >= count, f"{count}x {text!r}")
+        return self.log_lines(text)[:count]
 
     def stop(self) -> dict:
         self.run.signal(signal.SIGINT)
-        took = self.run.wait(timeout=20)
-        assert took < 2.0 and self.run.proc.returncode == 130, self.run.stderr
+        self.run.wait()
+        assert self.run.proc.returncode == 130, self.run.stderr
         pids = list(self.run.stage_pids)
         assert still_alive(pids) == [] and shm_segments(self.run.proc.pid) == []
         assert "Traceback" not in self.run.stderr
@@ -380,64 +403,70 @@ class LiveRun:
         self.run.kill()
 
 
-def drop_and_return(server, tmp_path: Path, label: str) -> dict:
-    """Server stops for 1.5 s, comes back; then freezes for 4 s (a stall), comes back. Returns the times."""
+def drop_and_return(server, tmp_path: Path) -> None:
+    """Server stops for a while, comes back; then freezes (a stall), comes back."""
     live = LiveRun(server.url, tmp_path)
     try:
         live.run.record_stages()
-        live.wait_rows(10, timeout=30)
+        live.wait_rows(10)
         server.stop()
-        lost_s = live.wait_log("reconnecting", 1, timeout=5)
-        time.sleep(1.5)  # the camera is down; capture keeps trying
+        [lost] = live.wait_log("reconnecting", 1)
+        time.sleep(1.5)  # the outage itself (capture keeps trying); nothing is asserted about its length
         server.start()
-        resumed_s = live.seconds_until_new_track()
-        live.wait_rows(len(live.rows()) + 10, timeout=30)
+        live.wait_new_track()
+        live.wait_rows(len(live.rows()) + 10)
         server.freeze()
-        stall_s = live.wait_log("reconnecting", 2, timeout=10)
-        time.sleep(1.0)
+        stalled = live.wait_log("reconnecting", 2)[1]
+        time.sleep(1.0)  # the stall itself
         server.unfreeze()
-        unfrozen_s = live.seconds_until_new_track()
-        live.wait_rows(len(live.rows()) + 5, timeout=30)
+        live.wait_new_track()
+        live.wait_rows(len(live.rows()) + 5)
         summary = live.stop()
     finally:
         live.close()
-    times = {"lost_s": lost_s, "resumed_s": resumed_s, "stall_detected_s": stall_s, "unfrozen_s": unfrozen_s}
-    print(f"\n{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
-    assert lost_s < 1.0 and resumed_s < RESUME_LIMIT_S and unfrozen_s < RESUME_LIMIT_S, times
-    assert 2.0 < stall_s < 5.0, times  # the 3 s read timeout
-    assert "back after" in live.run.stderr and summary["frames"] > 20 and summary["capture_restarts"] == 0
-    return times
+    assert "lost (connection lost or stream ended)" in lost, lost  # a cut: the read fails at once
+    assert re.search(r"lost \((no frame for|stalled: one frame in) [0-9.]+ s\)", stalled), stalled
+    assert len(live.log_lines("back after")) == 2, live.run.stderr
+    assert summary["frames"] > 20 and summary["capture_restarts"] == 0
 
 
 @pytest.mark.slow
 def test_cli_resumes_after_an_mjpeg_camera_drops_and_stalls(tmp_path):
     with MjpegServer(lin_manuel_shot(), fps=15) as server:
-        drop_and_return(server, tmp_path, "mjpeg")
+        drop_and_return(server, tmp_path)
 
 
 @pytest.mark.slow
 @needs_rtsp
 def test_cli_resumes_after_an_rtsp_camera_drops_and_stalls(tmp_path):
     with RtspServer(lin_manuel_shot(), fps=15) as server:
-        drop_and_return(server, tmp_path, "rtsp")
+        drop_and_return(server, tmp_path)
 
 
 @pytest.mark.slow
 def test_cli_waits_for_a_camera_that_stays_away_and_stops_at_once(tmp_path):
-    """Down for longer than the whole backoff: attempts stay at the cap, Ctrl-C still ends it in < 2 s."""
+    """Down for longer than the whole backoff: attempts stay at the cap, Ctrl-C still ends the run."""
     with MjpegServer(lin_manuel_shot(), fps=15) as server:
         url = server.url.replace("http://", "http://admin:hunter2@")
         live = LiveRun(url, tmp_path, "--log-level", "DEBUG")
         try:
             live.run.record_stages()
-            live.wait_rows(5, timeout=30)
+            live.wait_rows(5)
             server.stop()
-            time.sleep(4.0)
-            attempts = sum("reconnect attempt" in line for line in live.run.stderr_lines)
+            attempts = live.wait_log("reconnect attempt", 10)
             summary = live.stop()
         finally:
             live.close()
-    # At once, then 0.1, 0.2, 0.4, 0.5, 0.5 ... s apart (jitter shortens by up to 20 %): 10-12 in 4 s
-    assert 8 <= attempts <= 14, attempts
+    # Each failed attempt logs the delay it books: 0.1, 0.2, 0.4 s, then the 0.5 s cap, each shortened by
+    # the jitter (up to 20 %), never lengthened. The delays are the policy's, not measured: exact.
+    booked = [re.search(r"reconnect attempt (\d+) .*next in ([0-9.]+) s", line) for line in attempts]
+    assert all(booked), attempts
+    policy = SOURCE_BACKOFF
+    for match in booked:
+        number, delay = int(match[1]), float(match[2])
+        full = policy.delay(number)
+        assert full * (1 - policy.jitter) - 0.005 <= delay <= full + 0.005, (number, delay)
+    assert [int(m[1]) for m in booked] == list(range(1, 11))
+    assert policy.delay(10) == policy.cap_s  # the last ones were at the cap
     assert summary["stop_reason"] == "interrupted (Ctrl-C)"
     assert "hunter2" not in live.run.stderr and "admin" not in live.run.stderr

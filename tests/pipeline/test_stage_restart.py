@@ -1,7 +1,7 @@
 """A capture process that dies on a live source is restarted by the supervisor; the rest keep running.
 
 In-process supervisor runs (small real stages from pipeline_fakes.py, the real capture stage on the loopback
-MJPEG server) check: SIGKILL detected and the capture back within 1 s, frames continuing in order; a capture
+MJPEG server) check: SIGKILL detected and a new capture process started, frames continuing in order; a capture
 that fails with an exception or dies holding the ring lock and a slot; the restart limit. The real CLI then
 shows the same with models, and that other stages still stop the run cleanly, naming themselves. (A file
 source is not restarted: tests/pipeline/test_supervisor.py and test_pipeline_e2e.py kill capture on a file
@@ -15,21 +15,19 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_fakes import LinesSink, MeanStage, PassStage
-from process_checks import RunningPipeline, children_of, shm_segments, still_alive
 
 from app.exit_codes import EXIT_FAILED
 from app.pipeline.supervisor import RunResult, Supervisor
 from app.stages.capture import CaptureStage
+from tests.pipeline.pipeline_fakes import LinesSink, MeanStage, PassStage
+from tests.pipeline.process_checks import RunningPipeline, children_of, shm_segments, still_alive
 from tests.support.servers import MjpegServer
 from tests.support.shared_data import HAMILTON
-
-DETECTION_LIMIT_S = 1.0
+from tests.support.waiting import GUARD_S, wait_until
 
 
 def grey_frames(count: int) -> list[np.ndarray]:
@@ -81,28 +79,20 @@ class InProcessRun:
             return []
         return [json.loads(line) for line in self.out.read_text().splitlines() if line.endswith("}")]
 
-    def wait_lines(self, count: int, timeout: float = 30) -> float:
-        started = time.monotonic()
-        while len(self.lines()) < count:
-            assert time.monotonic() - started < timeout and self.thread.is_alive(), (
-                f"{len(self.lines())} lines"
-            )
-            time.sleep(0.01)
-        return time.monotonic() - started
+    def wait_lines(self, count: int) -> None:
+        wait_until(lambda: len(self.lines()) >= count or not self.thread.is_alive(), f"{count} lines")
+        assert len(self.lines()) >= count, f"the run ended after {len(self.lines())} lines"
 
-    def capture_pid(self, timeout: float = 5.0, other_than: int | None = None) -> tuple[int, float]:
-        """(pid of the fp-capture process, seconds waited for one other than `other_than`)."""
-        started = time.monotonic()
-        while True:
-            pids = [
-                p for p, name in children_of(os.getpid()).items() if name == "fp-capture" and p != other_than
-            ]
-            if pids:
-                return pids[0], time.monotonic() - started
-            assert time.monotonic() - started < timeout, "no capture process"
-            time.sleep(0.005)
+    def capture_pid(self, other_than: int | None = None) -> int:
+        """The pid of the fp-capture process (one other than `other_than`: its replacement)."""
 
-    def finish(self, timeout: float = 30) -> RunResult:
+        def found() -> list[int]:
+            children = children_of(os.getpid())
+            return [p for p, name in children.items() if name == "fp-capture" and p != other_than]
+
+        return wait_until(found, "a capture process", poll_s=0.005)[0]
+
+    def finish(self, timeout: float = GUARD_S) -> RunResult:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the run did not end"
         assert multiprocessing.active_children() == []
@@ -115,19 +105,15 @@ def assert_in_order(lines: list[dict]) -> None:
     assert frames == sorted(frames) and len(set(frames)) == len(frames), frames
 
 
-def test_killed_capture_is_restarted_within_a_second_and_frames_go_on(tmp_path):
+def test_killed_capture_is_restarted_and_frames_go_on(tmp_path):
     with MjpegServer(grey_frames(100), fps=25) as server:
         run = InProcessRun(tmp_path, lambda handle: CaptureStage(server.url, handle), stop_after=90)
         run.wait_lines(10)
-        old, _ = run.capture_pid()
+        old = run.capture_pid()
         os.kill(old, signal.SIGKILL)
-        killed = time.monotonic()
-        new, replaced_s = run.capture_pid(other_than=old)
+        new = run.capture_pid(other_than=old)
         run.wait_lines(len(run.lines()) + 1)
-        resumed_s = time.monotonic() - killed
         result = run.finish()
-    print(f"\ncapture SIGKILL: new process after {replaced_s:.2f} s, frames again after {resumed_s:.2f} s")
-    assert replaced_s < DETECTION_LIMIT_S and resumed_s < 2.0
     assert result.exit_code == 0 and result.stop_reason == "window closed"
     assert result.summary["capture_restarts"] == 1
     lines = run.lines()
@@ -161,7 +147,7 @@ def test_restarts_are_limited_then_the_run_stops_naming_the_stage(tmp_path):
         pid = None
         for _ in range(3):
             run.wait_lines(len(run.lines()) + 3)
-            pid, _ = run.capture_pid(other_than=pid)
+            pid = run.capture_pid(other_than=pid)
             os.kill(pid, signal.SIGKILL)
         result = run.finish()
     assert result.exit_code == EXIT_FAILED
@@ -190,12 +176,10 @@ def rows(tracks: Path) -> list[dict]:
     return [json.loads(line) for line in tracks.read_text().splitlines() if line.endswith("}")]
 
 
-def wait_rows(run: RunningPipeline, tracks: Path, count: int, timeout: float = 30) -> float:
-    started = time.monotonic()
-    while not tracks.exists() or len(rows(tracks)) < count:
-        assert time.monotonic() - started < timeout and run.proc.poll() is None, run.stderr
-        time.sleep(0.02)
-    return time.monotonic() - started
+def wait_rows(run: RunningPipeline, tracks: Path, count: int) -> None:
+    wait_until(lambda: tracks.exists() and len(rows(tracks)) >= count or run.proc.poll() is not None,
+               f"{count} rows in the tracks file")  # fmt: skip
+    assert run.proc.poll() is None, run.stderr
 
 
 def lin_manuel_shot() -> list[np.ndarray]:
@@ -216,15 +200,13 @@ def test_cli_on_a_live_camera_survives_a_killed_capture(tmp_path):
             old = run.stage_pid("capture")
             os.kill(old, signal.SIGKILL)
             count = len(rows(tracks))
-            resumed_s = wait_rows(run, tracks, count + 5)
+            wait_rows(run, tracks, count + 5)  # frames with faces again after the kill
             stages = run.record_stages()
             assert old not in stages and "fp-capture" in stages.values()
             run.signal(signal.SIGINT)
-            took = run.wait(timeout=20)
+            run.wait()
         finally:
             run.kill()
-    print(f"\nCLI capture SIGKILL: 5 more frames with faces {resumed_s:.2f} s after the kill")
-    assert resumed_s < 3.0 and took < 2.0
     assert run.proc.returncode == 130 and run.summary()["capture_restarts"] == 1
     assert "stage capture died unexpectedly (killed by SIGKILL); restarting it" in run.stderr
     assert still_alive([*stages, old]) == [] and shm_segments(run.proc.pid) == []
@@ -238,9 +220,9 @@ def test_cli_on_a_live_camera_stops_cleanly_when_detection_dies(tmp_path):
         try:
             wait_rows(run, tracks, 5)
             os.kill(run.stage_pid("detect"), signal.SIGKILL)
-            took = run.wait(timeout=20)
+            run.wait()
         finally:
             run.kill()
-    assert took < 2.0 and run.proc.returncode == 1
+    assert run.proc.returncode == 1, run.stderr
     assert "stopped: stage detect died unexpectedly (killed by SIGKILL)" in run.stderr
     assert still_alive(list(run.stage_pids)) == [] and shm_segments(run.proc.pid) == []

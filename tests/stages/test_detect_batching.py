@@ -7,20 +7,20 @@ import logging
 import multiprocessing
 import queue
 import threading
-import time
 
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of
 
 from app.pipeline.messages import EndOfStream, FaceDetections, Ready, Start
 from app.pipeline.stage_runner import StageChannels, StageRunner
 from app.stages.detect import CANDIDATE_FLOOR, CandidateDetections, DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import PRE_NMS_TOP_K, decode_retinaface, prior_boxes
+from tests.stages.stage_chain import put_frame, ring_of
 from tests.support.onnx_models import fixed_batch_copy
 from tests.support.shared_data import HAMILTON, REPO
+from tests.support.waiting import GUARD_S
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 HW = (640, 640)
@@ -98,24 +98,52 @@ def test_a_stage_behind_takes_every_queued_frame_in_one_call(clip_frames):
         control.close()
 
 
+class LoggedQueue(queue.Queue):
+    """A queue that logs its traffic, in order, into a list shared with others: (name, "get", blocking,
+    got a message) and (name, "put")."""
+
+    def __init__(self, name: str, log: list) -> None:
+        super().__init__()
+        self.name = name
+        self.log = log
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        try:
+            msg = super().get(block, timeout)
+        except queue.Empty:
+            self.log.append((self.name, "get", block, False))
+            raise
+        self.log.append((self.name, "get", block, True))
+        return msg
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        self.log.append((self.name, "put"))
+        super().put(item, block, timeout)
+
+
 def test_an_idle_stage_runs_each_frame_at_once(clip_frames):
+    traffic: list = []
     with ring_of(clip_frames[0].shape, slots=4) as (ring, handle):
         stage = RecordingDetect(handle, DETECTOR, max_batch=4)
-        inbox, outbox = queue.Queue(), queue.Queue()
+        inbox, outbox = LoggedQueue("in", traffic), LoggedQueue("out", traffic)
         thread, (control, stop) = start_runner(stage, inbox, outbox)
         control.send(Start())
-        waits = []
         for i in range(3):
-            put_at = time.monotonic()
             inbox.put(put_frame(ring, clip_frames[i], i))
-            out = outbox.get(timeout=10)  # answered before the next frame exists: no batch is waited for
-            waits.append(time.monotonic() - put_at)
+            out = outbox.get(timeout=GUARD_S)  # answered before the next frame exists
             assert out.meta.frame_index == i
         stop.set()
-        thread.join(10)
+        thread.join(GUARD_S)
         control.close()
         assert stage.calls == [1, 1, 1]
-        assert max(waits) < 2.0, waits  # mnet0.25 runs a frame in ~10-100 ms; a batch wait would add seconds
+    # Between taking a frame and answering it the runner only looked for company without blocking: it never
+    # waited for a batch to fill, however long that wait would have been.
+    answers = [k for k, t in enumerate(traffic) if t == ("out", "put")]
+    assert len(answers) == 3, traffic
+    for answer in answers:
+        taken = max(k for k, t in enumerate(traffic[:answer]) if t[:2] == ("in", "get") and t[3])
+        between = [t for t in traffic[taken + 1 : answer] if t[:2] == ("in", "get")]
+        assert all(not blocking for _, _, blocking, _ in between), traffic
 
 
 def test_a_fixed_batch_detector_finds_what_the_dynamic_one_finds(clip_frames, tmp_path):

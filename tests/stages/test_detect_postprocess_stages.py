@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of
 
 from app.config import load_settings
 from app.errors import UserError
@@ -15,6 +14,7 @@ from app.pipeline.messages import FaceDetections
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import CandidateDetections, DetectStage
 from app.stages.postprocess import PostprocessStage
+from tests.stages.stage_chain import put_frame, ring_of
 from tests.support.shared_data import HAMILTON, REPO
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"

@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of, setup_all
 
 from app.config import load_settings
 from app.gallery import open_gallery
@@ -23,6 +22,7 @@ from app.stages.embed import EmbedStage, FaceEmbedder
 from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import EmbedChannel, RecognizeStage
 from app.vision.alignment import align_faces
+from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.onnx_models import fixed_batch_copy
 from tests.support.shared_data import HAMILTON, REPO
 

@@ -10,7 +10,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of
 
 from app.errors import UserError
 from app.pipeline.messages import SourceInfo, TrackedFaces
@@ -18,6 +17,7 @@ from app.pipeline.stage_runner import StopPipeline
 from app.stages import opencv_window as gui_module
 from app.stages.gui import GuiStage, gui_unavailable_reason
 from app.vision.drawing import KNOWN_BGR, PENDING_BGR, UNKNOWN_BGR, draw_faces, face_label
+from tests.stages.stage_chain import put_frame, ring_of
 
 SHAPE = (120, 160, 3)
 SOURCE = {0: SourceInfo(frame_shape=SHAPE, fps=20.0, live=False, source="test")}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of, sources
 
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import SourceInfo
@@ -15,6 +14,7 @@ from app.stages.capture import CaptureStage
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import fitted_input_hw
+from tests.stages.stage_chain import put_frame, ring_of, sources
 from tests.support.shared_data import HAMILTON, REPO
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"

@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from stage_chain import put_frame, ring_of, setup_all
 
 from app.config import load_settings
 from app.gallery import open_gallery
@@ -24,6 +23,7 @@ from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import RecognizeStage, SceneCutDetector
 from app.vision.image_io import read_image
+from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.shared_data import HAMILTON, REPO, SHARED_FACES
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"

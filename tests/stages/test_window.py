@@ -240,7 +240,7 @@ window.open()
 window.update(0, np.full((360, 640, 3), (0, 0, 255), np.uint8))
 window.update(1, np.full((360, 640, 3), (0, 255, 0), np.uint8))
 shown = None
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + 600  # a failure guard: the test quits it with q long before
 while time.monotonic() < deadline and window.show():
     state = "mosaic" if window.selected is None else f"camera {window.selected}"
     if state != shown:
@@ -284,13 +284,14 @@ def click(display: str, x: int, y: int) -> None:  # noqa: F811 - `display` is th
 
 
 def line_reader(proc: subprocess.Popen) -> Callable[[], str]:
-    """The process's next stdout line, waiting at most 20 s (a thread reads, so no line waits in a buffer)."""
+    """The process's next stdout line, waiting at most 60 s, a failure guard (a thread reads, so no line
+    waits in a buffer)."""
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.strip()) for line in proc.stdout], daemon=True).start()
 
     def next_line() -> str:
         try:
-            return lines.get(timeout=20)
+            return lines.get(timeout=60)
         except queue.Empty:
             raise AssertionError("the window process printed nothing more") from None
 
@@ -322,7 +323,7 @@ def test_real_window_click_selects_a_camera_keys_switch_back_and_q_quits(display
         assert read_line() == "mosaic"
         press_key(display, "q", at=(x + w // 4, y + h // 2))
         assert read_line() == "stopped quit key pressed (q)"
-        assert proc.wait(10) == 0
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -30,7 +30,7 @@ from typing import Self
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
-READY_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 60.0  # a failure guard: the broker says when it is ready
 STOP_TIMEOUT_S = 3.0
 
 

@@ -10,6 +10,15 @@ SHARED_PARTS = ("faces", "identities", "groups")  # what the tests read from it
 SHARED_FACES = SHARED_DATA / "faces"
 HAMILTON = SHARED_FACES / "short_hamilton_clip.mp4"
 SHARED_IDENTITIES = SHARED_DATA / "identities"  # labelled photo sets, one folder per person
+KNN_TRAIN = SHARED_FACES / "knn_examples" / "train"  # a few photos per person, one folder each
+# The demo images folder as `python -m app.models fetch` lays it out, built from the same files.
+DEMO_FILES = {
+    "obama.jpg": KNN_TRAIN / "obama" / "obama.jpg",
+    "obama2.jpg": KNN_TRAIN / "obama" / "obama2.jpg",
+    "obama3.jpg": SHARED_FACES / "edge" / "obama3.jpg",
+    "biden.jpg": KNN_TRAIN / "biden" / "biden.jpg",
+    "obama_partial_face.jpg": SHARED_FACES / "edge" / "obama_partial_face.jpg",
+}
 
 
 def missing_shared_data() -> str | None:

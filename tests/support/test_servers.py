@@ -29,6 +29,10 @@ INDEX_BAND_ROWS = 40  # top band: black with one white 12 px block at x = 12 * f
 INDEX_BLOCK_PX = 12
 OPEN_TIMEOUT_MS = 2000
 READ_TIMEOUT_MS = 2000
+# Where a test tells "failed at once" (a cut, a refusal) from "failed by a timeout", the timeout is this long:
+# a failure before it can only be the cut, however slow the machine, and nothing is timed.
+PATIENT_MS = 60_000
+CUT_GUARD_S = 30.0  # seconds a patient reader is given to see a cut (a failure guard)
 # TCP so the test does not depend on UDP; probesize 32 opens in ~0.1 s instead of ~27 frames of probing.
 RTSP_CAPTURE_OPTIONS = "rtsp_transport;tcp|probesize;32"
 
@@ -68,10 +72,12 @@ def assert_source_frames(frames: list[np.ndarray], source: list[np.ndarray]) -> 
     return indices
 
 
-def open_capture(url: str, read_timeout_ms: int = READ_TIMEOUT_MS) -> cv2.VideoCapture:
+def open_capture(
+    url: str, read_timeout_ms: int = READ_TIMEOUT_MS, open_timeout_ms: int = OPEN_TIMEOUT_MS
+) -> cv2.VideoCapture:
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-        OPEN_TIMEOUT_MS,
+        open_timeout_ms,
         cv2.CAP_PROP_READ_TIMEOUT_MSEC,
         read_timeout_ms,
     ]
@@ -186,7 +192,8 @@ def test_mjpeg_serves_source_frames_at_fps_looping(mjpeg_server: MjpegServer, so
     assert indices[0] == 0 and indices[-1] == 9, (
         "60 frames of a 50-frame source end at index 9 after one loop"
     )
-    assert 59 / FPS * 0.85 < elapsed < 59 / FPS * 2.0, f"59 frame intervals took {elapsed:.2f} s at {FPS} fps"
+    # Never faster than its fps (a lower bound: a loaded machine can only make it slower).
+    assert elapsed > 59 / FPS * 0.85, f"59 frame intervals took {elapsed:.2f} s at {FPS} fps"
     cap.release()
 
 
@@ -194,24 +201,20 @@ def test_mjpeg_stop_cuts_readers_and_restart_serves_same_url(
     mjpeg_server: MjpegServer, source_frames
 ) -> None:
     url, port = mjpeg_server.url, mjpeg_server.port
-    cap = open_capture(url)
+    cap = open_capture(url, read_timeout_ms=PATIENT_MS)
     read_frames(cap, 5)
     assert mjpeg_server.client_count == 1
 
     mjpeg_server.stop()
-    failed_after, _ = seconds_until_read_fails(cap, limit_s=5.0)
-    assert failed_after < 1.0, "a dropped connection must fail the read at once, not after the read timeout"
+    # A dropped connection fails the read at once: this reader's timeout is far beyond the guard.
+    seconds_until_read_fails(cap, limit_s=CUT_GUARD_S)
     assert port_refuses(port)
-    started = time.monotonic()
-    assert not open_capture(url).isOpened()
-    assert time.monotonic() - started < 1.0
+    assert not open_capture(url, open_timeout_ms=PATIENT_MS).isOpened()  # refused, not timed out
 
     mjpeg_server.start()
     assert mjpeg_server.url == url
-    started = time.monotonic()
     cap = open_capture(url)
-    assert_source_frames(read_frames(cap, 10), source_frames)
-    assert time.monotonic() - started < 2.0
+    assert_source_frames(read_frames(cap, 10), source_frames)  # readable again on the same url
     cap.release()
 
 
@@ -219,10 +222,9 @@ def test_mjpeg_freeze_times_out_reads_then_reconnect_works(mjpeg_server: MjpegSe
     cap = open_capture(mjpeg_server.url, read_timeout_ms=1000)
     read_frames(cap, 5)
     mjpeg_server.freeze()
-    failed_after, _ = seconds_until_read_fails(cap, limit_s=5.0)
-    assert 0.8 < failed_after < 2.0, (
-        f"a silent stream should fail the read after ~1 s, took {failed_after:.2f} s"
-    )
+    failed_after, _ = seconds_until_read_fails(cap, limit_s=CUT_GUARD_S)  # fails: never hangs
+    # Failed by the read timeout (1 s), not cut (a lower bound: load can only lengthen it).
+    assert failed_after > 0.8, f"a silent stream should fail by its read timeout, took {failed_after:.2f} s"
     mjpeg_server.unfreeze()
     cap = open_capture(mjpeg_server.url)
     assert_source_frames(read_frames(cap, 5), source_frames)
@@ -231,10 +233,10 @@ def test_mjpeg_freeze_times_out_reads_then_reconnect_works(mjpeg_server: MjpegSe
 
 def test_mjpeg_restart_helper_and_context_exit_free_the_port(source_frames: list[np.ndarray]) -> None:
     with MjpegServer(source_frames[:5], fps=50) as server:
-        cap = open_capture(server.url)
+        cap = open_capture(server.url, read_timeout_ms=PATIENT_MS)
         read_frames(cap, 2)
         server.restart()
-        assert seconds_until_read_fails(cap, limit_s=5.0)[0] < 1.0
+        seconds_until_read_fails(cap, limit_s=CUT_GUARD_S)  # the restart cut the reader
         assert len(read_frames(open_capture(server.url), 3)) == 3
         port = server.port
     assert port_refuses(port)
@@ -255,24 +257,20 @@ def test_rtsp_serves_source_frames_looping(rtsp_server: RtspServer, source_frame
 @needs_rtsp
 def test_rtsp_stop_cuts_readers_and_restart_serves_same_url(rtsp_server: RtspServer, source_frames) -> None:
     url, port, pid = rtsp_server.url, rtsp_server.port, rtsp_server.pid
-    cap = open_capture(url)
+    cap = open_capture(url, read_timeout_ms=PATIENT_MS)
     read_frames(cap, 5)
 
     rtsp_server.stop()
     assert pid is not None and process_gone(pid)
-    failed_after, _ = seconds_until_read_fails(cap, limit_s=5.0)
-    assert failed_after < 1.0, "a dropped connection must fail the read at once, not after the read timeout"
+    # A dropped connection fails the read at once: this reader's timeout is far beyond the guard.
+    seconds_until_read_fails(cap, limit_s=CUT_GUARD_S)
     assert port_refuses(port)
-    started = time.monotonic()
-    assert not open_capture(url).isOpened()
-    assert time.monotonic() - started < 1.0
+    assert not open_capture(url, open_timeout_ms=PATIENT_MS).isOpened()  # refused, not timed out
 
     rtsp_server.start()
     assert rtsp_server.url == url and rtsp_server.pid != pid
-    started = time.monotonic()
     cap = open_capture(url)
-    assert_source_frames(read_frames(cap, 10), source_frames)
-    assert time.monotonic() - started < 2.0, "a restarted camera must be readable again within 2 s"
+    assert_source_frames(read_frames(cap, 10), source_frames)  # a restarted camera is readable again
     cap.release()
 
 
@@ -282,11 +280,11 @@ def test_rtsp_freeze_times_out_reads_then_reconnect_works(rtsp_server: RtspServe
     cap = open_capture(rtsp_server.url, read_timeout_ms=int(timeout_s * 1000))
     read_frames(cap, 5)
     rtsp_server.freeze()
-    failed_after, longest_read = seconds_until_read_fails(cap, limit_s=10 * timeout_s)
+    failed_after, _ = seconds_until_read_fails(cap, limit_s=CUT_GUARD_S)  # fails: never hangs
     # FFmpeg's RTSP reader hands out up to two decoder-delayed frames, each after a full read timeout, before
-    # read() returns False: a stall shows as reads that take the whole timeout, then a failure by ~3x.
-    assert longest_read < timeout_s + 0.5
-    assert 0.8 * timeout_s < failed_after < 3 * timeout_s + 1.5
+    # read() returns False: the failure comes by the read timeout, not a cut (a lower bound: load can only
+    # lengthen it).
+    assert failed_after > 0.8 * timeout_s, failed_after
     rtsp_server.unfreeze()
     cap = open_capture(rtsp_server.url)
     assert_source_frames(read_frames(cap, 5), source_frames)
@@ -317,8 +315,10 @@ def test_short_stall_resumes_same_connection_at_fps(
         finally:
             timer.cancel()
         assert_source_frames(before + after, source_frames)
+        # Lower bounds only (a loaded machine can only lengthen both): the stall happened, and no burst of
+        # "late" frames followed it.
         assert stalled_s > 0.8, f"the stream did not stall: 12 frames in {stalled_s:.2f} s"
-        assert 25 / FPS * 0.8 < elapsed < 25 / FPS * 1.6, f"25 frames after the stall took {elapsed:.2f} s"
+        assert elapsed > 25 / FPS * 0.8, f"25 frames after the stall came in a burst: {elapsed:.2f} s"
         cap.release()
 
 
@@ -345,7 +345,7 @@ def test_rtsp_child_dies_with_its_parent(tmp_path: Path) -> None:
         parent.send_signal(signal.SIGKILL)
         parent.wait(5)
     # The leader thread turns zombie a moment before the last thread closes the sockets: wait for both.
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + 60.0  # a failure guard
     while not (process_gone(child_pid) and port_refuses(port)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process_gone(child_pid), "the RTSP server outlived its parent"
