@@ -33,6 +33,26 @@ def make_video(path: Path, frames: int = 40, size: tuple[int, int] = (64, 48), f
     return path
 
 
+class VirtualClock:
+    """A capture clock that only moves when the stage sleeps (starting from the real clock, so stamps look
+    like the other processes'); it writes how far it has moved to `record`, so a test in another process
+    can read the schedule the stage kept, whatever the load."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self.start: float | None = None
+        self.moved = 0.0
+
+    def __call__(self) -> float:
+        if self.start is None:
+            self.start = time.monotonic()
+        return self.start + self.moved
+
+    def sleep(self, seconds: float) -> None:
+        self.moved += max(0.0, seconds)
+        self.record.write_text(repr(self.moved))
+
+
 class MeanStage:
     """Like detection: claims the frame from the ring, then measures it."""
 
@@ -124,10 +144,12 @@ class LinesSink:
 
 def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None, max_speed: bool = True,
           delay_s: float = 0.0, setup_s: float = 0.0, recognize_error: str = "",
-          loaded_marker: Path | None = None) -> tuple[list, FrameRingHandle]:  # fmt: skip
+          loaded_marker: Path | None = None,
+          clock: VirtualClock | None = None) -> tuple[list, FrameRingHandle]:  # fmt: skip
     handle = Supervisor.new_ring_handle()
+    timing = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
     stages = [
-        CaptureStage(str(video), handle, max_speed=max_speed),
+        CaptureStage(str(video), handle, max_speed=max_speed, **timing),
         MeanStage(handle, fail_in=fail, delay_s=delay_s, setup_s=setup_s, loaded_marker=loaded_marker),
         PassStage("postprocess"),
         PassStage("recognize", setup_error=recognize_error),

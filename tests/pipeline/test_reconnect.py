@@ -22,6 +22,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from app.stages.gui import GuiStage
 from tests.pipeline.process_checks import REPO, RunningPipeline, shm_segments, still_alive
 from tests.support.servers import MjpegServer, RtspServer, rtsp_support_problem
 from tests.support.shared_data import HAMILTON
-from tests.support.waiting import GUARD_S, wait_until
+from tests.support.waiting import GUARD_S, guard, wait_until
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 RTSP_PROBLEM = rtsp_support_problem()
@@ -120,9 +121,13 @@ class Reader:
 
     def until(self, done: Callable[[Reader], bool], timeout: float = GUARD_S) -> None:
         """Produce until `done(self)`. Fails (never hangs) after `timeout`, a failure guard."""
-        deadline = time.monotonic() + timeout
+        with guard(timeout) as expired:
+            self._until(done, expired, timeout)
+
+    def _until(self, done: Callable[[Reader], bool], expired: threading.Event, timeout: float) -> None:
         while not done(self):
-            assert time.monotonic() < deadline, f"not done after {timeout} s: {self.summary()}"
+            if expired.is_set():
+                pytest.fail(f"not done within the {timeout:.0f} s guard: {self.summary()}")
             msg = self.capture.produce()
             assert msg is not None, "a live source must not end"
             if msg is NOTHING_YET:
