@@ -80,3 +80,19 @@ def run_source(capture, stages, limit: int | None = None) -> list:
             continue
         outputs.extend(chain(stages, [msg]))
     return outputs
+
+
+def read_all(capture, ring, limit: int = 10_000) -> list:
+    """Produce to the end, consuming each frame at once; (meta, pixels) per frame."""
+    out = []
+    while len(out) < limit:
+        msg = capture.produce()
+        if msg is None:
+            break
+        if msg is NOTHING_YET:
+            continue
+        meta = msg.meta
+        assert ring.claim(meta.slot, meta.seq)
+        out.append((meta, ring.frame(meta.slot).copy()))
+        ring.release(meta.slot, meta.seq)
+    return out

@@ -11,24 +11,8 @@ from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
-from tests.stages.stage_chain import ring_of
+from tests.stages.stage_chain import read_all, ring_of
 from tests.support.shared_data import HAMILTON
-
-
-def read_all(capture: CaptureStage, ring, limit: int = 10_000) -> list:
-    """Produce to the end, consuming each frame at once; (meta, pixels) per frame."""
-    out = []
-    while len(out) < limit:
-        msg = capture.produce()
-        if msg is None:
-            break
-        if msg is NOTHING_YET:
-            continue
-        meta = msg.meta
-        assert ring.claim(meta.slot, meta.seq)
-        out.append((meta, ring.frame(meta.slot).copy()))
-        ring.release(meta.slot, meta.seq)
-    return out
 
 
 def test_file_frames_arrive_in_order_with_their_pixels_and_times():

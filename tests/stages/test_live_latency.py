@@ -14,7 +14,7 @@ from app.stages.capture import CaptureStage
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import fitted_input_hw
-from tests.stages.stage_chain import put_frame, ring_of, sources
+from tests.stages.stage_chain import put_frame, read_all, ring_of, sources
 from tests.support.shared_data import HAMILTON, REPO
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
@@ -26,16 +26,7 @@ def test_a_paced_file_played_live_is_live_and_still_ends_at_its_last_frame():
     assert info.live is True
     with ring_of(info.frame_shape) as (ring, handle):
         capture.frames = handle
-        frames = 0
-        while True:
-            msg = capture.produce()
-            if msg is None:
-                break
-            if msg is NOTHING_YET:
-                continue
-            assert ring.claim(msg.meta.slot, msg.meta.seq)
-            ring.release(msg.meta.slot, msg.meta.seq)
-            frames += 1
+        frames = len(read_all(capture, ring))
         capture.close()
     assert capture.end_reason == "end of stream" and capture.reconnects == 0
     assert frames == info.frame_count == 275

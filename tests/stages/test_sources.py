@@ -19,6 +19,7 @@ from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
 from app.stages.sources import mask_url, open_video, parse_source, scrub_secrets
+from tests.stages.stage_chain import read_all
 from tests.support.servers import MjpegServer
 from tests.support.shared_data import HAMILTON
 
@@ -109,17 +110,10 @@ def test_mjpeg_stream_is_read_live_into_the_ring():
         ring, handle = new_ring(info.frame_shape, slots=4)
         capture.frames = handle
         try:
-            got = []
-            while True:
-                msg = capture.produce()
-                if msg is None:
-                    break
-                if msg is NOTHING_YET:
-                    continue
-                meta = msg.meta
-                assert ring.claim(meta.slot, meta.seq)
-                got.append((meta.frame_index, float(ring.frame(meta.slot).mean()), meta.source_time))
-                ring.release(meta.slot, meta.seq)
+            got = [
+                (meta.frame_index, float(pixels.mean()), meta.source_time)
+                for meta, pixels in read_all(capture, ring)
+            ]
             assert capture.end_reason == "frame limit reached (30)"
             # The first frame (read during setup) is stale by the start and skipped; the rest arrive in order,
             # each with the pixels of its own frame (grey 8 * i, give or take JPEG).
