@@ -4,11 +4,7 @@ under kill -9, and backups restore it (embedded and server engines)."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +18,8 @@ from app.errors import UserError
 from app.gallery import GalleryDamagedError, open_gallery
 from app.gallery.backup import backup_gallery, restore_gallery, verify_gallery
 from app.gallery.edge import EdgeGallery
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.child_process import kill_hard, python_child
+from tests.support.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -154,26 +150,15 @@ for i in range(start, start + 1000):
 def test_add_killed_at_random_points_leaves_a_gallery_that_opens_as_before_or_after(tmp_path):
     make_gallery(tmp_path)
     progress = tmp_path / "progress"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = random.Random(14)
     for _round in range(6):
         before = len(contents(tmp_path))
         progress.unlink(missing_ok=True)
-        child = subprocess.Popen(
-            [sys.executable, "-c", ADD_LOOP, str(tmp_path / "gallery"), str(progress)], env=env
-        )
-        try:
-            deadline = time.monotonic() + 120  # failure guard: the wait is on the child's progress file
-            while not progress.exists() and child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
+        with python_child(ADD_LOOP, str(tmp_path / "gallery"), str(progress)) as child:
+            wait_until(lambda: progress.exists() or child.poll() is not None, "the first add", poll_s=0.005)
             assert child.poll() is None, "the adding process ended by itself"
             time.sleep(rng.uniform(0.0, 0.25))  # lands anywhere inside a later add (copy, write, commit)
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(10)
+            kill_hard(child)
         committed = int(progress.read_text())  # persons in the gallery after the last add that returned
         after = contents(tmp_path)  # opens: the quick check passes
         assert len(after) in (committed, committed + 1)  # the add in flight is all there or not at all

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import av
@@ -16,8 +11,8 @@ import pytest
 
 from app.errors import UserError
 from app.vision.video_writer import CrashSafeVideoWriter, check_video_path
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.child_process import kill_hard, python_child
+from tests.support.waiting import wait_until
 
 WRITER_CHILD = """
 import os
@@ -65,22 +60,15 @@ def test_a_closed_video_is_h264_with_every_frame(tmp_path):
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_a_writer_killed_with_sigkill_leaves_every_frame_but_the_last_readable(tmp_path, suffix):
     out, progress = tmp_path / f"v{suffix}", tmp_path / "progress"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", WRITER_CHILD, str(out), str(progress)], env=env)
-    try:
-        deadline = time.monotonic() + 120  # a failure guard only: the wait is on the progress file
-        while time.monotonic() < deadline and child.poll() is None:
-            text = progress.read_text() if progress.exists() else ""
-            if text.isdigit() and int(text) >= 30:
-                break
-            time.sleep(0.01)
+
+    def thirty_written() -> bool:
+        text = progress.read_text() if progress.exists() else ""
+        return (text.isdigit() and int(text) >= 30) or child.poll() is not None
+
+    with python_child(WRITER_CHILD, str(out), str(progress)) as child:
+        wait_until(thirty_written, "30 frames written", poll_s=0.01)
         assert child.poll() is None, "the writer ended by itself"
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
+        kill_hard(child)
     written = int(progress.read_text())
     frames, codec = decoded_frames(out)
     assert codec == "h264" and written - 1 <= frames <= written + 1, (frames, written)
