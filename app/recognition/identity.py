@@ -100,6 +100,19 @@ class TrackLabel:
     linked_id: int | None = None  # the earlier track this one continues (re-linked by face); show this id
 
 
+VoteKind = Literal["none", "below", "abstain", "name"]
+
+
+@dataclass(frozen=True)
+class TrackEvidence:
+    """Why a track has the label it has, for diagnostics: how often it was embedded and what its latest
+    embedding said ("below": under threshold, "abstain": two people equally close, "name": a person)."""
+
+    embedded: int  # embeddings behind the track's current votes (0: its face was never embedded)
+    last_vote: VoteKind  # "none" until the first embedding
+    restarted: int  # times its template and undecided votes were dropped for another face
+
+
 @dataclass
 class IdentityCounters:
     embeddings: int = 0  # faces embedded (vectors received by update)
@@ -129,6 +142,8 @@ class _Record:
     contested: bool = False  # the latest vote disagreed with the given label: look again soon
     linked_from: int | None = None
     odd_vector: np.ndarray | None = None  # latest embedding unlike the template of a named track
+    last_vote: VoteKind = "none"
+    restarted: int = 0
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -289,6 +304,13 @@ class TrackIdentities:
         record = self._records.get(track_id)
         return None if record is None else self._label(record)
 
+    def evidence(self, track_id: int) -> TrackEvidence | None:
+        """What the track's label rests on (None once forgotten): for diagnostics, not for decisions."""
+        record = self._records.get(track_id)
+        if record is None:
+            return None
+        return TrackEvidence(record.embedded, record.last_vote, record.restarted)
+
     def aggregate_embedding(self, track_id: int) -> np.ndarray | None:
         """Quality-weighted mean of the track's kept embeddings (unit length for cosine models)."""
         record = self._records.get(track_id)
@@ -386,6 +408,7 @@ class TrackIdentities:
             record.embeddings = []
             record.odd_vector = None
             record.quick_left = cfg.max_pending_embeddings
+            record.restarted += 1
             if record.status == "known":
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
             else:  # nothing to keep: the evidence so far was about another face
@@ -394,6 +417,7 @@ class TrackIdentities:
                 record.similarity_sum.clear()
                 record.similarity_weight.clear()
         label, similarity, weight = self._vote(matches, quality)
+        record.last_vote = "abstain" if weight == 0 else "below" if label is None else "name"
         if (
             record.status == "pending"
             and record.linked_from is None
