@@ -144,6 +144,11 @@ class _Record:
     odd_vector: np.ndarray | None = None  # latest embedding unlike the template of a named track
     last_vote: VoteKind = "none"
     restarted: int = 0
+    box: np.ndarray | None = None  # the face box on the frame it was last seen
+    # Its face may have changed: it came back after a gap, or now stands where a track seen on the last
+    # frame vanished (the tracker may have given it that face). Its label is withheld until an embedding
+    # agrees with its template; two that do not (the same other face) restart it, name included.
+    in_doubt: bool = False
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -168,6 +173,7 @@ class TrackIdentities:
         self._frame = 0
         self._records: dict[int, _Record] = {}
         self._selected_quality: dict[int, float] = {}
+        self._doubts_checked = 0  # the frame whose take-overs were last looked for
         self.counters = IdentityCounters()
 
     # -- selection -------------------------------------------------------------------------------------
@@ -177,6 +183,7 @@ class TrackIdentities:
         cfg = self.config
         frame = self._frame + 1
         self._selected_quality = {}
+        self._check_takeovers(tracks, frame)
         usable = [t for t in tracks if t.landmarks is not None]
         if not usable:
             return []
@@ -205,6 +212,7 @@ class TrackIdentities:
             since = frame - record.last_embed
             must = (
                 record.embedded == 0
+                or record.in_doubt
                 or record.last_seen < frame - 1  # back after being gone
                 or (record.overlapped and max_overlap[i] < cfg.clear_iou)
                 or since
@@ -274,10 +282,12 @@ class TrackIdentities:
         then carries each face's quality as `selected_quality` gave it on the frame it was picked."""
         self._frame += 1
         frame = self._frame
+        self._check_takeovers(tracks, frame)
         present: dict[int, _Record] = {}
         for track in tracks:
             record = self._record(track.track_id, frame)
             record.last_seen = frame
+            record.box = _face_box(track)
             present[track.track_id] = record
         crossing = self._overlapping(tracks, embeddings)
         for track_id, vector in embeddings.items():
@@ -330,6 +340,30 @@ class TrackIdentities:
             self._records[track_id] = record
             self.counters.tracks += 1
         return record
+
+    def _check_takeovers(self, tracks: Sequence[TrackView], frame: int) -> None:
+        """Put in doubt the decided tracks whose face may not be the one their label is about: back after a
+        gap, or standing (IoU >= takeover_iou) where a track seen on the last frame has just vanished (a face
+        walking behind another: the tracker may hand the front face to the hidden one's track)."""
+        if self._doubts_checked == frame:
+            return
+        self._doubts_checked = frame
+        if not tracks:
+            return
+        records = [self._record(t.track_id, frame) for t in tracks]
+        present = {t.track_id for t in tracks}
+        vanished = [
+            r
+            for r in self._records.values()
+            if r.last_seen == frame - 1 and r.box is not None and r.track_id not in present
+        ]
+        covers = np.zeros(len(tracks), dtype=bool)
+        if vanished:
+            iou = box_iou(np.stack([_face_box(t) for t in tracks]), np.stack([r.box for r in vanished]))
+            covers = iou.max(axis=1) >= self.config.takeover_iou
+        for record, cover in zip(records, covers, strict=True):
+            if record.status != "pending" and (cover or record.last_seen < frame - 1):
+                record.in_doubt = True
 
     def _overlapping(self, tracks: Sequence[TrackView], embeddings: Mapping[int, np.ndarray]) -> set[int]:
         """Ids of embedded tracks whose face overlaps another track's by cross_iou or more right now."""
@@ -395,6 +429,7 @@ class TrackIdentities:
         keep = True  # whether this vector joins the template
         if consistent:
             record.odd_vector = None
+            record.in_doubt = False
         elif record.status == "known" and (
             record.odd_vector is None or self._similarity(vector, record.odd_vector[None])[0] < self.threshold
         ):
@@ -409,10 +444,11 @@ class TrackIdentities:
             record.odd_vector = None
             record.quick_left = cfg.max_pending_embeddings
             record.restarted += 1
-            if record.status == "known":
+            if record.status == "known" and not record.in_doubt:
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
             else:  # nothing to keep: the evidence so far was about another face
-                record.status = "pending"
+                record.in_doubt = record.contested = False
+                record.status, record.name = "pending", None
                 record.votes.clear()
                 record.similarity_sum.clear()
                 record.similarity_weight.clear()
@@ -526,7 +562,7 @@ class TrackIdentities:
             del self._records[track_id]
 
     def _label(self, record: _Record) -> TrackLabel:
-        if record.status == "pending":
+        if record.status == "pending" or record.in_doubt:
             return TrackLabel(record.track_id, None, record.last_similarity, "pending", record.linked_from)
         key = record.name
         weight = record.similarity_weight.get(key, 0.0)

@@ -25,6 +25,9 @@ class IdentityConfig:
     min_inside: float = 0.85  # faces with less of their box inside the frame are not embedded (bad vectors)
     cross_iou: float = 0.2  # overlapping another track this much marks the identity for re-checking
     clear_iou: float = 0.05  # ... which happens once the overlap has dropped below this
+    # A decided track standing this much (IoU) on the spot where a track seen on the last frame vanished
+    # may have been given that face by the tracker: its label is withheld until its face is checked again.
+    takeover_iou: float = 0.3
     # -- face quality (each term in 0..1; quality = size * frontal * sharpness terms) --
     reference_face_size: float = QualityConfig.reference_size  # px face height where the size term saturates
     reference_sharpness: float = QualityConfig.reference_sharpness  # ... and the sharpness term (64 px crop)
