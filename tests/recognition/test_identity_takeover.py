@@ -1,0 +1,77 @@
+"""A track that may have been handed another face (a take-over at an occlusion, or a re-find after a gap)
+shows no name until an embedding checks its face."""
+
+import numpy as np
+
+from app.gallery.base import Match
+from app.recognition.identity import TrackIdentities
+from app.recognition.identity_config import IdentityConfig
+from tests.recognition.test_identity import THRESHOLD, run, track, unit
+
+ALICE, BOB = unit(1), unit(2)
+SAYS = {  # what the gallery answers for each face: a clear, strong match (named on one view)
+    id(ALICE): [Match("alice", 0.7), Match("bob", 0.2)],
+    id(BOB): [Match("bob", 0.7), Match("alice", 0.2)],
+}
+
+
+def answer_with(faces: dict[int, np.ndarray]):
+    return lambda track_id: (faces[track_id], SAYS[id(faces[track_id])])
+
+
+def named_pair() -> TrackIdentities:
+    """Track 1 (alice, left) and track 2 (bob, right), both named."""
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    _, labels = run(manager, [track(1, x=100), track(2, x=300)], answer_with({1: ALICE, 2: BOB}))
+    assert (labels[1].name, labels[2].name) == ("alice", "bob")
+    return manager
+
+
+def test_a_named_track_on_the_spot_where_another_vanished_hides_its_name_when_the_face_is_not_its_own():
+    manager = named_pair()
+    # Track 2 vanished (bob walked behind); track 1 now stands on bob's spot, holding bob's face.
+    need, labels = run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    assert need == [1]  # checked at once
+    assert labels[1].status == "pending" and labels[1].name is None  # never "alice" on bob's face
+    # A second view of the same other face: the track starts over, and is named for the face it holds.
+    need, labels = run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    assert need == [1]
+    assert labels[1].name == "bob"
+
+
+def test_a_named_track_on_a_vanished_tracks_spot_keeps_its_name_when_its_face_checks_out():
+    manager = named_pair()
+    need, labels = run(manager, [track(1, x=290)], answer_with({1: ALICE}))
+    assert need == [1]
+    assert labels[1].name == "alice"
+
+
+def test_a_track_in_doubt_shows_no_name_while_its_face_is_not_embedded():
+    manager = named_pair()
+    # No embedding comes back on this frame (an asynchronous embedder): the label is withheld meanwhile.
+    manager.select_for_embedding([track(1, x=300)], None)
+    labels = manager.update([track(1, x=300)], {}, {})
+    assert labels[1].status == "pending"
+    assert manager.label(2).name == "bob"  # the vanished track keeps its own name for a re-find
+
+
+def test_a_named_track_far_from_where_another_vanished_is_not_in_doubt():
+    manager = named_pair()
+    need, labels = run(manager, [track(1, x=105)], answer_with({1: ALICE}))
+    assert need == []  # no reason to look again
+    assert labels[1].name == "alice"
+
+
+def test_a_named_track_back_after_a_gap_is_checked_before_its_name_shows_again():
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    run(manager, [track(1)], answer_with({1: ALICE}))
+    for _ in range(3):
+        run(manager, [], answer_with({}))
+    need, labels = run(manager, [track(1)], answer_with({1: BOB}))  # re-found, on another face
+    assert need == [1] and labels[1].status == "pending"
+    _, labels = run(manager, [track(1)], answer_with({1: BOB}))
+    assert labels[1].name == "bob"
+    for _ in range(3):
+        run(manager, [], answer_with({}))
+    need, labels = run(manager, [track(1)], answer_with({1: BOB}))  # re-found on its own face
+    assert need == [1] and labels[1].name == "bob"
