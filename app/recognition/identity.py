@@ -149,6 +149,8 @@ class _Record:
     # frame vanished (the tracker may have given it that face). Its label is withheld until an embedding
     # agrees with its template; two that do not (the same other face) restart it, name included.
     in_doubt: bool = False
+    steady_label: str | None = None  # the person the latest run of strong matches names
+    steady_count: int = 0  # ... and how many embeddings in a row matched them by threshold + fast_margin
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -216,7 +218,7 @@ class TrackIdentities:
                 or record.last_seen < frame - 1  # back after being gone
                 or (record.overlapped and max_overlap[i] < cfg.clear_iou)
                 or since
-                >= (cfg.unknown_refresh_interval if record.status == "unknown" else cfg.refresh_interval)
+                >= (cfg.refresh_interval if record.status == "known" else cfg.unknown_refresh_interval)
                 or (
                     (record.status != "known" or record.contested)
                     and record.quick_left > 0
@@ -444,6 +446,7 @@ class TrackIdentities:
             record.odd_vector = None
             record.quick_left = cfg.max_pending_embeddings
             record.restarted += 1
+            record.steady_label, record.steady_count = None, 0
             if record.status == "known" and not record.in_doubt:
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
             else:  # nothing to keep: the evidence so far was about another face
@@ -485,6 +488,15 @@ class TrackIdentities:
         )
         if strong and record.status == "pending":
             self._give(record, label)  # a large frontal face well above threshold: no need to wait
+            return
+        steady = label is not None and weight > 0 and similarity is not None
+        steady = steady and similarity >= self.threshold + cfg.fast_margin
+        if steady and record.steady_label == label:
+            record.steady_count += 1
+        else:
+            record.steady_label, record.steady_count = (label, 1) if steady else (None, 0)
+        if record.status == "pending" and record.steady_count >= cfg.steady_votes:
+            self._give(record, label)  # a small face, but matched well above threshold again and again
             return
         self._decide(record)
 

@@ -44,6 +44,11 @@ class IdentityConfig:
     # fast_margin (with the match_margin lead over anyone else): a clear view needs no second opinion.
     fast_quality: float = 0.6
     fast_margin: float = 0.06
+    # ... or on steady_votes embeddings in a row, whatever their quality, each matching the same person by
+    # threshold + fast_margin (and match_margin ahead of anyone else): a small face's votes weigh too
+    # little to reach min_evidence (a 35 px face matched at 0.58-0.59 against 0.475, lead 0.15, for 12
+    # embeddings stayed unnamed), but agreeing strong matches on every view are evidence enough.
+    steady_votes: int = 4
     # -- memory --
     max_embeddings: int = 12  # embeddings kept per track for its aggregate (best quality first)
     relink_window: int = 300  # frames a vanished track is remembered (re-found id or re-linked by embedding)
