@@ -27,8 +27,8 @@ What happens inside:
   vote contradicts its label (as many again); again when the face is clearly better (quality above the
   best embedded one times `better_quality_ratio`); when it comes back after being gone; after it crossed
   another face (once the boxes no longer overlap, since the tracker may have swapped them); and otherwise
-  every `refresh_interval` frames (`unknown_refresh_interval` for a track decided unknown, since an
-  early poor view of an enrolled person must not stick). Faces smaller than `min_face_size`, overlapping
+  every `refresh_interval` frames (`unknown_refresh_interval` for a track still pending or decided
+  unknown, since an early poor view of an enrolled person must not stick). Faces smaller than `min_face_size`, overlapping
   another track, or cut by the frame edge (less than `min_inside` of the box inside) are not embedded.
   Quality (app.recognition.quality) = size term (box height / `reference_face_size`) x frontal term (nose
   offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px
@@ -49,7 +49,9 @@ What happens inside:
   embedding arrives. Older votes fade by `vote_decay` per new embedding. A track stays "pending" until one
   label has `min_evidence` weight and leads the runner-up (another person or unknown) by
   `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
-  `fast_margin` (a large frontal face well above threshold). An "unknown" track is named on the same
+  `fast_margin` (a large frontal face well above threshold), or when `steady_votes` embeddings in a row,
+  whatever their quality, match the same person by threshold + `fast_margin` (a small face seen steadily:
+  its votes weigh too little ever to reach `min_evidence`). An "unknown" track is named on the same
   margin (a first naming); a given name changes only when another label leads it by `switch_margin`
   (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
@@ -59,6 +61,11 @@ What happens inside:
   inherits its votes and label, and `TrackLabel.linked_id` names the earlier track (the id to show, so a
   person who walks out and back in keeps their number). The margin is large on purpose: re-linking means
   "the same face seen moments ago", not merely "the same person" (that is the gallery's job).
+- Doubt: a decided track that comes back after a gap, or that stands (IoU >= `takeover_iou`) where a track
+  seen on the last frame has just vanished, may hold another face: when one face walks behind another the
+  tracker can hand the front face to the hidden one's track for a frame or two. Its label reads "pending"
+  until an embedding agrees with its template (embedded at once, when not overlapping another track); two
+  that do not (the same other face) restart it, its name included, and its votes start over.
 """
 
 from __future__ import annotations

@@ -75,3 +75,61 @@ def test_a_named_track_back_after_a_gap_is_checked_before_its_name_shows_again()
         run(manager, [], answer_with({}))
     need, labels = run(manager, [track(1)], answer_with({1: BOB}))  # re-found on its own face
     assert need == [1] and labels[1].name == "bob"
+
+
+def small_track(track_id: int) -> object:
+    return track(track_id, size=20.0)  # votes of a face this small weigh too little to reach min_evidence
+
+
+def test_a_small_face_matched_well_above_threshold_on_every_view_is_named_after_steady_votes():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    strong = [Match("alice", THRESHOLD + config.fast_margin + 0.02), Match("bob", THRESHOLD - 0.1)]
+    statuses, embedded = [], 0
+    for _ in range(40):
+        need, labels = run(manager, [small_track(1)], lambda _: (ALICE, strong))
+        embedded += len(need)
+        statuses.append(labels[1].status)
+        if labels[1].status == "known":
+            break
+    assert labels[1].name == "alice"
+    assert embedded == config.steady_votes  # named on the steady_votes-th strong view, not before
+    assert statuses.count("pending") == len(statuses) - 1
+
+
+def test_a_small_face_matched_just_above_threshold_is_not_named_on_steady_votes():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    weak = [Match("alice", THRESHOLD + config.fast_margin / 2), Match("bob", THRESHOLD - 0.1)]
+    for _ in range(200):
+        _, labels = run(manager, [small_track(1)], lambda _: (ALICE, weak))
+    assert labels[1].status == "pending"
+
+
+def test_an_ambiguous_strong_match_breaks_the_run_of_steady_votes():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    high = THRESHOLD + config.fast_margin + 0.02
+    clear = [Match("alice", high), Match("bob", THRESHOLD - 0.1)]
+    tied = [Match("alice", high), Match("bob", high - config.match_margin / 2)]  # abstains
+    answers = [clear] * (config.steady_votes - 1) + [tied] + [clear] * (config.steady_votes - 1)
+    embedded = 0
+    while embedded < len(answers):
+        need, labels = run(manager, [small_track(1)], lambda _: (ALICE, answers[embedded]))
+        embedded += len(need)
+    assert labels[1].status == "pending"  # never steady_votes clear matches in a row
+
+
+def test_an_undecided_track_is_looked_at_again_every_unknown_refresh_interval():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    below = [Match("alice", THRESHOLD - 0.01), Match("bob", THRESHOLD - 0.2)]  # weak: stays pending
+    frames = []
+    for frame in range(200):
+        need, labels = run(manager, [small_track(1)], lambda _: (ALICE, below))
+        if need:
+            frames.append(frame)
+    assert labels[1].status == "pending"
+    gaps = np.diff(frames)
+    assert len(frames) > config.max_pending_embeddings
+    assert set(gaps[config.max_pending_embeddings :]) == {config.unknown_refresh_interval}
