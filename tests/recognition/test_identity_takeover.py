@@ -115,7 +115,8 @@ def test_an_ambiguous_strong_match_breaks_the_run_of_steady_votes():
     answers = [clear] * (config.steady_votes - 1) + [tied] + [clear] * (config.steady_votes - 1)
     embedded = 0
     while embedded < len(answers):
-        need, labels = run(manager, [small_track(1)], lambda _: (ALICE, answers[embedded]))
+        matches = answers[embedded]
+        need, labels = run(manager, [small_track(1)], lambda _, m=matches: (ALICE, m))
         embedded += len(need)
     assert labels[1].status == "pending"  # never steady_votes clear matches in a row
 
