@@ -29,7 +29,8 @@ What happens inside:
   another face (once the boxes no longer overlap, since the tracker may have swapped them); and otherwise
   every `refresh_interval` frames (`unknown_refresh_interval` for a track still pending or decided
   unknown, since an early poor view of an enrolled person must not stick). Faces smaller than
-  `min_face_size`, overlapping another track, or cut by the frame edge (less than `min_inside` of the box inside) are not embedded.
+  `min_face_size`, overlapping another track, or cut by the frame edge (less than `min_inside` of the box
+  inside) are not embedded.
   Quality (app.recognition.quality) = size term (box height / `reference_face_size`) x frontal term (nose
   offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px
   grey crop / `reference_sharpness`) x detector-score term x the fraction inside the frame, each in 0..1.
