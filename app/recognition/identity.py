@@ -62,11 +62,12 @@ What happens inside:
   inherits its votes and label, and `TrackLabel.linked_id` names the earlier track (the id to show, so a
   person who walks out and back in keeps their number). The margin is large on purpose: re-linking means
   "the same face seen moments ago", not merely "the same person" (that is the gallery's job).
-- Doubt: a decided track that comes back after a gap, or that stands (IoU >= `takeover_iou`) where a track
-  seen on the last frame has just vanished, may hold another face: when one face walks behind another the
-  tracker can hand the front face to the hidden one's track for a frame or two. Its label reads "pending"
-  until an embedding agrees with its template (embedded at once, when not overlapping another track); two
-  that do not (the same other face) restart it, its name included, and its votes start over.
+- Doubt: a decided track that stands (IoU >= `takeover_iou`) where a track seen on the last frame has just
+  vanished may hold another face: when one face walks behind another the tracker can hand the front face
+  to the hidden one's track for a frame or two. Its label reads "pending" until an embedding agrees with
+  its template (embedded at once, when not overlapping another track); two that do not (the same other
+  face) restart it, its name included, and its votes start over. A track restarted that way is in doubt
+  again when it comes back after a gap (the tracker may give it back its first face).
 """
 
 from __future__ import annotations
@@ -153,10 +154,12 @@ class _Record:
     last_vote: VoteKind = "none"
     restarted: int = 0
     box: np.ndarray | None = None  # the face box on the frame it was last seen
-    # Its face may have changed: it came back after a gap, or now stands where a track seen on the last
-    # frame vanished (the tracker may have given it that face). Its label is withheld until an embedding
-    # agrees with its template; two that do not (the same other face) restart it, name included.
+    # Its face may have changed: it now stands where a track seen on the last frame vanished (the tracker
+    # may have given it that face), or it was restarted that way and comes back after a gap (the tracker
+    # may hand it its own face again). Its label is withheld until an embedding agrees with its template;
+    # two that do not (the same other face) restart it, name included.
     in_doubt: bool = False
+    taken_over: bool = False  # restarted in doubt: the face it holds is not the one it began with
     steady_label: str | None = None  # the person the latest run of strong matches names
     steady_count: int = 0  # ... and how many embeddings in a row matched them by threshold + fast_margin
 
@@ -352,9 +355,10 @@ class TrackIdentities:
         return record
 
     def _check_takeovers(self, tracks: Sequence[TrackView], frame: int) -> None:
-        """Put in doubt the decided tracks whose face may not be the one their label is about: back after a
-        gap, or standing (IoU >= takeover_iou) where a track seen on the last frame has just vanished (a face
-        walking behind another: the tracker may hand the front face to the hidden one's track)."""
+        """Put in doubt the decided tracks whose face may not be the one their label is about: standing
+        (IoU >= takeover_iou) where a track seen on the last frame has just vanished (a face walking behind
+        another: the tracker may hand the front face to the hidden one's track), or back after a gap once
+        taken over that way."""
         if self._doubts_checked == frame:
             return
         self._doubts_checked = frame
@@ -372,7 +376,8 @@ class TrackIdentities:
             iou = box_iou(np.stack([_face_box(t) for t in tracks]), np.stack([r.box for r in vanished]))
             covers = iou.max(axis=1) >= self.config.takeover_iou
         for record, cover in zip(records, covers, strict=True):
-            if record.status != "pending" and (cover or record.last_seen < frame - 1):
+            refound = record.taken_over and record.last_seen < frame - 1
+            if record.status != "pending" and (cover or refound):
                 record.in_doubt = True
 
     def _overlapping(self, tracks: Sequence[TrackView], embeddings: Mapping[int, np.ndarray]) -> set[int]:
@@ -458,6 +463,7 @@ class TrackIdentities:
             if record.status == "known" and not record.in_doubt:
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
             else:  # nothing to keep: the evidence so far was about another face
+                record.taken_over = record.in_doubt
                 record.in_doubt = record.contested = False
                 record.status, record.name = "pending", None
                 record.votes.clear()

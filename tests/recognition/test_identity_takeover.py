@@ -62,19 +62,27 @@ def test_a_named_track_far_from_where_another_vanished_is_not_in_doubt():
     assert labels[1].name == "alice"
 
 
-def test_a_named_track_back_after_a_gap_is_checked_before_its_name_shows_again():
+def test_a_named_track_back_after_a_gap_shows_its_name_at_once():
     manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
     run(manager, [track(1)], answer_with({1: ALICE}))
     for _ in range(3):
         run(manager, [], answer_with({}))
-    need, labels = run(manager, [track(1)], answer_with({1: BOB}))  # re-found, on another face
-    assert need == [1] and labels[1].status == "pending"
-    _, labels = run(manager, [track(1)], answer_with({1: BOB}))
-    assert labels[1].name == "bob"
+    need, labels = run(manager, [track(1)], answer_with({1: ALICE}))
+    assert need == [1] and labels[1].name == "alice"  # looked at again, but never hidden
+
+
+def test_a_track_restarted_by_a_take_over_is_checked_again_when_it_comes_back_after_a_gap():
+    manager = named_pair()
+    run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    _, labels = run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    assert labels[1].name == "bob"  # track 1 now holds bob's face (restarted by the take-over)
     for _ in range(3):
         run(manager, [], answer_with({}))
-    need, labels = run(manager, [track(1)], answer_with({1: BOB}))  # re-found on its own face
-    assert need == [1] and labels[1].name == "bob"
+    # The tracker hands track 1 its first face again (alice, out from behind): not shown as bob.
+    need, labels = run(manager, [track(1, x=120)], answer_with({1: ALICE}))
+    assert need == [1] and labels[1].status == "pending"
+    _, labels = run(manager, [track(1, x=120)], answer_with({1: ALICE}))
+    assert labels[1].name == "alice"
 
 
 def small_track(track_id: int) -> object:
