@@ -21,7 +21,10 @@ them are neither false positives nor misses. Boxes compared are the trackers' ma
 Printed: MOTA, IDF1, ID switches (motmetrics, IoU >= 0.5), identity accuracy per frame (a visible face counts
 as correct when its track shows the right name, or "unknown" for an unenrolled person), frames to the first
 correct name per appearance, unknowns named as known, flips of enrolled people's names, embeddings per
-detection (faces embedded / faces detected above the display threshold). The last line is JSON with the
+detection (faces embedded / faces detected above the display threshold), and where the enrolled face-frames
+not named are lost (`enrolled_lost`, the first cause that applies, LOSS_CAUSES: not detected (of which under
+60 px), detected without a track, wrong name, decided unknown, never embedded, undecided with the latest
+embedding below threshold / abstaining / naming someone). The last line is JSON with the
 totals over all sequences: mota, idf1, id_switches, identity_accuracy, unknown_named_as_known,
 embeddings_per_detection, plus the per-sequence and reference-tracker details.
 """
