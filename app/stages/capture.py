@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from app.errors import UserError
+from app.pipeline.cpu_meter import ModelCpu
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
@@ -133,6 +134,8 @@ class CaptureStage:
         self._outage: RetrySchedule | None = None
         self._next_status = 0.0
         self._sizes_seen: set[tuple[int, int]] = set()
+        # The decoder's reads, logged by the runner as this process's "model" CPU against the loop's.
+        self.model_cpu = ModelCpu()
 
     # -- stage API ----------------------------------------------------------------------------------------
 
@@ -287,7 +290,8 @@ class CaptureStage:
     def _read(self, cap: cv2.VideoCapture) -> tuple[np.ndarray, float, float, int] | None:
         """The next frame with its read times and index; None (and `_read_problem`) when there is none."""
         start = self.clock()
-        ok, image = cap.read()
+        with self.model_cpu.measure():
+            ok, image = cap.read()
         end = self.clock()
         took = end - start
         if not ok or image is None:
