@@ -81,9 +81,7 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
 class FrameRing:
     """The shared ring. Create it once (the owner unlinks it), attach everywhere else."""
 
-    def __init__(
-        self, shm: shared_memory.SharedMemory, lock: Any, owner: bool, freed: Any = None
-    ) -> None:
+    def __init__(self, shm: shared_memory.SharedMemory, lock: Any, owner: bool, freed: Any = None) -> None:
         self._shm = shm
         self._lock = lock
         # A multiprocessing Semaphore released on every slot freed: wakes a waiting acquire. Its count is only
