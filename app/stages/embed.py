@@ -202,11 +202,11 @@ class EmbedStage:
         queries = vectors.copy()
         row = 0
         for request in batch:
-            parts = request.templates or [[] for _ in request.track_ids]
-            for kept, quality in zip(parts, request.qualities, strict=True):
-                if kept:
+            parts = request.templates or [None for _ in request.track_ids]
+            for packed, quality in zip(parts, request.qualities, strict=True):
+                if packed is not None:
                     queries[row] = template_with(
-                        kept, vectors[row], quality, spec.threshold, spec.metric, floor
+                        packed.unpack(), vectors[row], quality, spec.threshold, spec.metric, floor
                     )[0]
                 row += 1
         return queries
