@@ -5,6 +5,8 @@ photos each (their other photos are probes), the rest are strangers; rates poole
 
     .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 1
     .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 3 --per-set
+    .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 1 \
+        --embedder checkpoints/mobilefacenet.onnx --flip --fuse checkpoints/dlib_resnet.onnx --fuse-weight 0.4
 
 Prints per-set lines with --per-set, then one JSON line last (all sets pooled): identified and
 strangers_accepted at the shipped threshold (or --threshold), threshold, identified_at_far_1e-2 / 1e-3
