@@ -67,3 +67,7 @@ class IdentityConfig:
             raise ValueError(f"vote_decay must be in (0, 1], got {self.vote_decay}")
         if self.max_embeddings < 1:
             raise ValueError("max_embeddings must be >= 1")
+        if not 0.0 < self.takeover_iou <= 1.0:
+            raise ValueError(f"takeover_iou must be in (0, 1], got {self.takeover_iou}")
+        if self.steady_votes < 1:
+            raise ValueError("steady_votes must be >= 1")

@@ -142,3 +142,13 @@ def test_an_undecided_track_is_looked_at_again_every_unknown_refresh_interval():
     gaps = np.diff(frames)
     assert len(frames) > config.max_pending_embeddings
     assert set(gaps[config.max_pending_embeddings :]) == {config.unknown_refresh_interval}
+
+
+def test_a_take_over_overlap_outside_0_1_or_no_steady_votes_is_refused():
+    for bad in ({"takeover_iou": 0.0}, {"takeover_iou": 1.5}, {"steady_votes": 0}):
+        try:
+            IdentityConfig(**bad)
+        except ValueError as error:
+            assert next(iter(bad)) in str(error)
+        else:
+            raise AssertionError(f"IdentityConfig accepted {bad}")
