@@ -2,6 +2,7 @@
 shows no name until an embedding checks its face."""
 
 import numpy as np
+import pytest
 
 from app.gallery.base import Match
 from app.recognition.identity import TrackIdentities
@@ -144,11 +145,7 @@ def test_an_undecided_track_is_looked_at_again_every_unknown_refresh_interval():
     assert set(gaps[config.max_pending_embeddings :]) == {config.unknown_refresh_interval}
 
 
-def test_a_take_over_overlap_outside_0_1_or_no_steady_votes_is_refused():
-    for bad in ({"takeover_iou": 0.0}, {"takeover_iou": 1.5}, {"steady_votes": 0}):
-        try:
-            IdentityConfig(**bad)
-        except ValueError as error:
-            assert next(iter(bad)) in str(error)
-        else:
-            raise AssertionError(f"IdentityConfig accepted {bad}")
+@pytest.mark.parametrize("bad", [{"takeover_iou": 0.0}, {"takeover_iou": 1.5}, {"steady_votes": 0}])
+def test_a_take_over_overlap_outside_0_1_or_no_steady_votes_is_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        IdentityConfig(**bad)
