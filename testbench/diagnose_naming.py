@@ -49,6 +49,11 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent)
+)  # its sibling scripts (tests/testbench shadows the name)
+
+from scan_video_threshold import enroll  # noqa: E402
 
 from app.config import load_settings  # noqa: E402
 from app.errors import UserError  # noqa: E402
@@ -61,7 +66,6 @@ from app.stages.recognize import SceneCutDetector, TrackFace  # noqa: E402
 from app.tracking import ByteTracker, TrackerConfig  # noqa: E402
 from app.tracking.matching import box_iou  # noqa: E402
 from app.vision.retinaface import RetinaFacePostprocessor, RetinaFacePreprocessor, fitted_input_hw  # noqa: E402
-from testbench.scan_video_threshold import enroll  # noqa: E402
 
 STAGES = ("not detected", "not tracked", "not embeddable", "weak embedding", "policy", "wrong name", "named")
 TRACK_IOU = 0.5  # a track is on the face when its detection box overlaps the face's this much
@@ -125,7 +129,9 @@ def pipeline_names(path: Path) -> dict[int, list[tuple[np.ndarray, str | None]]]
     try:
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            out.setdefault(int(row["frame"]), []).append((np.asarray(row["box"], np.float64), row.get("name")))
+            out.setdefault(int(row["frame"]), []).append(
+                (np.asarray(row["box"], np.float64), row.get("name"))
+            )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--tracks {path}: {exc}; pass the --tracks-out file of app.main") from None
     return out
@@ -269,7 +275,7 @@ def diagnose(args: argparse.Namespace) -> tuple[dict[str, list[FrameVerdict]], f
             fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
             replay = Replay(analyzer, gallery, first.shape[:2], min(settings.det_threshold, low), fps)
             frame_index, frame = 0, first
-            while frame is not None:
+            while frame is not None and (args.max_frames <= 0 or frame_index < args.max_frames):
                 dets = replay.detect(frame)
                 step = replay.step(frame, dets)
                 if frames_wanted is None or frame_index in frames_wanted:
@@ -322,7 +328,9 @@ def spans(frames: list[int]) -> str:
 
 def print_table(person: str, verdicts: list[FrameVerdict], threshold: float) -> None:
     print(f"{person} (threshold {threshold:.3f}):")
-    print("frame stage            h     score size  front sharp det   q     sim    other         embed  label")
+    print(
+        "frame stage            h     score size  front sharp det   q     sim    other         embed  label"
+    )
     for v in verdicts:
         q = v.quality or {}
         other = f"{v.other[0][:7]} {v.other[1]:.3f}" if v.other else ""
@@ -363,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--person", action="append", help="diagnose only this person (repeatable)")
     parser.add_argument("--tracks", type=Path, help="a --tracks-out file of a real run, shown beside")
     parser.add_argument("--frames", help="FIRST:STOP, print only these frames (the replay runs from 0)")
+    parser.add_argument("--max-frames", type=int, default=0, help="replay only the first N frames (0 = all)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
