@@ -38,7 +38,8 @@ def test_a_face_belongs_to_the_region_holding_its_centre():
     assert diagnose.in_regions(boxes, regions).tolist() == [True, False, False]  # centres 20, 105, 150
     assert diagnose.in_regions(np.zeros((0, 4)), regions).tolist() == []
     truth = {"A": [[0, 9, 0, 0, 1, 1], [20, 29, 0, 0, 1, 1]]}
-    assert diagnose.region_of(truth, "A", 25) == [[20, 29, 0, 0, 1, 1]] and diagnose.region_of(truth, "A", 15) == []
+    assert diagnose.region_of(truth, "A", 25) == [[20, 29, 0, 0, 1, 1]]
+    assert diagnose.region_of(truth, "A", 15) == []
 
 
 def test_frames_are_reported_as_spans():
