@@ -100,7 +100,7 @@ def enlargement_limit(src_hw: tuple[int, int]) -> float:
 
 
 def letterbox_scale(src_hw: tuple[int, int], input_hw: tuple[int, int]) -> float:
-    """input pixel = source pixel * this: the image fits the input, enlarged at most to `enlargement_limit`."""
+    """input pixel = source pixel * this: the image fits the input, enlarged at most `enlargement_limit`."""
     fit = min(input_hw[0] / src_hw[0], input_hw[1] / src_hw[1])
     return min(fit, enlargement_limit(src_hw))
 

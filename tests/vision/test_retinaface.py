@@ -9,9 +9,9 @@ from app.inference.backend import load_model
 from app.vision.image_io import read_image
 from app.vision.retinaface import (
     BGR_MEAN,
+    MAX_ENLARGED_SIDE,
     Detections,
     RetinaFacePostprocessor,
-    MAX_ENLARGED_SIDE,
     decode_retinaface,
     detector_input_hw,
     fitted_input_hw,
