@@ -336,8 +336,12 @@ def _convert(f: dataclasses.Field[Any], raw: Any, origin: str, key: str | None =
         value = _PARSERS[kind](raw.strip()) if isinstance(raw, str) else _typed(kind, raw)
     except ValueError as exc:
         raise ConfigError(
-            f"{origin} {shown}={raw!r} is not a valid {kind.__name__} ({one_line(exc)}); fix it in "
-            ".env, the environment or the command line"
+            f"{origin} {shown}={raw!r} is not a valid {kind.__name__} ({one_line(exc)}); fix it "
+            + (
+                "on the command line"
+                if origin == "option"
+                else "in .env, the environment or the command line"
+            )
         ) from None
     _validate(f, value, origin, shown)
     return value
@@ -522,7 +526,8 @@ def load_settings(
             continue
         if name not in fields:
             raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _convert(fields[name], given, "option")
+        # Overrides are the CLI's flags: name the flag the user typed, not the environment variable.
+        values[name] = _convert(fields[name], given, "option", setting_flag(name).option_strings[0])
     if "log_level" in values:
         values["log_level"] = str(values["log_level"]).upper()
     return Settings(**values)

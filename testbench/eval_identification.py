@@ -5,6 +5,8 @@ photos each (their other photos are probes), the rest are strangers; rates poole
 
     .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 1
     .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 3 --per-set
+    .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 1 \
+        --embedder checkpoints/mobilefacenet.onnx --flip --fuse checkpoints/dlib_resnet.onnx --fuse-weight 0.4
 
 Prints per-set lines with --per-set, then one JSON line last (all sets pooled): identified and
 strangers_accepted at the shipped threshold (or --threshold), threshold, identified_at_far_1e-2 / 1e-3
@@ -47,31 +49,91 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--fuse",
         type=Path,
-        help="second embedder ONNX (NHWC 224x224 BGR 0..255, e.g. faceres from testbench/tfjs_to_onnx.py): "
-        "score = (1 - w) cos(embedder) + w cos(second); measure with the identified_at_far_* keys",
+        action="append",
+        default=[],
+        help="another embedder ONNX to fuse (repeatable): one the project knows (dlib, MobileFaceNet, "
+        "ArcFace: each gets its own chip and scaling) or an NHWC graph from testbench/tfjs_to_onnx.py (BGR "
+        "0..255, e.g. faceres); score = (1 - sum w) cos(embedder) + sum w_i cos(fused_i); measure with the "
+        "identified_at_far_* keys",
     )
-    parser.add_argument("--fuse-weight", type=float, default=0.3, help="w of --fuse")
+    parser.add_argument(
+        "--fuse-weight", type=float, action="append", default=[], help="w of each --fuse, in order (0.3)"
+    )
+    parser.add_argument(
+        "--fuse-scale",
+        type=float,
+        default=0.75,
+        help="face scale in the chip of NHWC --fuse graphs: the ArcFace template shrunk about the centre",
+    )
     return parser
 
 
-FUSE_SIZE = 224
-FUSE_FACE_SCALE = 0.75  # the ArcFace template shrunk in the chip: some hair and chin, as faceres likes
+def fuse_weights(models: list[Path], weights: list[float]) -> list[float]:
+    """One weight per fused model (0.3 when none is given); their sum must leave the embedder a share."""
+    if not weights:
+        weights = [0.3] * len(models)
+    if len(weights) != len(models):
+        raise UserError(f"give one --fuse-weight per --fuse: {len(models)} models, {len(weights)} weights")
+    if any(not 0.0 <= w <= 1.0 for w in weights) or sum(weights) > 1.0 + 1e-9:
+        raise UserError(f"--fuse-weight values must be in 0..1 and sum to at most 1, got {weights}")
+    return weights
 
 
-def fused_embedder(analyzer, second: Path, weight: float):
-    """Largest face -> [sqrt(1-w) unit(first), sqrt(w) unit(second)]: cosine of two = the weighted sum."""
+def chip_embedder(model, spec, flip: bool, scale: float):
+    """(image, (1,5,2) landmarks) -> unit vector for one embedder, and the vector's size.
+
+    With a `spec` (an embedder the project knows) its own alignment and scaling are used; without one the
+    model is a TF.js graph converted by testbench/tfjs_to_onnx.py (NHWC input) and is fed BGR 0..255 chips
+    of the ArcFace template shrunk to `scale`, warped with replicated borders.
+    """
     import cv2
     import numpy as np
 
-    from app.inference.backend import load_model
     from app.inference.spec import ARCFACE_TEMPLATE, l2_normalize
     from app.vision.alignment import align_faces, estimate_similarities
+
+    size = int(model.inputs[0].shape[1]) if spec is None else 0
+    template = (ARCFACE_TEMPLATE - 56.0) * (scale * size / 112.0) + size / 2.0
+
+    def embed(image, landmarks):
+        if spec is None:
+            matrix = estimate_similarities(landmarks, template)[0]
+            chips = cv2.warpAffine(image, matrix, (size, size), borderMode=cv2.BORDER_REPLICATE)[None]
+        else:
+            chips = align_faces(image, landmarks, spec)
+        if flip:
+            chips = np.concatenate([chips, chips[:, :, ::-1]])
+        x = chips.astype(np.float32) if spec is None else spec.preprocess(np.ascontiguousarray(chips))
+        out = l2_normalize(np.asarray(model.run(x)[0]).reshape(len(chips), -1))
+        return l2_normalize(out.mean(axis=0))
+
+    if spec is not None:
+        return embed, spec.dim
+    return embed, int(model.run(np.zeros((1, size, size, 3), np.float32))[0].size)
+
+
+def load_chip_embedder(path: Path, threads: int | None, flip: bool, scale: float):
+    """chip_embedder for a file: NHWC input = a converted TF.js graph, else a kind the project knows."""
+    from app.inference.backend import load_model
+    from app.inference.spec import embedder_spec_for
+
+    model = load_model(path, "onnxruntime", threads)
+    shape = model.inputs[0].shape
+    nhwc = len(shape) == 4 and shape[-1] == 3 and isinstance(shape[1], int)
+    return chip_embedder(model, None if nhwc else embedder_spec_for(path, "auto", model), flip, scale)
+
+
+def fused_embedder(analyzer, args: argparse.Namespace):
+    """Largest face -> [sqrt(w_0) unit(first), sqrt(w_1) unit(second), ...]: cosine = the weighted sum."""
+    import numpy as np
+
     from app.vision.image_io import read_image
 
-    if not 0.0 <= weight <= 1.0:
-        raise UserError(f"--fuse-weight must be in 0..1, got {weight}")
-    model = load_model(second, "onnxruntime", analyzer.settings.threads)
-    template = (ARCFACE_TEMPLATE - 56.0) * (FUSE_FACE_SCALE * FUSE_SIZE / 112.0) + FUSE_SIZE / 2.0
+    weights = fuse_weights(args.fuse, args.fuse_weight)
+    threads = analyzer.settings.threads
+    parts = [chip_embedder(analyzer.embedder, analyzer.spec, args.flip, args.fuse_scale)]
+    parts += [load_chip_embedder(path, threads, args.flip, args.fuse_scale) for path in args.fuse]
+    scales = np.sqrt([1.0 - sum(weights), *weights])
 
     def embed(path: Path):
         image = read_image(path)
@@ -80,14 +142,10 @@ def fused_embedder(analyzer, second: Path, weight: float):
         if index is None:
             return None
         landmarks = detections.landmarks[index : index + 1]
-        first = analyzer.embed_chips(align_faces(image, landmarks, analyzer.spec))
-        matrix = estimate_similarities(landmarks, template)[0]
-        chip = cv2.warpAffine(image, matrix, (FUSE_SIZE, FUSE_SIZE), borderMode=cv2.BORDER_REPLICATE)
-        other = model.run(chip[None].astype(np.float32))[0].reshape(1, -1)
-        parts = [np.sqrt(1.0 - weight) * l2_normalize(first), np.sqrt(weight) * l2_normalize(other)]
-        return np.concatenate(parts, axis=1)[0]
+        vectors = [embed_one(image, landmarks) for embed_one, _ in parts]
+        return np.concatenate([k * v for k, v in zip(scales, vectors, strict=True)])
 
-    return embed, analyzer.spec.dim + int(model.outputs[0].shape[-1] or 1024)
+    return embed, sum(dim for _, dim in parts), weights
 
 
 def load_faces(args: argparse.Namespace):
@@ -107,14 +165,14 @@ def load_faces(args: argparse.Namespace):
     )
     analyzer = FaceAnalyzer(settings)
     spec = analyzer.spec
-    if getattr(args, "fuse", None) is not None:
+    if getattr(args, "fuse", None):
         import dataclasses
 
-        embed, dim = fused_embedder(analyzer, args.fuse, args.fuse_weight)
-        threshold = spec.threshold if args.threshold is None else args.threshold
-        fused = dataclasses.replace(
-            spec, metric="cosine", dim=dim, model_id=f"{spec.model_id}+{args.fuse.stem}", threshold=threshold
-        )
+        embed, dim, _ = fused_embedder(analyzer, args)
+        threshold = getattr(args, "threshold", None)
+        threshold = spec.threshold if threshold is None else threshold
+        model_id = "+".join([spec.model_id, *(path.stem for path in args.fuse)])
+        fused = dataclasses.replace(spec, metric="cosine", dim=dim, model_id=model_id, threshold=threshold)
         return embed_folders(args.images, embed, dim), fused
     return embed_folders(args.images, largest_face_embedder(analyzer, args.flip), spec.dim), spec
 
@@ -163,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     line = reports["all"].as_json()
     line.update(model_id=spec.model_id, flip=bool(args.flip), no_face=len(faces.no_face))
-    if args.fuse is not None:
-        line["fuse_weight"] = args.fuse_weight
+    if args.fuse:
+        line["fuse_weights"] = fuse_weights(args.fuse, args.fuse_weight)
     if args.per_set:
         line["per_set"] = {
             name: {k: v for k, v in r.as_json().items() if k in ("identified", "strangers_accepted", "rank1")}

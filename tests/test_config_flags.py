@@ -190,5 +190,19 @@ def test_a_value_of_another_type_is_one_line_naming_the_setting(name, given):
     with pytest.raises(ConfigError) as info:
         load_settings({name: given}, env_file=None)
     message = str(info.value)
-    assert env_name(name) in message and f"is not a valid {setting_type(name).__name__}" in message
+    flag = setting_flag(name).option_strings[0]
+    assert f"option {flag}=" in message and f"is not a valid {setting_type(name).__name__}" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"), [(["--det-size", "abc"], "--det-size='abc'"), (["--threshold", "7"], "--threshold=7")]
+)
+def test_a_bad_flag_value_is_named_as_the_flag_in_both_clis(argv, named):
+    for parse in (
+        lambda: main.overrides_from(main.build_parser().parse_args(argv)),
+        lambda: flag_overrides(enroll.build_parser().parse_args([*argv, "list"]), enroll.SETTINGS),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_settings(parse(), env_file=None)
+        assert named in str(info.value) and "FACEPIPE_" not in str(info.value)

@@ -255,4 +255,4 @@ def test_identify_on_empty_gallery_names_nobody(tmp_path: Path) -> None:
 
 def test_bad_option_value_is_one_line(tmp_path: Path) -> None:
     result = run_cli("identify", TEST / "obama1.jpg", "--threshold", "high", cwd=tmp_path)
-    assert_one_line_error(result, "MATCH_THRESHOLD")
+    assert_one_line_error(result, "--threshold='high'")

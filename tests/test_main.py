@@ -101,7 +101,7 @@ def test_missing_file_is_one_line(tmp_path):
 
 def test_bad_flag_value_is_one_line(tmp_path):
     result = run_cli(tmp_path, "--source", str(HAMILTON), "--no-gui", "--threshold", "high")
-    assert_one_error_line(result, "MATCH_THRESHOLD='high' is not a valid float")
+    assert_one_error_line(result, "--threshold='high' is not a valid float")
 
 
 def test_gui_without_a_window_says_use_no_gui(tmp_path):
