@@ -1,6 +1,4 @@
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +6,7 @@ import pytest
 
 from app.errors import UserError
 from tests.support.shared_data import SHARED_FACES
+from tests.support.testbench_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = SHARED_FACES / "short_hamilton_clip.mp4"
@@ -20,16 +19,7 @@ ENROLL = [
 ]
 
 
-def _load(name: str):
-    # by file path: tests/testbench would otherwise shadow the top-level testbench folder (namespace package)
-    spec = importlib.util.spec_from_file_location(f"testbench_{name}", REPO / "testbench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-diagnose = _load("diagnose_naming")
+diagnose = load_script("diagnose_naming")
 
 
 def test_a_face_belongs_to_the_region_holding_its_centre():
