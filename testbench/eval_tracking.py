@@ -274,16 +274,21 @@ def from_video(path: Path) -> Sequence:
 # -- running ---------------------------------------------------------------------------------------------
 
 
-def enrol(analyzer: FaceAnalyzer, gallery, photos: dict[str, list[Path]] | None = None) -> set[str]:
+def enrol(
+    analyzer: FaceAnalyzer, gallery, photos: dict[str, list[Path]] | None = None, min_score: float = 0.0
+) -> set[str]:
+    """min_score: the display threshold. The analyzer keeps boxes down to the tracker's low threshold, and at
+    DET_SIZE 1280 obama.jpg's largest box is then a 0.22 non-face."""
     photos = demo_sets().enroll if photos is None else photos
     for name, paths in photos.items():
         vectors = []
         for path in paths:
             image = cv2.imread(str(path))
             dets = analyzer.detect(image)
-            best = dets.largest()
-            if best is None:
+            confident = np.flatnonzero(dets.scores >= min_score)
+            if not len(confident):
                 raise UserError(f"no face in enrolment photo {path}")
+            best = int(confident[np.argmax(dets.areas()[confident])])
             vectors.append(analyzer.embed(image, dets.landmarks[best][None])[0])
         gallery.add(name, np.stack(vectors))
     return set(photos)
@@ -587,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = display.replace(det_threshold=tracker_config.low_thresh, qdrant_path=Path(tmp))
             analyzer = FaceAnalyzer(settings)
             gallery = open_gallery(settings, analyzer.spec)
-            enrolled = enrol(analyzer, gallery)
+            enrolled = enrol(analyzer, gallery, min_score=display.det_threshold)
             if args.video is not None:
                 sequences = [from_video(args.video)]
             else:
@@ -604,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                 own = gallery
                 if sequence.enroll is not None:  # its own people: a gallery of their own
                     own = open_gallery(settings.replace(qdrant_path=Path(tmp) / f"g{number}"), analyzer.spec)
-                    who = enrol(analyzer, own, sequence.enroll)
+                    who = enrol(analyzer, own, sequence.enroll, display.det_threshold)
                 runs, detected = run_sequence(
                     sequence, analyzer, own, tracker_config, identity_config, display.det_threshold
                 )

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 # The GPU twins of vision's preprocessing share its constants, so the two paths cannot drift apart.
 from app.vision.alignment import PRESHRINK_BELOW_SCALE
-from app.vision.retinaface import BGR_MEAN
+from app.vision.retinaface import BGR_MEAN, letterbox_scale
 
 
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -52,7 +52,7 @@ def letterbox_batch(
     scales: list[float] = []
     for i, frame in enumerate(frames):
         src_h, src_w = int(frame.shape[0]), int(frame.shape[1])
-        scale = min(h / src_h, w / src_w)
+        scale = letterbox_scale((src_h, src_w), (h, w))
         rh, rw = _resized_hw(src_h, src_w, scale)
         chw = frame.permute(2, 0, 1).unsqueeze(0).float()
         # Output size and mapping scale given separately, as cv2.resize(fx=scale) does (size is rounded,

@@ -1,7 +1,5 @@
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +7,13 @@ import pytest
 
 from app.errors import UserError
 from tests.support.shared_data import SHARED_FACES
+from tests.support.testbench_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    # by file path: tests/testbench would otherwise shadow the top-level testbench folder (namespace package)
-    spec = importlib.util.spec_from_file_location(f"testbench_{name}", REPO / "testbench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ev = _load("eval_verification")
-make_pairs = _load("make_pairs")
+ev = load_script("eval_verification")
+make_pairs = load_script("make_pairs")
 
 
 def test_auc_by_rank_statistic():

@@ -1,6 +1,4 @@
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +6,7 @@ import pytest
 
 from app.errors import UserError
 from tests.support.shared_data import SHARED_FACES
+from tests.support.testbench_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = SHARED_FACES / "short_hamilton_clip.mp4"
@@ -25,16 +24,7 @@ HAMILTON_TRUTH = {
 }
 
 
-def _load(name: str):
-    # by file path: tests/testbench would otherwise shadow the top-level testbench folder (namespace package)
-    spec = importlib.util.spec_from_file_location(f"testbench_{name}", REPO / "testbench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-scan = _load("scan_video_threshold")
+scan = load_script("scan_video_threshold")
 
 
 def test_parse_thresholds_includes_stop():

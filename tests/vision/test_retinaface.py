@@ -9,16 +9,19 @@ from app.inference.backend import load_model
 from app.vision.image_io import read_image
 from app.vision.retinaface import (
     BGR_MEAN,
+    MAX_ENLARGED_SIDE,
     Detections,
     RetinaFacePostprocessor,
     decode_retinaface,
     detector_input_hw,
+    fitted_input_hw,
     letterbox,
+    letterbox_scale,
     nms,
     prior_boxes,
     split_outputs,
 )
-from tests.support.shared_data import SHARED_FACES
+from tests.support.shared_data import SHARED_FACES, SHARED_IDENTITIES
 
 REPO = Path(__file__).resolve().parents[2]
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
@@ -203,6 +206,34 @@ def test_letterbox_upscales_small_images_and_writes_in_place():
     np.testing.assert_allclose(out[1, :, :, :40], expected.transpose(2, 0, 1))
     np.testing.assert_array_equal(out[1, :, :, 40:], 0.0)
     np.testing.assert_array_equal(out[0], 7.0)  # the other batch row is untouched
+
+
+def test_a_larger_input_enlarges_no_image_beyond_a_640_long_side():
+    assert MAX_ENLARGED_SIDE == 640
+    assert letterbox_scale((150, 150), (960, 960)) == pytest.approx(640 / 150)  # as at 640, not 960 / 150
+    assert letterbox_scale((150, 150), (640, 640)) == pytest.approx(640 / 150)
+    assert letterbox_scale((720, 1280), (736, 1280)) == 1.0  # a big frame: up to its own resolution
+    assert letterbox_scale((720, 1280), (1088, 1920)) == 1.0
+    assert letterbox_scale((720, 1280), (384, 640)) == 0.5  # shrinking is never limited
+    # the fitted input follows: a 640x360 clip at DET_SIZE 1280 needs no more than its own 640x384
+    assert fitted_input_hw([(360, 640)], 1280) == (384, 640)
+    assert fitted_input_hw([(720, 1280)], 1280) == (736, 1280)
+    assert fitted_input_hw([(720, 1280), (360, 640)], 1280) == (736, 1280)
+    _, scale = letterbox(np.zeros((150, 150, 3), np.uint8), 960)
+    assert scale == pytest.approx(640 / 150)
+
+
+def test_a_tight_face_photo_gives_the_same_face_at_a_larger_input(detector):
+    """A 150x150 identity photo: at a 960 input unlimited enlargement made its face ~900 px, beyond the
+    largest priors (512), and the box came out ~30 % too small; now 960 finds the face 640 finds."""
+    image = read_image(SHARED_IDENTITIES / "bbt" / "amy" / "face-api-amy1.png")
+    assert image.shape[:2] == (150, 150)
+    at_640, at_960 = detect(detector, image, 640), detect(detector, image, 960)
+    assert len(at_640) == len(at_960) == 1
+    height = at_640.boxes[0, 3] - at_640.boxes[0, 1]
+    assert height > 120  # the face fills the photo
+    np.testing.assert_allclose(at_960.boxes[0], at_640.boxes[0], atol=1.0)
+    np.testing.assert_allclose(at_960.landmarks[0], at_640.landmarks[0], atol=1.0)
 
 
 def test_detector_input_hw_follows_the_model(detector):
