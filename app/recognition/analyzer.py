@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from app.config import Settings
@@ -21,6 +22,13 @@ from app.vision.retinaface import (
     RetinaFacePostprocessor,
     RetinaFacePreprocessor,
 )
+
+# A face filling a tight crop (a face photo cut at the chin and hairline, as face libraries store them) is
+# found, but RetinaFace places its landmarks badly with no context around it; with a margin of the photo's
+# own edge pixels it places them as on the uncropped photo. On the identity photos (most of them 150x150
+# crops) that margin raised identification at 1 % strangers from 0.86 to 0.94 (dlib, 1 photo enrolled).
+TIGHT_FILL = 0.5  # a face box this share of the photo's width or height (or no face found): look again
+TIGHT_MARGIN = 0.3  # the margin added on every side, as a share of the photo's long side
 
 
 class FaceAnalyzer:
@@ -45,8 +53,20 @@ class FaceAnalyzer:
         return self.spec.model_id
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
-        """Faces in one BGR uint8 image, best score first, in image pixels."""
-        return self.detect_batch([image_bgr])[0]
+        """Faces in one BGR uint8 image, best score first, in image pixels.
+
+        A photo whose face fills it (or where no face is found) is looked at again with a margin around it
+        (`TIGHT_FILL`, `TIGHT_MARGIN`); those detections are used when that finds a face."""
+        found = self.detect_batch([image_bgr])[0]
+        if not _tight(found, image_bgr.shape[:2]):
+            return found
+        h, w = image_bgr.shape[:2]
+        margin = int(round(TIGHT_MARGIN * max(h, w)))
+        framed = cv2.copyMakeBorder(image_bgr, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+        again = self.detect_batch([framed])[0]
+        if not len(again):
+            return found
+        return Detections(again.boxes - margin, again.scores, again.landmarks - margin)
 
     def detect_batch(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
         """Detect in several images with one detector call (all are letterboxed to the same input size)."""
@@ -73,3 +93,13 @@ class FaceAnalyzer:
             return np.zeros((0, self.spec.dim), np.float32)
         raw = self.embedder.run(self.spec.preprocess(chips))[0]
         return self.spec.postprocess(raw)
+
+
+def _tight(found: Detections, image_hw: tuple[int, int]) -> bool:
+    """No face, or the largest one fills `TIGHT_FILL` of the image's width or height."""
+    index = found.largest()
+    if index is None:
+        return True
+    x1, y1, x2, y2 = found.boxes[index]
+    h, w = image_hw
+    return bool(max((x2 - x1) / w, (y2 - y1) / h) >= TIGHT_FILL)

@@ -102,3 +102,37 @@ def test_same_person_across_resolutions_is_close(analyzer):
     small = largest_face_embedding(analyzer, SHARED_FACES / "obama-240p.jpg")
     large = largest_face_embedding(analyzer, SHARED_FACES / "obama-1080p.jpg")
     assert analyzer.spec.similarity(small[None], large[None])[0, 0] > 0.6  # distance < 0.4
+
+
+TIGHT_PHOTOS = ["obama-720p.jpg", "lin-manuel-miranda.png", "alex-lacamoire.png", "two_people.jpg"]
+
+
+def tight_crop(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A square crop inside the face box (cut at the chin and hairline), its offset and side."""
+    x1, y1, x2, y2 = box
+    side = 0.9 * max(x2 - x1, y2 - y1)
+    left, top = int((x1 + x2 - side) / 2), int((y1 + y2 - side) / 2)
+    return image[top : int(top + side), left : int(left + side)], np.array([left, top], np.float32), side
+
+
+def test_a_tight_face_crop_gets_the_landmarks_of_the_uncropped_photo(analyzer):
+    plain_errors, errors = [], []
+    for name in TIGHT_PHOTOS:
+        image = read_image(SHARED_FACES / name)
+        whole = analyzer.detect(image)
+        i = whole.largest()
+        crop, offset, side = tight_crop(image, whole.boxes[i])
+        plain = analyzer.detect_batch([crop])[0]  # one look, no margin
+        found = analyzer.detect(crop)
+        for det, out in ((plain, plain_errors), (found, errors)):
+            j = det.largest()
+            out.append(np.abs(det.landmarks[j] + offset - whole.landmarks[i]).max() / side)
+    assert max(errors) < 0.04, errors  # every landmark within 4 % of the face size
+    assert np.mean(errors) < 0.75 * np.mean(plain_errors), (errors, plain_errors)
+
+
+def test_a_photo_with_room_around_the_face_is_looked_at_once(analyzer):
+    image = read_image(SHARED_FACES / "two_people.jpg")
+    once, found = analyzer.detect_batch([image])[0], analyzer.detect(image)
+    np.testing.assert_array_equal(found.landmarks, once.landmarks)
+    np.testing.assert_array_equal(found.boxes, once.boxes)
