@@ -436,6 +436,7 @@ def run_pipeline(
     out["gpu_util_percent"] = gpu.summary(done[0], done[-1]) if done else None
     out["stage_cpu_percent"] = cpu.percent(done[0], done[-1]) if done else {}
     text = stage_log.read_text(errors="replace")
+    out["stage_cpu_ms_per_frame"] = stage_cpu_per_frame(text, int(out.get("frames") or 0))
     embedding = EMBEDDING_LINE.search(text)
     if embedding:
         faces, batches = int(embedding.group(1)), int(embedding.group(2))
@@ -455,6 +456,27 @@ def run_pipeline(
         }
         if out.get("frames"):
             out["recognition"]["embedded_per_frame"] = round(embedded / int(out["frames"]), 3)
+    return out
+
+
+def stage_cpu_per_frame(text: str, frames: int) -> dict[str, dict[str, float]]:
+    """Each process's CPU per frame it handled, from the stage log's CPU lines (`app.pipeline.cpu_meter`):
+    `cpu` all of it, `model` inside its model calls (capture: the decoder's read), `outside_model` the rest
+    (the process's own loop). The embedding worker handles no frames: its figures are per frame of the run.
+    """
+    from app.pipeline.cpu_meter import parse_cpu_lines
+
+    out = {}
+    for node, cpu in sorted(parse_cpu_lines(text).items()):
+        items = cpu.items if cpu.items else frames
+        if items <= 0:
+            continue
+        out[node] = {
+            "cpu": round(cpu.loop_s / items * 1e3, 3),
+            "model": round(cpu.model_s / items * 1e3, 3),
+            "outside_model": round((cpu.loop_s - cpu.model_s) / items * 1e3, 3),
+            "items": items,
+        }
     return out
 
 
@@ -797,6 +819,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "faces_per_frame": round(faces, 2) if faces == faces else None,
         "det_batch": run["det_batch"],
         "stage_cpu_percent": run["stage_cpu_percent"],
+        "stage_cpu_ms_per_frame": run["stage_cpu_ms_per_frame"],
         "recognition": run.get("recognition"),
         "ring_slots": slots,
         "threads": {"detector": det_threads, "embedder": embed_threads},

@@ -8,12 +8,15 @@ some and no stream waits behind another's backlog.
 
 Waiting on several `multiprocessing.Queue`s at once uses their reading pipe ends with
 `multiprocessing.connection.wait`: a queue has no public handle for that, but `_reader` is the connection
-its `get()` reads from. Plain `queue.Queue`s (in-process tests) are polled instead.
+its `get()` reads from. Plain `queue.Queue`s (in-process tests) are polled instead. Looking for a message
+asks one `select.poll` (made once) which pipes have data, then reads only those: trying each queue in turn
+cost ~3 us a queue (its lock, a poll, an exception), ~50 us for 16 empty ones, once a batch at least.
 """
 
 from __future__ import annotations
 
 import queue
+import select
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -31,12 +34,32 @@ class FairInbox:
         self._next = 0
         readers: list[Connection] = [r for q in self.queues if (r := getattr(q, "_reader", None)) is not None]
         self._readers = readers if len(readers) == len(self.queues) else None
+        self._poller: Any = None
+        self._fds: list[int] = []
+        self._ready: set[int] = set()
+        if self._readers is not None and len(self.queues) > 1 and hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._fds = [r.fileno() for r in self._readers]
+            for fd in self._fds:
+                self._poller.register(fd, select.POLLIN)
 
     def get_nowait(self) -> Any:
         """The next message from the next queue (in turn) that has one; queue.Empty when none has."""
         n = len(self.queues)
+        ready: set[int] | None = None
+        if self._poller is not None:
+            # The pipes found with data by the last poll and not read since: one poll serves a whole round.
+            if not self._ready:
+                self._ready = {fd for fd, _ in self._poller.poll(0)}
+                if not self._ready:
+                    raise queue.Empty
+            ready = self._ready
         for step in range(n):
             i = (self._next + step) % n
+            if ready is not None:
+                if self._fds[i] not in ready:
+                    continue
+                ready.discard(self._fds[i])
             try:
                 msg = self.queues[i].get_nowait()
             except queue.Empty:

@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Protocol
 from app.errors import UserError, one_line
 from app.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 from app.pipeline.channels import FairInbox
+from app.pipeline.cpu_meter import ModelCpu, StageCpu
 from app.pipeline.messages import (
     EndOfStream,
     Failed,
@@ -146,8 +147,12 @@ def stamp_now() -> float:
 class StageRunner:
     """Runs one stage against its channels until end of stream, a stop request or an error."""
 
-    def __init__(self, stage: Any, channels: StageChannels, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, stage: Any, channels: StageChannels, poll_s: float = POLL_S, node: str | None = None
+    ) -> None:
         self.stage = stage
+        self.node = node or stage.name  # several capture nodes run one stage class: the process's name
+        self.items = 0  # messages produced (a source) or taken in (a consumer) by the loop
         self.channels = channels
         self.poll_s = poll_s
         self.caps = capabilities_of(stage)
@@ -183,8 +188,11 @@ class StageRunner:
             return EXIT_FAILED
         code = EXIT_OK
         orderly = False
+        start: Start | None = None
+        loop_cpu = 0.0
         try:
             start = self._wait_for_start()
+            loop_cpu = self._start_cpu()
             if start is not None:
                 self._open_streams = start.streams
                 if self.caps.starts:
@@ -203,6 +211,8 @@ class StageRunner:
             self._report_failure(exc, during_setup=False)
             code = EXIT_FAILED
         finally:
+            if start is not None:
+                self._log_cpu(loop_cpu)
             self._close_stage()
             if not orderly:
                 # Nobody may read what is still buffered for the next stage: do not wait for it at exit.
@@ -210,6 +220,18 @@ class StageRunner:
                     if hasattr(outbox, "cancel_join_thread"):
                         outbox.cancel_join_thread()
         return code
+
+    def _start_cpu(self) -> float:
+        """The process's CPU clock at the start signal; the model's meter forgets its warm-up calls."""
+        meter = getattr(self.stage, "model_cpu", None)
+        if isinstance(meter, ModelCpu):
+            meter.reset()
+        return time.process_time()
+
+    def _log_cpu(self, loop_start: float) -> None:
+        meter = getattr(self.stage, "model_cpu", None)
+        model_s = meter.seconds if isinstance(meter, ModelCpu) else 0.0
+        log.info(StageCpu(self.node, time.process_time() - loop_start, model_s, self.items).line())
 
     def _report_failure(self, exc: Exception, *, during_setup: bool) -> None:
         message = one_line(exc, limit=None, typed=True)
@@ -238,6 +260,8 @@ class StageRunner:
             msg = self.stage.produce()
             if msg is NOTHING_YET:
                 continue
+            if msg is not None:
+                self.items += 1
             if msg is None:
                 eos = EndOfStream(self.stage.end_reason, int(self.stage.frames_read), self.stream)
                 return self._put(eos)
@@ -265,6 +289,7 @@ class StageRunner:
             if batch is None:
                 return False
             if batch:
+                self.items += len(batch)
                 start = stamp_now()
                 if self.caps.batched and self.max_batch > 1:
                     outputs = self.stage.process_batch(batch)
@@ -404,7 +429,7 @@ def stage_process_main(
         stream=sys.stderr,
         format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s",
     )
-    code = StageRunner(stage, channels).run()
+    code = StageRunner(stage, channels, node=node_name).run()
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)

@@ -175,7 +175,8 @@ class Supervisor:
     def new_ring_handle() -> FrameRingHandle:
         """A fresh ring name and its lock (from the spawn context) to build the stages with."""
         name = f"{RING_PREFIX}-{os.getpid()}-{secrets.token_hex(4)}"
-        return FrameRingHandle(name, multiprocessing.get_context("spawn").Lock())
+        ctx = multiprocessing.get_context("spawn")
+        return FrameRingHandle(name, ctx.Lock(), ctx.Semaphore(0))
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -394,7 +395,9 @@ class Supervisor:
             h, w, c = info.frame_shape
             handle = stream.ring
             try:
-                self._rings[index] = FrameRing.create(handle.name, self.ring_slots, (h, w, c), handle.lock)
+                self._rings[index] = FrameRing.create(
+                    handle.name, self.ring_slots, (h, w, c), handle.lock, handle.freed
+                )
             except OSError as exc:
                 size_mb = self.ring_slots * h * w * c / 1e6
                 raise UserError(

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from app.errors import UserError
+from app.pipeline.cpu_meter import ModelCpu
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
@@ -65,6 +66,11 @@ _REANCHOR_FRAMES = 2  # a paced file running more than this many frames late res
 STALL_FRACTION = 0.8  # a live read taking this share of the read timeout is a stall, not a slow frame
 STATUS_EVERY_S = 0.5  # placeholder frames while a source is away: the GUI stays responsive and says why
 PLACEHOLDER_DIM = 0.35
+
+
+def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether `a` is `b`'s memory with its shape (OpenCV decoded into the slot rather than a new array)."""
+    return a.shape == b.shape and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
 class CaptureError(RuntimeError):
@@ -129,10 +135,13 @@ class CaptureStage:
         self._live_start: float | None = None
         self._last_emit = -1e9
         self._last_image: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None  # live sources decode into it, then copy it into a slot
         self._read_problem = ""
         self._outage: RetrySchedule | None = None
         self._next_status = 0.0
         self._sizes_seen: set[tuple[int, int]] = set()
+        # The decoder's reads, logged by the runner as this process's "model" CPU against the loop's.
+        self.model_cpu = ModelCpu()
 
     # -- stage API ----------------------------------------------------------------------------------------
 
@@ -205,6 +214,8 @@ class CaptureStage:
             raise CaptureError(scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec)) from None
 
     def _produce(self) -> FrameRef | None:
+        if self._pending is None and self._cap is not None and not self.live:
+            return self._produce_direct()
         if self._pending is None:
             if self.max_frames is not None and self.frames_read >= self.max_frames:
                 self.end_reason = f"frame limit reached ({self.max_frames})"
@@ -213,7 +224,10 @@ class CaptureStage:
                 return self._while_away()
             if not self._pace():
                 return NOTHING_YET
-            self._pending = self._read(self._cap)
+            # The last frame's array is decoded into again (no new array a frame): it was copied to its slot.
+            self._pending = self._read(self._cap, into=self._scratch)
+            if self._pending is not None:
+                self._scratch = self._pending[0]
             if self._pending is None:
                 if not self.spec.live:
                     self.end_reason = "end of stream"
@@ -233,8 +247,35 @@ class CaptureStage:
             if self.live:
                 self._pending = None  # every slot is busy: this frame is dropped (the ring counted it)
             return NOTHING_YET  # a file frame waits for a slot
-        image, read_start, read_end, index = self._pending
-        self._pending = None
+        pending, self._pending = self._pending, None
+        return self._publish(slot, *pending, written=False)
+
+    def _produce_direct(self) -> FrameRef | None:
+        """A file frame decoded straight into a free slot (the frame's one copy, no array in between)."""
+        assert self._cap is not None
+        if self.max_frames is not None and self.frames_read >= self.max_frames:
+            self.end_reason = f"frame limit reached ({self.max_frames})"
+            return None
+        if not self._pace():
+            return NOTHING_YET
+        ring = self.frames.ring
+        slot = ring.acquire(live=False, timeout=POLL_S)
+        if slot is None:
+            return NOTHING_YET  # the frame waits for a slot, still undecoded
+        target = ring.frame(slot)
+        read = self._read(self._cap, into=target)
+        if read is None:
+            ring.cancel(slot)
+            self.end_reason = "end of stream"
+            self._check_complete()
+            return None
+        return self._publish(slot, *read, written=_same_buffer(read[0], target))
+
+    def _publish(
+        self, slot: int, image: np.ndarray, read_start: float, read_end: float, index: int, written: bool
+    ) -> FrameRef:
+        """Frame `index` into `slot` (unless the decoder `written` it there already), published, announced."""
+        ring = self.frames.ring
         if index == 0:
             # Read during setup, long before the start: keep its read time, not its age.
             now = self.clock()
@@ -242,11 +283,14 @@ class CaptureStage:
         if self._clock_start is None and self.pace_fps > 0:
             self._clock_start = read_end - index / self.pace_fps
         target = ring.frame(slot)
-        if image.shape != target.shape:
+        if written:
+            pass
+        elif image.shape != target.shape:
             self._letterbox(image, target)
         else:
             np.copyto(target, image)
-        self._last_image = image
+        if self.live:
+            self._last_image = image  # placeholders during an outage show it (dimmed)
         self._seq += 1
         ring.publish(slot, self._seq)
         self._last_emit = read_end
@@ -284,10 +328,15 @@ class CaptureStage:
 
     # -- reading ------------------------------------------------------------------------------------------
 
-    def _read(self, cap: cv2.VideoCapture) -> tuple[np.ndarray, float, float, int] | None:
-        """The next frame with its read times and index; None (and `_read_problem`) when there is none."""
+    def _read(
+        self, cap: cv2.VideoCapture, into: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float, float, int] | None:
+        """The next frame with its read times and index; None (and `_read_problem`) when there is none.
+
+        `into`: decode into this array (a ring slot) when the frame has its shape; else a new array."""
         start = self.clock()
-        ok, image = cap.read()
+        with self.model_cpu.measure():
+            ok, image = cap.read() if into is None else cap.read(into)
         end = self.clock()
         took = end - start
         if not ok or image is None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from app.errors import UserError
 from app.inference.batching import stage_batch
+from app.pipeline.cpu_meter import ModelCpu
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import CandidateDetections, FrameRef, RawDetections, SourceInfo
 from app.pipeline.stage_runner import Capabilities
@@ -79,6 +80,7 @@ class DetectStage:
         self.model = None
         self.gpu = None
         self._live: set[int] = set()  # live cameras among those served (set by start)
+        self.model_cpu = ModelCpu()  # CPU inside the detector calls (the runner logs it against the loop's)
 
     def setup(self) -> dict[str, object]:
         if self.backend == "torch" and self._torch_device_wanted():
@@ -227,7 +229,9 @@ class DetectStage:
             self.preprocess(rings.ring(m.meta.stream).frame(m.meta.slot), out=self._buffer[i])[1]
             for i, m in enumerate(frames)
         ]
-        loc, conf, landmarks = self._split(self.model.run(self._buffer[:n]))
+        with self.model_cpu.measure():
+            raw = self.model.run(self._buffer[:n])
+        loc, conf, landmarks = self._split(raw)
         hw, priors, floor = self.input_hw, loc.shape[1], self.candidate_floor
         out: list[RawDetections] = []
         for i, m in enumerate(frames):
@@ -256,7 +260,8 @@ class DetectStage:
             if not self.gpu.uploader.registered(ring.frame(0)):
                 self.gpu.register_ring(ring.frame(0), ring.slots)  # once a ring: later frames DMA from it
             images.append(ring.frame(m.meta.slot))
-        found = self.gpu.detect(images)
+        with self.model_cpu.measure():  # upload, letterbox, model and candidate compaction
+            found = self.gpu.detect(images)
         priors = self._priors()
         return [
             CandidateDetections(

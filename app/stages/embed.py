@@ -24,6 +24,7 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import UserError
+from app.pipeline.cpu_meter import ModelCpu
 from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
@@ -137,6 +138,7 @@ class EmbedStage:
         self.max_faces = max(1, int(max_faces))
         self.batches = 0
         self.faces = 0
+        self.model_cpu = ModelCpu()  # CPU inside the embedder calls (the runner logs it against the loop's)
 
     def setup(self) -> dict[str, object]:
         import cv2
@@ -172,7 +174,8 @@ class EmbedStage:
             found = None
         else:
             chips = np.concatenate([r.chips for r in batch]) if len(batch) > 1 else batch[0].chips
-            vectors = embedder.embed(chips)
+            with self.model_cpu.measure():
+                vectors = embedder.embed(chips)
             found = embedder.search(self._queries(batch, vectors)) if len(vectors) else []
             self.batches += 1
             self.faces += len(vectors)
@@ -199,11 +202,11 @@ class EmbedStage:
         queries = vectors.copy()
         row = 0
         for request in batch:
-            parts = request.templates or [[] for _ in request.track_ids]
-            for kept, quality in zip(parts, request.qualities, strict=True):
-                if kept:
+            parts = request.templates or [None for _ in request.track_ids]
+            for packed, quality in zip(parts, request.qualities, strict=True):
+                if packed is not None:
                     queries[row] = template_with(
-                        kept, vectors[row], quality, spec.threshold, spec.metric, floor
+                        packed.unpack(), vectors[row], quality, spec.threshold, spec.metric, floor
                     )[0]
                 row += 1
         return queries

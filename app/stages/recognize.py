@@ -49,7 +49,14 @@ import numpy as np
 
 from app.config import Settings
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.messages import EmbedRequest, EmbedResult, FaceDetections, SourceInfo, TrackedFaces
+from app.pipeline.messages import (
+    EmbedRequest,
+    EmbedResult,
+    FaceDetections,
+    SourceInfo,
+    TemplateParts,
+    TrackedFaces,
+)
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
 from app.recognition.identity_config import IdentityConfig
@@ -62,8 +69,9 @@ log = logging.getLogger(__name__)
 # Frames of a file stream between an embed request and the frame its answer is applied on: the worker's
 # round trip overlaps the next frame's detection, and the tracker waits only when it takes longer than that.
 # The RESULT_LAG setting picks another k (any fixed k is as reproducible; names come up to k frames later).
-# Measured on the Hamilton clip (Lin-Manuel Miranda enrolled): named on 107 rows in-process, 107 at lag 1,
-# 101 at lag 2, 59 at lag 3 (a track being looked at is not asked about again until its answer is in).
+# Measured on the Hamilton clip (Lin-Manuel Miranda and Alex Lacamoire enrolled, the calibrated naming):
+# Lin named on 108 rows from frame 103 at lag 1, 107 from 104 at lag 2, 105 from 106 at lag 3 (a track being
+# looked at is not asked about again until its answer is in; the per-frame votes before: 107 / 101 / 59).
 RESULT_LAG_FRAMES = 1
 RESULT_WAIT_S = 30.0  # a due answer this late means a stuck worker: the request is given up (logged)
 # Mean absolute difference (0-255) of consecutive 64x36 grey thumbnails at a hard cut. Measured on the
@@ -392,7 +400,7 @@ class RecognizeStage:
         if need:
             qualities = [float(identities.selected_quality(t) or 0.5) for t in need]
             # The worker searches with each track's template (its kept embeddings with the new one folded in).
-            templates = [identities.template_parts(t) for t in need]
+            templates = [TemplateParts.pack(identities.template_parts(t)) for t in need]
             request = EmbedRequest(next(self._requests), stream, state.frame, need, qualities,
                                    self._chips(tracks, need, frame), self.channel.reply_to,
                                    templates)  # fmt: skip

@@ -88,6 +88,57 @@ def test_file_mode_waits_for_a_free_slot_and_loses_nothing(ring):
     assert ring.dropped == 0
 
 
+@pytest.fixture
+def signalled_ring():
+    """A ring with the freed-slot semaphore, as the supervisor makes them."""
+    ctx = multiprocessing.get_context("spawn")
+    lock, freed = ctx.Lock(), ctx.Semaphore(0)
+    name = f"facering-test-{os.getpid()}-{time.monotonic_ns()}"
+    created = FrameRing.create(name, 3, SHAPE, lock, freed)
+    yield created, freed
+    created.close()
+    created.unlink()
+
+
+def test_a_waiting_file_frame_is_woken_by_the_slot_being_freed(signalled_ring):
+    ring, freed = signalled_ring
+    slots = [write(ring, i, seq=i + 1) for i in range(3)]
+    for slot, seq in zip(slots, (1, 2, 3), strict=True):
+        assert ring.claim(slot, seq)
+    waiting = threading.Event()
+    got: list = []
+
+    def acquire() -> None:
+        waiting.set()
+        got.append(ring.acquire(live=False, timeout=60.0))  # a failure guard: the release ends the wait
+
+    thread = threading.Thread(target=acquire)
+    thread.start()
+    waiting.wait(60.0)
+    ring.release(slots[2], 3)
+    thread.join(60.0)
+    assert got == [slots[2]] and ring.dropped == 0
+
+
+def test_the_freed_count_stays_within_the_slots_when_nobody_waits(signalled_ring):
+    ring, freed = signalled_ring
+    for seq in range(1, 101):  # a capture that never waits: every slot it takes was freed before
+        slot = write(ring, seq % 250, seq=seq)
+        assert slot is not None and ring.claim(slot, seq)
+        ring.release(slot, seq)
+    assert freed.get_value() <= ring.slots  # no stale tokens pile up to wake a later wait for nothing
+
+
+def test_cancel_gives_back_an_acquired_slot_without_counting_a_drop(signalled_ring):
+    ring, freed = signalled_ring
+    slot = ring.acquire(live=False)
+    ring.cancel(slot)
+    assert ring.states()[slot] == "free" and ring.dropped == 0 and freed.get_value() == 1
+    published = write(ring, 1, seq=1)
+    ring.cancel(published)  # only a slot being written is given back this way
+    assert ring.states()[published] == "queued"
+
+
 def test_live_mode_newest_wins_over_the_oldest_queued_frame(ring):
     a, b, c = (write(ring, i, seq=i + 1, live=True) for i in range(3))
     assert ring.claim(a, 1)  # frame 1 is being processed: it must never be overwritten

@@ -65,6 +65,28 @@ def test_multiprocessing_queues_are_waited_on_together():
             q.close()
 
 
+def test_multiprocessing_queues_are_read_in_turn_and_an_empty_round_is_empty():
+    ctx = multiprocessing.get_context("spawn")
+    queues = [ctx.Queue() for _ in range(3)]
+    try:
+        for i in range(4):
+            queues[0].put(ref(0, i))
+        queues[2].put(ref(2, 0))
+        queues[2].put(ref(2, 1))
+        inbox = FairInbox(queues)
+        wait_until(lambda: all(q._reader.poll() for q in (queues[0], queues[2])), "messages in the pipes")
+        taken = [(m.meta.stream, m.meta.frame_index) for m in (inbox.get(timeout=GUARD_S) for _ in range(6))]
+        assert taken == [(0, 0), (2, 0), (0, 1), (2, 1), (0, 2), (0, 3)]  # in turn, each queue in order
+        with pytest.raises(queue.Empty):
+            inbox.get_nowait()
+        queues[1].put(ref(1, 5))  # a queue quiet so far is found by the next look
+        assert inbox.get(timeout=GUARD_S).meta.stream == 1
+    finally:
+        for q in queues:
+            q.cancel_join_thread()
+            q.close()
+
+
 class Counter:
     """A consumer serving two streams that counts the frames it saw per stream."""
 

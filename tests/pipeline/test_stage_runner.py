@@ -283,3 +283,42 @@ def test_ready_carries_setup_info(stage):
     assert ready.stage == stage.name and ready.info == stage.setup()
     h.stop.set()
     thread.join(GUARD_S)
+
+
+class Heavy(Brightness):
+    """A consumer with a model: its calls are metered as the detection stage meters its model."""
+
+    def __init__(self) -> None:
+        super().__init__(max_batch=1)
+        from app.pipeline.cpu_meter import ModelCpu
+
+        self.model_cpu = ModelCpu()
+
+    def setup(self) -> dict:
+        with self.model_cpu.measure():  # a warm-up call: not the loop's
+            self.image.astype(np.float64).sum()
+        return {}
+
+    def process_batch(self, msgs):
+        with self.model_cpu.measure():
+            np.linalg.svd(np.random.default_rng(0).normal(size=(60, 60)))
+        return super().process_batch(msgs)
+
+
+def test_the_loop_logs_its_cpu_the_models_share_and_the_frames_it_took(caplog):
+    from app.pipeline.cpu_meter import parse_cpu_lines
+
+    h = Harness()
+    stage = Heavy()
+    with caplog.at_level("INFO", logger="app.pipeline.stage_runner"):
+        thread, result = h.run(stage)
+        for i in range(5):
+            h.inbox.put(ref(i))
+        h.inbox.put(EndOfStream("end of file", 5))
+        thread.join(GUARD_S)
+    assert result == [0]
+    found = parse_cpu_lines(caplog.text)
+    cpu = found["brightness"]
+    assert cpu.items == 5 and stage.model_cpu.calls == 5  # the warm-up call was forgotten at the start
+    assert 0.0 <= cpu.model_s <= cpu.loop_s
+    assert cpu.model_s == pytest.approx(stage.model_cpu.seconds, abs=1e-4)

@@ -169,5 +169,5 @@ def test_keeping_is_off_with_keep_unknown_false(tmp_path):
 def test_faces_per_track_is_bounded(value):
     from app.config import ConfigError
 
-    with pytest.raises(ConfigError, match="UNKNOWN_FACES_PER_TRACK"):
+    with pytest.raises(ConfigError, match="--unknown-faces-per-track"):
         load_settings({"unknown_faces_per_track": value}, env_file=None)

@@ -180,3 +180,20 @@ def test_a_fixed_batch_embedder_embeds_any_number_of_faces_as_the_dynamic_one(ga
     assert fixed.embed(chips[:0]).shape == (0, 128)
     fixed.close()
     dynamic.close()
+
+
+def test_a_packed_template_gives_the_worker_the_same_query_as_its_parts():
+    import pickle
+
+    from app.pipeline.messages import TemplateParts
+    from app.recognition.identity import template_with
+
+    rng = np.random.default_rng(3)
+    kept = [(float(q), rng.normal(size=128).astype(np.float32)) for q in rng.uniform(0.2, 1.0, 12)]
+    new = kept[0][1] + 0.1 * rng.normal(size=128).astype(np.float32)
+    packed = pickle.loads(pickle.dumps(TemplateParts.pack(kept)))  # as it crosses the queue
+    assert TemplateParts.pack([]) is None
+    for threshold in (-1.0, 2.0):  # the new face joins the template / starts a fresh one
+        want, joined = template_with(kept, new, 0.7, threshold, "cosine", 0.1)
+        got, joined_too = template_with(packed.unpack(), new, 0.7, threshold, "cosine", 0.1)
+        assert joined == joined_too and got.dtype == want.dtype and np.array_equal(got, want)

@@ -131,5 +131,11 @@ def test_end_to_end_run_on_the_cpu_prints_one_json_line(tmp_path, capsys):
     assert 1 <= result["det_batch"]["mean"] <= 4 and result["det_batch"]["calls"] >= 6
     assert result["recognition"]["faces_embedded"] > 0 and result["faces_per_frame"] > 0
     assert result["model_only"]["detector_per_s_b1"] > 0 and result["model_only"]["embedder_per_s_b1"] > 0
+    # Every stage process's CPU per frame, the model's part apart (capture: the decoder's read).
+    cpu = result["stage_cpu_ms_per_frame"]
+    assert set(cpu) == {"capture", "detect", "postprocess", "recognize", "embed", "gui"}
+    assert cpu["detect"]["items"] == 24 and cpu["capture"]["items"] == 24
+    assert all(v["cpu"] >= v["model"] >= 0 and v["outside_model"] >= 0 for v in cpu.values())
+    assert cpu["detect"]["model"] > 0 and cpu["capture"]["model"] > 0 and cpu["recognize"]["model"] == 0
     # The inputs it made stay for the next run: the clip with its ground truth and an enrolled gallery.
     assert list(tmp_path.glob("demo720-*s.mp4")) and list(tmp_path.glob("gallery-auto-*/enrolled.json"))
