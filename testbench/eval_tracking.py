@@ -21,7 +21,10 @@ them are neither false positives nor misses. Boxes compared are the trackers' ma
 Printed: MOTA, IDF1, ID switches (motmetrics, IoU >= 0.5), identity accuracy per frame (a visible face counts
 as correct when its track shows the right name, or "unknown" for an unenrolled person), frames to the first
 correct name per appearance, unknowns named as known, flips of enrolled people's names, embeddings per
-detection (faces embedded / faces detected above the display threshold). The last line is JSON with the
+detection (faces embedded / faces detected above the display threshold), and where the enrolled face-frames
+not named are lost (`enrolled_lost`, the first cause that applies, LOSS_CAUSES: not detected (of which under
+60 px), detected without a track, wrong name, decided unknown, never embedded, undecided with the latest
+embedding below threshold / abstaining / naming someone). The last line is JSON with the
 totals over all sequences: mota, idf1, id_switches, identity_accuracy, unknown_named_as_known,
 embeddings_per_detection, plus the per-sequence and reference-tracker details.
 """
@@ -60,7 +63,7 @@ from app.demo import (  # noqa: E402
 from app.errors import UserError  # noqa: E402
 from app.gallery.factory import open_gallery  # noqa: E402
 from app.recognition.analyzer import FaceAnalyzer  # noqa: E402
-from app.recognition.identity import TrackIdentities, TrackLabel  # noqa: E402
+from app.recognition.identity import TrackEvidence, TrackIdentities, TrackLabel  # noqa: E402
 from app.recognition.identity_config import IdentityConfig  # noqa: E402
 from app.tracking import ByteTracker, TrackerConfig  # noqa: E402
 from app.tracking.matching import box_iou, linear_assignment  # noqa: E402
@@ -71,6 +74,18 @@ HARD_SETS = ("bbt", "johns", "human", "walking-dead")  # people with 4+ photos: 
 LOOKALIKES = "families"  # one member of a family enrolled, the relatives walk by as strangers
 STRANGERS = ("alex_lacamoire", "kit_harington", "rose_leslie")  # in the shared test faces, never enrolled
 MATCH_IOU = 0.5
+SMALL_FACE = 60.0  # px face-box height under which a missed face counts as small (the detector's weak spot)
+# Where an enrolled face-frame that is not named correctly is lost, first cause that applies:
+LOSS_CAUSES = (
+    "not_detected",  # no detection box (any score) overlaps the face at IoU >= 0.5
+    "detected_no_track",  # detected, but no confirmed track on it (score too low to start one, first frame)
+    "wrong_name",  # a track on it shows another person's name
+    "decided_unknown",  # its track's votes settled on "unknown" (embeddings below threshold)
+    "not_embedded",  # its track's face was never embedded (gated: small, overlapping, at the edge)
+    "pending_below_threshold",  # undecided, the latest embedding scored below threshold
+    "pending_abstained",  # undecided, the latest match was as close to a second person (match_margin)
+    "pending_waiting_votes",  # undecided, the latest embedding named someone: waiting for enough votes
+)
 
 
 @dataclass
@@ -103,6 +118,8 @@ class RunState:
         default_factory=list
     )
     seconds: float = 0.0  # tracker update time
+    detections: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # boxes, scores per frame
+    evidence: list[dict[int, TrackEvidence | None]] = field(default_factory=list)  # per frame, by track id
 
 
 class ReferenceByteTrack:
@@ -310,6 +327,8 @@ def run_sequence(
                 matches = dict(zip(need, found, strict=True))
             labels = run.identities.update(tracks, embeddings, matches)
             run.log.append((faces, tracks, labels))
+            run.detections.append((boxes, scores))
+            run.evidence.append({t.track_id: run.identities.evidence(t.track_id) for t in tracks})
     return runs, detected
 
 
@@ -335,7 +354,12 @@ def evaluate(
     named_in_appearance: dict[int, bool] = {}
     to_first_name: list[int] = []
     never_named: list[str] = []
+    lost = dict.fromkeys(LOSS_CAUSES, 0)
+    lost_small_undetected = lost_pending_new_track = lost_pending_restarted = 0
+    first_track: dict[int, int] = {}  # gt id -> the first track id on it in its current appearance
     for index, (faces, tracks, labels) in enumerate(run.log):
+        evidence = run.evidence[index] if index < len(run.evidence) else {}
+        det_boxes = run.detections[index][0] if index < len(run.detections) else np.zeros((0, 4))
         cared = [f for f in faces if f.visible >= min_visible]
         ignored = [f for f in faces if f.visible < min_visible]
         hyp_boxes = np.array([t.box for t in tracks]).reshape(-1, 4)
@@ -385,6 +409,17 @@ def evaluate(
             correct += ok
             enrolled_faces += is_enrolled
             enrolled_named += is_enrolled and ok
+            if track is not None:
+                first_track.setdefault(face.id, track.track_id)
+            if is_enrolled and not ok:
+                cause = _loss_cause(face, track, label, evidence, det_boxes)
+                lost[cause] += 1
+                if cause == "not_detected" and face.box[3] - face.box[1] < SMALL_FACE:
+                    lost_small_undetected += 1
+                if cause.startswith("pending") and track is not None:
+                    lost_pending_new_track += first_track.get(face.id) != track.track_id
+                    state = evidence.get(track.track_id)
+                    lost_pending_restarted += state is not None and state.restarted > 0
             if is_enrolled and ok and not named_in_appearance[face.id]:
                 named_in_appearance[face.id] = True
                 to_first_name.append(index - appearance_start[face.id])
@@ -394,6 +429,7 @@ def evaluate(
                     never_named.append(f"id{gt_id}@{appearance_start[gt_id]}-{index}")
                 del appearance_start[gt_id]
                 del named_in_appearance[gt_id]
+                first_track.pop(gt_id, None)
     for gt_id, named in named_in_appearance.items():
         if not named:
             never_named.append(f"id{gt_id}@{appearance_start[gt_id]}-end")
@@ -421,6 +457,13 @@ def evaluate(
         "enrolled_faces": enrolled_faces,
         "enrolled_named": enrolled_named / max(enrolled_faces, 1),
         "appearances_never_named": enrolled_never_named,
+        # enrolled face-frames not named correctly, by cause (LOSS_CAUSES), plus two overlapping counts
+        "enrolled_lost": {
+            **lost,
+            "not_detected_small": lost_small_undetected,  # of not_detected: faces under SMALL_FACE px
+            "pending_on_later_track": lost_pending_new_track,  # of pending_*: not the appearance's 1st track
+            "pending_after_restart": lost_pending_restarted,  # of pending_*: template restarted on the track
+        },
         "unknown_named_as_known": named_unknown,
         "enrolled_misnamed": misnamed,
         "identity_flips": flips,
@@ -431,6 +474,29 @@ def evaluate(
         "relinks": run.identities.counters.relinks,
         "tracker_ms_per_frame": 1000 * run.seconds / max(len(run.log), 1),
     }, accumulator
+
+
+def _loss_cause(
+    face: GroundTruthFace,
+    track: TrackOut | None,
+    label: TrackLabel | None,
+    evidence: dict[int, TrackEvidence | None],
+    det_boxes: np.ndarray,
+) -> str:
+    """The first of LOSS_CAUSES that explains why this enrolled face is not shown with its name."""
+    if track is None or label is None:
+        overlap = box_iou(np.array([face.box]), det_boxes.reshape(-1, 4))[0]
+        return "detected_no_track" if overlap.size and overlap.max() >= MATCH_IOU else "not_detected"
+    if label.status == "known":
+        return "wrong_name"
+    if label.status == "unknown":
+        return "decided_unknown"
+    state = evidence.get(track.track_id)
+    if state is None or state.embedded == 0:
+        return "not_embedded"
+    return {"below": "pending_below_threshold", "abstain": "pending_abstained"}.get(
+        state.last_vote, "pending_waiting_votes"
+    )
 
 
 def _label_of(run: RunState, appearance: str) -> str | None:
@@ -464,6 +530,11 @@ def combine(results: list[dict], accumulators: list[mm.MOTAccumulator], names: l
         else None,
         "enrolled_misnamed": sum(r["enrolled_misnamed"] for r in results),
         "false_tracks_named": sum(r["false_tracks_named"] for r in results),
+        "enrolled_lost": {
+            cause: sum(r["enrolled_lost"][cause] for r in results) for cause in results[0]["enrolled_lost"]
+        }
+        if results
+        else {},
         "frames_to_first_correct_name_max": max(
             max(r["frames_to_first_correct_name"] or [0]) for r in results
         ),
@@ -484,6 +555,8 @@ def print_result(sequence: str, name: str, result: dict) -> None:
         f"({result['embeddings']}/{result['detections']})  relinks {result['relinks']}  "
         f"track {result['tracker_ms_per_frame']:.2f} ms/frame"
     )
+    lost = {cause: n for cause, n in result["enrolled_lost"].items() if n}
+    print(f"{'':20s} {'':9s} enrolled face-frames not named ({result['enrolled_faces']} in all): {lost}")
     if result["appearances_never_named"]:
         print(f"{'':20s} {'':9s} enrolled appearances never named: {result['appearances_never_named']}")
 

@@ -27,9 +27,10 @@ What happens inside:
   vote contradicts its label (as many again); again when the face is clearly better (quality above the
   best embedded one times `better_quality_ratio`); when it comes back after being gone; after it crossed
   another face (once the boxes no longer overlap, since the tracker may have swapped them); and otherwise
-  every `refresh_interval` frames (`unknown_refresh_interval` for a track decided unknown, since an
-  early poor view of an enrolled person must not stick). Faces smaller than `min_face_size`, overlapping
-  another track, or cut by the frame edge (less than `min_inside` of the box inside) are not embedded.
+  every `refresh_interval` frames (`unknown_refresh_interval` for a track still pending or decided
+  unknown, since an early poor view of an enrolled person must not stick). Faces smaller than
+  `min_face_size`, overlapping another track, or cut by the frame edge (less than `min_inside` of the box
+  inside) are not embedded.
   Quality (app.recognition.quality) = size term (box height / `reference_face_size`) x frontal term (nose
   offset from the eye-mouth midline, from the landmarks) x sharpness term (Laplacian variance of a 64 px
   grey crop / `reference_sharpness`) x detector-score term x the fraction inside the frame, each in 0..1.
@@ -49,7 +50,9 @@ What happens inside:
   embedding arrives. Older votes fade by `vote_decay` per new embedding. A track stays "pending" until one
   label has `min_evidence` weight and leads the runner-up (another person or unknown) by
   `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
-  `fast_margin` (a large frontal face well above threshold). An "unknown" track is named on the same
+  `fast_margin` (a large frontal face well above threshold), or when `steady_votes` embeddings in a row,
+  whatever their quality, match the same person by threshold + `fast_margin` (a small face seen steadily:
+  its votes weigh too little ever to reach `min_evidence`). An "unknown" track is named on the same
   margin (a first naming); a given name changes only when another label leads it by `switch_margin`
   (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
@@ -59,6 +62,12 @@ What happens inside:
   inherits its votes and label, and `TrackLabel.linked_id` names the earlier track (the id to show, so a
   person who walks out and back in keeps their number). The margin is large on purpose: re-linking means
   "the same face seen moments ago", not merely "the same person" (that is the gallery's job).
+- Doubt: a decided track that stands (IoU >= `takeover_iou`) where a track seen on the last frame has just
+  vanished may hold another face: when one face walks behind another the tracker can hand the front face
+  to the hidden one's track for a frame or two. Its label reads "pending" until an embedding agrees with
+  its template (embedded at once, when not overlapping another track); two that do not (the same other
+  face) restart it, its name included, and its votes start over. A track restarted that way is in doubt
+  again when it comes back after a gap (the tracker may give it back its first face).
 """
 
 from __future__ import annotations
@@ -100,6 +109,19 @@ class TrackLabel:
     linked_id: int | None = None  # the earlier track this one continues (re-linked by face); show this id
 
 
+VoteKind = Literal["none", "below", "abstain", "name"]
+
+
+@dataclass(frozen=True)
+class TrackEvidence:
+    """Why a track has the label it has, for diagnostics: how often it was embedded and what its latest
+    embedding said ("below": under threshold, "abstain": two people equally close, "name": a person)."""
+
+    embedded: int  # embeddings behind the track's current votes (0: its face was never embedded)
+    last_vote: VoteKind  # "none" until the first embedding
+    restarted: int  # times its template and undecided votes were dropped for another face
+
+
 @dataclass
 class IdentityCounters:
     embeddings: int = 0  # faces embedded (vectors received by update)
@@ -129,6 +151,17 @@ class _Record:
     contested: bool = False  # the latest vote disagreed with the given label: look again soon
     linked_from: int | None = None
     odd_vector: np.ndarray | None = None  # latest embedding unlike the template of a named track
+    last_vote: VoteKind = "none"
+    restarted: int = 0
+    box: np.ndarray | None = None  # the face box on the frame it was last seen
+    # Its face may have changed: it now stands where a track seen on the last frame vanished (the tracker
+    # may have given it that face), or it was restarted that way and comes back after a gap (the tracker
+    # may hand it its own face again). Its label is withheld until an embedding agrees with its template;
+    # two that do not (the same other face) restart it, name included.
+    in_doubt: bool = False
+    taken_over: bool = False  # restarted in doubt: the face it holds is not the one it began with
+    steady_label: str | None = None  # the person the latest run of strong matches names
+    steady_count: int = 0  # ... and how many embeddings in a row matched them by threshold + fast_margin
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -153,6 +186,7 @@ class TrackIdentities:
         self._frame = 0
         self._records: dict[int, _Record] = {}
         self._selected_quality: dict[int, float] = {}
+        self._doubts_checked = 0  # the frame whose take-overs were last looked for
         self.counters = IdentityCounters()
 
     # -- selection -------------------------------------------------------------------------------------
@@ -162,6 +196,7 @@ class TrackIdentities:
         cfg = self.config
         frame = self._frame + 1
         self._selected_quality = {}
+        self._check_takeovers(tracks, frame)
         usable = [t for t in tracks if t.landmarks is not None]
         if not usable:
             return []
@@ -190,10 +225,11 @@ class TrackIdentities:
             since = frame - record.last_embed
             must = (
                 record.embedded == 0
+                or record.in_doubt
                 or record.last_seen < frame - 1  # back after being gone
                 or (record.overlapped and max_overlap[i] < cfg.clear_iou)
                 or since
-                >= (cfg.unknown_refresh_interval if record.status == "unknown" else cfg.refresh_interval)
+                >= (cfg.refresh_interval if record.status == "known" else cfg.unknown_refresh_interval)
                 or (
                     (record.status != "known" or record.contested)
                     and record.quick_left > 0
@@ -259,10 +295,12 @@ class TrackIdentities:
         then carries each face's quality as `selected_quality` gave it on the frame it was picked."""
         self._frame += 1
         frame = self._frame
+        self._check_takeovers(tracks, frame)
         present: dict[int, _Record] = {}
         for track in tracks:
             record = self._record(track.track_id, frame)
             record.last_seen = frame
+            record.box = _face_box(track)
             present[track.track_id] = record
         crossing = self._overlapping(tracks, embeddings)
         for track_id, vector in embeddings.items():
@@ -289,6 +327,13 @@ class TrackIdentities:
         record = self._records.get(track_id)
         return None if record is None else self._label(record)
 
+    def evidence(self, track_id: int) -> TrackEvidence | None:
+        """What the track's label rests on (None once forgotten): for diagnostics, not for decisions."""
+        record = self._records.get(track_id)
+        if record is None:
+            return None
+        return TrackEvidence(record.embedded, record.last_vote, record.restarted)
+
     def aggregate_embedding(self, track_id: int) -> np.ndarray | None:
         """Quality-weighted mean of the track's kept embeddings (unit length for cosine models)."""
         record = self._records.get(track_id)
@@ -308,6 +353,32 @@ class TrackIdentities:
             self._records[track_id] = record
             self.counters.tracks += 1
         return record
+
+    def _check_takeovers(self, tracks: Sequence[TrackView], frame: int) -> None:
+        """Put in doubt the decided tracks whose face may not be the one their label is about: standing
+        (IoU >= takeover_iou) where a track seen on the last frame has just vanished (a face walking behind
+        another: the tracker may hand the front face to the hidden one's track), or back after a gap once
+        taken over that way."""
+        if self._doubts_checked == frame:
+            return
+        self._doubts_checked = frame
+        if not tracks:
+            return
+        records = [self._record(t.track_id, frame) for t in tracks]
+        present = {t.track_id for t in tracks}
+        vanished = [
+            r
+            for r in self._records.values()
+            if r.last_seen == frame - 1 and r.box is not None and r.track_id not in present
+        ]
+        covers = np.zeros(len(tracks), dtype=bool)
+        if vanished:
+            iou = box_iou(np.stack([_face_box(t) for t in tracks]), np.stack([r.box for r in vanished]))
+            covers = iou.max(axis=1) >= self.config.takeover_iou
+        for record, cover in zip(records, covers, strict=True):
+            refound = record.taken_over and record.last_seen < frame - 1
+            if record.status != "pending" and (cover or refound):
+                record.in_doubt = True
 
     def _overlapping(self, tracks: Sequence[TrackView], embeddings: Mapping[int, np.ndarray]) -> set[int]:
         """Ids of embedded tracks whose face overlaps another track's by cross_iou or more right now."""
@@ -373,6 +444,7 @@ class TrackIdentities:
         keep = True  # whether this vector joins the template
         if consistent:
             record.odd_vector = None
+            record.in_doubt = False
         elif record.status == "known" and (
             record.odd_vector is None or self._similarity(vector, record.odd_vector[None])[0] < self.threshold
         ):
@@ -386,14 +458,19 @@ class TrackIdentities:
             record.embeddings = []
             record.odd_vector = None
             record.quick_left = cfg.max_pending_embeddings
-            if record.status == "known":
+            record.restarted += 1
+            record.steady_label, record.steady_count = None, 0
+            if record.status == "known" and not record.in_doubt:
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
             else:  # nothing to keep: the evidence so far was about another face
-                record.status = "pending"
+                record.taken_over = record.in_doubt
+                record.in_doubt = record.contested = False
+                record.status, record.name = "pending", None
                 record.votes.clear()
                 record.similarity_sum.clear()
                 record.similarity_weight.clear()
         label, similarity, weight = self._vote(matches, quality)
+        record.last_vote = "abstain" if weight == 0 else "below" if label is None else "name"
         if (
             record.status == "pending"
             and record.linked_from is None
@@ -425,6 +502,15 @@ class TrackIdentities:
         )
         if strong and record.status == "pending":
             self._give(record, label)  # a large frontal face well above threshold: no need to wait
+            return
+        steady = label is not None and weight > 0 and similarity is not None
+        steady = steady and similarity >= self.threshold + cfg.fast_margin
+        if steady and record.steady_label == label:
+            record.steady_count += 1
+        else:
+            record.steady_label, record.steady_count = (label, 1) if steady else (None, 0)
+        if record.status == "pending" and record.steady_count >= cfg.steady_votes:
+            self._give(record, label)  # a small face, but matched well above threshold again and again
             return
         self._decide(record)
 
@@ -502,7 +588,7 @@ class TrackIdentities:
             del self._records[track_id]
 
     def _label(self, record: _Record) -> TrackLabel:
-        if record.status == "pending":
+        if record.status == "pending" or record.in_doubt:
             return TrackLabel(record.track_id, None, record.last_similarity, "pending", record.linked_from)
         key = record.name
         weight = record.similarity_weight.get(key, 0.0)

@@ -25,6 +25,9 @@ class IdentityConfig:
     min_inside: float = 0.85  # faces with less of their box inside the frame are not embedded (bad vectors)
     cross_iou: float = 0.2  # overlapping another track this much marks the identity for re-checking
     clear_iou: float = 0.05  # ... which happens once the overlap has dropped below this
+    # A decided track standing this much (IoU) on the spot where a track seen on the last frame vanished
+    # may have been given that face by the tracker: its label is withheld until its face is checked again.
+    takeover_iou: float = 0.3
     # -- face quality (each term in 0..1; quality = size * frontal * sharpness terms) --
     reference_face_size: float = QualityConfig.reference_size  # px face height where the size term saturates
     reference_sharpness: float = QualityConfig.reference_sharpness  # ... and the sharpness term (64 px crop)
@@ -41,6 +44,11 @@ class IdentityConfig:
     # fast_margin (with the match_margin lead over anyone else): a clear view needs no second opinion.
     fast_quality: float = 0.6
     fast_margin: float = 0.06
+    # ... or on steady_votes embeddings in a row, whatever their quality, each matching the same person by
+    # threshold + fast_margin (and match_margin ahead of anyone else): a small face's votes weigh too
+    # little to reach min_evidence (a 35 px face matched at 0.58-0.59 against 0.475, lead 0.15, for 12
+    # embeddings stayed unnamed), but agreeing strong matches on every view are evidence enough.
+    steady_votes: int = 4
     # -- memory --
     max_embeddings: int = 12  # embeddings kept per track for its aggregate (best quality first)
     relink_window: int = 300  # frames a vanished track is remembered (re-found id or re-linked by embedding)
@@ -59,3 +67,7 @@ class IdentityConfig:
             raise ValueError(f"vote_decay must be in (0, 1], got {self.vote_decay}")
         if self.max_embeddings < 1:
             raise ValueError("max_embeddings must be >= 1")
+        if not 0.0 < self.takeover_iou <= 1.0:
+            raise ValueError(f"takeover_iou must be in (0, 1], got {self.takeover_iou}")
+        if self.steady_votes < 1:
+            raise ValueError("steady_votes must be >= 1")

@@ -1,0 +1,151 @@
+"""A track that may have been handed another face (a take-over at an occlusion, or a re-find after a gap)
+shows no name until an embedding checks its face."""
+
+import numpy as np
+import pytest
+
+from app.gallery.base import Match
+from app.recognition.identity import TrackIdentities
+from app.recognition.identity_config import IdentityConfig
+from tests.recognition.test_identity import THRESHOLD, run, track, unit
+
+ALICE, BOB = unit(1), unit(2)
+SAYS = {  # what the gallery answers for each face: a clear, strong match (named on one view)
+    id(ALICE): [Match("alice", 0.7), Match("bob", 0.2)],
+    id(BOB): [Match("bob", 0.7), Match("alice", 0.2)],
+}
+
+
+def answer_with(faces: dict[int, np.ndarray]):
+    return lambda track_id: (faces[track_id], SAYS[id(faces[track_id])])
+
+
+def named_pair() -> TrackIdentities:
+    """Track 1 (alice, left) and track 2 (bob, right), both named."""
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    _, labels = run(manager, [track(1, x=100), track(2, x=300)], answer_with({1: ALICE, 2: BOB}))
+    assert (labels[1].name, labels[2].name) == ("alice", "bob")
+    return manager
+
+
+def test_a_named_track_on_the_spot_where_another_vanished_hides_its_name_when_the_face_is_not_its_own():
+    manager = named_pair()
+    # Track 2 vanished (bob walked behind); track 1 now stands on bob's spot, holding bob's face.
+    need, labels = run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    assert need == [1]  # checked at once
+    assert labels[1].status == "pending" and labels[1].name is None  # never "alice" on bob's face
+    # A second view of the same other face: the track starts over, and is named for the face it holds.
+    need, labels = run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    assert need == [1]
+    assert labels[1].name == "bob"
+
+
+def test_a_named_track_on_a_vanished_tracks_spot_keeps_its_name_when_its_face_checks_out():
+    manager = named_pair()
+    need, labels = run(manager, [track(1, x=290)], answer_with({1: ALICE}))
+    assert need == [1]
+    assert labels[1].name == "alice"
+
+
+def test_a_track_in_doubt_shows_no_name_while_its_face_is_not_embedded():
+    manager = named_pair()
+    # No embedding comes back on this frame (an asynchronous embedder): the label is withheld meanwhile.
+    manager.select_for_embedding([track(1, x=300)], None)
+    labels = manager.update([track(1, x=300)], {}, {})
+    assert labels[1].status == "pending"
+    assert manager.label(2).name == "bob"  # the vanished track keeps its own name for a re-find
+
+
+def test_a_named_track_far_from_where_another_vanished_is_not_in_doubt():
+    manager = named_pair()
+    need, labels = run(manager, [track(1, x=105)], answer_with({1: ALICE}))
+    assert need == []  # no reason to look again
+    assert labels[1].name == "alice"
+
+
+def test_a_named_track_back_after_a_gap_shows_its_name_at_once():
+    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
+    run(manager, [track(1)], answer_with({1: ALICE}))
+    for _ in range(3):
+        run(manager, [], answer_with({}))
+    need, labels = run(manager, [track(1)], answer_with({1: ALICE}))
+    assert need == [1] and labels[1].name == "alice"  # looked at again, but never hidden
+
+
+def test_a_track_restarted_by_a_take_over_is_checked_again_when_it_comes_back_after_a_gap():
+    manager = named_pair()
+    run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    _, labels = run(manager, [track(1, x=300)], answer_with({1: BOB}))
+    assert labels[1].name == "bob"  # track 1 now holds bob's face (restarted by the take-over)
+    for _ in range(3):
+        run(manager, [], answer_with({}))
+    # The tracker hands track 1 its first face again (alice, out from behind): not shown as bob.
+    need, labels = run(manager, [track(1, x=120)], answer_with({1: ALICE}))
+    assert need == [1] and labels[1].status == "pending"
+    _, labels = run(manager, [track(1, x=120)], answer_with({1: ALICE}))
+    assert labels[1].name == "alice"
+
+
+def small_track(track_id: int) -> object:
+    return track(track_id, size=20.0)  # votes of a face this small weigh too little to reach min_evidence
+
+
+def test_a_small_face_matched_well_above_threshold_on_every_view_is_named_after_steady_votes():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    strong = [Match("alice", THRESHOLD + config.fast_margin + 0.02), Match("bob", THRESHOLD - 0.1)]
+    statuses, embedded = [], 0
+    for _ in range(40):
+        need, labels = run(manager, [small_track(1)], lambda _: (ALICE, strong))
+        embedded += len(need)
+        statuses.append(labels[1].status)
+        if labels[1].status == "known":
+            break
+    assert labels[1].name == "alice"
+    assert embedded == config.steady_votes  # named on the steady_votes-th strong view, not before
+    assert statuses.count("pending") == len(statuses) - 1
+
+
+def test_a_small_face_matched_just_above_threshold_is_not_named_on_steady_votes():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    weak = [Match("alice", THRESHOLD + config.fast_margin / 2), Match("bob", THRESHOLD - 0.1)]
+    for _ in range(200):
+        _, labels = run(manager, [small_track(1)], lambda _: (ALICE, weak))
+    assert labels[1].status == "pending"
+
+
+def test_an_ambiguous_strong_match_breaks_the_run_of_steady_votes():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    high = THRESHOLD + config.fast_margin + 0.02
+    clear = [Match("alice", high), Match("bob", THRESHOLD - 0.1)]
+    tied = [Match("alice", high), Match("bob", high - config.match_margin / 2)]  # abstains
+    answers = [clear] * (config.steady_votes - 1) + [tied] + [clear] * (config.steady_votes - 1)
+    embedded = 0
+    while embedded < len(answers):
+        matches = answers[embedded]
+        need, labels = run(manager, [small_track(1)], lambda _, m=matches: (ALICE, m))
+        embedded += len(need)
+    assert labels[1].status == "pending"  # never steady_votes clear matches in a row
+
+
+def test_an_undecided_track_is_looked_at_again_every_unknown_refresh_interval():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    below = [Match("alice", THRESHOLD - 0.01), Match("bob", THRESHOLD - 0.2)]  # weak: stays pending
+    frames = []
+    for frame in range(200):
+        need, labels = run(manager, [small_track(1)], lambda _: (ALICE, below))
+        if need:
+            frames.append(frame)
+    assert labels[1].status == "pending"
+    gaps = np.diff(frames)
+    assert len(frames) > config.max_pending_embeddings
+    assert set(gaps[config.max_pending_embeddings :]) == {config.unknown_refresh_interval}
+
+
+@pytest.mark.parametrize("bad", [{"takeover_iou": 0.0}, {"takeover_iou": 1.5}, {"steady_votes": 0}])
+def test_a_take_over_overlap_outside_0_1_or_no_steady_votes_is_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        IdentityConfig(**bad)
