@@ -280,11 +280,11 @@ def enrol(analyzer: FaceAnalyzer, gallery, photos: dict[str, list[Path]] | None 
         vectors = []
         for path in paths:
             image = cv2.imread(str(path))
-            dets = analyzer.detect(image)
+            dets = analyzer.detect_photo(image)
             best = dets.largest()
             if best is None:
                 raise UserError(f"no face in enrolment photo {path}")
-            vectors.append(analyzer.embed(image, dets.landmarks[best][None])[0])
+            vectors.append(analyzer.embed_photo(image, dets.landmarks[best][None])[0])
         gallery.add(name, np.stack(vectors))
     return set(photos)
 

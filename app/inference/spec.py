@@ -84,7 +84,7 @@ MOBILEFACENET_TEMPLATE = (ARCFACE_TEMPLATE - 56.0) * np.float32(MOBILEFACENET_FA
 MOBILEFACENET_TEMPLATE.setflags(write=False)
 MOBILEFACENET_DIM = 192  # a 112x112 embedder with this output is taken for MobileFaceNet by "auto"
 
-DLIB_DEFAULT_THRESHOLD = 0.435  # similarity = 1 - distance, i.e. distance 0.565; see the module docstring
+DLIB_DEFAULT_THRESHOLD = 0.44  # similarity = 1 - distance, i.e. distance 0.56; see the module docstring
 ARCFACE_DEFAULT_THRESHOLD = 0.35  # cosine similarity
 MOBILEFACENET_DEFAULT_THRESHOLD = 0.51  # cosine similarity; see the module docstring
 

@@ -8,6 +8,7 @@ from app.config import Settings
 from app.errors import UserError
 from app.inference.spec import DLIB_DEFAULT_THRESHOLD
 from app.recognition.analyzer import FaceAnalyzer
+from app.vision.alignment import align_faces
 from app.vision.image_io import read_image
 from tests.support.shared_data import SHARED_FACES
 
@@ -123,7 +124,7 @@ def test_a_tight_face_crop_gets_the_landmarks_of_the_uncropped_photo(analyzer):
         i = whole.largest()
         crop, offset, side = tight_crop(image, whole.boxes[i])
         plain = analyzer.detect_batch([crop])[0]  # one look, no margin
-        found = analyzer.detect(crop)
+        found = analyzer.detect_photo(crop)
         for det, out in ((plain, plain_errors), (found, errors)):
             j = det.largest()
             out.append(np.abs(det.landmarks[j] + offset - whole.landmarks[i]).max() / side)
@@ -133,6 +134,22 @@ def test_a_tight_face_crop_gets_the_landmarks_of_the_uncropped_photo(analyzer):
 
 def test_a_photo_with_room_around_the_face_is_looked_at_once(analyzer):
     image = read_image(SHARED_FACES / "two_people.jpg")
-    once, found = analyzer.detect_batch([image])[0], analyzer.detect(image)
+    once, found = analyzer.detect(image), analyzer.detect_photo(image)
     np.testing.assert_array_equal(found.landmarks, once.landmarks)
     np.testing.assert_array_equal(found.boxes, once.boxes)
+
+
+def test_a_photo_is_embedded_with_its_edges_extended_a_frame_as_it_is(analyzer):
+    image = read_image(SHARED_FACES / "alex-lacamoire.png")
+    whole = analyzer.detect(image)
+    crop, offset, _ = tight_crop(image, whole.boxes[whole.largest()])
+    found = analyzer.detect_photo(crop)
+    landmarks = found.landmarks[found.largest()][None]
+    photo, frame = analyzer.embed_photo(crop, landmarks), analyzer.embed(crop, landmarks)
+    np.testing.assert_allclose(frame, analyzer.embed_chips(align_faces(crop, landmarks, analyzer.spec)))
+    np.testing.assert_allclose(
+        photo, analyzer.embed_chips(align_faces(crop, landmarks, analyzer.spec, edge=True))
+    )
+    # the uncropped photo's face is nearer to the edge-extended chip than to the black-bordered one
+    reference = analyzer.embed(image, whole.landmarks[whole.largest()][None])
+    assert np.linalg.norm(photo - reference) < np.linalg.norm(frame - reference)
