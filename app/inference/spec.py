@@ -104,8 +104,8 @@ class EmbedderSpec:
     metric: str  # "euclidean" | "cosine"
     threshold: float  # default match threshold in similarity units
     kind: str = field(default="")
-    # A photo's chip past its edge repeats the edge pixels (True) or is black. Repeated edges: dlib identified
-    # 0.95 / 0.98 at 1 % strangers (K = 1 / 3); MobileFaceNet's looser chip only 0.65 / 0.85 (black: 0.92 / 0.97).
+    # A photo's chip past its edge repeats the edge pixels (True) or is black. Repeated edges: dlib
+    # identified 0.95 / 0.98 at 1 % strangers (K = 1 / 3); MobileFaceNet's looser chip only 0.65 / 0.85.
     photo_edge: bool = field(default=False)
 
     def preprocess(self, chips: np.ndarray) -> np.ndarray:
