@@ -47,11 +47,11 @@ def embed_set(analyzer: FaceAnalyzer, folder: Path) -> tuple[list[str], np.ndarr
             image = cv2.imread(str(photo))
             if image is None:
                 continue
-            dets = analyzer.detect(image)
+            dets = analyzer.detect_photo(image)
             best = dets.largest()
             if best is None:
                 continue
-            vectors.append(analyzer.embed(image, dets.landmarks[best][None])[0])
+            vectors.append(analyzer.embed_photo(image, dets.landmarks[best][None])[0])
             people.append(person.name)
     return people, np.stack(vectors)
 

@@ -137,7 +137,7 @@ def fused_embedder(analyzer, args: argparse.Namespace):
 
     def embed(path: Path):
         image = read_image(path)
-        detections = analyzer.detect(image)
+        detections = analyzer.detect_photo(image)
         index = detections.largest()
         if index is None:
             return None

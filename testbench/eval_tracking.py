@@ -284,12 +284,12 @@ def enrol(
         vectors = []
         for path in paths:
             image = cv2.imread(str(path))
-            dets = analyzer.detect(image)
+            dets = analyzer.detect_photo(image)
             confident = np.flatnonzero(dets.scores >= min_score)
             if not len(confident):
                 raise UserError(f"no face in enrolment photo {path}")
             best = int(confident[np.argmax(dets.areas()[confident])])
-            vectors.append(analyzer.embed(image, dets.landmarks[best][None])[0])
+            vectors.append(analyzer.embed_photo(image, dets.landmarks[best][None])[0])
         gallery.add(name, np.stack(vectors))
     return set(photos)
 

@@ -149,12 +149,12 @@ def embed_images(analyzer, images_dir: Path, names: list[str]) -> dict[str, np.n
     embeddings: dict[str, np.ndarray | None] = {}
     for name in names:
         image = read_image(images_dir / name)
-        detections = analyzer.detect(image)
+        detections = analyzer.detect_photo(image)
         index = detections.largest()
         if index is None:
             embeddings[name] = None
             continue
-        embeddings[name] = analyzer.embed(image, detections.landmarks[index : index + 1])[0]
+        embeddings[name] = analyzer.embed_photo(image, detections.landmarks[index : index + 1])[0]
     return embeddings
 
 

@@ -56,11 +56,11 @@ def enroll(analyzer: FaceAnalyzer, items: list[str]) -> tuple[list[str], np.ndar
         name, _, path = item.partition("=")
         if not name or not path:
             raise UserError(f"--enroll {item!r} is not NAME=IMAGE")
-        detections = analyzer.detect(image := read_image(path))
+        detections = analyzer.detect_photo(image := read_image(path))
         if (index := detections.largest()) is None:
             raise UserError(f"no face found in {path}; enroll a photo with a visible face")
         names += [name] if name not in names else []
-        vectors.append(analyzer.embed(image, detections.landmarks[index : index + 1])[0])
+        vectors.append(analyzer.embed_photo(image, detections.landmarks[index : index + 1])[0])
         owner.append(names.index(name))
     return names, np.stack(vectors), np.array(owner)
 

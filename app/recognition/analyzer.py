@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from app.config import Settings
@@ -21,6 +22,15 @@ from app.vision.retinaface import (
     RetinaFacePostprocessor,
     RetinaFacePreprocessor,
 )
+
+# A face filling a tight crop (a face photo cut at the chin and hairline, as face libraries store them) is
+# found, but RetinaFace places its landmarks badly with no context around it, and the embedder's chip reaches
+# past the photo's edges. Photos are looked at again with their edge pixels extended (a margin), and dlib's
+# chips extend them too (`embed_photo`), as a camera would show more of the same scene there. On the identity
+# photos (most are 150x150 crops) this raised identification at 1 % strangers from 0.86 to 0.95 (dlib, 1
+# photo enrolled); a margin of 0.3 identified more than 0.15 or 0.5.
+TIGHT_FILL = 0.5  # a face box this share of the photo's width or height (or no face found): look again
+TIGHT_MARGIN = 0.3  # the margin added on every side, as a share of the photo's long side
 
 
 class FaceAnalyzer:
@@ -45,8 +55,23 @@ class FaceAnalyzer:
         return self.spec.model_id
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
-        """Faces in one BGR uint8 image, best score first, in image pixels."""
+        """Faces in one BGR uint8 image (a video frame), best score first, in image pixels."""
         return self.detect_batch([image_bgr])[0]
+
+    def detect_photo(self, image_bgr: np.ndarray) -> Detections:
+        """Faces in a photo (enrolment, identification, calibration), as `detect`; a photo whose face fills it
+        (or where no face is found) is looked at again with a margin around it (`TIGHT_FILL`,
+        `TIGHT_MARGIN`), and those detections are used when that finds a face."""
+        found = self.detect(image_bgr)
+        if not _tight(found, image_bgr.shape[:2]):
+            return found
+        h, w = image_bgr.shape[:2]
+        margin = int(round(TIGHT_MARGIN * max(h, w)))
+        framed = cv2.copyMakeBorder(image_bgr, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+        again = self.detect_batch([framed])[0]
+        if not len(again):
+            return found
+        return Detections(again.boxes - margin, again.scores, again.landmarks - margin)
 
     def detect_batch(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
         """Detect in several images with one detector call (all are letterboxed to the same input size)."""
@@ -67,9 +92,27 @@ class FaceAnalyzer:
         chips = align_faces(image_bgr, landmarks, self.spec)
         return self.embed_chips(chips)
 
+    def embed_photo(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """`embed` for a photo: chip pixels past the photo's edges repeat its edge pixels where the embedder
+        measured better so (`spec.photo_edge`: dlib), else black as for frames."""
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+        if landmarks.shape[0] == 0:
+            return np.zeros((0, self.spec.dim), np.float32)
+        return self.embed_chips(align_faces(image_bgr, landmarks, self.spec, edge=self.spec.photo_edge))
+
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings of already aligned chips (N,h,w,3) uint8 in the spec's channel order."""
         if chips.shape[0] == 0:
             return np.zeros((0, self.spec.dim), np.float32)
         raw = self.embedder.run(self.spec.preprocess(chips))[0]
         return self.spec.postprocess(raw)
+
+
+def _tight(found: Detections, image_hw: tuple[int, int]) -> bool:
+    """No face, or the largest one fills `TIGHT_FILL` of the image's width or height."""
+    index = found.largest()
+    if index is None:
+        return True
+    x1, y1, x2, y2 = found.boxes[index]
+    h, w = image_hw
+    return bool(max((x2 - x1) / w, (y2 - y1) / h) >= TIGHT_FILL)

@@ -96,11 +96,13 @@ def largest_face_embedder(analyzer: FaceAnalyzer, flip: bool = False) -> Callabl
 
     def embed_largest(path: Path) -> np.ndarray | None:
         image = read_image(path)
-        detections = analyzer.detect(image)
+        detections = analyzer.detect_photo(image)
         index = detections.largest()
         if index is None:
             return None
-        chips = align_faces(image, detections.landmarks[index : index + 1], analyzer.spec)
+        chips = align_faces(
+            image, detections.landmarks[index : index + 1], analyzer.spec, edge=analyzer.spec.photo_edge
+        )
         if flip:
             chips = np.ascontiguousarray(np.concatenate([chips, chips[:, :, ::-1]]))
         return analyzer.embed_chips(chips).mean(axis=0)

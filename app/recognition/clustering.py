@@ -13,7 +13,7 @@ Parameters per embedder (by its metric: dlib ResNet is Euclidean, the ArcFace mo
   together); 0.48 keeps a step from that edge. Completeness at 0.48: bbt 0.85, johns 1.00, human 0.82,
   families 1.00, walking-dead 0.75 (single photos far from the rest stay alone; with several faces per
   sighting from video, as the pipeline keeps them, they chain better). min_samples 1 and 2 agree; 3 loses
-  completeness on the small sets. The gallery's match threshold is a distance of 0.525 (similarity 0.475).
+  completeness on the small sets. The gallery's match threshold is a distance of 0.565 (similarity 0.435).
 - ArcFace (cosine distance = 1 - cosine similarity): eps 0.55, min_samples 2: its match threshold (cosine
   similarity 0.35, distance 0.65) less the same relative allowance as dlib's; not measured (no ArcFace
   weights on the test machine): run the testbench with EMBEDDER_MODEL set to measure it.

@@ -148,7 +148,7 @@ def embed_single_faces(
     heights: list[float] = []
     for path in images:
         image = read_image(path)
-        detections = analyzer.detect(image)
+        detections = analyzer.detect_photo(image)
         if len(detections.scores) != 1:
             skipped.append(SkippedImage(path, len(detections.scores)))
             continue
@@ -157,7 +157,7 @@ def embed_single_faces(
         if problems:
             skipped.append(SkippedImage(path, 1, tuple(problems)))
             continue
-        vectors.append(analyzer.embed(image, detections.landmarks)[0])
+        vectors.append(analyzer.embed_photo(image, detections.landmarks)[0])
         sources.append(path)
         terms.append(face)
         heights.append(float(detections.boxes[0, 3] - detections.boxes[0, 1]))
@@ -230,10 +230,10 @@ def identify_image(
     analyzer: FaceAnalyzer, gallery: Gallery, image_bgr: np.ndarray, threshold: float
 ) -> list[IdentifiedFace]:
     """Every face in the image with its gallery name, or "unknown" below `threshold` (never the nearest)."""
-    detections = analyzer.detect(image_bgr)
+    detections = analyzer.detect_photo(image_bgr)
     if len(detections.scores) == 0:
         return []
-    embeddings = analyzer.embed(image_bgr, detections.landmarks)
+    embeddings = analyzer.embed_photo(image_bgr, detections.landmarks)
     matches = gallery.search(embeddings, k=1)
     faces = []
     for box, score, best in zip(detections.boxes, detections.scores, matches, strict=True):

@@ -73,18 +73,26 @@ def _preshrink(
     return small, matrix @ to_source
 
 
-def warp_face(image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int]) -> np.ndarray:
-    """Warp one face with the (2,3) source->chip transform; pre-shrinks faces much larger than the chip."""
+def warp_face(
+    image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int], edge: bool = False
+) -> np.ndarray:
+    """Warp one face with the (2,3) source->chip transform; pre-shrinks faces much larger than the chip.
+
+    Chip pixels outside the image are black, or with `edge` the image's nearest edge pixel."""
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale < PRESHRINK_BELOW_SCALE:
         image, matrix = _preshrink(image, matrix, chip_wh)
+    border = cv2.BORDER_REPLICATE if edge else cv2.BORDER_CONSTANT
     return cv2.warpAffine(
-        image, matrix, chip_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+        image, matrix, chip_wh, flags=cv2.INTER_LINEAR, borderMode=border, borderValue=(0, 0, 0)
     )
 
 
-def align_faces(image_bgr: np.ndarray, landmarks: np.ndarray, spec: EmbedderSpec) -> np.ndarray:
-    """Aligned chips (N,h,w,3) uint8 in the spec's channel order, one per face's (5,2) landmarks."""
+def align_faces(
+    image_bgr: np.ndarray, landmarks: np.ndarray, spec: EmbedderSpec, edge: bool = False
+) -> np.ndarray:
+    """Aligned chips (N,h,w,3) uint8 in the spec's channel order, one per face's (5,2) landmarks; `edge` as in
+    `warp_face` (photos cut close around the face)."""
     landmarks = np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
     w, h = spec.input_size
     chips = np.empty((landmarks.shape[0], h, w, 3), np.uint8)
@@ -92,7 +100,7 @@ def align_faces(image_bgr: np.ndarray, landmarks: np.ndarray, spec: EmbedderSpec
         return chips
     matrices = estimate_similarities(landmarks, spec.template)
     for i, matrix in enumerate(matrices):
-        chips[i] = warp_face(image_bgr, matrix, (w, h))
+        chips[i] = warp_face(image_bgr, matrix, (w, h), edge)
     if spec.channel_order == "RGB":
         chips = chips[..., ::-1]
     return np.ascontiguousarray(chips)

@@ -8,6 +8,7 @@ from app.config import Settings
 from app.errors import UserError
 from app.inference.spec import DLIB_DEFAULT_THRESHOLD
 from app.recognition.analyzer import FaceAnalyzer
+from app.vision.alignment import align_faces
 from app.vision.image_io import read_image
 from tests.support.shared_data import SHARED_FACES
 
@@ -102,3 +103,53 @@ def test_same_person_across_resolutions_is_close(analyzer):
     small = largest_face_embedding(analyzer, SHARED_FACES / "obama-240p.jpg")
     large = largest_face_embedding(analyzer, SHARED_FACES / "obama-1080p.jpg")
     assert analyzer.spec.similarity(small[None], large[None])[0, 0] > 0.6  # distance < 0.4
+
+
+TIGHT_PHOTOS = ["obama-720p.jpg", "lin-manuel-miranda.png", "alex-lacamoire.png", "two_people.jpg"]
+
+
+def tight_crop(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A square crop inside the face box (cut at the chin and hairline), its offset and side."""
+    x1, y1, x2, y2 = box
+    side = 0.9 * max(x2 - x1, y2 - y1)
+    left, top = int((x1 + x2 - side) / 2), int((y1 + y2 - side) / 2)
+    return image[top : int(top + side), left : int(left + side)], np.array([left, top], np.float32), side
+
+
+def test_a_tight_face_crop_gets_the_landmarks_of_the_uncropped_photo(analyzer):
+    plain_errors, errors = [], []
+    for name in TIGHT_PHOTOS:
+        image = read_image(SHARED_FACES / name)
+        whole = analyzer.detect(image)
+        i = whole.largest()
+        crop, offset, side = tight_crop(image, whole.boxes[i])
+        plain = analyzer.detect_batch([crop])[0]  # one look, no margin
+        found = analyzer.detect_photo(crop)
+        for det, out in ((plain, plain_errors), (found, errors)):
+            j = det.largest()
+            out.append(np.abs(det.landmarks[j] + offset - whole.landmarks[i]).max() / side)
+    assert max(errors) < 0.05, errors  # every landmark within 5 % of the face size
+    assert np.mean(errors) < 0.8 * np.mean(plain_errors), (errors, plain_errors)
+
+
+def test_a_photo_with_room_around_the_face_is_looked_at_once(analyzer):
+    image = read_image(SHARED_FACES / "two_people.jpg")
+    once, found = analyzer.detect(image), analyzer.detect_photo(image)
+    np.testing.assert_array_equal(found.landmarks, once.landmarks)
+    np.testing.assert_array_equal(found.boxes, once.boxes)
+
+
+def test_a_photo_is_embedded_with_its_edges_extended_a_frame_as_it_is(analyzer):
+    image = read_image(SHARED_FACES / "alex-lacamoire.png")
+    whole = analyzer.detect(image)
+    crop, offset, _ = tight_crop(image, whole.boxes[whole.largest()])
+    found = analyzer.detect_photo(crop)
+    landmarks = found.landmarks[found.largest()][None]
+    photo, frame = analyzer.embed_photo(crop, landmarks), analyzer.embed(crop, landmarks)
+    np.testing.assert_allclose(frame, analyzer.embed_chips(align_faces(crop, landmarks, analyzer.spec)))
+    np.testing.assert_allclose(
+        photo, analyzer.embed_chips(align_faces(crop, landmarks, analyzer.spec, edge=True))
+    )
+    # the uncropped photo's face is nearer to the edge-extended chip than to the black-bordered one
+    reference = analyzer.embed(image, whole.landmarks[whole.largest()][None])
+    assert np.linalg.norm(photo - reference) < np.linalg.norm(frame - reference)

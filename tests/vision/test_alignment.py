@@ -130,3 +130,15 @@ def test_face_outside_the_image_is_padded_black():
     chip = align_faces(image, landmarks, spec)[0]
     assert chip[:75, :58].max() == 0
     assert chip[3:75, 62:135].min() == 255  # (row 0 blends with the border above the image)
+
+
+def test_a_photo_chip_past_the_edge_repeats_the_edge_pixels():
+    spec = embedder_spec_for(DLIB)
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[:, :100] = 40  # the photo's left half is dark, its right half bright
+    image[:, 100:] = 220
+    landmarks = DLIB_TEMPLATE[None] * 2.5 - [150, 0]  # hangs off the left edge, as above
+    black = align_faces(image, landmarks, spec)[0]
+    edge = align_faces(image, landmarks, spec, edge=True)[0]
+    assert black[:75, :58].max() == 0 and (edge[:75, :58] == 40).all()  # the dark edge, not black
+    np.testing.assert_array_equal(edge[3:75, 62:135], black[3:75, 62:135])  # inside the photo: the same
