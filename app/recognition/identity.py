@@ -367,13 +367,13 @@ class TrackIdentities:
         records = [self._record(t.track_id, frame) for t in tracks]
         present = {t.track_id for t in tracks}
         vanished = [
-            r
+            r.box
             for r in self._records.values()
             if r.last_seen == frame - 1 and r.box is not None and r.track_id not in present
         ]
         covers = np.zeros(len(tracks), dtype=bool)
         if vanished:
-            iou = box_iou(np.stack([_face_box(t) for t in tracks]), np.stack([r.box for r in vanished]))
+            iou = box_iou(np.stack([_face_box(t) for t in tracks]), np.stack(vanished))
             covers = iou.max(axis=1) >= self.config.takeover_iou
         for record, cover in zip(records, covers, strict=True):
             refound = record.taken_over and record.last_seen < frame - 1
@@ -503,8 +503,12 @@ class TrackIdentities:
         if strong and record.status == "pending":
             self._give(record, label)  # a large frontal face well above threshold: no need to wait
             return
-        steady = label is not None and weight > 0 and similarity is not None
-        steady = steady and similarity >= self.threshold + cfg.fast_margin
+        steady = (
+            label is not None
+            and weight > 0
+            and similarity is not None
+            and similarity >= self.threshold + cfg.fast_margin
+        )
         if steady and record.steady_label == label:
             record.steady_count += 1
         else:
