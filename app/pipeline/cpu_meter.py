@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,19 +26,21 @@ CPU_LINE = re.compile(r"stage cpu (\S+): ([\d.]+) s in the loop, ([\d.]+) s in t
 
 
 class ModelCpu:
-    """CPU seconds a process spends inside model calls (wrap each call in `measure()`)."""
+    """CPU seconds a process spends inside model calls (wrap each call in `measure()`); `clock` is the
+    process's CPU clock (injectable for tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.process_time) -> None:
+        self.clock = clock
         self.seconds = 0.0
         self.calls = 0
 
     @contextmanager
     def measure(self) -> Iterator[None]:
-        start = time.process_time()
+        start = self.clock()
         try:
             yield
         finally:
-            self.seconds += time.process_time() - start
+            self.seconds += self.clock() - start
             self.calls += 1
 
     def reset(self) -> None:

@@ -45,6 +45,7 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -148,9 +149,15 @@ class StageRunner:
     """Runs one stage against its channels until end of stream, a stop request or an error."""
 
     def __init__(
-        self, stage: Any, channels: StageChannels, poll_s: float = POLL_S, node: str | None = None
+        self,
+        stage: Any,
+        channels: StageChannels,
+        poll_s: float = POLL_S,
+        node: str | None = None,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         self.stage = stage
+        self.cpu_clock = cpu_clock  # the process's CPU clock, for the loop's CPU line
         self.node = node or stage.name  # several capture nodes run one stage class: the process's name
         self.items = 0  # messages produced (a source) or taken in (a consumer) by the loop
         self.channels = channels
@@ -226,12 +233,12 @@ class StageRunner:
         meter = getattr(self.stage, "model_cpu", None)
         if isinstance(meter, ModelCpu):
             meter.reset()
-        return time.process_time()
+        return self.cpu_clock()
 
     def _log_cpu(self, loop_start: float) -> None:
         meter = getattr(self.stage, "model_cpu", None)
         model_s = meter.seconds if isinstance(meter, ModelCpu) else 0.0
-        log.info(StageCpu(self.node, time.process_time() - loop_start, model_s, self.items).line())
+        log.info(StageCpu(self.node, self.cpu_clock() - loop_start, model_s, self.items).line())
 
     def _report_failure(self, exc: Exception, *, during_setup: bool) -> None:
         message = one_line(exc, limit=None, typed=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import queue
 import threading
@@ -50,9 +51,9 @@ class Harness:
         self.stop = threading.Event()
         self.channels = StageChannels(self.inbox, self.outbox, stage_end, self.stop)
 
-    def run(self, stage, start: bool = True) -> tuple[threading.Thread, list]:
+    def run(self, stage, start: bool = True, **runner_args) -> tuple[threading.Thread, list]:
         result: list = []
-        runner = StageRunner(stage, self.channels, poll_s=0.01)
+        runner = StageRunner(stage, self.channels, poll_s=0.01, **runner_args)
         thread = threading.Thread(target=lambda: result.append(runner.run()))
         thread.start()
         if start:
@@ -288,11 +289,11 @@ def test_ready_carries_setup_info(stage):
 class Heavy(Brightness):
     """A consumer with a model: its calls are metered as the detection stage meters its model."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_clock) -> None:
         super().__init__(max_batch=1)
         from app.pipeline.cpu_meter import ModelCpu
 
-        self.model_cpu = ModelCpu()
+        self.model_cpu = ModelCpu(cpu_clock)
 
     def setup(self) -> dict:
         with self.model_cpu.measure():  # a warm-up call: not the loop's
@@ -308,10 +309,12 @@ class Heavy(Brightness):
 def test_the_loop_logs_its_cpu_the_models_share_and_the_frames_it_took(caplog):
     from app.pipeline.cpu_meter import parse_cpu_lines
 
+    ticks = itertools.count()  # a CPU clock one second further on at every reading: no real clock is read
+    cpu_clock = lambda: float(next(ticks))  # noqa: E731
     h = Harness()
-    stage = Heavy()
+    stage = Heavy(cpu_clock)
     with caplog.at_level("INFO", logger="app.pipeline.stage_runner"):
-        thread, result = h.run(stage)
+        thread, result = h.run(stage, cpu_clock=cpu_clock)
         for i in range(5):
             h.inbox.put(ref(i))
         h.inbox.put(EndOfStream("end of file", 5))
@@ -322,3 +325,5 @@ def test_the_loop_logs_its_cpu_the_models_share_and_the_frames_it_took(caplog):
     assert cpu.items == 5 and stage.model_cpu.calls == 5  # the warm-up call was forgotten at the start
     assert 0.0 <= cpu.model_s <= cpu.loop_s
     assert cpu.model_s == pytest.approx(stage.model_cpu.seconds, abs=1e-4)
+    # 5 model calls of one tick each; the loop spans its two readings and the calls' ten in between
+    assert (cpu.model_s, cpu.loop_s) == (5.0, 11.0)
