@@ -86,19 +86,20 @@ class FaceAnalyzer:
 
     def embed(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """(N, dim) float32 embeddings for the faces with `landmarks` (N,5,2), in one batched model call."""
-        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
-        if landmarks.shape[0] == 0:
-            return np.zeros((0, self.spec.dim), np.float32)
-        chips = align_faces(image_bgr, landmarks, self.spec)
-        return self.embed_chips(chips)
+        return self.embed_chips(align_faces(image_bgr, self._landmarks(landmarks), self.spec))
+
+    def photo_chips(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """Aligned chips of a photo's faces: pixels past the photo's edges repeat its edge pixels where the
+        embedder measured better so (`spec.photo_edge`: dlib), else black as for frames."""
+        return align_faces(image_bgr, self._landmarks(landmarks), self.spec, edge=self.spec.photo_edge)
 
     def embed_photo(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """`embed` for a photo: chip pixels past the photo's edges repeat its edge pixels where the embedder
-        measured better so (`spec.photo_edge`: dlib), else black as for frames."""
-        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
-        if landmarks.shape[0] == 0:
-            return np.zeros((0, self.spec.dim), np.float32)
-        return self.embed_chips(align_faces(image_bgr, landmarks, self.spec, edge=self.spec.photo_edge))
+        """`embed` for a photo, from its `photo_chips`."""
+        return self.embed_chips(self.photo_chips(image_bgr, landmarks))
+
+    @staticmethod
+    def _landmarks(landmarks: np.ndarray) -> np.ndarray:
+        return np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings of already aligned chips (N,h,w,3) uint8 in the spec's channel order."""

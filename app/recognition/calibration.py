@@ -30,7 +30,6 @@ from app.errors import UserError
 from app.inference.spec import pairwise_similarity
 from app.recognition.analyzer import FaceAnalyzer
 from app.recognition.enrollment import IMAGE_SUFFIXES
-from app.vision.alignment import align_faces
 from app.vision.image_io import read_image
 
 FAR_TARGETS = (1e-2, 1e-3)
@@ -100,9 +99,7 @@ def largest_face_embedder(analyzer: FaceAnalyzer, flip: bool = False) -> Callabl
         index = detections.largest()
         if index is None:
             return None
-        chips = align_faces(
-            image, detections.landmarks[index : index + 1], analyzer.spec, edge=analyzer.spec.photo_edge
-        )
+        chips = analyzer.photo_chips(image, detections.landmarks[index : index + 1])
         if flip:
             chips = np.ascontiguousarray(np.concatenate([chips, chips[:, :, ::-1]]))
         return analyzer.embed_chips(chips).mean(axis=0)
