@@ -230,14 +230,19 @@ class StageRunner:
 
     def _start_cpu(self) -> float:
         """The process's CPU clock at the start signal; the model's meter forgets its warm-up calls."""
-        meter = getattr(self.stage, "model_cpu", None)
-        if isinstance(meter, ModelCpu):
+        meter = self._model_cpu()
+        if meter is not None:
             meter.reset()
         return self.cpu_clock()
 
-    def _log_cpu(self, loop_start: float) -> None:
+    def _model_cpu(self) -> ModelCpu | None:
+        """The stage's model meter: a stage with a model keeps one as `model_cpu`."""
         meter = getattr(self.stage, "model_cpu", None)
-        model_s = meter.seconds if isinstance(meter, ModelCpu) else 0.0
+        return meter if isinstance(meter, ModelCpu) else None
+
+    def _log_cpu(self, loop_start: float) -> None:
+        meter = self._model_cpu()
+        model_s = meter.seconds if meter is not None else 0.0
         log.info(StageCpu(self.node, self.cpu_clock() - loop_start, model_s, self.items).line())
 
     def _report_failure(self, exc: Exception, *, during_setup: bool) -> None:
