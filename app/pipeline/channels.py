@@ -68,6 +68,12 @@ class FairInbox:
             return msg
         raise queue.Empty
 
+    def ready(self) -> bool:
+        """Whether some queue has a message now (a hint: `get_nowait` may still find none)."""
+        if self._poller is not None:
+            return bool(self._ready) or bool(self._poller.poll(0))
+        return any(not q.empty() for q in self.queues)
+
     def get(self, timeout: float) -> Any:
         """The next message, waiting up to `timeout` seconds for one; queue.Empty after that."""
         if len(self.queues) == 1:

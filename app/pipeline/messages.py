@@ -135,6 +135,17 @@ class EndOfStream:
 FrameMessage = FrameRef | RawDetections | FaceDetections | TrackedFaces
 
 
+@dataclass
+class FrameBatch:
+    """Several frame messages for one queue, sent as one item: the outputs of one detector call, or of the
+    frames a stage worked through while more were waiting. One queue put, one pipe write and one wake-up of
+    the next stage instead of one each (each cost ~0.1-0.4 ms of CPU a frame in a stage process). The stage
+    runner packs and unpacks them; stages only ever see the messages, in order. Never holds an EndOfStream.
+    """
+
+    messages: list[Any]
+
+
 # -- tracking <-> embedding worker (side channel) ---
 
 
@@ -242,6 +253,13 @@ class FrameDone:
     """The sink finished a frame; carries its timing history for the metrics."""
 
     meta: FrameMeta
+
+
+@dataclass
+class FramesDone:
+    """The sink finished several frames at once (the supervisor counts each as a `FrameDone`)."""
+
+    metas: list[FrameMeta]
 
 
 @dataclass

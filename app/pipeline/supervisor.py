@@ -55,7 +55,16 @@ from app.errors import UserError
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER_ERROR
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.graph import Node, PipelineGraph, Stream
-from app.pipeline.messages import Failed, Finished, FrameDone, FrameMeta, Ready, SourceInfo, Start
+from app.pipeline.messages import (
+    Failed,
+    Finished,
+    FrameDone,
+    FrameMeta,
+    FramesDone,
+    Ready,
+    SourceInfo,
+    Start,
+)
 from app.pipeline.metrics import StreamMetrics
 from app.pipeline.restart_state import RestartState
 from app.pipeline.stage_runner import StageChannels, stage_process_main
@@ -547,10 +556,14 @@ class Supervisor:
 
     @staticmethod
     def _drain(child: _Child) -> list[tuple[_Child, Any]]:
-        out = []
+        out: list[tuple[_Child, Any]] = []
         try:
             while not child.control.closed and child.control.poll():
-                out.append((child, child.control.recv()))
+                msg = child.control.recv()
+                if isinstance(msg, FramesDone):  # the sink's frames of one batch, reported at once
+                    out.extend((child, FrameDone(meta)) for meta in msg.metas)
+                else:
+                    out.append((child, msg))
         except (EOFError, OSError):
             child.control.close()
         return out

@@ -16,9 +16,11 @@ from app.pipeline.messages import (
     EndOfStream,
     Failed,
     Finished,
+    FrameBatch,
     FrameDone,
     FrameMeta,
     FrameRef,
+    FramesDone,
     Ready,
     SourceInfo,
     StageStamp,
@@ -26,10 +28,12 @@ from app.pipeline.messages import (
 )
 from app.pipeline.stage_runner import (
     NOTHING_YET,
+    PACK_MAX,
     Capabilities,
     StageChannels,
     StageRunner,
     StopPipeline,
+    unpacked,
 )
 from tests.support.waiting import GUARD_S, wait_until
 
@@ -68,8 +72,17 @@ class Harness:
     def messages(self, timeout: float = 1.0) -> list:
         out = []
         while self.supervisor_end.poll(timeout):
-            out.append(self.supervisor_end.recv())
+            msg = self.supervisor_end.recv()
+            out.extend(FrameDone(m) for m in msg.metas) if isinstance(msg, FramesDone) else out.append(msg)
             timeout = 0.05
+        return out
+
+    def outputs(self) -> list:
+        """Every message the stage sent on, FrameBatches unpacked."""
+        assert self.outbox is not None
+        out = []
+        while not self.outbox.empty():
+            out.extend(unpacked(self.outbox.get_nowait()))
         return out
 
 
@@ -114,7 +127,8 @@ def test_consumer_stamps_forwards_and_passes_end_of_stream():
     h.inbox.put(EndOfStream("end of file", 3))
     thread.join(GUARD_S)
     assert result == [0] and stage.closed and stage.started_with == {0: SOURCE}
-    out = [h.outbox.get_nowait() for _ in range(4)]
+    out = h.outputs()
+    assert len(out) == 4
     assert [m.meta.frame_index for m in out[:3]] == [0, 1, 2]
     assert [m.meta.brightness for m in out[:3]] == [23.5, 24.5, 25.5]
     assert all(m.meta.stamps[-1].stage == "brightness" for m in out[:3])
@@ -136,6 +150,50 @@ def test_batches_only_what_is_already_queued():
     h.stop.set()
     thread.join(GUARD_S)
     assert not thread.is_alive()
+
+
+def test_frames_that_were_waiting_go_on_together_and_a_lone_frame_at_once():
+    h = Harness(inbox_size=PACK_MAX + 8)
+    stage = Brightness()  # one frame a call
+    for i in range(5):
+        h.inbox.put(ref(i))
+    h.inbox.put(FrameBatch([ref(5), ref(6)]))  # a batch from upstream is unpacked, in order
+    thread, _ = h.run(stage, pack_window_s=GUARD_S)  # no window: what was waiting goes on together
+    item = h.outbox.get(timeout=GUARD_S)
+    assert stage.calls == [1] * 7
+    assert isinstance(item, FrameBatch) and [m.meta.frame_index for m in item.messages] == list(range(7))
+    assert all(m.meta.stamps[-1].stage == "brightness" for m in item.messages)
+    h.inbox.put(ref(7))  # idle: the lone frame goes on alone, without waiting for company
+    lone = h.outbox.get(timeout=GUARD_S)
+    assert isinstance(lone, FrameRef) and lone.meta.frame_index == 7
+    h.stop.set()
+    thread.join(GUARD_S)
+    assert not thread.is_alive()
+
+
+def test_with_no_pack_window_every_frame_goes_on_by_itself():
+    h = Harness()
+    for i in range(3):
+        h.inbox.put(ref(i))
+    h.inbox.put(EndOfStream("end of file", 3))
+    thread, _ = h.run(Brightness(), pack_window_s=0.0)
+    thread.join(GUARD_S)
+    items = [h.outbox.get_nowait() for _ in range(h.outbox.qsize())]
+    assert [type(i) for i in items] == [FrameRef, FrameRef, FrameRef, EndOfStream]
+
+
+def test_the_sink_reports_frames_done_together():
+    h = Harness(with_outbox=False)
+    for i in range(3):
+        h.inbox.put(ref(i))
+    h.inbox.put(EndOfStream("end of file", 3))
+    thread, result = h.run(Brightness(), pack_window_s=GUARD_S)
+    thread.join(GUARD_S)
+    raw = []
+    while h.supervisor_end.poll(0.2):
+        raw.append(h.supervisor_end.recv())
+    assert [type(m) for m in raw] == [FramesDone, Finished] and result == [0]
+    assert [m.frame_index for m in raw[0].metas] == [0, 1, 2]
 
 
 def test_last_stage_reports_every_frame_and_the_end():
@@ -257,7 +315,8 @@ def test_source_waits_for_start_then_produces_until_the_end():
     assert h.outbox.empty() and source.frames_read == 0  # nothing before Start
     h.supervisor_end.send(Start({}))
     thread.join(GUARD_S)
-    out = [h.outbox.get_nowait() for _ in range(4)]
+    out = h.outputs()
+    assert len(out) == 4
     assert [m.meta.frame_index for m in out[:3]] == [0, 1, 2]
     assert out[3] == EndOfStream("end of file", 3) and result == [0]
 

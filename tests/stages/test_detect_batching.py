@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.pipeline.messages import EndOfStream, FaceDetections, Ready, Start
-from app.pipeline.stage_runner import StageChannels, StageRunner
+from app.pipeline.stage_runner import StageChannels, StageRunner, unpacked
 from app.stages.detect import CANDIDATE_FLOOR, CandidateDetections, DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import PRE_NMS_TOP_K, decode_retinaface, prior_boxes
@@ -84,7 +84,7 @@ def test_a_stage_behind_takes_every_queued_frame_in_one_call(clip_frames):
         assert not thread.is_alive()
         out = []
         while not outbox.empty():
-            out.append(outbox.get())
+            out.extend(unpacked(outbox.get()))
         assert stage.calls == [4, 2]  # bounded by max_batch, then what was left
         raw = out[:-1]
         assert isinstance(out[-1], EndOfStream)
