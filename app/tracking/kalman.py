@@ -19,7 +19,12 @@ def xyxy_to_xyah(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     w = boxes[:, 2] - boxes[:, 0]
     h = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
-    return np.stack([boxes[:, 0] + w / 2, boxes[:, 1] + h / 2, w / h, h], axis=1)
+    out = np.empty((boxes.shape[0], 4))  # filled column by column: np.stack costs more than the arithmetic
+    out[:, 0] = boxes[:, 0] + w / 2
+    out[:, 1] = boxes[:, 1] + h / 2
+    out[:, 2] = w / h
+    out[:, 3] = h
+    return out
 
 
 def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
@@ -28,7 +33,12 @@ def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
     xyah = xyah.reshape(-1, xyah.shape[-1])
     h = xyah[:, 3]
     w = xyah[:, 2] * h
-    return np.stack([xyah[:, 0] - w / 2, xyah[:, 1] - h / 2, xyah[:, 0] + w / 2, xyah[:, 1] + h / 2], axis=1)
+    out = np.empty((xyah.shape[0], 4))
+    out[:, 0] = xyah[:, 0] - w / 2
+    out[:, 1] = xyah[:, 1] - h / 2
+    out[:, 2] = xyah[:, 0] + w / 2
+    out[:, 3] = xyah[:, 1] + h / 2
+    return out
 
 
 class KalmanBoxFilter:
@@ -40,12 +50,16 @@ class KalmanBoxFilter:
         self.motion = np.eye(STATE_DIM)
         self.motion[:MEASURE_DIM, MEASURE_DIM:] = np.eye(MEASURE_DIM)  # one frame per step
         # The measurement is the first four state entries, so H @ x is x[:4] and H P H^T is P[:4, :4].
+        self._weights: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}  # _std's, as arrays
 
     def _std(self, heights: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
         """Per-track standard deviations: weight * height, except aspect terms, which are absolute."""
-        out = np.empty((heights.shape[0], len(weights)))
-        for i, weight in enumerate(weights):
-            out[:, i] = weight * heights if i % 4 != 2 else weight
+        known = self._weights.get(weights)
+        if known is None:
+            known = self._weights[weights] = (np.asarray(weights), np.arange(len(weights)) % 4 == 2)
+        w, aspect = known
+        out = heights[:, None] * w
+        out[:, aspect] = w[aspect]
         return out
 
     @staticmethod

@@ -23,17 +23,24 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
     if a.shape[0] == 0 or b.shape[0] == 0:
         return np.zeros((a.shape[0], b.shape[0]))
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    inter_w = np.clip(
-        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
-    )
-    inter_h = np.clip(
-        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
-    )
-    inter = inter_w * inter_h
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    # np.maximum(x, 0) rather than np.clip(x, 0, None): the same values, without clip's dispatch (this
+    # runs several times a frame per camera; the tracking lanes' CPU is what limits a GPU host).
+    ax1, ay1, ax2, ay2 = a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4]
+    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    area_a = np.maximum(ax2 - ax1, 0.0) * np.maximum(ay2 - ay1, 0.0)
+    area_b = np.maximum(bx2 - bx1, 0.0) * np.maximum(by2 - by1, 0.0)
+    inter = np.minimum(ax2, bx2)
+    inter -= np.maximum(ax1, bx1)
+    np.maximum(inter, 0.0, out=inter)
+    inter_h = np.minimum(ay2, by2)
+    inter_h -= np.maximum(ay1, by1)
+    np.maximum(inter_h, 0.0, out=inter_h)
+    inter *= inter_h
+    union = area_a + area_b
+    union -= inter
+    iou = inter / np.maximum(union, 1e-12)
+    iou[~(union > 0)] = 0.0
+    return iou
 
 
 def iou_distance(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -55,14 +62,16 @@ def linear_assignment(cost: np.ndarray, thresh: float) -> Assignment:
         return Assignment(np.empty((0, 2), dtype=int), np.arange(rows), np.arange(cols))
     # extend_cost pads the matrix to square; cost_limit lets a row stay unmatched rather than take a pair
     # costing more than the gate, which is the gate of the paper.
-    _, row_to_col, col_to_row = lap.lapjv(
+    _, row_to_col, _ = lap.lapjv(
         np.ascontiguousarray(cost, dtype=np.float64), extend_cost=True, cost_limit=thresh
     )
     matched_rows = np.flatnonzero(row_to_col >= 0)
-    matches = np.stack([matched_rows, row_to_col[matched_rows]], axis=1).astype(int)
+    matched_cols = row_to_col[matched_rows]
     # lapjv's limit is exclusive only up to rounding; enforce the gate exactly.
-    keep = cost[matches[:, 0], matches[:, 1]] <= thresh
-    matches = matches[keep]
+    keep = cost[matched_rows, matched_cols] <= thresh
+    matches = np.empty((int(np.count_nonzero(keep)), 2), dtype=int)
+    matches[:, 0] = matched_rows[keep]
+    matches[:, 1] = matched_cols[keep]
     row_free = np.ones(rows, dtype=bool)
     row_free[matches[:, 0]] = False
     col_free = np.ones(cols, dtype=bool)
