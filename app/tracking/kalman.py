@@ -58,7 +58,7 @@ class KalmanBoxFilter:
         if known is None:
             known = self._weights[weights] = (np.asarray(weights), np.arange(len(weights)) % 4 == 2)
         w, aspect = known
-        out = heights[:, None] * w
+        out: np.ndarray = heights[:, None] * w
         out[:, aspect] = w[aspect]
         return out
 

@@ -38,7 +38,7 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     inter *= inter_h
     union = area_a + area_b
     union -= inter
-    iou = inter / np.maximum(union, 1e-12)
+    iou: np.ndarray = inter / np.maximum(union, 1e-12)
     iou[~(union > 0)] = 0.0
     return iou
 
