@@ -88,6 +88,23 @@ def test_multiprocessing_queues_are_read_in_turn_and_an_empty_round_is_empty():
             q.close()
 
 
+def test_an_inbox_says_whether_a_message_is_there_without_taking_it():
+    ctx = multiprocessing.get_context("spawn")
+    queues = [ctx.Queue() for _ in range(2)]
+    try:
+        inbox = FairInbox(queues)
+        assert not inbox.ready()
+        queues[1].put(ref(1, 0))
+        wait_until(inbox.ready, "the message in its pipe")
+        assert inbox.ready()  # looking took nothing
+        assert inbox.get_nowait().meta.stream == 1
+        assert not inbox.ready()
+    finally:
+        for q in queues:
+            q.cancel_join_thread()
+            q.close()
+
+
 class Counter:
     """A consumer serving two streams that counts the frames it saw per stream."""
 
