@@ -36,10 +36,12 @@ input's meta, and the last stage (no outbox) reports every finished frame to the
 Outputs produced together travel together: what one process_batch() call returns, and what a stage produced
 from frames that were already waiting for it, goes to each next queue as one `FrameBatch` (the sink's
 reports as one `FramesDone`), and the next runner unpacks it. A frame's output waits for the frames
-processed after it at most `PACK_WINDOW_S` (and only while more input is already there: an idle pipeline
-passes each frame on at once). Every queue operation costs the two processes a pipe write or read, a lock,
-the feeder thread's hand-off and often a wake-up; a frame at a time that was 0.3-0.4 ms of CPU a frame in
-each of postprocess, recognize and the sink (2-core box, 4 cameras at 1080p), most of the sink's CPU.
+processed after it about `PACK_WINDOW_S` at most: the next input is taken along only when it is already
+there and would be done within the window if it took as long as the last one (an idle pipeline passes each
+frame on at once, a detector call of 10-50 ms never waits for another). Every queue operation costs the two
+processes a pipe write or read, a lock, the feeder thread's hand-off and often a wake-up; a frame at a time
+that was 0.3-0.4 ms of CPU a frame in each of postprocess, recognize and the sink (2-core box, 4 cameras at
+1080p), most of the sink's CPU.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag
 # How long a finished frame's output may wait for the frames processed after it before it is sent (only while
-# more input is queued): a recognition lane at ~1.5 ms a frame then sends 2-3 frames a put, postprocess ~10.
+# more input is queued, and only for work expected to end within it): a recognition lane at ~1.5 ms a frame
+# then sends 2 frames a put, postprocess at ~0.3 ms up to ~10.
 PACK_WINDOW_S = 0.003
 PACK_MAX = 64  # messages in one FrameBatch at most
 
@@ -343,13 +346,15 @@ class StageRunner:
                     done.extend(msg.meta for msg in batch)
                 else:
                     held.extend(outputs)
+                # Wait for the next input's outputs only if it is there now and, taking as long as this one
+                # took, would still be done within the window (a detector call of 10-50 ms never holds one).
                 if (
                     not self._pending_eos
                     and len(held) + len(done) < PACK_MAX
-                    and stamp_now() - held_since < self.pack_window_s
+                    and stamp_now() + (end - start) - held_since < self.pack_window_s
                     and self._more_ready()
                 ):
-                    continue  # more input is there now: its outputs go along with these
+                    continue
             if not self._flush(held, done):
                 return False
             held, done = [], []
