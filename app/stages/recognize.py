@@ -79,6 +79,18 @@ RESULT_WAIT_S = 30.0  # a due answer this late means a stuck worker: the request
 SCENE_CUT_DIFF = 20.0
 
 
+def _every(frame: np.ndarray, step: int) -> np.ndarray:
+    """frame[::step, ::step] as a contiguous copy (the bytes OpenCV would copy it to), made with each BGR
+    pixel as one 3-byte element: numpy then copies 128 pixels a row in one inner loop instead of 3 bytes at a
+    time (a 1080p frame at step 15: 32 -> 18 us in cache, 97 -> 65 us from memory, as the tracking lane reads
+    it)."""
+    if not (frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 and frame.flags.c_contiguous):
+        return np.ascontiguousarray(frame[::step, ::step])
+    h, w = frame.shape[:2]
+    pixels = frame.view(np.dtype((np.void, 3))).reshape(h, w)[::step, ::step]
+    return np.ascontiguousarray(pixels).view(np.uint8).reshape(pixels.shape[0], pixels.shape[1], 3)
+
+
 class SceneCutDetector:
     """Tells hard cuts from motion by how much a small grey thumbnail changes from one frame to the next."""
 
@@ -92,7 +104,7 @@ class SceneCutDetector:
         # the Hamilton clip upscaled to 1080p the cut/motion figures move by at most 0.3 (cuts 27.6-30.1,
         # camera moves at most 13.6) against a threshold of 20.
         step = max(1, frame_bgr.shape[0] // 72)
-        small = cv2.resize(frame_bgr[::step, ::step], (64, 36), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(_every(frame_bgr, step), (64, 36), interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
         previous, self._previous = self._previous, grey
         return previous is not None and float(np.abs(grey - previous).mean()) >= self.threshold

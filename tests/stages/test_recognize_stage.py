@@ -21,7 +21,7 @@ from app.pipeline.messages import TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
-from app.stages.recognize import RecognizeStage, SceneCutDetector
+from app.stages.recognize import RecognizeStage, SceneCutDetector, _every
 from app.vision.image_io import read_image
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.shared_data import HAMILTON, REPO, SHARED_FACES
@@ -134,3 +134,10 @@ def test_scene_cut_detector_tells_cuts_from_motion():
     moved = np.roll(frames[-1], 12, axis=1)  # a fast pan
     detector = SceneCutDetector()
     assert [detector.is_cut(f) for f in (still, still, frames[-1], moved)] == [False, False, True, False]
+
+
+def test_the_cut_detectors_sample_is_the_strided_slice_byte_for_byte():
+    frame = cv2.resize(clip(100, 101)[0], (1920, 1080))  # a 1080p frame, as a ring slot holds it
+    for image, step in ((frame, 15), (frame, 1), (frame[:, ::2], 7), (frame[..., 0], 5)):  # 1 channel, a view
+        sample = _every(image, step)
+        assert sample.flags.c_contiguous and np.array_equal(sample, image[::step, ::step])
