@@ -8,9 +8,13 @@ Per frame (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every 
 3. Second association: detections with low_thresh < score < high_thresh against the tracked tracks left
    over from step 2, cost 1 - IoU, gate second_match_thresh (0.5). Tracked tracks still unmatched become
    lost. This is what keeps a face through blur, a head turn or a partial occlusion, when its score dips.
-4. Unconfirmed tracks (seen on one frame) against the high-score detections left over from step 2, gate
-   unconfirmed_match_thresh (0.7): matched ones are confirmed and get an id, the rest are removed.
-5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks.
+4. Unconfirmed tracks against the high-score detections left over from step 2, gate
+   unconfirmed_match_thresh (0.7); tracks started from a weak box (step 5) also against the low-score
+   detections step 3 left. A track is confirmed (gets an id) on its second matched frame in a row, one
+   started weakly on its weak_confirm_hits-th; an unconfirmed track missed once is removed.
+5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks; leftover
+   detections from weak_start_thresh up (0.4), away from every track, start weak ones (not in ByteTrack:
+   small faces score 0.1-0.6 their whole walk and would never get a track).
 6. Lost tracks older than track_buffer * fps / 30 frames are removed; a tracked track that duplicates a
    lost one (1 - IoU < 0.15) is resolved in favour of the older of the two.
 
@@ -137,17 +141,39 @@ class ByteTracker:
             cost = fuse_score(cost, scores[high_left])
         third = linear_assignment(cost, cfg.unconfirmed_match_thresh)
         matched += [(unconfirmed[r], int(high_left[c])) for r, c in third.matches]
-        for r in third.unmatched_rows:
-            unconfirmed[r].mark_removed()
+        waiting = [unconfirmed[r] for r in third.unmatched_rows]
         high_left = high_left[third.unmatched_cols]
+        # ... and tracks started from a weak box vs the low-score detections no tracked track took.
+        low_left = low[second.unmatched_cols]
+        weak = [t for t in waiting if t.weak_start]
+        if weak and low_left.size:
+            cost = iou_distance(_boxes(weak), boxes[low_left])
+            fourth = linear_assignment(cost, cfg.unconfirmed_match_thresh)
+            matched += [(weak[r], int(low_left[c])) for r, c in fourth.matches]
+            taken = {id(weak[r]) for r, _ in fourth.matches}
+            waiting = [t for t in waiting if id(t) not in taken]
+            low_left = low_left[fourth.unmatched_cols]
+        for track in waiting:
+            track.mark_removed()
 
         self._apply_matches(matched, boxes, scores, landmarks, frame)
         for track in newly_lost:
             track.mark_lost()
 
-        # Stage 4: new tracks.
+        # Stage 4: new tracks; weak ones from leftover boxes under new_track_thresh, away from every track.
         starters = high_left[scores[high_left] >= cfg.new_track_thresh]
         new_tracks = self._start_tracks(starters, boxes, scores, landmarks, frame)
+        if cfg.weak_confirm_hits and frame > 1:
+            candidates = np.concatenate([high_left[scores[high_left] < cfg.new_track_thresh], low_left])
+            candidates = candidates[scores[candidates] >= cfg.weak_start_thresh]
+            present = [t for t in self._tracked + new_tracks if t.state != TrackState.REMOVED]
+            if candidates.size and present:
+                nearest = iou_distance(_boxes(present), boxes[candidates]).min(axis=0)
+                candidates = candidates[nearest > 1.0 - cfg.weak_start_iou]
+            weak_tracks = self._start_tracks(candidates, boxes, scores, landmarks, frame)
+            for track in weak_tracks:
+                track.weak_start, track.hits_to_confirm = True, max(cfg.weak_confirm_hits, 2)
+            new_tracks += weak_tracks
 
         # Stage 5: book-keeping.
         for track in self._lost:
@@ -177,12 +203,11 @@ class ByteTracker:
             xyxy_to_xyah(boxes[det]),
         )
         for i, track in enumerate(tracks):
-            was_new = track.state == TrackState.NEW
             track.mark_matched(
                 frame, means[i], covs[i], boxes[det[i]], scores[det[i]],
                 None if landmarks is None else landmarks[det[i]], int(det[i]),
             )  # fmt: skip
-            if was_new:
+            if not track.is_confirmed and track.hits >= track.hits_to_confirm:
                 track.confirm(self._new_id())
 
     def _start_tracks(
