@@ -6,8 +6,10 @@ Per frame (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every 
    cost 1 - IoU * score, Hungarian (lap.lapjv), gate match_thresh. A matched lost track is re-found
    under its old id.
 3. Second association: detections with low_thresh < score < high_thresh against the tracked tracks left
-   over from step 2, cost 1 - IoU, gate second_match_thresh (0.5). Tracked tracks still unmatched become
-   lost. This is what keeps a face through blur, a head turn or a partial occlusion, when its score dips.
+   over from step 2 and those lost at most low_refind_frames ago (not in ByteTrack: a small face's score
+   flickers between nothing and 0.1-0.3), cost 1 - IoU, gate second_match_thresh (0.5). Tracked tracks
+   still unmatched become lost. This is what keeps a face through blur, a head turn or a partial
+   occlusion, when its score dips.
 4. Unconfirmed tracks against the high-score detections left over from step 2, gate
    unconfirmed_match_thresh (0.7); tracks started from a weak box (step 5) also against the low-score
    detections step 3 left. A track is confirmed (gets an id) on its second matched frame in a row, one
@@ -128,12 +130,19 @@ class ByteTracker:
         first = linear_assignment(cost, cfg.match_thresh)
         matched += [(pool[r], int(high[c])) for r, c in first.matches]
         remaining = [pool[r] for r in first.unmatched_rows if pool[r].state == TrackState.TRACKED]
+        # ... and the tracks lost a moment ago: a small face's score flickers between nothing and 0.1-0.3.
+        refind = [
+            pool[r]
+            for r in first.unmatched_rows
+            if pool[r].state == TrackState.LOST and frame - pool[r].frame_id <= cfg.low_refind_frames
+        ]
         high_left = high[first.unmatched_cols]
 
         # Stage 2: low-score detections vs the tracked tracks left over; no score fusion (scores are low).
-        second = linear_assignment(iou_distance(_boxes(remaining), boxes[low]), cfg.second_match_thresh)
-        matched += [(remaining[r], int(low[c])) for r, c in second.matches]
-        newly_lost = [remaining[r] for r in second.unmatched_rows]
+        extend = remaining + refind
+        second = linear_assignment(iou_distance(_boxes(extend), boxes[low]), cfg.second_match_thresh)
+        matched += [(extend[r], int(low[c])) for r, c in second.matches]
+        newly_lost = [extend[r] for r in second.unmatched_rows if extend[r].state == TrackState.TRACKED]
 
         # Stage 3: unconfirmed tracks vs leftover high-score detections.
         cost = iou_distance(_boxes(unconfirmed), boxes[high_left])

@@ -107,6 +107,21 @@ def test_a_weak_box_overlapping_a_track_starts_no_track():
         assert [t.track_id for t in tracks] == [1]
 
 
+@pytest.mark.parametrize("low_refind_frames", [TrackerConfig().low_refind_frames, 0])
+def test_a_face_missed_on_a_frame_is_refound_by_a_low_score_box(low_refind_frames):
+    tracker = ByteTracker(TrackerConfig(low_refind_frames=low_refind_frames))
+    for frame in range(5):
+        step(tracker, [face(100 + 2 * frame, 100, size=35)], [0.9])
+    shown = []
+    for frame in range(5, 15):  # a small face far away: nothing on one frame, 0.2 on the next
+        boxes = [face(100 + 2 * frame, 100, size=35)] if frame % 2 else []
+        tracks = step(tracker, boxes, [0.2] * len(boxes))
+        if boxes:
+            shown.append([t.track_id for t in tracks])
+    # Without: the first 0.2 box extends the track (tracked on the frame before); lost after the gap.
+    assert shown == ([[1]] * 5 if low_refind_frames else [[1]] + [[]] * 4)
+
+
 def test_without_the_low_score_stage_the_same_blur_loses_the_track():
     tracker = ByteTracker(TrackerConfig(low_thresh=0.5))  # 0.3 boxes are now dropped
     for frame in range(10):
