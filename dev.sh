@@ -38,6 +38,29 @@ setup() {
     .venv/bin/python -m app.models fetch
 }
 
+# The loopback servers the tests start: Debian's GStreamer RTSP server (through python3-gi), a virtual display
+# for the GUI, and an MQTT broker. npm (for the optional MobileFaceNet embedder) comes with the machine's
+# Node.js: Debian's npm package conflicts with that Node.js, so it is not installed here.
+TEST_PACKAGES="python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+gstreamer1.0-plugins-ugly xvfb xauth libxtst6 mosquitto"
+
+test_servers() {
+    local missing=()
+    for pkg in $TEST_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing the test servers' Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "error: the tests need Debian packages that are missing: ${missing[*]}; install them with" \
+            "'sudo apt-get install ${missing[*]}'" >&2
+        exit 2
+    fi
+}
+
 cmd=${1:-main}
 case "$cmd" in
     -*) cmd=main ;;  # flags for the main job
@@ -46,6 +69,7 @@ esac
 case "$cmd" in
     setup) setup ;;
     test)
+        if command -v dpkg-query >/dev/null; then test_servers; fi
         setup
         if [ "${TEST_TORCH:-0}" = 1 ]; then
             # Optional torch backend, CPU build, so its tests compare it with ONNX Runtime here too.

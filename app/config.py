@@ -207,6 +207,13 @@ class Settings:
         "Video decoder for files and stream URLs: ffmpeg, nvdec, or auto (NVDEC when it is available)",
         choices=("auto", "ffmpeg", "nvdec"),
     )
+    decode_threads: int = setting(
+        0,
+        "FFmpeg decoding threads per camera; 0 = automatic: FFmpeg's own choice (one per core) for one "
+        "camera, the CPUs shared out among several (one each for as many cameras as cores: less CPU a frame)",
+        lo=0,
+        hi=64,
+    )
 
     # Output safety
     overwrite: bool = setting(False, "Replace output files that exist already (else the run refuses)")

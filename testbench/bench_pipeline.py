@@ -790,6 +790,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "live": args.live,
         "result_lag": args.result_lag,
         "decoder": args.decoder,
+        "decode_threads": settings.decode_threads,
         "fps": run["fps"],
         "fps_per_stream_min": min(rates) if rates else None,
         "fps_per_stream_max": max(rates) if rates else None,

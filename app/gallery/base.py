@@ -1,8 +1,8 @@
 """Gallery interface shared by the embedded (qdrant-edge) and server (qdrant-client) engines.
 
 A gallery stores several embeddings per person (one Qdrant point each, payload: name, source, added time)
-and answers "who is this?" per person: `search` returns the best match of each of the k nearest persons,
-in the embedder spec's similarity units (higher = more alike).
+and answers "who is this?" per person: `search` returns the k most similar persons, each scored over their
+best photos (`person_similarity`), in the embedder spec's similarity units (higher = more alike).
 """
 
 from __future__ import annotations
@@ -221,15 +221,59 @@ def similarity_from_score(score: float, metric: str) -> float:
     return float(similarity_from_distance(score, metric)) if metric == "euclidean" else score
 
 
-def best_per_person(hits: Iterable[tuple[str, float]], k: int) -> list[Match]:
-    """Keep the first (best) hit of each name from best-first (name, similarity) hits, up to k persons."""
-    seen: dict[str, float] = {}
+# A person's score for a face is a soft maximum over their best PERSON_PHOTOS photos, not the best photo
+# alone: with the plain maximum every extra photo is one more chance for a stranger to score high, so a
+# threshold that kept strangers out at 3 photos a person was stricter than 1 photo needs (0.44 against 0.42
+# for dlib). Photos of the person that disagree with the face now count against it, by at most
+# log(PERSON_PHOTOS) / PERSON_SOFTNESS (0.027) below the best; one photo scores its own similarity.
+# Measured on ../shared/data/identities (app/inference/spec.py): 30-60 give the same thresholds.
+PERSON_PHOTOS = 3
+PERSON_SOFTNESS = 40.0  # per similarity unit
+
+
+def person_similarity(similarities: np.ndarray) -> np.ndarray:
+    """Person scores from similarities to that person's photos along the last axis (any order, at least
+    one): the log-mean-exp with PERSON_SOFTNESS of the best PERSON_PHOTOS of them."""
+    s = np.asarray(similarities, np.float64)
+    if s.shape[-1] > PERSON_PHOTOS:
+        s = -np.partition(-s, PERSON_PHOTOS - 1, axis=-1)[..., :PERSON_PHOTOS]
+    top = s.max(axis=-1, keepdims=True)
+    spread = np.log(np.mean(np.exp(PERSON_SOFTNESS * (s - top)), axis=-1)) / PERSON_SOFTNESS
+    return np.asarray(top[..., 0] + spread)
+
+
+def best_per_person(
+    hits: Iterable[tuple[str, float]],
+    k: int,
+    complete: bool = True,
+    count_of: Callable[[str], int] | None = None,
+) -> list[Match] | None:
+    """The k best persons of best-first (name, similarity) point hits, scored by `person_similarity` over
+    each name's hits.
+
+    `complete`: the hits are every point of the gallery. When they are not (the nearest `limit` points),
+    None says more are needed: a chosen person with fewer hits than min(PERSON_PHOTOS, their points,
+    `count_of(name)`) or scoring below the last hit (a person not among the hits could score above it)."""
+    by_name: dict[str, list[float]] = {}
+    lowest = np.inf
     for name, similarity in hits:
-        if name not in seen:
-            seen[name] = similarity
-            if len(seen) == k:
-                break
-    return [Match(name, float(similarity)) for name, similarity in seen.items()]
+        by_name.setdefault(name, []).append(float(similarity))
+        lowest = min(lowest, float(similarity))
+    scored = sorted(
+        (
+            (name, float(person_similarity(np.array(values[:PERSON_PHOTOS]))))
+            for name, values in by_name.items()
+        ),
+        key=lambda item: -item[1],
+    )[:k]
+    if not complete and count_of is not None:
+        if len(scored) < k or scored[-1][1] < lowest:
+            return None
+        for name, _ in scored:
+            seen = len(by_name[name])
+            if seen < PERSON_PHOTOS and count_of(name) > seen:
+                return None
+    return [Match(name, similarity) for name, similarity in scored]
 
 
 def search_per_person(
@@ -238,11 +282,14 @@ def search_per_person(
     k: int,
     total: int,
     metric: str,
+    count_of: Callable[[str], int] | None = None,
 ) -> list[list[Match]]:
-    """k persons per query vector (not k points): fetch a few points per person, and fetch more for the
-    queries whose nearest points repeat names, until k names are found or every point was seen.
+    """k persons per query vector (not k points), scored by `person_similarity`: fetch a few points per
+    person, and fetch more for the queries whose nearest points do not settle the k best persons (names
+    repeat, or a chosen person's other photos are further away), until they do or every point was seen.
 
-    `run_queries(vectors, limit)` returns, per vector, (name, Qdrant score) pairs best first.
+    `run_queries(vectors, limit)` returns, per vector, (name, Qdrant score) pairs best first;
+    `count_of(name)` the points a person has (without it, the nearest points are taken as all there is).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -255,11 +302,13 @@ def search_per_person(
         hits = run_queries(vectors[pending], limit)
         short = []
         for index, found in zip(pending, hits, strict=True):
-            results[index] = best_per_person(
-                ((name, similarity_from_score(s, metric)) for name, s in found), k
-            )
-            if len(results[index]) < k and limit < total:
+            pairs = [(name, similarity_from_score(s, metric)) for name, s in found]
+            complete = limit >= total or len(pairs) < limit
+            chosen = best_per_person(pairs, k, complete, count_of)
+            if chosen is None:
                 short.append(index)
+                chosen = best_per_person(pairs, k)
+            results[index] = chosen or []
         pending = short
         limit = min(total, limit * 4)
     return results
@@ -358,7 +407,14 @@ class QdrantGalleryBase(ABC):
             return [[] for _ in np.atleast_2d(vectors)]
         array = check_vectors(vectors, self.record.dim)
         with self._engine_errors("search"):
-            return search_per_person(self._query, array, k, self._count(), self.record.metric)
+            counts: dict[str, int] = {}  # per call: another process may enroll between searches
+
+            def count_of(name: str) -> int:
+                if name not in counts:
+                    counts[name] = self._count(name)
+                return counts[name]
+
+            return search_per_person(self._query, array, k, self._count(), self.record.metric, count_of)
 
     def remove(self, name: str) -> int:
         """Delete every point of `name` in one write; returns how many were removed (0 if unknown)."""

@@ -8,9 +8,10 @@ The protocol (one home for it; `testbench/eval_identification.py` and `testbench
 - A split (seeded): `enroll_share` of the people who have more than `k` photos are enrolled with `k` random
   photos each, their other photos are genuine probes; everyone else (the rest, and people with `k` photos
   or fewer) is a stranger whose every photo is an impostor probe.
-- A probe's score against a person is its best similarity to that person's enrolled photos (what the
-  gallery's per-person search returns). A genuine probe is identified at threshold t when its best person
-  is the right one and scores >= t; a stranger is accepted when anyone scores >= t.
+- A probe's score against a person is the gallery's person score over that person's enrolled photos
+  (`app.gallery.base.person_similarity`: a soft maximum of the best three). A genuine probe is identified
+  at threshold t when its best person is the right one and scores >= t; a stranger is accepted when anyone
+  scores >= t.
 - Rates are pooled over `splits` random splits, so one threshold covers them all; "identified at FAR f" is
   the identification rate at the lowest threshold that accepts at most a share f of the pooled strangers.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import UserError
+from app.gallery.base import person_similarity
 from app.inference.spec import pairwise_similarity
 from app.recognition.analyzer import FaceAnalyzer
 from app.recognition.enrollment import IMAGE_SUFFIXES
@@ -181,7 +183,7 @@ def split_scores(
             gallery_rows.append(rows[:k])
             probe_own[name] = rows[k:]
         # (probes, people) best score against each enrolled person
-        per_person = np.stack([similarity[:, rows].max(axis=1) for rows in gallery_rows], axis=1)
+        per_person = np.stack([person_similarity(similarity[:, rows]) for rows in gallery_rows], axis=1)
         for column, name in enumerate(enrolled):
             probes = probe_own[name]
             scores = per_person[probes]

@@ -97,12 +97,14 @@ class CaptureStage:
         camera: str = "default",
         live_file: bool = False,
         decoder: str = "auto",
+        decode_threads: int = 0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.source = source
         self.live_file = live_file  # a paced file played as a live camera (latency benchmarks)
         self.decoder = decoder
+        self.decode_threads = int(decode_threads)  # FFmpeg's threads, 0 = its own choice
         # Pacing, stamps, stalls and outages all read this clock (tests drive it: test_capture_stage.py).
         self.clock = clock
         self.sleep = sleep
@@ -165,7 +167,9 @@ class CaptureStage:
         shape: tuple[int, ...] | None = None
         self.fps = DEFAULT_FPS
         try:
-            self._cap = open_capture(spec, self.decoder, self.open_timeout_s, self.read_timeout_s)
+            self._cap = open_capture(
+                spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads
+            )
         except UserError:
             if not self.restarted:
                 raise  # at start a dead source is a user error (fail fast); after a restart, reconnect
@@ -411,7 +415,9 @@ class CaptureStage:
             return NOTHING_YET
         attempt = outage.failures + 1
         try:
-            cap = open_capture(self.spec, self.decoder, self.open_timeout_s, self.read_timeout_s)
+            cap = open_capture(
+                self.spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads
+            )
         except UserError:
             delay = outage.failed()
             log.debug("reconnect attempt %d to %s refused; next in %.2f s", attempt, self.spec.display, delay)

@@ -11,10 +11,14 @@ session) and leaves the CPU cores to tracking.
   process's share of the copy cost more than decoding saved). `DECODER=auto`: NVDEC when the wheel
   imports and the driver reports a GPU, else FFmpeg; a source NVDEC cannot open (e.g. a codec it lacks) then
   falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2).
-- Frames come back to the host as BGR uint8 (decoded as interleaved RGB into host memory, then one
-  channel swap), so they go into the shared-memory ring like any other frame. The calls used
+- Frames come back to the host as NVDEC's own NV12 surface, which OpenCV converts to BGR straight into
+  the shared-memory ring slot (`read(image)`, as FFmpeg's path does). On the H200 host, 16 processes
+  decoding 1080p H.264 (testbench/gpu/bench_decode.py) reached 790 frames/s in all at 10.8 ms of CPU a
+  frame this way, 635 at 14.8 ms with interleaved RGB from the decoder, 520 at 20.1 ms with RGB kept on
+  the GPU and copied down by torch; FFmpeg with one thread per camera 1289 at 11.5 ms. The calls used
   (`CreateDemuxer(filename=)`, `CreateDecoder(gpuid, codec, usedevicememory, outputColorType)`, iterating
-  the demuxer, `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec
+  the demuxer, `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames; NV12 host frames were read
+  this way on the H200 by the decode benchmark) are those of PyNvVideoCodec
   2.2.4's samples; that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames
   on the GPU would save the download but needs the ring to live in GPU memory: not done.
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
@@ -111,19 +115,22 @@ def choose_decoder(setting: str, spec: SourceSpec, problem: str | None) -> str:
     return "ffmpeg"
 
 
-def open_capture(spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float) -> Any:
-    """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture."""
+def open_capture(
+    spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float, threads: int = 0
+) -> Any:
+    """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture
+    (`threads`: FFmpeg's decoding threads, 0 = its own choice)."""
     wanted = decoder != "ffmpeg" and spec.kind != "webcam"
     problem = nvdec_problem() if wanted else None
     if choose_decoder(decoder, spec, problem) == "ffmpeg":
-        return open_video(spec, open_timeout_s, read_timeout_s)
+        return open_video(spec, open_timeout_s, read_timeout_s, threads)
     try:
         return NvdecCapture(spec, read_timeout_s, open_timeout_s)
     except UserError:
         if decoder == "nvdec":
             raise
     log.warning("NVDEC cannot decode %s; using FFmpeg for it", spec.display)
-    return open_video(spec, open_timeout_s, read_timeout_s)
+    return open_video(spec, open_timeout_s, read_timeout_s, threads)
 
 
 class NvdecCapture:
@@ -147,7 +154,7 @@ class NvdecCapture:
                 gpuid=gpu_id,
                 codec=self._demuxer.GetNvCodecId(),
                 usedevicememory=False,  # frames decoded into host memory: they go to the ring
-                outputColorType=nvc.OutputColorType.RGB,
+                outputColorType=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
             )
         except Exception as exc:  # noqa: BLE001 - the library's errors name neither the file nor the fix
             text = scrub_secrets(f"{type(exc).__name__}: {exc}", spec)
@@ -168,25 +175,26 @@ class NvdecCapture:
             raise UserError(f"NVDEC gave no frame of {spec.display}; set {_setting()}=ffmpeg")
 
     def _decode(self) -> None:
-        """Demux and decode to the end (or a stop), each frame downloaded and swapped to BGR."""
+        """Demux and decode to the end (or a stop), each frame's NV12 surface copied out of the decoder's
+        buffer (which it reuses)."""
         try:
             for packet in self._demuxer:
                 for frame in self._decoder.Decode(packet):
-                    if not self._put(cv2.cvtColor(self._host_rgb(frame), cv2.COLOR_RGB2BGR)):
+                    if not self._put(self._host_nv12(frame).copy()):
                         return
         except Exception as exc:  # noqa: BLE001 - a broken stream ends it; read() says so
             log.debug("nvdec: %s", scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec))
         self._put(_END)
 
-    def _host_rgb(self, frame: Any) -> np.ndarray:
-        """A decoded frame in host memory as an (H,W,3) RGB view: through DLPack, or from its plane pointer
-        (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a CPU array."""
+    def _host_nv12(self, frame: Any) -> np.ndarray:
+        """A decoded frame in host memory as its (H*3/2, W) NV12 planes: through DLPack, or from its plane
+        pointer (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a CPU array."""
+        h, w = self._hw
         try:
-            return np.from_dlpack(frame)
+            return np.from_dlpack(frame).reshape(h * 3 // 2, w)
         except (TypeError, RuntimeError, BufferError, ValueError):
-            size = int(frame.framesize())
             pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
-            return np.ctypeslib.as_array(pointer, shape=(size,)).reshape(*self._hw, 3)
+            return np.ctypeslib.as_array(pointer, shape=(h * 3 // 2 * w,)).reshape(h * 3 // 2, w)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -200,20 +208,23 @@ class NvdecCapture:
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
         return self._open
 
-    def read(self) -> tuple[bool, np.ndarray | None]:
+    def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
+        """The next frame as BGR, converted into `image` (a ring slot) when it has the frame's shape."""
         if not self._open:
             return False, None
         if self._first is not None:
             item, self._first = self._first, None
-            return True, item
-        try:
-            item = self._frames_out.get(timeout=self.read_timeout_s)
-        except queue.Empty:
-            return False, None  # no frame within the read timeout: a stalled stream
+        else:
+            try:
+                item = self._frames_out.get(timeout=self.read_timeout_s)
+            except queue.Empty:
+                return False, None  # no frame within the read timeout: a stalled stream
         if item is _END:
             self._open = False
             return False, None
-        return True, item
+        if image is None or image.shape != (*self._hw, 3) or image.dtype != np.uint8:
+            image = None
+        return True, cv2.cvtColor(item, cv2.COLOR_YUV2BGR_NV12, dst=image)
 
     def get(self, prop: int) -> float:
         if prop == cv2.CAP_PROP_FPS:

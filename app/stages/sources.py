@@ -121,11 +121,18 @@ def _capture_options(spec: SourceSpec) -> Iterator[None]:
 
 
 def open_video(
-    spec: SourceSpec, open_timeout_s: float = OPEN_TIMEOUT_S, read_timeout_s: float = READ_TIMEOUT_S
+    spec: SourceSpec,
+    open_timeout_s: float = OPEN_TIMEOUT_S,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    threads: int = 0,
 ) -> cv2.VideoCapture:
-    """An opened VideoCapture for `spec`, or UserError naming the source (masked) and what to check."""
+    """An opened VideoCapture for `spec`, or UserError naming the source (masked) and what to check.
+
+    `threads` > 0 caps FFmpeg's decoding threads (files and URLs): its default, one per core, costs more CPU
+    a frame when many cameras decode at once."""
+    threading = [cv2.CAP_PROP_N_THREADS, threads] if threads > 0 else []
     if spec.kind == "file":
-        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, threading)
         if not cap.isOpened():
             cap.release()
             raise UserError(
@@ -138,6 +145,7 @@ def open_video(
             max(1, round(open_timeout_s * 1000)),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             max(1, round(read_timeout_s * 1000)),
+            *threading,
         ]
         with _capture_options(spec):
             cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, timeouts)

@@ -13,6 +13,7 @@ from qdrant_client import QdrantClient
 from app.config import Settings
 from app.errors import UserError
 from app.gallery import Gallery, GalleryMismatchError, Match, open_gallery
+from app.gallery.base import PERSON_PHOTOS, PERSON_SOFTNESS, person_similarity
 from app.gallery.edge import EdgeGallery
 from app.gallery.server import ServerGallery
 
@@ -126,6 +127,32 @@ def test_search_returns_k_persons_not_k_points(gallery: Gallery) -> None:
     assert matches[1].similarity == pytest.approx(1 - 0.05 * np.sqrt(128), abs=1e-4)
     (only,) = gallery.search(query, k=10)
     assert len(only) == 3  # fewer persons than k: all of them, once each
+
+
+def test_person_similarity_is_a_soft_maximum_of_the_best_three() -> None:
+    assert person_similarity(np.array([0.6])) == pytest.approx(0.6)
+    assert person_similarity(np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
+    spread = np.log(3) / PERSON_SOFTNESS
+    assert person_similarity(np.array([0.8, -1.0, -2.0])) == pytest.approx(0.8 - spread, abs=1e-9)
+    # only the best PERSON_PHOTOS count, and rows are scored independently
+    rows = np.array([[0.1, 0.8, 0.8, 0.8], [0.8, 0.8, 0.8, 0.1]])
+    np.testing.assert_allclose(person_similarity(rows), [0.8, 0.8])
+    assert PERSON_PHOTOS == 3
+
+
+def test_search_fetches_a_chosen_persons_other_photos_beyond_the_first_points(gallery: Gallery) -> None:
+    """Alice's best photo is the nearest point, her other two are behind 60 strangers: the first fetch (32
+    points) sees one of her three, so the search asks for more before scoring her."""
+    axes = np.eye(128, dtype=np.float32)
+    gallery.add("alice", np.stack([axes[0] * 0.2, axes[1] * 0.9, axes[2] * 0.95]))
+    for i in range(60):
+        gallery.add(f"s{i:02d}", (axes[3 + i] * (0.3 + 0.008 * i))[None])
+    (matches,) = gallery.search(np.zeros((1, 128), np.float32), k=2)
+    expected = float(person_similarity(np.array([0.8, 0.1, 0.05])))
+    assert [m.name for m in matches] == ["alice", "s00"]
+    assert matches[0].similarity == pytest.approx(expected, abs=1e-4)
+    assert matches[0].similarity < 0.8 - 0.02  # her far photos count against her
+    assert matches[1].similarity == pytest.approx(0.7, abs=1e-4)
 
 
 def test_search_batch_and_empty(gallery: Gallery) -> None:

@@ -85,11 +85,12 @@ def test_a_run_asking_for_nvdec_without_it_is_one_error_line(tmp_path):
 
 class FrameLibrary:
     """Stands in for PyNvVideoCodec's demuxer/decoder API (which needs an NVIDIA GPU) to check the adapter's
-    own logic: order, colour order, end of stream, a source that yields nothing. Frames are real pixels of
-    the Hamilton clip, handed out as RGB host arrays as the library does with usedevicememory=False."""
+    own logic: order, colour conversion, end of stream, a source that yields nothing. Frames are real pixels
+    of the Hamilton clip, handed out as NV12 host arrays as the library does with usedevicememory=False and
+    its native output."""
 
     class OutputColorType:
-        RGB = "rgb"
+        NATIVE = "native"
 
     def __init__(self, frames: list) -> None:
         self.frames = frames
@@ -113,14 +114,23 @@ class FrameLibrary:
         return Demuxer()
 
     def CreateDecoder(self, gpuid, codec, usedevicememory, outputColorType):  # noqa: N802, N803
-        assert usedevicememory is False and outputColorType == "rgb"
+        assert usedevicememory is False and outputColorType == "native"
         frames = self.frames
 
         class Decoder:
             def Decode(self, packet):  # noqa: N802
-                return [cv2.cvtColor(frames[packet], cv2.COLOR_BGR2RGB)]
+                return [nv12(frames[packet])]
 
         return Decoder()
+
+
+def nv12(bgr: np.ndarray) -> np.ndarray:
+    """BGR as NV12 planes: Y, then U and V interleaved at half resolution."""
+    h, w = bgr.shape[:2]
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    u = i420[h : h + h // 4].reshape(-1)
+    v = i420[h + h // 4 :].reshape(-1)
+    return np.concatenate([i420[:h].reshape(-1), np.stack([u, v], axis=1).reshape(-1)]).reshape(h * 3 // 2, w)
 
 
 def clip_frames(n: int) -> list:
@@ -135,14 +145,19 @@ def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypat
     monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
     cap = nvdec.NvdecCapture(FILE)
     assert cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 275
+    slot = np.zeros_like(frames[0])
     got = []
     while True:
-        ok, image = cap.read()
+        ok, image = cap.read(slot if len(got) % 2 else None)  # into a ring slot, or a new array
         if not ok:
             break
-        got.append(image)
+        assert (image is slot) == (len(got) % 2 == 1)
+        got.append(image.copy())
     cap.release()
-    assert len(got) == 12 and all(np.array_equal(a, b) for a, b in zip(got, frames, strict=True))
+    expected = [cv2.cvtColor(nv12(f), cv2.COLOR_YUV2BGR_NV12) for f in frames]
+    assert len(got) == 12 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    # NV12 keeps colour at half resolution: the pictures are the clip's, within rounding
+    assert all(np.abs(a.astype(int) - b).mean() < 3 for a, b in zip(got, frames, strict=True))
     assert not cap.isOpened()
 
 

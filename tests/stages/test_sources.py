@@ -64,6 +64,20 @@ def test_open_errors_name_the_source_without_credentials(tmp_path):
         open_video(parse_source("7"))
 
 
+def test_decode_threads_cap_ffmpegs_threads_and_frames_stay_the_same():
+    import cv2
+
+    frames = {}
+    for threads in (0, 1, 2):
+        cap = open_video(parse_source(str(HAMILTON)), threads=threads)
+        if threads:
+            assert cap.get(cv2.CAP_PROP_N_THREADS) == threads
+        frames[threads] = [cap.read()[1] for _ in range(5)]
+        cap.release()
+    for threads in (1, 2):
+        assert all(np.array_equal(a, b) for a, b in zip(frames[0], frames[threads], strict=True))
+
+
 def test_mask_url_hides_every_form_of_credentials():
     assert mask_url("rtsp://admin:secret@10.0.0.5:554/stream1") == "rtsp://***@10.0.0.5:554/stream1"
     assert mask_url("rtsp://admin:se/cr@et@cam/live") == "rtsp://***@cam/live"  # unescaped '/' and '@'
