@@ -52,9 +52,11 @@ What happens inside:
   `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
   `fast_margin` (a large frontal face well above threshold), or when `steady_votes` embeddings in a row,
   whatever their quality, match the same person by threshold + `fast_margin` (a small face seen steadily:
-  its votes weigh too little ever to reach `min_evidence`). An "unknown" track is named on the same
-  margin (a first naming); a given name changes only when another label leads it by `switch_margin`
-  (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
+  its votes weigh too little ever to reach `min_evidence`), or when `consistent_votes` in a row match the
+  same person by threshold + `consistent_margin`, `consistent_lead` ahead of anyone else (a template
+  settled just above threshold: such votes fade before they add up). An "unknown" track is named on the
+  same margins and runs (a first naming); a given name changes only when another label leads it by
+  `switch_margin` (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
   under the same id, its label is still there (short occlusions). If a new track's first embedding is
   within `threshold + relink_margin` of a vanished track's aggregate embedding (quality-weighted mean,
@@ -73,7 +75,7 @@ What happens inside:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -160,8 +162,9 @@ class _Record:
     # two that do not (the same other face) restart it, name included.
     in_doubt: bool = False
     taken_over: bool = False  # restarted in doubt: the face it holds is not the one it began with
-    steady_label: str | None = None  # the person the latest run of strong matches names
-    steady_count: int = 0  # ... and how many embeddings in a row matched them by threshold + fast_margin
+    steady_label: str | None = None  # the person the latest run of matches above threshold names
+    # ... and that run's (similarity, lead over the next person) per embedding, oldest first
+    steady_run: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _face_box(track: TrackView) -> np.ndarray:
@@ -459,7 +462,7 @@ class TrackIdentities:
             record.odd_vector = None
             record.quick_left = cfg.max_pending_embeddings
             record.restarted += 1
-            record.steady_label, record.steady_count = None, 0
+            record.steady_label, record.steady_run = None, []
             if record.status == "known" and not record.in_doubt:
                 record.contested = True  # a given name changes only on strong evidence (hysteresis)
             else:  # nothing to keep: the evidence so far was about another face
@@ -503,20 +506,40 @@ class TrackIdentities:
         if strong and record.status == "pending":
             self._give(record, label)  # a large frontal face well above threshold: no need to wait
             return
-        steady = (
-            label is not None
-            and weight > 0
-            and similarity is not None
-            and similarity >= self.threshold + cfg.fast_margin
-        )
-        if steady and record.steady_label == label:
-            record.steady_count += 1
+        if label is not None and weight > 0 and similarity is not None:
+            if record.steady_label != label:
+                record.steady_label, record.steady_run = label, []
+            record.steady_run.append((similarity, _lead(matches)))
+            del record.steady_run[: -max(cfg.steady_votes, cfg.consistent_votes)]
         else:
-            record.steady_label, record.steady_count = (label, 1) if steady else (None, 0)
-        if record.status == "pending" and record.steady_count >= cfg.steady_votes:
-            self._give(record, label)  # a small face, but matched well above threshold again and again
+            record.steady_label, record.steady_run = None, []
+        if record.status != "known" and self._steady(record):
+            self._give(record, record.steady_label)  # one person matched again and again: no need to wait
             return
         self._decide(record)
+
+    def _steady(self, record: _Record) -> bool:
+        """Whether the latest embeddings in a row all name one person: `steady_votes` of them by threshold +
+        fast_margin (a small face seen steadily: its votes weigh too little ever to reach min_evidence), or
+        `consistent_votes` by threshold + consistent_margin with consistent_lead over anyone else (a track's
+        template settled just above threshold: votes that weak fade before they add up)."""
+        cfg = self.config
+
+        def trailing(ok: Callable[[float, float], bool]) -> int:
+            count = 0
+            for similarity, lead in reversed(record.steady_run):
+                if not ok(similarity, lead):
+                    break
+                count += 1
+            return count
+
+        strong = trailing(lambda s, _: s >= self.threshold + cfg.fast_margin)
+        if strong >= cfg.steady_votes:
+            return True
+        if cfg.consistent_votes == 0:
+            return False
+        floor, lead = self.threshold + cfg.consistent_margin, cfg.consistent_lead
+        return trailing(lambda s, d: s >= floor and d >= lead) >= cfg.consistent_votes
 
     def _trim_embeddings(self, record: _Record) -> None:
         while len(record.embeddings) > self.config.max_embeddings:
@@ -598,6 +621,15 @@ class TrackIdentities:
         weight = record.similarity_weight.get(key, 0.0)
         similarity = record.similarity_sum[key] / weight if weight > 0 else record.last_similarity
         return TrackLabel(record.track_id, key, similarity, record.status, record.linked_from)
+
+
+def _lead(matches: Sequence[Match]) -> float:
+    """How far the best match is ahead of the best match of another person (1.0 when there is none)."""
+    ranked = sorted(matches, key=lambda m: m.similarity, reverse=True)
+    if not ranked:
+        return 0.0
+    rival = next((m for m in ranked[1:] if m.name != ranked[0].name), None)
+    return 1.0 if rival is None else float(ranked[0].similarity - rival.similarity)
 
 
 # -- template arithmetic, pure: also run by the embedding worker, which searches the gallery ---------------

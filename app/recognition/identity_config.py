@@ -49,6 +49,15 @@ class IdentityConfig:
     # little to reach min_evidence (a 35 px face matched at 0.58-0.59 against 0.475, lead 0.15, for 12
     # embeddings stayed unnamed), but agreeing strong matches on every view are evidence enough.
     steady_votes: int = 4
+    # ... or on consistent_votes embeddings in a row each matching the same person by threshold +
+    # consistent_margin, consistent_lead ahead of anyone else (0 turns it off): a track whose template has
+    # settled just above threshold. Hard scenario seed 1: stuart's template 0.463-0.474 against 0.44, 0.08
+    # ahead of the next person, for 19 embeddings, never named (its votes reached 1.1 of min_evidence 1.2).
+    # Strangers' templates there (3 seeds, dlib at 0.425) stay <= 0.424 over any 3 embeddings in a row and
+    # <= 0.409 over 6: hence 6, not fewer (4 or 5 named 0.001 more).
+    consistent_votes: int = 6
+    consistent_margin: float = 0.02
+    consistent_lead: float = 0.05
     # -- memory --
     max_embeddings: int = 12  # embeddings kept per track for its aggregate (best quality first)
     relink_window: int = 300  # frames a vanished track is remembered (re-found id or re-linked by embedding)

@@ -6,11 +6,17 @@ Per frame (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every 
    cost 1 - IoU * score, Hungarian (lap.lapjv), gate match_thresh. A matched lost track is re-found
    under its old id.
 3. Second association: detections with low_thresh < score < high_thresh against the tracked tracks left
-   over from step 2, cost 1 - IoU, gate second_match_thresh (0.5). Tracked tracks still unmatched become
-   lost. This is what keeps a face through blur, a head turn or a partial occlusion, when its score dips.
-4. Unconfirmed tracks (seen on one frame) against the high-score detections left over from step 2, gate
-   unconfirmed_match_thresh (0.7): matched ones are confirmed and get an id, the rest are removed.
-5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks.
+   over from step 2 and those lost at most low_refind_frames ago (not in ByteTrack: a small face's score
+   flickers between nothing and 0.1-0.3), cost 1 - IoU, gate second_match_thresh (0.5). Tracked tracks
+   still unmatched become lost. This is what keeps a face through blur, a head turn or a partial
+   occlusion, when its score dips.
+4. Unconfirmed tracks against the high-score detections left over from step 2, gate
+   unconfirmed_match_thresh (0.7); tracks started from a weak box (step 5) also against the low-score
+   detections step 3 left. A track is confirmed (gets an id) on its second matched frame in a row, one
+   started weakly on its weak_confirm_hits-th; an unconfirmed track missed once is removed.
+5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks; leftover
+   detections from weak_start_thresh up (0.4), away from every track, start weak ones (not in ByteTrack:
+   small faces score 0.1-0.6 their whole walk and would never get a track).
 6. Lost tracks older than track_buffer * fps / 30 frames are removed; a tracked track that duplicates a
    lost one (1 - IoU < 0.15) is resolved in favour of the older of the two.
 
@@ -124,12 +130,19 @@ class ByteTracker:
         first = linear_assignment(cost, cfg.match_thresh)
         matched += [(pool[r], int(high[c])) for r, c in first.matches]
         remaining = [pool[r] for r in first.unmatched_rows if pool[r].state == TrackState.TRACKED]
+        # ... and the tracks lost a moment ago: a small face's score flickers between nothing and 0.1-0.3.
+        refind = [
+            pool[r]
+            for r in first.unmatched_rows
+            if pool[r].state == TrackState.LOST and frame - pool[r].frame_id <= cfg.low_refind_frames
+        ]
         high_left = high[first.unmatched_cols]
 
         # Stage 2: low-score detections vs the tracked tracks left over; no score fusion (scores are low).
-        second = linear_assignment(iou_distance(_boxes(remaining), boxes[low]), cfg.second_match_thresh)
-        matched += [(remaining[r], int(low[c])) for r, c in second.matches]
-        newly_lost = [remaining[r] for r in second.unmatched_rows]
+        extend = remaining + refind
+        second = linear_assignment(iou_distance(_boxes(extend), boxes[low]), cfg.second_match_thresh)
+        matched += [(extend[r], int(low[c])) for r, c in second.matches]
+        newly_lost = [extend[r] for r in second.unmatched_rows if extend[r].state == TrackState.TRACKED]
 
         # Stage 3: unconfirmed tracks vs leftover high-score detections.
         cost = iou_distance(_boxes(unconfirmed), boxes[high_left])
@@ -137,17 +150,39 @@ class ByteTracker:
             cost = fuse_score(cost, scores[high_left])
         third = linear_assignment(cost, cfg.unconfirmed_match_thresh)
         matched += [(unconfirmed[r], int(high_left[c])) for r, c in third.matches]
-        for r in third.unmatched_rows:
-            unconfirmed[r].mark_removed()
+        waiting = [unconfirmed[r] for r in third.unmatched_rows]
         high_left = high_left[third.unmatched_cols]
+        # ... and tracks started from a weak box vs the low-score detections no tracked track took.
+        low_left = low[second.unmatched_cols]
+        weak = [t for t in waiting if t.weak_start]
+        if weak and low_left.size:
+            cost = iou_distance(_boxes(weak), boxes[low_left])
+            fourth = linear_assignment(cost, cfg.unconfirmed_match_thresh)
+            matched += [(weak[r], int(low_left[c])) for r, c in fourth.matches]
+            taken = {id(weak[r]) for r, _ in fourth.matches}
+            waiting = [t for t in waiting if id(t) not in taken]
+            low_left = low_left[fourth.unmatched_cols]
+        for track in waiting:
+            track.mark_removed()
 
         self._apply_matches(matched, boxes, scores, landmarks, frame)
         for track in newly_lost:
             track.mark_lost()
 
-        # Stage 4: new tracks.
+        # Stage 4: new tracks; weak ones from leftover boxes under new_track_thresh, away from every track.
         starters = high_left[scores[high_left] >= cfg.new_track_thresh]
         new_tracks = self._start_tracks(starters, boxes, scores, landmarks, frame)
+        if cfg.weak_confirm_hits and frame > 1:
+            candidates = np.concatenate([high_left[scores[high_left] < cfg.new_track_thresh], low_left])
+            candidates = candidates[scores[candidates] >= cfg.weak_start_thresh]
+            present = [t for t in self._tracked + new_tracks if t.state != TrackState.REMOVED]
+            if candidates.size and present:
+                nearest = iou_distance(_boxes(present), boxes[candidates]).min(axis=0)
+                candidates = candidates[nearest > 1.0 - cfg.weak_start_iou]
+            weak_tracks = self._start_tracks(candidates, boxes, scores, landmarks, frame)
+            for track in weak_tracks:
+                track.weak_start, track.hits_to_confirm = True, max(cfg.weak_confirm_hits, 2)
+            new_tracks += weak_tracks
 
         # Stage 5: book-keeping.
         for track in self._lost:
@@ -177,12 +212,11 @@ class ByteTracker:
             xyxy_to_xyah(boxes[det]),
         )
         for i, track in enumerate(tracks):
-            was_new = track.state == TrackState.NEW
             track.mark_matched(
                 frame, means[i], covs[i], boxes[det[i]], scores[det[i]],
                 None if landmarks is None else landmarks[det[i]], int(det[i]),
             )  # fmt: skip
-            if was_new:
+            if not track.is_confirmed and track.hits >= track.hits_to_confirm:
                 track.confirm(self._new_id())
 
     def _start_tracks(

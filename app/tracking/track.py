@@ -44,6 +44,9 @@ class Track:
     tracklet_len: int = 0  # consecutive matched frames since (re)activation
     detection_index: int = -1  # index of the matched detection in this frame's input, -1 if none
     refound_frame: int = -1  # last frame on which the track came back from LOST
+    weak_start: bool = False  # started from a box under the new-track threshold (tracker's weak start)
+    hits_to_confirm: int = 2  # matched frames an unconfirmed track needs (more when started from a weak box)
+    hits: int = 1  # matched frames so far (the starting one included)
 
     @property
     def box(self) -> np.ndarray:
@@ -69,6 +72,7 @@ class Track:
         """A detection was associated on this frame (the Kalman update is done by the caller, batched)."""
         if self.state == TrackState.REMOVED:
             raise ValueError("a removed track cannot be matched")
+        self.hits += 1
         if self.state == TrackState.LOST:
             self.refound_frame = frame_id
             self.tracklet_len = 0

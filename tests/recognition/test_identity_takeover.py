@@ -109,10 +109,64 @@ def test_a_small_face_matched_well_above_threshold_on_every_view_is_named_after_
 def test_a_small_face_matched_just_above_threshold_is_not_named_on_steady_votes():
     config = IdentityConfig()
     manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
-    weak = [Match("alice", THRESHOLD + config.fast_margin / 2), Match("bob", THRESHOLD - 0.1)]
+    weak = [Match("alice", THRESHOLD + config.consistent_margin / 2), Match("bob", THRESHOLD - 0.1)]
     for _ in range(200):
         _, labels = run(manager, [small_track(1)], lambda _: (ALICE, weak))
     assert labels[1].status == "pending"
+
+
+def named_after(config: IdentityConfig, answers) -> tuple[str, int]:
+    """Run a small face through `answers` (one list of matches per embedding): (status, embeddings made)."""
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    embedded = 0
+    for _ in range(400):
+        matches = answers[min(embedded, len(answers) - 1)]
+        need, labels = run(manager, [small_track(1)], lambda _, m=matches: (ALICE, m))
+        embedded += len(need)
+        if labels[1].status == "known":
+            break
+    return labels[1].status, embedded
+
+
+def test_a_template_settled_just_above_threshold_is_named_after_consistent_votes():
+    config = IdentityConfig()
+    settled = [Match("alice", THRESHOLD + config.consistent_margin + 0.01), Match("bob", THRESHOLD - 0.1)]
+    status, embedded = named_after(config, [settled])
+    assert status == "known"
+    assert embedded == config.consistent_votes  # on the consistent_votes-th view in a row, not before
+
+
+def test_consistent_votes_need_a_lead_over_the_next_person():
+    config = IdentityConfig()
+    high = THRESHOLD + config.consistent_margin + 0.01
+    close = [Match("alice", high), Match("bob", high - config.consistent_lead / 2)]  # no abstention, no lead
+    assert named_after(config, [close])[0] == "pending"
+
+
+def test_one_view_below_threshold_restarts_the_run_of_consistent_votes():
+    config = IdentityConfig()
+    settled = [Match("alice", THRESHOLD + config.consistent_margin + 0.01), Match("bob", THRESHOLD - 0.1)]
+    below = [Match("alice", THRESHOLD - 0.01), Match("bob", THRESHOLD - 0.1)]
+    n = config.consistent_votes
+    status, embedded = named_after(config, [settled] * (n - 1) + [below] + [settled] * n)
+    assert status == "known" and embedded == 2 * n  # counted again from the view after the one below
+
+
+@pytest.mark.parametrize("consistent_votes", [IdentityConfig().consistent_votes, 0])
+def test_a_track_decided_unknown_on_poor_first_views_is_named_by_a_run_of_consistent_votes(consistent_votes):
+    config = IdentityConfig(consistent_votes=consistent_votes)
+    far_below = [Match("alice", THRESHOLD - 0.15), Match("bob", THRESHOLD - 0.2)]
+    settled = [Match("alice", THRESHOLD + config.consistent_margin + 0.01), Match("bob", THRESHOLD - 0.1)]
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    statuses = []
+    # Large, poor first views decide "unknown"; then the face shrinks (walks away) and matches steadily, with
+    # votes too light to outweigh the unknown ones: only the run of consistent votes names it.
+    for face, answers in ((track(1), [far_below] * 12), (small_track(1), [settled] * 200)):
+        for matches in answers:
+            _, labels = run(manager, [face], lambda _, m=matches: (ALICE, m))
+            statuses.append(labels[1].status)
+    assert "unknown" in statuses[:12]
+    assert statuses[-1] == ("known" if consistent_votes else "unknown")
 
 
 def test_an_ambiguous_strong_match_breaks_the_run_of_steady_votes():

@@ -59,8 +59,8 @@ def test_one_frame_false_positive_never_gets_an_id():
     assert sorted(t.track_id for t in tracks) == [1, 2]  # ids have no gap for the blip
 
 
-def test_low_score_detections_extend_tracks_but_never_start_them():
-    cfg = TrackerConfig()
+def test_low_score_detections_extend_tracks_but_never_start_them_without_weak_starts():
+    cfg = TrackerConfig(weak_confirm_hits=0)
     tracker = ByteTracker(cfg)
     for frame in range(10):
         step(tracker, [face(100 + 4 * frame, 100)], [0.9])
@@ -72,6 +72,54 @@ def test_low_score_detections_extend_tracks_but_never_start_them():
     for _ in range(3):
         assert step(tracker, [face(500, 400)], [cfg.high_thresh + 0.05]) == []
     assert all(t.track_id != 2 for t in tracker.tracked_tracks)
+
+
+def test_a_steady_weak_face_starts_a_track_after_weak_confirm_hits_frames():
+    cfg = TrackerConfig()
+    tracker = ByteTracker(cfg)
+    step(tracker, [face(100, 100)], [0.9])
+    reported = []
+    for frame in range(6):  # a small face walking, detected at 0.45 only
+        tracks = step(tracker, [face(100, 100), face(400 + 3 * frame, 300, size=35)], [0.9, 0.45])
+        reported.append(sorted(t.track_id for t in tracks))
+    hits = cfg.weak_confirm_hits
+    assert reported[: hits - 1] == [[1]] * (hits - 1)  # tentative: no id yet
+    assert reported[hits - 1 :] == [[1, 2]] * (len(reported) - hits + 1)
+
+
+def test_weak_boxes_below_weak_start_thresh_or_not_steady_start_no_track():
+    cfg = TrackerConfig()
+    tracker = ByteTracker(cfg)
+    step(tracker, [face(100, 100)], [0.9])
+    for frame in range(10):
+        weak = [face(400, 300, size=35)] if frame % cfg.weak_confirm_hits else []  # gone every few frames
+        assert [t.track_id for t in step(tracker, [face(100, 100), *weak], [0.9] + [0.45] * len(weak))] == [1]
+    for _ in range(10):
+        boxes, scores = [face(100, 100), face(400, 300, size=35)], [0.9, cfg.weak_start_thresh - 0.05]
+        assert [t.track_id for t in step(tracker, boxes, scores)] == [1]
+
+
+def test_a_weak_box_overlapping_a_track_starts_no_track():
+    tracker = ByteTracker()
+    step(tracker, [face(100, 100)], [0.9])
+    for _ in range(10):  # a second, offset box on the same face (what NMS leaves behind)
+        tracks = step(tracker, [face(100, 100), face(112, 100)], [0.9, 0.5])
+        assert [t.track_id for t in tracks] == [1]
+
+
+@pytest.mark.parametrize("low_refind_frames", [TrackerConfig().low_refind_frames, 0])
+def test_a_face_missed_on_a_frame_is_refound_by_a_low_score_box(low_refind_frames):
+    tracker = ByteTracker(TrackerConfig(low_refind_frames=low_refind_frames))
+    for frame in range(5):
+        step(tracker, [face(100 + 2 * frame, 100, size=35)], [0.9])
+    shown = []
+    for frame in range(5, 15):  # a small face far away: nothing on one frame, 0.2 on the next
+        boxes = [face(100 + 2 * frame, 100, size=35)] if frame % 2 else []
+        tracks = step(tracker, boxes, [0.2] * len(boxes))
+        if boxes:
+            shown.append([t.track_id for t in tracks])
+    # Without: the first 0.2 box extends the track (tracked on the frame before); lost after the gap.
+    assert shown == ([[1]] * 5 if low_refind_frames else [[1]] + [[]] * 4)
 
 
 def test_without_the_low_score_stage_the_same_blur_loses_the_track():

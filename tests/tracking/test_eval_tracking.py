@@ -46,6 +46,9 @@ def test_a_face_walking_behind_another_gives_no_wrong_name_and_no_flip_and_every
     result = _last_json(["--scenario", "hard", "--seeds", "1"])
     assert result["enrolled_misnamed"] == 0 and result["identity_flips"] == 0
     assert result["unknown_named_as_known"] == 0
+    # Stuart's template settles 0.02-0.04 above threshold on his return: named by consistent_votes (0.802 of
+    # the enrolled face-frames before that rule and the tracker's weak starts and re-finds; 0.828)
+    assert result["enrolled_named"] >= 0.82
     for sequence in result["sequences"].values():
         ours = sequence["ours"]
         lost = ours["enrolled_lost"]
