@@ -66,16 +66,26 @@ def test_multiprocessing_queues_are_waited_on_together():
             q.close()
 
 
+def _fill(queues: list, items: list[tuple[int, int]]) -> None:
+    """Child process: put (queue, frame) refs, then wait until every one is written into its pipe."""
+    for q, index in items:
+        queues[q].put(ref(q, index))
+    for q in queues:
+        q.close()
+        q.join_thread()
+
+
 def test_multiprocessing_queues_are_read_in_turn_and_an_empty_round_is_empty():
     ctx = multiprocessing.get_context("spawn")
     queues = [ctx.Queue() for _ in range(3)]
     try:
-        for i in range(4):
-            queues[0].put(ref(0, i))
-        queues[2].put(ref(2, 0))
-        queues[2].put(ref(2, 1))
+        # Another process writes the messages and has flushed them all when it ends: a queue's own feeder
+        # thread would still be writing some while the inbox looks, and the order would depend on it.
+        filler = ctx.Process(target=_fill, args=(queues, [(0, 0), (0, 1), (0, 2), (0, 3), (2, 0), (2, 1)]))
+        filler.start()
+        filler.join(GUARD_S)
+        assert filler.exitcode == 0
         inbox = FairInbox(queues)
-        wait_until(lambda: all(q._reader.poll() for q in (queues[0], queues[2])), "messages in the pipes")
         taken = [(m.meta.stream, m.meta.frame_index) for m in (inbox.get(timeout=GUARD_S) for _ in range(6))]
         assert taken == [(0, 0), (2, 0), (0, 1), (2, 1), (0, 2), (0, 3)]  # in turn, each queue in order
         with pytest.raises(queue.Empty):
