@@ -214,6 +214,12 @@ class Settings:
         lo=0,
         hi=64,
     )
+    gpu_wait: str = setting(
+        "block",
+        "How the detector's and embedder's threads wait for the GPU (torch backend): block sleeps until it "
+        "is done, leaving the cores to decoding; spin busy-waits, a core per waiting process",
+        choices=("block", "spin"),
+    )
 
     # Output safety
     overwrite: bool = setting(False, "Replace output files that exist already (else the run refuses)")

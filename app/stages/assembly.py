@@ -169,6 +169,7 @@ def build_graph(
             # Only what post-processing can keep crosses the queue (the lowest camera threshold).
             candidate_floor=min(thresholds.values()),
             streams=members,
+            gpu_wait=settings.gpu_wait,
         )
         nodes.append(Node(lane_name("detect", d), detect))
         outs = [(k, tuple(s for s in members if s % lanes == k)) for k in range(lanes)]

@@ -59,6 +59,7 @@ class DetectStage:
         device: str | None = None,
         candidate_floor: float = CANDIDATE_FLOOR,
         streams: tuple[int, ...] | None = None,
+        gpu_wait: str = "block",
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
@@ -67,6 +68,7 @@ class DetectStage:
         every camera of the run).
         """
         self.streams = streams
+        self.gpu_wait = gpu_wait  # GPU_WAIT: set before the process's first CUDA work
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.model_path = Path(model_path)
         self.backend = backend
@@ -97,6 +99,10 @@ class DetectStage:
         return torch.cuda.is_available()
 
     def _setup_gpu(self) -> dict[str, object]:
+        from app.inference.cuda_driver import set_gpu_wait
+
+        if self.device in (None, "cuda"):
+            set_gpu_wait(self.gpu_wait)
         # Imported here: torch and the CUDA context live in this process only.
         try:
             from app.stages.gpu_detect import TorchDetector

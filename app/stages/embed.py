@@ -60,6 +60,10 @@ class FaceEmbedder:
         from app.recognition.embedder import load_embedder
 
         s = self.settings
+        if s.backend == "torch":
+            from app.inference.cuda_driver import set_gpu_wait
+
+            set_gpu_wait(s.gpu_wait)  # before load_embedder makes the CUDA context
         self.model, spec = load_embedder(s, self.threads)
         self.spec = spec
         self.gallery = open_gallery(s, spec)

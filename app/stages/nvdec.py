@@ -40,6 +40,7 @@ import numpy as np
 
 from app.config import env_name
 from app.errors import UserError
+from app.inference.cuda_driver import cuda_devices
 from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,6 @@ class NvdecUnavailable(UserError):
 
 def _setting() -> str:
     return env_name("decoder")
-
-
-def cuda_devices() -> int:
-    """GPUs the NVIDIA driver reports (libcuda's cuDeviceGetCount); 0 without a driver or a GPU."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return int(count.value)
 
 
 def import_nvc() -> Any:
