@@ -10,7 +10,10 @@ import json
 import multiprocessing
 import queue
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,17 +56,24 @@ def test_a_shared_inbox_takes_from_every_stream_in_turn():
         FairInbox([queue.Queue()]).get(timeout=0.01)
 
 
-def test_multiprocessing_queues_are_waited_on_together():
+@contextmanager
+def spawn_queues(n: int) -> Iterator[tuple[Any, list]]:
+    """(spawn context, n of its queues), closed afterwards without waiting for their feeder threads."""
     ctx = multiprocessing.get_context("spawn")
-    a, b = ctx.Queue(), ctx.Queue()
+    queues = [ctx.Queue() for _ in range(n)]
     try:
+        yield ctx, queues
+    finally:
+        for q in queues:
+            q.cancel_join_thread()
+            q.close()
+
+
+def test_multiprocessing_queues_are_waited_on_together():
+    with spawn_queues(2) as (_, (a, b)):
         inbox = FairInbox([a, b])
         threading.Timer(0.05, lambda: b.put(ref(1, 7))).start()
         assert inbox.get(timeout=GUARD_S).meta.frame_index == 7
-    finally:
-        for q in (a, b):
-            q.cancel_join_thread()
-            q.close()
 
 
 def _fill(queues: list, items: list[tuple[int, int]]) -> None:
@@ -76,9 +86,7 @@ def _fill(queues: list, items: list[tuple[int, int]]) -> None:
 
 
 def test_multiprocessing_queues_are_read_in_turn_and_an_empty_round_is_empty():
-    ctx = multiprocessing.get_context("spawn")
-    queues = [ctx.Queue() for _ in range(3)]
-    try:
+    with spawn_queues(3) as (ctx, queues):
         # Another process writes the messages and has flushed them all when it ends: a queue's own feeder
         # thread would still be writing some while the inbox looks, and the order would depend on it.
         filler = ctx.Process(target=_fill, args=(queues, [(0, 0), (0, 1), (0, 2), (0, 3), (2, 0), (2, 1)]))
@@ -92,16 +100,10 @@ def test_multiprocessing_queues_are_read_in_turn_and_an_empty_round_is_empty():
             inbox.get_nowait()
         queues[1].put(ref(1, 5))  # a queue quiet so far is found by the next look
         assert inbox.get(timeout=GUARD_S).meta.stream == 1
-    finally:
-        for q in queues:
-            q.cancel_join_thread()
-            q.close()
 
 
 def test_an_inbox_says_whether_a_message_is_there_without_taking_it():
-    ctx = multiprocessing.get_context("spawn")
-    queues = [ctx.Queue() for _ in range(2)]
-    try:
+    with spawn_queues(2) as (_, queues):
         inbox = FairInbox(queues)
         assert not inbox.ready()
         queues[1].put(ref(1, 0))
@@ -109,10 +111,6 @@ def test_an_inbox_says_whether_a_message_is_there_without_taking_it():
         assert inbox.ready()  # looking took nothing
         assert inbox.get_nowait().meta.stream == 1
         assert not inbox.ready()
-    finally:
-        for q in queues:
-            q.cancel_join_thread()
-            q.close()
 
 
 class Counter:

@@ -382,7 +382,6 @@ def test_the_loop_logs_its_cpu_the_models_share_and_the_frames_it_took(caplog):
     found = parse_cpu_lines(caplog.text)
     cpu = found["brightness"]
     assert cpu.items == 5 and stage.model_cpu.calls == 5  # the warm-up call was forgotten at the start
-    assert 0.0 <= cpu.model_s <= cpu.loop_s
-    assert cpu.model_s == pytest.approx(stage.model_cpu.seconds, abs=1e-4)
+    assert cpu.model_s == stage.model_cpu.seconds  # the line reports the meter's own sum
     # 5 model calls of one tick each; the loop spans its two readings and the calls' ten in between
     assert (cpu.model_s, cpu.loop_s) == (5.0, 11.0)
