@@ -247,13 +247,13 @@ def best_per_person(
     k: int,
     complete: bool = True,
     count_of: Callable[[str], int] | None = None,
-) -> list[Match] | None:
+) -> tuple[list[Match], bool]:
     """The k best persons of best-first (name, similarity) point hits, scored by `person_similarity` over
-    each name's hits.
+    each name's hits, and whether the hits settle them.
 
-    `complete`: the hits are every point of the gallery. When they are not (the nearest `limit` points),
-    None says more are needed: a chosen person with fewer hits than min(PERSON_PHOTOS, their points,
-    `count_of(name)`) or scoring below the last hit (a person not among the hits could score above it)."""
+    `complete`: the hits are every point of the gallery (they always settle). When they are not (the nearest
+    `limit` points), more are needed when a chosen person has fewer hits than min(PERSON_PHOTOS,
+    `count_of(name)`), or scores below the last hit (a person not among the hits could score above it)."""
     by_name: dict[str, list[float]] = {}
     lowest = np.inf
     for name, similarity in hits:
@@ -266,14 +266,15 @@ def best_per_person(
         ),
         key=lambda item: -item[1],
     )[:k]
-    if not complete and count_of is not None:
-        if len(scored) < k or scored[-1][1] < lowest:
-            return None
-        for name, _ in scored:
-            seen = len(by_name[name])
-            if seen < PERSON_PHOTOS and count_of(name) > seen:
-                return None
-    return [Match(name, similarity) for name, similarity in scored]
+    chosen = [Match(name, similarity) for name, similarity in scored]
+    if complete or count_of is None:
+        return chosen, True
+    if len(scored) < k or scored[-1][1] < lowest:
+        return chosen, False
+    settled = all(
+        len(by_name[name]) >= PERSON_PHOTOS or count_of(name) <= len(by_name[name]) for name, _ in scored
+    )
+    return chosen, settled
 
 
 def search_per_person(
@@ -304,11 +305,9 @@ def search_per_person(
         for index, found in zip(pending, hits, strict=True):
             pairs = [(name, similarity_from_score(s, metric)) for name, s in found]
             complete = limit >= total or len(pairs) < limit
-            chosen = best_per_person(pairs, k, complete, count_of)
-            if chosen is None:
+            results[index], settled = best_per_person(pairs, k, complete, count_of)
+            if not settled:
                 short.append(index)
-                chosen = best_per_person(pairs, k)
-            results[index] = chosen or []
         pending = short
         limit = min(total, limit * 4)
     return results
