@@ -196,6 +196,7 @@ class StageRunner:
         self._pending_eos: list[EndOfStream] = []
         self._backlog: deque[Any] = deque()  # the rest of a FrameBatch taken from the inbox
         self._open_streams: set[int] = {0}
+        self.setting_up = True  # until setup() returns, a SIGTERM ends the process at once (on_sigterm)
         inbox = channels.inbox
         self._inbox = None if inbox is None else FairInbox(inbox if isinstance(inbox, list) else [inbox])
 
@@ -211,6 +212,8 @@ class StageRunner:
             self._report_failure(exc, during_setup=True)
             self._close_stage()
             return EXIT_USER_ERROR if isinstance(exc, UserError) else EXIT_FAILED
+        finally:
+            self.setting_up = False
         if self.caps.batched:
             self.max_batch = max(1, int(self.stage.max_batch))  # setup() may have lowered it
         if isinstance(info, SourceInfo):
@@ -254,6 +257,16 @@ class StageRunner:
                     if hasattr(outbox, "cancel_join_thread"):
                         outbox.cancel_join_thread()
         return code
+
+    def on_sigterm(self, signum: int, frame: object) -> None:
+        """SIGTERM: unwind through close() so writers are flushed, or, while setup() runs, end at once."""
+        if self.setting_up:
+            # setup() runs native code that calls back into Python (C extensions initialising on import,
+            # model loaders): an exception raised there aborts the process with a C++ trace on stderr, under
+            # the run's one error line. Nothing is written yet, so there is nothing to unwind.
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum)
 
     def _start_cpu(self) -> float:
         """The process's CPU clock at the start signal; the model's meter forgets its warm-up calls."""
@@ -495,10 +508,6 @@ def _prepare_linux_process(stage_name: str) -> None:
         os._exit(EXIT_FAILED)  # the parent died before prctl took effect
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through close(), so writers are flushed
-
-
 def stage_process_main(
     stage: Any, channels: StageChannels, log_level: str = "WARNING", node_name: str | None = None
 ) -> None:
@@ -507,14 +516,15 @@ def stage_process_main(
     `node_name` names the process (several capture nodes run the same stage class, one per camera)."""
     # Ctrl-C reaches the whole process group; the supervisor alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    runner = StageRunner(stage, channels, node=node_name)
+    signal.signal(signal.SIGTERM, runner.on_sigterm)
     _prepare_linux_process(node_name or stage.name)
     logging.basicConfig(
         level=getattr(logging, str(log_level).upper(), logging.WARNING),
         stream=sys.stderr,
         format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s",
     )
-    code = StageRunner(stage, channels, node=node_name).run()
+    code = runner.run()
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
