@@ -50,7 +50,8 @@ What happens inside:
   embedding arrives. Older votes fade by `vote_decay` per new embedding. A track stays "pending" until one
   label has `min_evidence` weight and leads the runner-up (another person or unknown) by
   `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
-  `fast_margin` (a large frontal face well above threshold), or when `steady_votes` embeddings in a row,
+  `fast_margin` (a large frontal face well above threshold) or one of any quality scores >= threshold +
+  `sure_margin`, `sure_lead` ahead of anyone else (matched that well, even a small face is its person), or when `steady_votes` embeddings in a row,
   whatever their quality, match the same person by threshold + `fast_margin` (a small face seen steadily:
   its votes weigh too little ever to reach `min_evidence`), or when `consistent_votes` in a row match the
   same person by threshold + `consistent_margin`, `consistent_lead` ahead of anyone else (a template
@@ -505,6 +506,16 @@ class TrackIdentities:
         )
         if strong and record.status == "pending":
             self._give(record, label)  # a large frontal face well above threshold: no need to wait
+            return
+        sure = (
+            label is not None
+            and weight > 0
+            and similarity is not None
+            and similarity >= self.threshold + cfg.sure_margin
+            and _lead(matches) >= cfg.sure_lead
+        )
+        if sure and record.status != "known":
+            self._give(record, label)  # matched far above threshold, far ahead of anyone: whatever its size
             return
         if label is not None and weight > 0 and similarity is not None:
             if record.steady_label != label:

@@ -214,7 +214,9 @@ def test_a_face_cut_off_by_its_photo_still_makes_a_sprite(
     assert abs((fx1 + fx2) / 2 - w / 2) < 2  # the face stays centred in its sprite
 
 
-@pytest.mark.parametrize("photo", ["howard/face-recognition-howard_5.png", "leonard/face-recognition-lennard_5.png"])
+@pytest.mark.parametrize(
+    "photo", ["howard/face-recognition-howard_5.png", "leonard/face-recognition-lennard_5.png"]
+)
 def test_the_ground_truth_box_of_a_tight_face_crop_is_the_detectors_box_on_the_drawn_face(
     photo: str, locator: RetinaFaceLocator
 ) -> None:

@@ -72,10 +72,31 @@ def test_a_large_frontal_face_well_above_threshold_is_named_on_its_first_embeddi
     assert labels[1] == TrackLabel(1, "alice", pytest.approx(0.65), "known")
 
 
-def test_a_small_face_well_above_threshold_still_waits_for_a_second_opinion():
-    manager = TrackIdentities(IdentityConfig(), threshold=THRESHOLD, metric="euclidean")
-    small = track(1, size=40.0)
-    _, labels = run(manager, [small], lambda _: (unit(1), [Match("alice", 0.65), Match("bob", 0.3)]))
+def test_a_small_face_above_threshold_by_fast_margin_still_waits_for_a_second_opinion():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    good = THRESHOLD + (config.fast_margin + config.sure_margin) / 2
+    _, labels = run(
+        manager, [track(1, size=40.0)], lambda _: (unit(1), [Match("alice", good), Match("bob", 0.3)])
+    )
+    assert labels[1].status == "pending"
+
+
+def test_a_small_face_matched_far_above_threshold_far_ahead_of_anyone_is_named_on_its_first_embedding():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    sure = THRESHOLD + config.sure_margin + 0.01
+    answer = [Match("alice", sure), Match("bob", sure - config.sure_lead - 0.01)]
+    _, labels = run(manager, [track(1, size=40.0)], lambda _: (unit(1), answer))
+    assert labels[1] == TrackLabel(1, "alice", pytest.approx(sure), "known")
+
+
+def test_a_small_face_matched_far_above_threshold_but_close_to_another_person_waits():
+    config = IdentityConfig()
+    manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
+    sure = THRESHOLD + config.sure_margin + 0.01
+    answer = [Match("alice", sure), Match("bob", sure - config.sure_lead / 2)]
+    _, labels = run(manager, [track(1, size=40.0)], lambda _: (unit(1), answer))
     assert labels[1].status == "pending"
 
 
