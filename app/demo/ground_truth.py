@@ -2,10 +2,11 @@
 
 Stored as JSON next to the video (`ground_truth_path`): {"version", "size", "fps", "n_frames", "seed",
 "scenario", "actors": [{id, label, image, flip, brightness}], "frames": [[{id, label, box, visible,
-landmarks}, ...], ...]}, `box` = [x1, y1, x2, y2] in frame pixels clipped to the frame (the full face
-box, also where other sprites cover it: RetinaFace's box on the actor's photo padded with its edge pixels,
-app.demo.sprites.LOCATE_PAD, the box the detector gives on the face as drawn), `visible` = fraction of the unclipped face box that is inside the
-frame and not covered by a sprite in front, `landmarks` = 5 (x, y) RetinaFace-order points (not clipped).
+landmarks}, ...], ...]}, `box` = [x1, y1, x2, y2] in frame pixels clipped to the frame (the full face box,
+also where other sprites cover it: RetinaFace's box on the actor's photo, framed by its edge pixels where
+the face fills it (app.demo.sprites.locate_photo): the box the detector gives on the face as drawn),
+`visible` = fraction of the unclipped face box that is inside the frame and not covered by a sprite in
+front, `landmarks` = 5 (x, y) RetinaFace-order points (not clipped).
 Faces with nothing showing (fully covered or outside the frame) are left out.
 """
 

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 
 from app.demo.face_locator import FaceLocation, FaceLocator
+from app.errors import UserError
+from app.recognition.analyzer import TIGHT_FILL, TIGHT_MARGIN
 from app.vision.image_io import read_image
 
 # Ellipse semi-axes in face-box widths/heights: wide enough for ears, hair and collar, so the detector sees a
@@ -19,12 +21,12 @@ ELLIPSE_UP = 0.04  # ellipse centre above the face-box centre (face heights): mo
 FEATHER = 0.22  # alpha ramps from 1 to 0 over the outer 22% of the ellipse radius
 SPRITE_FACE_H = 260  # stored faces are at most this tall: about the largest face a 1080p scenario shows
 OPAQUE = 128  # alpha (0-255) above which a sprite pixel counts as covering what is behind it
-# A photo is searched with this much edge-replicated border on each side (fraction of its larger side),
-# as its face will be seen in a frame: `cut_sprite` pads the same way where the ellipse leaves the photo.
-# Tight crops (the bbt and johns sets are 150 px face crops) otherwise give a box clipped to the photo and
-# squeezed by the missing context: on the sprite drawn at full size in a frame, the detector's box was
-# 1.1-1.5x taller and IoU 0.49-0.78 with that ground-truth box (photos with context: 0.82-0.97).
-LOCATE_PAD = 0.5
+# A face that fills its photo (TIGHT_FILL) is searched again with edge-replicated borders (TIGHT_MARGIN of
+# the photo's long side), as enrolment does (FaceAnalyzer.detect_photo) and as the face will be seen in a
+# frame: `cut_sprite` pads the same way where the ellipse leaves the photo. On the bare photo the box of a
+# tight crop (the bbt and johns sets are 150 px face crops) is clipped to the photo and squeezed by the
+# missing context: on the sprite drawn at full size in a frame the detector's box was 1.1-1.5x taller, IoU
+# 0.49-0.78 with that ground-truth box (photos with context: 0.82-0.97).
 
 # Landmark order under a horizontal flip: the image-left eye becomes the image-right one, same for the mouth.
 _FLIP_LANDMARKS = [1, 0, 2, 4, 3]
@@ -113,10 +115,20 @@ def cut_sprite(
 
 
 def locate_photo(path: Path, locator: FaceLocator) -> tuple[np.ndarray, FaceLocation]:
-    """Read a photo and find its main face with `locator`, on the photo padded by LOCATE_PAD (the box and
-    landmarks in the photo's own pixels; the box may reach outside it)."""
+    """Read a photo and find its main face with `locator`; a face that fills the photo is found on the photo
+    framed by its edge pixels (the box and landmarks in the photo's own pixels; the box may reach outside)."""
     image = read_image(path)
-    pad = round(LOCATE_PAD * max(image.shape[:2]))
-    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    face = locator.locate(padded, source=str(path))
-    return image, FaceLocation(face.box - pad, face.landmarks - pad)
+    try:
+        face: FaceLocation | None = locator.locate(image, source=str(path))
+    except UserError:
+        face = None  # a face too close to the edges may only be found with a margin
+    h, w = image.shape[:2]
+    if (
+        face is not None
+        and max((face.box[2] - face.box[0]) / w, (face.box[3] - face.box[1]) / h) < TIGHT_FILL
+    ):
+        return image, face
+    pad = int(round(TIGHT_MARGIN * max(h, w)))
+    framed = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    found = locator.locate(framed, source=str(path))
+    return image, FaceLocation(found.box - pad, found.landmarks - pad)

@@ -48,15 +48,15 @@ What happens inside:
   just above or just below threshold, full at `confidence_band` away); a match within `match_margin` of a
   different person abstains, and so does a face that overlaps another track by `cross_iou` when its
   embedding arrives. Older votes fade by `vote_decay` per new embedding. A track stays "pending" until one
-  label has `min_evidence` weight and leads the runner-up (another person or unknown) by
-  `decision_margin`, or at once when one embedding of quality >= `fast_quality` scores >= threshold +
-  `fast_margin` (a large frontal face well above threshold) or one of any quality scores >= threshold +
-  `sure_margin`, `sure_lead` ahead of anyone else (matched that well, even a small face is its person), or when `steady_votes` embeddings in a row,
-  whatever their quality, match the same person by threshold + `fast_margin` (a small face seen steadily:
-  its votes weigh too little ever to reach `min_evidence`), or when `consistent_votes` in a row match the
-  same person by threshold + `consistent_margin`, `consistent_lead` ahead of anyone else (a template
-  settled just above threshold: such votes fade before they add up). An "unknown" track is named on the
-  same margins and runs (a first naming); a given name changes only when another label leads it by
+  label has `min_evidence` weight and leads the runner-up (another person or unknown) by `decision_margin`,
+  or at once when one embedding of quality >= `fast_quality` scores >= threshold + `fast_margin` (a large
+  frontal face well above threshold) or one of any quality scores >= threshold + `sure_margin`, `sure_lead`
+  ahead of anyone else (matched that well, even a small face is its person), or when `steady_votes`
+  embeddings in a row, whatever their quality, match the same person by threshold + `fast_margin` (a small
+  face seen steadily: its votes weigh too little ever to reach `min_evidence`), or when `consistent_votes`
+  in a row match the same person by threshold + `consistent_margin`, `consistent_lead` ahead of anyone else
+  (a template settled just above threshold: such votes fade before they add up). An "unknown" track is named
+  on the same margins and runs (a first naming); a given name changes only when another label leads it by
   `switch_margin` (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
   under the same id, its label is still there (short occlusions). If a new track's first embedding is

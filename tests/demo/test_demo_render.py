@@ -15,8 +15,8 @@ from app.demo.face_locator import RetinaFaceLocator
 from app.demo.render import load_sprites
 from app.demo.sprites import cut_sprite, locate_photo
 from app.errors import UserError
-from tests.demo.rendered_demo import RenderedDemo
 from app.tracking.matching import box_iou
+from tests.demo.rendered_demo import RenderedDemo
 from tests.support.shared_data import KNN_TRAIN, SHARED_IDENTITIES
 
 
