@@ -14,9 +14,7 @@ Per frame (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every 
    unconfirmed_match_thresh (0.7); tracks started from a weak box (step 5) also against the low-score
    detections step 3 left. A track is confirmed (gets an id) on its second matched frame in a row, one
    started weakly on its weak_confirm_hits-th; an unconfirmed track missed once is removed.
-5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks (confirmed
-   at once from instant_confirm_thresh up, 0.9: not in ByteTrack, a clear face is reported on its first
-   frame); leftover
+5. Leftover high-score detections with score >= high_thresh + new_track_margin start new tracks; leftover
    detections from weak_start_thresh up (0.4), away from every track, start weak ones (not in ByteTrack:
    small faces score 0.1-0.6 their whole walk and would never get a track).
 6. Lost tracks older than track_buffer * fps / 30 frames are removed; a tracked track that duplicates a
@@ -174,11 +172,6 @@ class ByteTracker:
         # Stage 4: new tracks; weak ones from leftover boxes under new_track_thresh, away from every track.
         starters = high_left[scores[high_left] >= cfg.new_track_thresh]
         new_tracks = self._start_tracks(starters, boxes, scores, landmarks, frame)
-        if cfg.instant_confirm_thresh > 0:
-            for track in new_tracks:
-                if not track.is_confirmed and track.score >= cfg.instant_confirm_thresh:
-                    track.state = TrackState.TRACKED  # a clear face: no second frame needed to trust it
-                    track.confirm(self._new_id())
         if cfg.weak_confirm_hits and frame > 1:
             candidates = np.concatenate([high_left[scores[high_left] < cfg.new_track_thresh], low_left])
             candidates = candidates[scores[candidates] >= cfg.weak_start_thresh]

@@ -50,12 +50,6 @@ class TrackerConfig:
     # same as 10), MOTA 0.905/0.815/0.816 -> 0.910/0.828/0.841, ID switches 12 -> 11.
     low_refind_frames: int = 10
     weak_start_iou: float = 0.3  # ... and never from a box overlapping a track this much (a duplicate box)
-    # A new track from a detection scoring at least this is confirmed (reported, given its id) at once
-    # rather than on its second frame (0 turns it off): RetinaFace's false positives sit around 0.5-0.8,
-    # and a face walking in was otherwise reported a frame late and named a frame later still. Hard
-    # scenario (3 seeds): enrolled face-frames named 0.810 -> 0.816 (0.95: 0.811), identity accuracy of the
-    # standard + strangers scenarios 0.982 -> 0.986, MOTA 0.987 -> 0.990.
-    instant_confirm_thresh: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_thresh < self.high_thresh <= 1.0:
@@ -66,8 +60,6 @@ class TrackerConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
-        if not 0.0 <= self.instant_confirm_thresh <= 1.0:
-            raise ValueError(f"instant_confirm_thresh must be in [0, 1], got {self.instant_confirm_thresh}")
         if self.weak_confirm_hits < 0:
             raise ValueError(f"weak_confirm_hits must be >= 0, got {self.weak_confirm_hits}")
         if self.track_buffer < 0:

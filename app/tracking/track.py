@@ -7,8 +7,7 @@ States (ByteTrack):
     REMOVED  gone for good (an unconfirmed track missed once, or a lost track timed out)
 
 A track is confirmed on its second matched frame (or at once on the tracker's first frame, as in
-ByteTrack, or from a detection scoring TrackerConfig.instant_confirm_thresh), and only then gets its id,
-so reported ids have no gaps from one-frame false positives below that score.
+ByteTrack), and only then gets its id, so reported ids have no gaps from one-frame false positives.
 """
 
 from __future__ import annotations

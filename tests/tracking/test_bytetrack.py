@@ -41,33 +41,17 @@ def test_one_moving_face_keeps_one_id_and_follows_it():
 def test_first_frame_is_trusted_later_faces_need_a_second_frame():
     tracker = ByteTracker()
     assert [t.track_id for t in step(tracker, [face(100, 100)], [0.9])] == [1]
-    tracks = step(tracker, [face(100, 100), face(400, 100)], [0.9, 0.85])
+    tracks = step(tracker, [face(100, 100), face(400, 100)], [0.9, 0.9])
     assert [t.track_id for t in tracks] == [1]  # the newcomer is unconfirmed
     assert len(tracker.tracked_tracks) == 2
-    tracks = step(tracker, [face(100, 100), face(400, 100)], [0.9, 0.85])
+    tracks = step(tracker, [face(100, 100), face(400, 100)], [0.9, 0.9])
     assert sorted(t.track_id for t in tracks) == [1, 2]
-
-
-def test_a_new_face_scoring_instant_confirm_thresh_is_reported_on_its_first_frame():
-    cfg = TrackerConfig()
-    tracker = ByteTracker(cfg)
-    step(tracker, [face(100, 100)], [0.9])
-    tracks = step(tracker, [face(100, 100), face(400, 100)], [0.9, cfg.instant_confirm_thresh])
-    assert ids_by_x(tracks) == [1, 2]
-    tracks = step(tracker, [face(100, 100), face(400, 100)], [0.9, 0.8])
-    assert ids_by_x(tracks) == [1, 2]  # the same track on the next frame, whatever its score
-
-
-def test_without_instant_confirmation_every_later_face_needs_a_second_frame():
-    tracker = ByteTracker(TrackerConfig(instant_confirm_thresh=0.0))
-    step(tracker, [face(100, 100)], [0.9])
-    assert [t.track_id for t in step(tracker, [face(100, 100), face(400, 100)], [0.9, 0.99])] == [1]
 
 
 def test_one_frame_false_positive_never_gets_an_id():
     tracker = ByteTracker()
     step(tracker, [face(100, 100)], [0.9])
-    step(tracker, [face(100, 100), face(500, 300)], [0.9, 0.85])  # a blip (below instant_confirm_thresh)
+    step(tracker, [face(100, 100), face(500, 300)], [0.9, 0.95])  # a blip
     for _ in range(3):
         step(tracker, [face(100, 100)], [0.9])
     tracks = step(tracker, [face(100, 100), face(300, 300)], [0.9, 0.9])
