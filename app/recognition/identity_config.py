@@ -51,8 +51,9 @@ class IdentityConfig:
     steady_votes: int = 4
     # ... or on one embedding of any quality scoring >= threshold + sure_margin, sure_lead ahead of anyone
     # else: a small face matched that well is its person (a 62 px face at 0.666, 0.41 ahead, waited for 4
-    # embeddings). Strangers' embeddings on the hard scenario (3 seeds, dlib at 0.425) score <= 0.457, the
-    # look-alike relative of an enrolled person, 0.19 ahead; on photos 0.425 accepts 1% of strangers.
+    # embeddings). Strangers' embeddings on the hard scenario (3 seeds, dlib at 0.425) score <= 0.457 (a
+    # look-alike relative of an enrolled person, 0.19 ahead; 0.424 with tight photos' ground truth fixed);
+    # on photos 0.425 accepts 1% of strangers. Hard scenario: enrolled named 0.807 -> 0.810.
     sure_margin: float = 0.1
     sure_lead: float = 0.1
     # ... or on consistent_votes embeddings in a row each matching the same person by threshold +
