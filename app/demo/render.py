@@ -22,7 +22,7 @@ class _Placement:
     x: int  # top-left of the scaled sprite in frame pixels (may be negative)
     y: int
     alpha: np.ndarray  # (h,w) uint8 of the scaled sprite
-    face_box: np.ndarray  # (4,) float64 in frame pixels, unclipped
+    face_box: np.ndarray  # (4,) float64 in frame pixels, unclipped: the ground truth's box (Sprite.truth_box)
     landmarks: np.ndarray  # (5,2) float64 in frame pixels
 
 
@@ -30,7 +30,11 @@ def load_sprites(scenario: Scenario, locator: FaceLocator | None = None) -> dict
     """Each actor's sprite; every photo is read and searched for its face once, however many actors use it."""
     locator = locator if locator is not None else RetinaFaceLocator()
     photos = {path: locate_photo(path, locator) for path in dict.fromkeys(a.image for a in scenario.actors)}
-    return {a.id: cut_sprite(*photos[a.image], flip=a.flip, brightness=a.brightness) for a in scenario.actors}
+    return {
+        a.id: cut_sprite(image, face, flip=a.flip, brightness=a.brightness, truth=truth)
+        for a in scenario.actors
+        for image, face, truth in [photos[a.image]]
+    }
 
 
 def _place(
@@ -119,10 +123,10 @@ def render(
             _blend(frame, bgra, x, y)
             to_frame = np.array([sx, sy])
             origin = np.array([x, y])
-            box = np.concatenate(
-                [sprite.face_box[:2] * to_frame + origin, sprite.face_box[2:] * to_frame + origin]
-            )
-            lms = sprite.landmarks * to_frame + origin
+            truth_box = sprite.face_box if sprite.truth_box is None else sprite.truth_box
+            truth_lms = sprite.landmarks if sprite.truth_landmarks is None else sprite.truth_landmarks
+            box = np.concatenate([truth_box[:2] * to_frame + origin, truth_box[2:] * to_frame + origin])
+            lms = truth_lms * to_frame + origin
             placed.append(_Placement(actor, x, y, np.ascontiguousarray(bgra[..., 3]), box, lms))
         faces = []
         for i, p in enumerate(placed):

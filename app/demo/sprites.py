@@ -22,11 +22,12 @@ FEATHER = 0.22  # alpha ramps from 1 to 0 over the outer 22% of the ellipse radi
 SPRITE_FACE_H = 260  # stored faces are at most this tall: about the largest face a 1080p scenario shows
 OPAQUE = 128  # alpha (0-255) above which a sprite pixel counts as covering what is behind it
 # A face that fills its photo (TIGHT_FILL) is searched again with edge-replicated borders (TIGHT_MARGIN of
-# the photo's long side), as enrolment does (FaceAnalyzer.detect_photo) and as the face will be seen in a
-# frame: `cut_sprite` pads the same way where the ellipse leaves the photo. On the bare photo the box of a
-# tight crop (the bbt and johns sets are 150 px face crops) is clipped to the photo and squeezed by the
-# missing context: on the sprite drawn at full size in a frame the detector's box was 1.1-1.5x taller, IoU
-# 0.49-0.78 with that ground-truth box (photos with context: 0.82-0.97).
+# the photo's long side), as enrolment does (FaceAnalyzer.detect_photo) and as it is drawn in a frame
+# (`cut_sprite` pads the same way where the ellipse leaves the photo); that box is the ground truth's. On
+# the bare photo a tight crop's box (the bbt and johns sets are 150 px face crops) is clipped to the photo
+# and squeezed by the missing context: on the sprite drawn in a frame the detector's box was 1.1-1.5x
+# taller, IoU 0.49-0.78 with it (photos with context: 0.82-0.97). The bare photo's box still places and
+# sizes the sprite, so frames are drawn as before; only the truth they are scored against changed.
 
 # Landmark order under a horizontal flip: the image-left eye becomes the image-right one, same for the mouth.
 _FLIP_LANDMARKS = [1, 0, 2, 4, 3]
@@ -38,6 +39,10 @@ class Sprite:
     face_box: np.ndarray  # (4,) float32 x1,y1,x2,y2 in sprite pixels
     landmarks: np.ndarray  # (5,2) float32 in sprite pixels
     pyramid: tuple[np.ndarray, ...] = ()  # bgra halved again and again, for cheap good-looking downscales
+    # The ground-truth face box and landmarks (sprite pixels): where the detector finds the face as drawn,
+    # which for a face that fills its photo is not `face_box` (see `locate_photo`); None: face_box itself.
+    truth_box: np.ndarray | None = None
+    truth_landmarks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.pyramid:
@@ -71,9 +76,16 @@ class Sprite:
 
 
 def cut_sprite(
-    image_bgr: np.ndarray, face: FaceLocation, flip: bool = False, brightness: float = 0.0
+    image_bgr: np.ndarray,
+    face: FaceLocation,
+    flip: bool = False,
+    brightness: float = 0.0,
+    truth: FaceLocation | None = None,
 ) -> Sprite:
-    """Crop the ellipse around `face` (padding with edge pixels where it leaves the photo), scale, mask."""
+    """Crop the ellipse around `face` (padding with edge pixels where it leaves the photo), scale, mask.
+
+    `face` places and sizes the sprite; `truth` (photo pixels, default `face`) is what the ground truth
+    reports for it (`locate_photo`)."""
     box = face.box.astype(np.float64)
     fw, fh = box[2] - box[0], box[3] - box[1]
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2 - ELLIPSE_UP * fh
@@ -105,30 +117,43 @@ def cut_sprite(
     if brightness:
         bgr += brightness
     bgra = np.dstack([np.clip(bgr, 0, 255), alpha * 255.0]).round().astype(np.uint8)
-    sprite_box = np.concatenate([(box[:2] - offset) * to_sprite, (box[2:] - offset) * to_sprite])
-    sprite_lms = (face.landmarks.astype(np.float64) - offset) * to_sprite
+
+    def to_sprite_pixels(located: FaceLocation) -> tuple[np.ndarray, np.ndarray]:
+        b = located.box.astype(np.float64)
+        out_box = np.concatenate([(b[:2] - offset) * to_sprite, (b[2:] - offset) * to_sprite])
+        out_lms = (located.landmarks.astype(np.float64) - offset) * to_sprite
+        if flip:
+            out_box = np.array([sw - out_box[2], out_box[1], sw - out_box[0], out_box[3]])
+            out_lms = out_lms[_FLIP_LANDMARKS] * [-1, 1] + [sw, 0]
+        return out_box.astype(np.float32), out_lms.astype(np.float32)
+
     if flip:
         bgra = bgra[:, ::-1]
-        sprite_box = np.array([sw - sprite_box[2], sprite_box[1], sw - sprite_box[0], sprite_box[3]])
-        sprite_lms = sprite_lms[_FLIP_LANDMARKS] * [-1, 1] + [sw, 0]
-    return Sprite(np.ascontiguousarray(bgra), sprite_box.astype(np.float32), sprite_lms.astype(np.float32))
+    sprite_box, sprite_lms = to_sprite_pixels(face)
+    truth_box, truth_lms = to_sprite_pixels(truth) if truth is not None else (None, None)
+    return Sprite(
+        np.ascontiguousarray(bgra), sprite_box, sprite_lms, truth_box=truth_box, truth_landmarks=truth_lms
+    )
 
 
-def locate_photo(path: Path, locator: FaceLocator) -> tuple[np.ndarray, FaceLocation]:
-    """Read a photo and find its main face with `locator`; a face that fills the photo is found on the photo
-    framed by its edge pixels (the box and landmarks in the photo's own pixels; the box may reach outside)."""
+def locate_photo(path: Path, locator: FaceLocator) -> tuple[np.ndarray, FaceLocation, FaceLocation]:
+    """Read a photo and find its main face with `locator`: (photo, face, truth) for `cut_sprite`.
+
+    `face` is found on the photo itself and places the sprite. `truth` is the same face found on the photo
+    framed by its edge pixels when the face fills the photo (box and landmarks in the photo's own pixels;
+    the box may reach outside it), else `face`: the ground truth's box."""
     image = read_image(path)
     try:
         face: FaceLocation | None = locator.locate(image, source=str(path))
     except UserError:
         face = None  # a face too close to the edges may only be found with a margin
     h, w = image.shape[:2]
-    if (
-        face is not None
-        and max((face.box[2] - face.box[0]) / w, (face.box[3] - face.box[1]) / h) < TIGHT_FILL
-    ):
-        return image, face
+    if face is not None:
+        x1, y1, x2, y2 = face.box
+        if max((x2 - x1) / w, (y2 - y1) / h) < TIGHT_FILL:
+            return image, face, face
     pad = int(round(TIGHT_MARGIN * max(h, w)))
     framed = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     found = locator.locate(framed, source=str(path))
-    return image, FaceLocation(found.box - pad, found.landmarks - pad)
+    truth = FaceLocation(found.box - pad, found.landmarks - pad)
+    return image, truth if face is None else face, truth

@@ -206,7 +206,7 @@ def test_a_face_cut_off_by_its_photo_still_makes_a_sprite(
     demo_images_dir: Path, locator: RetinaFaceLocator
 ) -> None:
     # The ellipse leaves the photo here; the crop is padded with edge pixels instead of shifting the face.
-    image, face = locate_photo(demo_images_dir / "obama_partial_face.jpg", locator)
+    image, face, _ = locate_photo(demo_images_dir / "obama_partial_face.jpg", locator)
     sprite = cut_sprite(image, face)
     h, w = sprite.bgra.shape[:2]
     fx1, fy1, fx2, fy2 = sprite.face_box
