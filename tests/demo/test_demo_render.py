@@ -226,7 +226,10 @@ def test_the_ground_truth_box_of_a_tight_face_crop_is_the_detectors_box_on_the_d
     for face_px in (140, 260):
         keyframes = (Keyframe(0, 0.5, 0.5, face_px / 720), Keyframe(1, 0.5, 0.5, face_px / 720))
         scenario = Scenario(size=(1280, 720), fps=1, n_frames=1, actors=(Actor(0, "p", path, keyframes),))
-        frame, faces = next(render(scenario, locator=locator))
+        sprite = load_sprites(scenario, locator)[0]
+        assert sprite.truth_box is not None  # the bare photo's box still sizes the face drawn
+        assert sprite.truth_box[3] - sprite.truth_box[1] > 1.1 * sprite.face_height
+        frame, faces = next(render(scenario, sprites={0: sprite}))
         found = locator.detect(frame)
         assert len(found.scores) == 1
         iou = box_iou(np.array([faces[0].box]), found.boxes.astype(np.float64))[0, 0]
