@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 
 from app.config import env_name
-from app.errors import UserError
-from app.inference.cuda_driver import cuda_devices
+from app.errors import UserError, first_line
+from app.inference.cuda_driver import NoCudaDriver, PrimaryContext, cuda_devices, retain_primary_context
 from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ DECODERS = ("auto", "ffmpeg", "nvdec")
 WHEEL = "pynvvideocodec==2.2.4"
 MODULE = "PyNvVideoCodec"
 DECODED_AHEAD = 8  # frames decoded ahead of the reader: NVDEC works while the ring is busy
+# How the decoder's threads wait for the GPU: "block" sleeps (the decoder is given the primary context
+# retained with CU_CTX_SCHED_BLOCKING_SYNC), None leaves it to the library (the same primary context with
+# CUDA's default, which spins while the process has fewer contexts than the host has cores).
+DECODER_WAIT: str | None = "block"
 _END = object()
 
 
@@ -61,13 +65,19 @@ def _setting() -> str:
 
 
 def import_nvc() -> Any:
-    """The PyNvVideoCodec module, or NvdecUnavailable saying how to install it."""
+    """The PyNvVideoCodec module, or NvdecUnavailable saying how to install it (or, where the wheel is there
+    but its import fails for want of the driver's video libraries, that it needs them)."""
     try:
         import PyNvVideoCodec as nvc  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise NvdecUnavailable(
             f"{_setting()}=nvdec needs NVIDIA's PyNvVideoCodec, which does not import ({exc}); install it "
             f"with `pip install {WHEEL}` (or the wheel in .whl/), or set {_setting()}=ffmpeg"
+        ) from None
+    except (RuntimeError, OSError) as exc:  # its import loads the driver's libnvidia-encode and checks it
+        raise NvdecUnavailable(
+            f"{_setting()}=nvdec: PyNvVideoCodec is installed but does not load ({first_line(exc)}); it "
+            f"needs an NVIDIA GPU and its driver with the video libraries, or set {_setting()}=ffmpeg"
         ) from None
     return nvc
 
@@ -131,21 +141,26 @@ class NvdecCapture:
         read_timeout_s: float = READ_TIMEOUT_S,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         gpu_id: int = 0,
+        gpu_wait: str | None = DECODER_WAIT,
     ) -> None:
         nvc = import_nvc()
         self.spec = spec
         self.read_timeout_s = None if spec.kind == "file" else float(read_timeout_s)
         self._fps, self._frames = _container_facts(spec)
+        self._context = decoder_context(gpu_id, gpu_wait)
         try:
             self._demuxer = nvc.CreateDemuxer(filename=str(spec.target))
             self._hw = (int(self._demuxer.Height()), int(self._demuxer.Width()))
-            self._decoder = nvc.CreateDecoder(
-                gpuid=gpu_id,
-                codec=self._demuxer.GetNvCodecId(),
-                usedevicememory=False,  # frames decoded into host memory: they go to the ring
-                outputColorType=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
+            self._decoder = create_decoder(
+                nvc,
+                gpu_id,
+                self._demuxer.GetNvCodecId(),
+                self._context,
+                device_memory=False,  # frames decoded into host memory: they go to the ring
+                color=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
             )
         except Exception as exc:  # noqa: BLE001 - the library's errors name neither the file nor the fix
+            self._release_context()
             text = scrub_secrets(f"{type(exc).__name__}: {exc}", spec)
             raise UserError(f"NVDEC cannot decode {spec.display} ({text}); set {_setting()}=ffmpeg") from None
         self._frames_out: queue.Queue[Any] = queue.Queue(maxsize=DECODED_AHEAD)
@@ -226,6 +241,47 @@ class NvdecCapture:
         self._open = False
         self._stop.set()
         self._thread.join(timeout=2.0)
+        if self._thread.is_alive():
+            return  # still inside the library: its decoder and context stay rather than go under it
+        self._decoder = None  # the decoder goes before the context it was given
+        self._release_context()
+
+    def _release_context(self) -> None:
+        if self._context is not None:
+            self._context.release()
+            self._context = None
+
+
+def decoder_context(gpu_id: int, wait: str | None) -> PrimaryContext | None:
+    """GPU `gpu_id`'s primary context retained with `wait` ("block"/"spin") for a decoder, or None (the
+    library retains that context itself, with CUDA's default wait) when `wait` is None or the driver
+    refuses, which is logged: the decoder then works as before."""
+    if wait is None:
+        return None
+    try:
+        context = retain_primary_context(gpu_id, wait)
+    except NoCudaDriver as exc:
+        log.warning("NVDEC keeps CUDA's default GPU wait: %s", exc)
+        return None
+    if context.wait != wait:
+        log.info(
+            "NVDEC: GPU %d's context waits %s, not %s (set before this decoder)", gpu_id, context.wait, wait
+        )
+    return context
+
+
+def create_decoder(
+    nvc: Any, gpu_id: int, codec: Any, context: PrimaryContext | None, *, device_memory: bool, color: Any
+) -> Any:
+    """PyNvVideoCodec's decoder on `context` (`cudacontext=`, 2.x) or, given None or a library that does
+    not take it, on the context it picks itself."""
+    args = {"gpuid": gpu_id, "codec": codec, "usedevicememory": device_memory, "outputColorType": color}
+    if context is not None:
+        try:
+            return nvc.CreateDecoder(**args, cudacontext=context.handle)
+        except TypeError as exc:  # the binding's overloads do not take cudacontext=
+            log.info("NVDEC decoder made without cudacontext= (%s)", exc)
+    return nvc.CreateDecoder(**args)
 
 
 def _container_facts(spec: SourceSpec) -> tuple[float, float]:
