@@ -178,6 +178,12 @@ class NvdecCapture:
             self.release()
             raise UserError(f"NVDEC gave no frame of {spec.display}; set {_setting()}=ffmpeg")
 
+    @property
+    def gpu_wait(self) -> str:
+        """How the decoder's threads wait for the GPU, as the driver reports it for the context it was given
+        ("block", ...), or "library's" where it picked its own (CUDA's default wait)."""
+        return self._context.wait if self._context is not None else "library's"
+
     def _decode(self) -> None:
         """Demux and decode to the end (or a stop), each frame's NV12 surface copied out of the decoder's
         buffer (which it reuses)."""
