@@ -12,15 +12,28 @@ session) and leaves the CPU cores to tracking.
   imports and the driver reports a GPU, else FFmpeg; a source NVDEC cannot open (e.g. a codec it lacks) then
   falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2).
 - Frames come back to the host as NVDEC's own NV12 surface, which OpenCV converts to BGR straight into
-  the shared-memory ring slot (`read(image)`, as FFmpeg's path does). On the H200 host, 16 processes
-  decoding 1080p H.264 (testbench/gpu/bench_decode.py) reached 790 frames/s in all at 10.8 ms of CPU a
-  frame this way, 635 at 14.8 ms with interleaved RGB from the decoder, 520 at 20.1 ms with RGB kept on
-  the GPU and copied down by torch; FFmpeg with one thread per camera 1289 at 11.5 ms. The calls used
-  (`CreateDemuxer(filename=)`, `CreateDecoder(gpuid, codec, usedevicememory, outputColorType)`, iterating
-  the demuxer, `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames; NV12 host frames were read
-  this way on the H200 by the decode benchmark) are those of PyNvVideoCodec
-  2.2.4's samples; that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames
-  on the GPU would save the download but needs the ring to live in GPU memory: not done.
+  the shared-memory ring slot (`read(image)`, as FFmpeg's path does), on one OpenCV thread
+  (`CONVERT_THREADS`). The decoder is given GPU 0's primary context, retained with blocking sync
+  (`DECODER_WAIT`, `cuda_driver.retain_primary_context`, PyNvVideoCodec's `cudacontext=`); given none,
+  PyNvVideoCodec 2.x retains that same primary context itself, with CUDA's default wait (spinning while
+  the process has fewer contexts than the host has cores): it makes no context of its own a session.
+- Measured on the H200 host (testbench/gpu/bench_decode.py, 16 processes x 300 frames of a 1080p H.264
+  clip, frames/s in all, CPU ms a frame, in brackets after each stream's first frame;
+  testbench/gpu/decode_results_h200.jsonl): NV12 with OpenCV's default threads 838 / 9.3 (6.9), the same
+  on the blocking primary context 884 / 8.5 (6.3), with OpenCV on one thread 855 / 6.2 (3.7) blocking and
+  847 / 6.1 (3.7) with CUDA's default wait; FFmpeg, one thread a stream, 1347 / 10.2 (9.9); this class
+  815 / 10.0 (7.4) before it set one OpenCV thread (with it: not yet measured on a GPU). So the host
+  CPU that looked like NVDEC's was OpenCV's thread pool, woken for every conversion in every process, not
+  CUDA spinning; the blocking wait is kept (never slower here) but is not what saves the CPU. NVDEC's open
+  (context and decoder) costs about 0.7 s of CPU a stream against FFmpeg's 0.1 and most of a 300-frame
+  run's wall time, so the frame rate in all stays below FFmpeg's in this benchmark (after the first
+  frame the streams' rates add up to 2250-3000 frames/s against FFmpeg's 1633, an upper bound since the
+  openings are staggered); FFmpeg stays the default until a pipeline run with NVDEC shows the saved CPU
+  (about 6 ms a frame, 16 cameras) as frames. The calls used (`CreateDemuxer(filename=)`,
+  `CreateDecoder(gpuid, codec, usedevicememory, outputColorType, cudacontext)`, iterating the demuxer,
+  `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec 2.2.4's samples;
+  that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames on the GPU would
+  save the download but needs the ring to live in GPU memory: not done.
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
   timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.
 """
@@ -53,6 +66,10 @@ DECODED_AHEAD = 8  # frames decoded ahead of the reader: NVDEC works while the r
 # retained with CU_CTX_SCHED_BLOCKING_SYNC), None leaves it to the library (the same primary context with
 # CUDA's default, which spins while the process has fewer contexts than the host has cores).
 DECODER_WAIT: str | None = "block"
+# OpenCV threads for the NV12 -> BGR conversion. One: its default pool wakes a thread per core for every
+# 1080p frame, and with a capture process per camera that cost 6.3 ms of CPU a frame against 3.7 on one
+# thread (H200, 16 streams, testbench/gpu/decode_results_h200.jsonl).
+CONVERT_THREADS = 1
 _END = object()
 
 
@@ -144,6 +161,7 @@ class NvdecCapture:
         gpu_wait: str | None = DECODER_WAIT,
     ) -> None:
         nvc = import_nvc()
+        cv2.setNumThreads(CONVERT_THREADS)  # for the whole capture process, which converts and resizes only
         self.spec = spec
         self.read_timeout_s = None if spec.kind == "file" else float(read_timeout_s)
         self._fps, self._frames = _container_facts(spec)

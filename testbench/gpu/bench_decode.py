@@ -9,7 +9,7 @@ Modes:
 - `ffmpeg`: OpenCV/FFmpeg as the capture stage opens files (`sources.open_video`), FFmpeg's own threads.
 - `ffmpeg-tK`: the same with K decoding threads (`DECODE_THREADS=K`).
 - `nvdec`: the capture stage's `NvdecCapture` as shipped (NV12 to host on a decoding thread, converted by
-  OpenCV; its GPU wait `nvdec.DECODER_WAIT`).
+  OpenCV on `nvdec.CONVERT_THREADS` threads; its GPU wait `nvdec.DECODER_WAIT`).
 - `nvdec-nv12`: NVDEC's own NV12 surface copied to host memory, converted by OpenCV into the buffer; the
   decoder on the context the library picks (the primary context, CUDA's default wait: spinning).
 - `nvdec-nv12-block`: the same on the primary context retained with blocking sync (`cudacontext=`).

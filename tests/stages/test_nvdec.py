@@ -210,7 +210,7 @@ def test_the_decoder_is_given_the_blocking_primary_context_and_lets_it_go_after_
     assert released == [True] and cap._decoder is None
 
 
-def test_a_library_without_cudacontext_makes_its_own_decoder(monkeypatch):
+def test_a_library_without_cudacontext_makes_its_own_decoder():
     released: list = []
     library = FrameLibrary(clip_frames(2))  # CreateDecoder(gpuid, codec, usedevicememory, outputColorType)
     decoder = nvdec.create_decoder(
@@ -256,3 +256,16 @@ def test_a_wheel_that_fails_to_load_for_want_of_the_driver_is_one_line(tmp_path,
     message = str(info.value)
     assert "\n" not in message and "libnvidia-encode.so.1: cannot open shared object file" in message
     assert message.endswith("or set FACEPIPE_DECODER=ffmpeg")
+
+
+def test_nvdec_converts_on_one_opencv_thread(monkeypatch):
+    # OpenCV's pool, a thread per core woken for each 1080p conversion in every capture process, was most of
+    # NVDEC's host CPU on the H200 (decode_results_h200.jsonl: 6.3 ms a frame against 3.7 on one thread).
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(clip_frames(1)))
+    before = cv2.getNumThreads()
+    try:
+        cap = nvdec.NvdecCapture(FILE)
+        assert cv2.getNumThreads() == nvdec.CONVERT_THREADS == 1
+        cap.release()
+    finally:
+        cv2.setNumThreads(before)
