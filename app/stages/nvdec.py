@@ -12,15 +12,28 @@ session) and leaves the CPU cores to tracking.
   imports and the driver reports a GPU, else FFmpeg; a source NVDEC cannot open (e.g. a codec it lacks) then
   falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2).
 - Frames come back to the host as NVDEC's own NV12 surface, which OpenCV converts to BGR straight into
-  the shared-memory ring slot (`read(image)`, as FFmpeg's path does). On the H200 host, 16 processes
-  decoding 1080p H.264 (testbench/gpu/bench_decode.py) reached 790 frames/s in all at 10.8 ms of CPU a
-  frame this way, 635 at 14.8 ms with interleaved RGB from the decoder, 520 at 20.1 ms with RGB kept on
-  the GPU and copied down by torch; FFmpeg with one thread per camera 1289 at 11.5 ms. The calls used
-  (`CreateDemuxer(filename=)`, `CreateDecoder(gpuid, codec, usedevicememory, outputColorType)`, iterating
-  the demuxer, `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames; NV12 host frames were read
-  this way on the H200 by the decode benchmark) are those of PyNvVideoCodec
-  2.2.4's samples; that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames
-  on the GPU would save the download but needs the ring to live in GPU memory: not done.
+  the shared-memory ring slot (`read(image)`, as FFmpeg's path does), on one OpenCV thread
+  (`CONVERT_THREADS`). The decoder is given GPU 0's primary context, retained with blocking sync
+  (`DECODER_WAIT`, `cuda_driver.retain_primary_context`, PyNvVideoCodec's `cudacontext=`); given none,
+  PyNvVideoCodec 2.x retains that same primary context itself, with CUDA's default wait (spinning while
+  the process has fewer contexts than the host has cores): it makes no context of its own a session.
+- Measured on the H200 host (testbench/gpu/bench_decode.py, 16 processes x 300 frames of a 1080p H.264
+  clip, frames/s in all, CPU ms a frame, in brackets after each stream's first frame;
+  testbench/gpu/decode_results_h200.jsonl): NV12 with OpenCV's default threads 838 / 9.3 (6.9), the same
+  on the blocking primary context 884 / 8.5 (6.3), with OpenCV on one thread 855 / 6.2 (3.7) blocking and
+  847 / 6.1 (3.7) with CUDA's default wait; FFmpeg, one thread a stream, 1347 / 10.2 (9.9); this class
+  815 / 10.0 (7.4) before it set one OpenCV thread (with it: not yet measured on a GPU). So the host
+  CPU that looked like NVDEC's was OpenCV's thread pool, woken for every conversion in every process, not
+  CUDA spinning; the blocking wait is kept (never slower here) but is not what saves the CPU. NVDEC's open
+  (context and decoder) costs about 0.7 s of CPU a stream against FFmpeg's 0.1 and most of a 300-frame
+  run's wall time, so the frame rate in all stays below FFmpeg's in this benchmark (after the first
+  frame the streams' rates add up to 2250-3000 frames/s against FFmpeg's 1633, an upper bound since the
+  openings are staggered); FFmpeg stays the default until a pipeline run with NVDEC shows the saved CPU
+  (about 6 ms a frame, 16 cameras) as frames. The calls used (`CreateDemuxer(filename=)`,
+  `CreateDecoder(gpuid, codec, usedevicememory, outputColorType, cudacontext)`, iterating the demuxer,
+  `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec 2.2.4's samples;
+  that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames on the GPU would
+  save the download but needs the ring to live in GPU memory: not done.
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
   timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.
 """
@@ -39,8 +52,8 @@ import cv2
 import numpy as np
 
 from app.config import env_name
-from app.errors import UserError
-from app.inference.cuda_driver import cuda_devices
+from app.errors import UserError, first_line
+from app.inference.cuda_driver import NoCudaDriver, PrimaryContext, cuda_devices, retain_primary_context
 from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -49,6 +62,14 @@ DECODERS = ("auto", "ffmpeg", "nvdec")
 WHEEL = "pynvvideocodec==2.2.4"
 MODULE = "PyNvVideoCodec"
 DECODED_AHEAD = 8  # frames decoded ahead of the reader: NVDEC works while the ring is busy
+# How the decoder's threads wait for the GPU: "block" sleeps (the decoder is given the primary context
+# retained with CU_CTX_SCHED_BLOCKING_SYNC), None leaves it to the library (the same primary context with
+# CUDA's default, which spins while the process has fewer contexts than the host has cores).
+DECODER_WAIT: str | None = "block"
+# OpenCV threads for the NV12 -> BGR conversion. One: its default pool wakes a thread per core for every
+# 1080p frame, and with a capture process per camera that cost 6.3 ms of CPU a frame against 3.7 on one
+# thread (H200, 16 streams, testbench/gpu/decode_results_h200.jsonl).
+CONVERT_THREADS = 1
 _END = object()
 
 
@@ -61,13 +82,19 @@ def _setting() -> str:
 
 
 def import_nvc() -> Any:
-    """The PyNvVideoCodec module, or NvdecUnavailable saying how to install it."""
+    """The PyNvVideoCodec module, or NvdecUnavailable saying how to install it (or, where the wheel is there
+    but its import fails for want of the driver's video libraries, that it needs them)."""
     try:
         import PyNvVideoCodec as nvc  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise NvdecUnavailable(
             f"{_setting()}=nvdec needs NVIDIA's PyNvVideoCodec, which does not import ({exc}); install it "
             f"with `pip install {WHEEL}` (or the wheel in .whl/), or set {_setting()}=ffmpeg"
+        ) from None
+    except (RuntimeError, OSError) as exc:  # its import loads the driver's libnvidia-encode and checks it
+        raise NvdecUnavailable(
+            f"{_setting()}=nvdec: PyNvVideoCodec is installed but does not load ({first_line(exc)}); it "
+            f"needs an NVIDIA GPU and its driver with the video libraries, or set {_setting()}=ffmpeg"
         ) from None
     return nvc
 
@@ -131,21 +158,27 @@ class NvdecCapture:
         read_timeout_s: float = READ_TIMEOUT_S,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         gpu_id: int = 0,
+        gpu_wait: str | None = DECODER_WAIT,
     ) -> None:
         nvc = import_nvc()
+        cv2.setNumThreads(CONVERT_THREADS)  # for the whole capture process, which converts and resizes only
         self.spec = spec
         self.read_timeout_s = None if spec.kind == "file" else float(read_timeout_s)
         self._fps, self._frames = _container_facts(spec)
+        self._context = decoder_context(gpu_id, gpu_wait)
         try:
             self._demuxer = nvc.CreateDemuxer(filename=str(spec.target))
             self._hw = (int(self._demuxer.Height()), int(self._demuxer.Width()))
-            self._decoder = nvc.CreateDecoder(
-                gpuid=gpu_id,
-                codec=self._demuxer.GetNvCodecId(),
-                usedevicememory=False,  # frames decoded into host memory: they go to the ring
-                outputColorType=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
+            self._decoder = create_decoder(
+                nvc,
+                gpu_id,
+                self._demuxer.GetNvCodecId(),
+                self._context,
+                device_memory=False,  # frames decoded into host memory: they go to the ring
+                color=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
             )
         except Exception as exc:  # noqa: BLE001 - the library's errors name neither the file nor the fix
+            self._release_context()
             text = scrub_secrets(f"{type(exc).__name__}: {exc}", spec)
             raise UserError(f"NVDEC cannot decode {spec.display} ({text}); set {_setting()}=ffmpeg") from None
         self._frames_out: queue.Queue[Any] = queue.Queue(maxsize=DECODED_AHEAD)
@@ -162,6 +195,12 @@ class NvdecCapture:
         if self._first is _END:
             self.release()
             raise UserError(f"NVDEC gave no frame of {spec.display}; set {_setting()}=ffmpeg")
+
+    @property
+    def gpu_wait(self) -> str:
+        """How the decoder's threads wait for the GPU, as the driver reports it for the context it was given
+        ("block", ...), or "library's" where it picked its own (CUDA's default wait)."""
+        return self._context.wait if self._context is not None else "library's"
 
     def _decode(self) -> None:
         """Demux and decode to the end (or a stop), each frame's NV12 surface copied out of the decoder's
@@ -226,6 +265,47 @@ class NvdecCapture:
         self._open = False
         self._stop.set()
         self._thread.join(timeout=2.0)
+        if self._thread.is_alive():
+            return  # still inside the library: its decoder and context stay rather than go under it
+        self._decoder = None  # the decoder goes before the context it was given
+        self._release_context()
+
+    def _release_context(self) -> None:
+        if self._context is not None:
+            self._context.release()
+            self._context = None
+
+
+def decoder_context(gpu_id: int, wait: str | None) -> PrimaryContext | None:
+    """GPU `gpu_id`'s primary context retained with `wait` ("block"/"spin") for a decoder, or None (the
+    library retains that context itself, with CUDA's default wait) when `wait` is None or the driver
+    refuses, which is logged: the decoder then works as before."""
+    if wait is None:
+        return None
+    try:
+        context = retain_primary_context(gpu_id, wait)
+    except NoCudaDriver as exc:
+        log.warning("NVDEC keeps CUDA's default GPU wait: %s", exc)
+        return None
+    if context.wait != wait:
+        log.info(
+            "NVDEC: GPU %d's context waits %s, not %s (set before this decoder)", gpu_id, context.wait, wait
+        )
+    return context
+
+
+def create_decoder(
+    nvc: Any, gpu_id: int, codec: Any, context: PrimaryContext | None, *, device_memory: bool, color: Any
+) -> Any:
+    """PyNvVideoCodec's decoder on `context` (`cudacontext=`, 2.x) or, given None or a library that does
+    not take it, on the context it picks itself."""
+    args = {"gpuid": gpu_id, "codec": codec, "usedevicememory": device_memory, "outputColorType": color}
+    if context is not None:
+        try:
+            return nvc.CreateDecoder(**args, cudacontext=context.handle)
+        except TypeError as exc:  # the binding's overloads do not take cudacontext=
+            log.info("NVDEC decoder made without cudacontext= (%s)", exc)
+    return nvc.CreateDecoder(**args)
 
 
 def _container_facts(spec: SourceSpec) -> tuple[float, float]:

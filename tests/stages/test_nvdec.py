@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from app.errors import UserError
+from app.inference.cuda_driver import PrimaryContext
 from app.stages import nvdec
 from app.stages.nvdec import NvdecUnavailable, choose_decoder, nvdec_problem, open_capture
 from app.stages.sources import parse_source
@@ -169,3 +170,102 @@ def test_a_source_nvdec_yields_nothing_from_fails_at_open_and_auto_falls_back_to
     cap = open_capture(FILE, "auto", 5.0, 3.0)
     assert isinstance(cap, cv2.VideoCapture) and cap.read()[0]
     cap.release()
+
+
+class ContextLibrary(FrameLibrary):
+    """FrameLibrary whose CreateDecoder takes `cudacontext=` as PyNvVideoCodec 2.x does, recording it."""
+
+    def __init__(self, frames: list) -> None:
+        super().__init__(frames)
+        self.contexts: list[int] = []
+
+    def CreateDecoder(self, gpuid, codec, usedevicememory, outputColorType, cudacontext=0):  # noqa: N802, N803
+        self.contexts.append(cudacontext)
+        return super().CreateDecoder(gpuid, codec, usedevicememory, outputColorType)
+
+
+def a_context(released: list, wait: str = "block") -> PrimaryContext:
+    return PrimaryContext(device=0, handle=0x7F00, wait=wait, _release=lambda: released.append(True))
+
+
+def test_without_a_driver_the_decoder_keeps_the_library_context_and_says_why(caplog):
+    # This machine has no NVIDIA driver: retaining the primary context fails; the decoder is made as before.
+    with caplog.at_level("WARNING", logger="app.stages.nvdec"):
+        assert nvdec.decoder_context(0, "block") is None
+    assert "NVDEC keeps CUDA's default GPU wait: libcuda (the NVIDIA driver) does not load" in caplog.text
+    assert nvdec.decoder_context(0, None) is None
+
+
+def test_the_decoder_is_given_the_blocking_primary_context_and_lets_it_go_after_itself(monkeypatch):
+    frames = clip_frames(3)
+    library, released = ContextLibrary(frames), []
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: library)
+    monkeypatch.setattr(nvdec, "retain_primary_context", lambda gpu, wait: a_context(released, wait))
+    cap = nvdec.NvdecCapture(FILE)
+    assert library.contexts == [0x7F00] and cap.gpu_wait == "block"
+    while cap.read()[0]:
+        pass
+    cap.release()
+    cap.release()  # twice is once
+    assert released == [True] and cap._decoder is None
+
+
+def test_a_library_without_cudacontext_makes_its_own_decoder():
+    released: list = []
+    library = FrameLibrary(clip_frames(2))  # CreateDecoder(gpuid, codec, usedevicememory, outputColorType)
+    decoder = nvdec.create_decoder(
+        library, 0, 4, a_context(released), device_memory=False, color=library.OutputColorType.NATIVE
+    )
+    assert len(decoder.Decode(0)) == 1
+
+
+def test_asking_for_no_wait_leaves_the_context_to_the_library(monkeypatch):
+    library = ContextLibrary(clip_frames(2))
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: library)
+    cap = nvdec.NvdecCapture(FILE, gpu_wait=None)
+    assert library.contexts == [0] and cap.gpu_wait == "library's"
+    cap.release()
+
+
+def test_a_source_nvdec_cannot_open_lets_the_context_go(monkeypatch):
+    released: list = []
+
+    class NoDemuxer(ContextLibrary):
+        def CreateDemuxer(self, filename: str):  # noqa: N802
+            raise RuntimeError(f"cannot open {filename}")
+
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: NoDemuxer([]))
+    monkeypatch.setattr(nvdec, "retain_primary_context", lambda gpu, wait: a_context(released, wait))
+    with pytest.raises(UserError, match="NVDEC cannot decode .*RuntimeError: cannot open"):
+        nvdec.NvdecCapture(FILE)
+    assert released == [True]
+
+
+def test_a_wheel_that_fails_to_load_for_want_of_the_driver_is_one_line(tmp_path, monkeypatch):
+    # PyNvVideoCodec's import loads the driver's libnvidia-encode and raises RuntimeError (with a page of
+    # troubleshooting) where it is missing: that is NVDEC unavailable, not a crash of DECODER=auto.
+    package = tmp_path / "PyNvVideoCodec"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "raise RuntimeError('libnvidia-encode.so.1: cannot open shared object file\\n\\n=== TROUBLESHOOT')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "PyNvVideoCodec", raising=False)
+    with pytest.raises(NvdecUnavailable) as info:
+        nvdec.import_nvc()
+    message = str(info.value)
+    assert "\n" not in message and "libnvidia-encode.so.1: cannot open shared object file" in message
+    assert message.endswith("or set FACEPIPE_DECODER=ffmpeg")
+
+
+def test_nvdec_converts_on_one_opencv_thread(monkeypatch):
+    # OpenCV's pool, a thread per core woken for each 1080p conversion in every capture process, was most of
+    # NVDEC's host CPU on the H200 (decode_results_h200.jsonl: 6.3 ms a frame against 3.7 on one thread).
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(clip_frames(1)))
+    before = cv2.getNumThreads()
+    try:
+        cap = nvdec.NvdecCapture(FILE)
+        assert cv2.getNumThreads() == nvdec.CONVERT_THREADS == 1
+        cap.release()
+    finally:
+        cv2.setNumThreads(before)
