@@ -508,6 +508,15 @@ def _prepare_linux_process(stage_name: str) -> None:
         os._exit(EXIT_FAILED)  # the parent died before prctl took effect
 
 
+def _end_on_unraisable_stop(unraisable: Any) -> None:
+    """The SIGTERM's SystemExit raised where Python cannot raise it (a finaliser, a C callback): end the
+    process as the stop asked, instead of a printed trace and a process that goes on until it is killed."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        sys.stderr.flush()
+        os._exit(unraisable.exc_value.code if isinstance(unraisable.exc_value.code, int) else EXIT_FAILED)
+    sys.__unraisablehook__(unraisable)
+
+
 def stage_process_main(
     stage: Any, channels: StageChannels, log_level: str = "WARNING", node_name: str | None = None
 ) -> None:
@@ -518,6 +527,7 @@ def stage_process_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     runner = StageRunner(stage, channels, node=node_name)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
+    sys.unraisablehook = _end_on_unraisable_stop
     _prepare_linux_process(node_name or stage.name)
     logging.basicConfig(
         level=getattr(logging, str(log_level).upper(), logging.WARNING),
@@ -525,6 +535,7 @@ def stage_process_main(
         format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s",
     )
     code = runner.run()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing left to unwind: a stop now just ends it
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)

@@ -17,7 +17,8 @@ Life of a run (all in the parent process, which never loads a model or opens the
    seconds); the run ends on the first of: end of stream reaching the sink, the window closed (`Finished`),
    a stage failing (`Failed`) or dying (its sentinel fires), Ctrl-C / SIGTERM to the parent.
 4. Stop: set the shared stop event; stages leave their loops within `POLL_S` and close (writers flush); any
-   process still alive after `stop_timeout_s` is terminated, then killed. The ring is unlinked in a
+   process still alive after `stop_timeout_s` (`close_timeout_s` when every stream ended or the window was
+   closed: the stages are draining their writers) is terminated, then killed. The ring is unlinked in a
    `finally`, so neither processes nor shared-memory segments outlive the run.
 
 Stage deaths (seen within ~0.1 s: the watch loop waits on every process sentinel):
@@ -77,6 +78,9 @@ summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; th
 RING_PREFIX = "facering"
 SOURCE_READY_TIMEOUT_S = 60.0  # a restarted capture opens its source (bounded by its own timeouts) first
 SETUP_FAILURE_SETTLE_S = 2.0  # how long earlier stages may take to report their own setup failure
+# After every stream ended, how long stages may take to close before they are terminated: longer than any
+# stage's own bounded drain (the unknown faces' writer gives up after 30 s): what they hold is the run's.
+CLOSE_TIMEOUT_S = 40.0
 DEATH_CHECK_S = 0.1  # how often the watch loop looks for dead processes when no sentinel said so
 _STUCK_LOCK_S = 0.5  # ring and queue locks are held for microseconds: longer means a dead holder
 
@@ -141,6 +145,7 @@ class Supervisor:
         log_level: str = "WARNING",
         startup_timeout_s: float = 300.0,
         stop_timeout_s: float = 1.2,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
         summary_every_s: float = 5.0,
         source_restarts: int = 5,
         restart_window_s: float = 60.0,
@@ -156,6 +161,7 @@ class Supervisor:
         self.log_level = log_level
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.close_timeout_s = close_timeout_s
         self.summary_every_s = summary_every_s
         self.source_restarts = source_restarts
         self.restart_window_s = restart_window_s
@@ -213,7 +219,9 @@ class Supervisor:
             self.metrics.start()
             log.info("pipeline running: %s", ", ".join(self._children))
             reason, code = self._watch()
-            self._shutdown()
+            # Every stream ended (or the window closed): the stages are closing, writers draining (a video's
+            # last frames, the unknown faces' store); cutting that short would lose what they hold.
+            self._shutdown(grace_s=self.close_timeout_s if code == EXIT_OK and self._signal is None else None)
             summary = self.metrics.summary(self._dropped(), stop_reason=reason)
             if self._restarts:
                 summary["capture_restarts"] = self.restarts
@@ -324,6 +332,13 @@ class Supervisor:
                     return self._setup_failed(child, msg)
             for child in self._children.values():
                 if not child.ready and not self._excluded(child) and not child.process.is_alive():
+                    # It may have said why just before it ended, after the pipes were read: that says more.
+                    said = [msg for _, msg in self._drain(child) if isinstance(msg, Failed)]
+                    if said:
+                        if self._camera_may_fail(child):
+                            self._camera_failed(child, f"{said[0].stage}: {said[0].message}", said[0])
+                            continue
+                        return self._setup_failed(child, said[0])
                     exit_text = describe_exit(child.process.exitcode)
                     reason = f"stage {child.name} exited during setup ({exit_text})"
                     if self._camera_may_fail(child):
@@ -650,12 +665,21 @@ class Supervisor:
         children = list(self._children.values())
         self.stop_event.set()
         deadline = time.monotonic() + (self.stop_timeout_s if grace_s is None else grace_s)
+        hurried = self._signal is not None
         while any(c.process.is_alive() for c in children):
+            if not hurried and self._signal is not None:
+                hurried = True  # Ctrl-C while stages drain at the end: the usual short stop from now on
+                deadline = min(deadline, time.monotonic() + self.stop_timeout_s)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             # A stage blocked sending FrameDone would never see the stop: keep reading.
             for _, msg in self._poll(min(remaining, 0.05)):
+                if isinstance(msg, FrameDone):
+                    self._count(msg.meta)
+        for child in children:
+            # What a stage reported just before it ended, after the last read (the sink's last frames).
+            for _, msg in self._drain(child):
                 if isinstance(msg, FrameDone):
                     self._count(msg.meta)
         for child in children:

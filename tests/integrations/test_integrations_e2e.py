@@ -177,7 +177,10 @@ def test_kill_9_of_the_pipeline_makes_the_broker_publish_offline(gallery, tmp_pa
 
 
 def test_a_broker_away_for_3_s_mid_run_loses_no_event_and_no_frame(gallery, tmp_path):
-    plain = RunningPipeline(cli(gallery, tmp_path, "--events", str(tmp_path / "plain.jsonl")))
+    # Played at 20 fps (13.8 s): the outage and the reconnection after it (backoff up to 2 s) end well
+    # before the clip does, however slow the machine is to start.
+    slow = ("--fps-target", "20")
+    plain = RunningPipeline(cli(gallery, tmp_path, *slow, "--events", str(tmp_path / "plain.jsonl")))
     plain.wait(GUARD_S)
     reference = plain.summary()
     events_file = tmp_path / "events.jsonl"
@@ -185,7 +188,9 @@ def test_a_broker_away_for_3_s_mid_run_loses_no_event_and_no_frame(gallery, tmp_
         MosquittoBroker(persistent=True) as broker,
         Subscriber(broker.port, "facepipe/#", persistent=True) as sub,
     ):
-        run = RunningPipeline(cli(gallery, tmp_path, "--events", str(events_file)), env=mqtt_env(broker.port))
+        run = RunningPipeline(
+            cli(gallery, tmp_path, *slow, "--events", str(events_file)), env=mqtt_env(broker.port)
+        )
         try:
             assert sub.wait_for(lambda m: mqtt_events(sub), GUARD_S), run.stderr  # mid-run: events flow
             broker.stop(graceful=True)

@@ -95,10 +95,15 @@ class MeanStage:
 
 
 class PassStage:
-    def __init__(self, name: str, delay_s: float = 0.0, setup_error: str = "") -> None:
+    def __init__(
+        self, name: str, delay_s: float = 0.0, setup_error: str = "", close_s: float = 0.0,
+        closed_marker: Path | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
         self.delay_s = delay_s
         self.setup_error = setup_error
+        self.close_s = close_s  # close() drains this long (a writer finishing), then writes closed_marker
+        self.closed_marker = closed_marker
 
     def setup(self) -> dict:
         if self.setup_error:
@@ -110,7 +115,9 @@ class PassStage:
         return [msg]
 
     def close(self) -> None:
-        pass
+        time.sleep(self.close_s)
+        if self.closed_marker is not None:
+            self.closed_marker.write_text("closed")
 
 
 class LinesSink:
@@ -144,7 +151,7 @@ class LinesSink:
 
 def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None, max_speed: bool = True,
           delay_s: float = 0.0, setup_s: float = 0.0, recognize_error: str = "",
-          loaded_marker: Path | None = None,
+          loaded_marker: Path | None = None, close_s: float = 0.0, closed_marker: Path | None = None,
           clock: VirtualClock | None = None) -> tuple[list, FrameRingHandle]:  # fmt: skip
     handle = Supervisor.new_ring_handle()
     timing = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
@@ -152,7 +159,7 @@ def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None,
         CaptureStage(str(video), handle, max_speed=max_speed, **timing),
         MeanStage(handle, fail_in=fail, delay_s=delay_s, setup_s=setup_s, loaded_marker=loaded_marker),
         PassStage("postprocess"),
-        PassStage("recognize", setup_error=recognize_error),
+        PassStage("recognize", setup_error=recognize_error, close_s=close_s, closed_marker=closed_marker),
         LinesSink(handle, out, stop_after=stop_after),
     ]
     return stages, handle

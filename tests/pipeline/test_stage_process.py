@@ -59,3 +59,37 @@ def test_sigterm_during_setup_in_native_code_ends_the_process_at_once_and_quietl
     finally:
         process.kill()
     assert (process.returncode, stderr) == (128 + signal.SIGTERM, "")
+
+
+FINALISER_RAISES = """
+import sys
+from app.pipeline.stage_runner import _end_on_unraisable_stop
+
+sys.unraisablehook = _end_on_unraisable_stop  # as stage_process_main installs it
+
+class Finalised:
+    def __del__(self):
+        raise {exc}  # the SIGTERM handler's SystemExit landing in a finaliser, or any other error there
+
+Finalised()
+print("went on", flush=True)
+"""
+
+
+def run_finaliser(exc: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", FINALISER_RAISES.format(exc=exc)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=GUARD_S,
+    )  # fmt: skip
+
+
+def test_a_stop_raised_in_a_finaliser_ends_the_process_at_once_and_quietly():
+    ended = run_finaliser("SystemExit(143)")
+    assert (ended.returncode, ended.stdout, ended.stderr) == (143, "", "")
+
+
+def test_other_errors_in_a_finaliser_are_still_reported_and_the_process_goes_on():
+    went_on = run_finaliser("ValueError('odd')")
+    assert (went_on.returncode, went_on.stdout) == (0, "went on\n")
+    assert "ValueError: odd" in went_on.stderr

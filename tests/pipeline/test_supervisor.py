@@ -19,7 +19,7 @@ from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR
 from app.pipeline.supervisor import Supervisor
 from tests.pipeline.pipeline_fakes import VirtualClock, build, make_video
 from tests.pipeline.process_checks import RunningPipeline, shm_segments, still_alive
-from tests.support.waiting import wait_until
+from tests.support.waiting import GUARD_S, wait_until
 
 FAKES = Path(__file__).resolve().parent / "pipeline_fakes.py"
 STAGES = ["capture", "detect", "postprocess", "recognize", "gui"]
@@ -35,9 +35,9 @@ def long_video(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "long.mp4", frames=400)
 
 
-def run_in_process(video: Path, out: Path, **kwargs):
+def run_in_process(video: Path, out: Path, stop_timeout_s: float = 1.2, **kwargs):
     stages, handle = build(video, out, **kwargs)
-    result = Supervisor(stages, handle, ring_slots=4).run()
+    result = Supervisor(stages, handle, ring_slots=4, stop_timeout_s=stop_timeout_s).run()
     return result, handle
 
 
@@ -83,7 +83,7 @@ def test_setup_failure_is_one_line_user_error_and_nothing_starts(video, tmp_path
 GALLERY_ERROR = "gallery of 512-d vectors, embedder gives 128; use another FACEPIPE_QDRANT_COLLECTION"
 
 
-@pytest.mark.parametrize("detect_setup_s", [0.0, 0.6])
+@pytest.mark.parametrize("detect_setup_s", [0.0, 0.3])
 def test_two_setup_failures_report_the_one_nearest_the_source(video, tmp_path, detect_setup_s):
     # Recognition fails at once; detection fails too, after loading for a while: its error is the one shown,
     # whatever the order the two arrive in.
@@ -92,6 +92,37 @@ def test_two_setup_failures_report_the_one_nearest_the_source(video, tmp_path, d
     )
     assert result.exit_code == EXIT_USER_ERROR and result.summary is None
     assert result.error == "detect: model file missing.onnx does not exist; check the path"
+    assert_clean(handle)
+
+
+def test_a_stage_found_dead_in_setup_is_reported_by_the_error_it_sent(video, tmp_path, monkeypatch):
+    # Detection sends its Failed and exits between two reads of the pipes (a loaded machine): when the
+    # supervisor then finds it dead, the message still waiting in its pipe is the error, not the exit code.
+    read = Supervisor._poll
+
+    def read_after_detect_is_gone(self, timeout):
+        detect = self._children.get("detect")
+        if detect is not None and not detect.ready:
+            detect.process.join(GUARD_S)
+            return []
+        return read(self, timeout)
+
+    monkeypatch.setattr(Supervisor, "_poll", read_after_detect_is_gone)
+    result, handle = run_in_process(video, tmp_path / "f.jsonl", fail="setup")
+    assert result.exit_code == EXIT_USER_ERROR
+    assert result.error == "detect: model file missing.onnx does not exist; check the path"
+    assert_clean(handle)
+
+
+def test_at_the_end_of_the_stream_stages_may_take_their_time_to_close(video, tmp_path):
+    # Recognition's close() drains for longer than a stop allows (its unknown faces' store, a video's last
+    # frames): the stream ended, so it is not cut short.
+    closed = tmp_path / "recognize-closed"
+    result, handle = run_in_process(
+        video, tmp_path / "f.jsonl", stop_timeout_s=0.1, close_s=1.0, closed_marker=closed
+    )
+    assert result.exit_code == 0 and result.stop_reason == "end of stream"
+    assert closed.read_text() == "closed"
     assert_clean(handle)
 
 
