@@ -45,7 +45,8 @@ _MAGIC = 0x46524D52494E4731  # "FRMRING1"
 _HEADER_WORDS = 8  # magic, slots, height, width, channels, dropped, published, reserved
 _H_DROPPED, _H_PUBLISHED = 5, 6
 _ALIGN = 64
-_LOCK_TIMEOUT_S = 2.0  # a lock held longer than this belongs to a process that died holding it
+# A lock held longer than this: its holder died with it and nobody freed it (the supervisor does in ~0.6 s).
+_LOCK_TIMEOUT_S = 10.0
 _WAIT_POLL_S = 0.001
 
 _attach_lock = threading.Lock()
