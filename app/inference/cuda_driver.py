@@ -52,8 +52,7 @@ def set_gpu_wait(mode: str, device: int = 0) -> bool:
     """Make this process's threads wait for GPU `device` as `mode` says ("block" or "spin"): the primary
     context's scheduling flag, which torch's context is. Call before the process's first CUDA work. False
     (nothing changed) without a driver or GPU, or when the driver refuses."""
-    if mode not in _SCHED_FLAGS:
-        raise ValueError(f"unknown GPU wait {mode!r}; use one of {', '.join(GPU_WAITS)}")
+    _check_wait(mode)
     cuda = _driver()
     handle = ctypes.c_int(0)
     if cuda is None or cuda.cuDeviceGet(ctypes.byref(handle), device) != 0:
@@ -63,6 +62,11 @@ def set_gpu_wait(mode: str, device: int = 0) -> bool:
         log.info("GPU wait %s not set (driver error %d); CUDA's default applies", mode, result)
         return False
     return True
+
+
+def _check_wait(mode: str) -> None:
+    if mode not in _SCHED_FLAGS:
+        raise ValueError(f"unknown GPU wait {mode!r}; use one of {', '.join(GPU_WAITS)}")
 
 
 def _set_sched(cuda: ctypes.CDLL, handle: ctypes.c_int, mode: str) -> int:
@@ -95,8 +99,8 @@ def retain_primary_context(device: int = 0, wait: str | None = "block") -> Prima
     None leaves the flags as they are). The driver applies the flag when the retain makes the context
     (the first in this process); the result's `wait` says what it reports. NoCudaDriver without libcuda,
     without that GPU, or when the driver refuses the retain."""
-    if wait is not None and wait not in _SCHED_FLAGS:
-        raise ValueError(f"unknown GPU wait {wait!r}; use one of {', '.join(GPU_WAITS)}")
+    if wait is not None:
+        _check_wait(wait)
     cuda = _driver()
     if cuda is None:
         raise NoCudaDriver("libcuda (the NVIDIA driver) does not load or does not initialise here")

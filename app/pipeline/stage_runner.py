@@ -164,6 +164,11 @@ def stamp_now() -> float:
     return time.monotonic()
 
 
+def _packed(msgs: list[Any]) -> Any:
+    """One queue item for `msgs`: the message itself, or a FrameBatch of several."""
+    return msgs[0] if len(msgs) == 1 else FrameBatch(msgs)
+
+
 def unpacked(msg: Any) -> list[Any]:
     """The messages a queue item carries: a FrameBatch's, in order, or the item itself."""
     return list(msg.messages) if isinstance(msg, FrameBatch) else [msg]
@@ -264,8 +269,7 @@ class StageRunner:
             # setup() runs native code that calls back into Python (C extensions initialising on import,
             # model loaders): an exception raised there aborts the process with a C++ trace on stderr, under
             # the run's one error line. Nothing is written yet, so there is nothing to unwind.
-            sys.stderr.flush()
-            os._exit(128 + signum)
+            _end_now(128 + signum)
         raise SystemExit(128 + signum)
 
     def _start_cpu(self) -> float:
@@ -386,18 +390,11 @@ class StageRunner:
         """Send what was held: one item per next queue (a FrameBatch for several), the sink reports in one."""
         if done and not self._send(FrameDone(done[0]) if len(done) == 1 else FramesDone(done)):
             return False
-        if not held:
-            return True
-        if not isinstance(self.channels.outbox, dict):
-            return self._put(held[0] if len(held) == 1 else FrameBatch(held))
         groups: dict[int, tuple[Any, list[Any]]] = {}
         for msg in held:
             outbox = self._outbox_for(msg)
             groups.setdefault(id(outbox), (outbox, []))[1].append(msg)
-        for outbox, msgs in groups.values():
-            if not self._put(msgs[0] if len(msgs) == 1 else FrameBatch(msgs), outbox):
-                return False
-        return True
+        return all(self._put(_packed(msgs), outbox) for outbox, msgs in groups.values())
 
     def _more_ready(self) -> bool:
         """Whether the next message is already there (the rest of a FrameBatch, or one in the inbox)."""
@@ -508,12 +505,17 @@ def _prepare_linux_process(stage_name: str) -> None:
         os._exit(EXIT_FAILED)  # the parent died before prctl took effect
 
 
+def _end_now(code: int) -> None:
+    """End the process at once, with nothing unwound (what was logged is flushed)."""
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _end_on_unraisable_stop(unraisable: Any) -> None:
     """The SIGTERM's SystemExit raised where Python cannot raise it (a finaliser, a C callback): end the
     process as the stop asked, instead of a printed trace and a process that goes on until it is killed."""
     if isinstance(unraisable.exc_value, SystemExit):
-        sys.stderr.flush()
-        os._exit(unraisable.exc_value.code if isinstance(unraisable.exc_value.code, int) else EXIT_FAILED)
+        _end_now(unraisable.exc_value.code if isinstance(unraisable.exc_value.code, int) else EXIT_FAILED)
     sys.__unraisablehook__(unraisable)
 
 

@@ -318,7 +318,13 @@ class Supervisor:
                 waiting = [n for n, c in self._children.items() if not c.ready and not self._excluded(c)]
                 slow = ", ".join(waiting)
                 return self._abort_startup(f"stage {slow} not ready after {self.startup_timeout_s:.0f} s", 1)
-            for child, msg in self._poll(min(remaining, 0.1)):
+            news = self._poll(min(remaining, 0.1))
+            # A stage that sent its Failed and ended after that read: its pipe still holds why.
+            dead = [c for c in self._children.values()
+                    if not c.ready and not self._excluded(c) and not c.process.is_alive()]  # fmt: skip
+            for child in dead:
+                news += self._drain(child)
+            for child, msg in news:
                 if isinstance(msg, Ready):
                     child.ready = True
                     child.ready_info = msg.info
@@ -330,15 +336,8 @@ class Supervisor:
                         self._camera_failed(child, f"{msg.stage}: {msg.message}", msg)
                         continue
                     return self._setup_failed(child, msg)
-            for child in self._children.values():
-                if not child.ready and not self._excluded(child) and not child.process.is_alive():
-                    # It may have said why just before it ended, after the pipes were read: that says more.
-                    said = [msg for _, msg in self._drain(child) if isinstance(msg, Failed)]
-                    if said:
-                        if self._camera_may_fail(child):
-                            self._camera_failed(child, f"{said[0].stage}: {said[0].message}", said[0])
-                            continue
-                        return self._setup_failed(child, said[0])
+            for child in dead:
+                if not child.ready and not self._excluded(child):  # it died without a word
                     exit_text = describe_exit(child.process.exitcode)
                     reason = f"stage {child.name} exited during setup ({exit_text})"
                     if self._camera_may_fail(child):
