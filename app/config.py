@@ -203,8 +203,9 @@ class Settings:
         1, "Files: frames between an embedding request and the frame its answer is applied on", lo=1, hi=16
     )
     decoder: str = setting(
-        "ffmpeg",
-        "Video decoder for files and stream URLs: ffmpeg, nvdec, or auto (NVDEC when it is available)",
+        "auto",
+        "Video decoder for files and stream URLs: auto (NVDEC where PyNvVideoCodec and a GPU are there, "
+        "else FFmpeg), ffmpeg, or nvdec",
         choices=("auto", "ffmpeg", "nvdec"),
     )
     decode_threads: int = setting(

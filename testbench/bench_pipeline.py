@@ -666,7 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--result-lag", type=int, default=1, help="RESULT_LAG setting (files: frames an answer waits)"
     )
-    p.add_argument("--decoder", default="ffmpeg", choices=("auto", "ffmpeg", "nvdec"), help="DECODER setting")
+    p.add_argument("--decoder", default="auto", choices=("auto", "ffmpeg", "nvdec"), help="DECODER setting")
     p.add_argument("--codec", default="as-made", choices=("as-made", "h264"), help="h264: re-encode the clip")
     p.add_argument(
         "--keep-unknown",

@@ -131,6 +131,9 @@ def choose_decoder(setting: str, spec: SourceSpec, problem: str | None) -> str:
     return "ffmpeg"
 
 
+_FELL_BACK: set[str] = set()  # sources DECODER=auto found NVDEC cannot decode, in this process
+
+
 def open_capture(
     spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float, threads: int = 0
 ) -> Any:
@@ -145,7 +148,9 @@ def open_capture(
     except UserError:
         if decoder == "nvdec":
             raise
-    log.warning("NVDEC cannot decode %s; using FFmpeg for it", spec.display)
+    if spec.display not in _FELL_BACK:  # once a source: a reconnecting camera opens it again and again
+        _FELL_BACK.add(spec.display)
+        log.warning("NVDEC cannot decode %s; using FFmpeg for it", spec.display)
     return open_video(spec, open_timeout_s, read_timeout_s, threads)
 
 

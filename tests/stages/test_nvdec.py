@@ -162,14 +162,18 @@ def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypat
     assert not cap.isOpened()
 
 
-def test_a_source_nvdec_yields_nothing_from_fails_at_open_and_auto_falls_back_to_ffmpeg(monkeypatch):
+def test_a_source_nvdec_yields_nothing_from_fails_at_open_and_auto_falls_back_to_ffmpeg(monkeypatch, caplog):
     monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary([]))
     monkeypatch.setattr(nvdec, "nvdec_problem", lambda: None)
+    monkeypatch.setattr(nvdec, "_FELL_BACK", set())
     with pytest.raises(UserError, match="NVDEC gave no frame of .*; set FACEPIPE_DECODER=ffmpeg"):
         open_capture(FILE, "nvdec", 5.0, 3.0)
-    cap = open_capture(FILE, "auto", 5.0, 3.0)
-    assert isinstance(cap, cv2.VideoCapture) and cap.read()[0]
-    cap.release()
+    for _ in range(2):  # a camera reconnecting opens its source again: the fallback is said once
+        cap = open_capture(FILE, "auto", 5.0, 3.0)
+        assert isinstance(cap, cv2.VideoCapture) and cap.read()[0]
+        cap.release()
+    fell_back = [r for r in caplog.records if "using FFmpeg for it" in r.getMessage()]
+    assert len(fell_back) == 1 and fell_back[0].levelname == "WARNING"
 
 
 class ContextLibrary(FrameLibrary):
