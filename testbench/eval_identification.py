@@ -11,6 +11,23 @@ photos each (their other photos are probes), the rest are strangers; rates poole
 Prints per-set lines with --per-set, then one JSON line last (all sets pooled): identified and
 strangers_accepted at the shipped threshold (or --threshold), threshold, identified_at_far_1e-2 / 1e-3
 (with the thresholds there), rank1, enroll, people, probes. Thresholds are similarities.
+
+Small faces (--probe-face-px): enrolment stays the full-size photos (the photo path, as `enroll` does); each
+probe photo is drawn as the hard tracking scenario draws its actors (app.demo: the elliptical sprite, scaled
+so its face box is N px high, on the scenario's background, in a --frame sized frame) and goes through the
+video path: RetinaFace on the frame at the settings' DET_SIZE (FACEPIPE_DET_SIZE), keeping boxes down to the
+tracker's low threshold as the pipeline does (small faces score 0.1-0.6), the one on the drawn face (IoU >=
+0.5), frame alignment (black chip borders), the embedder. One JSON line per size, "full" first:
+
+    .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 1 \
+        --probe-face-px 30 40 50 60 80
+    FACEPIPE_DET_SIZE=1280 .venv/bin/python testbench/eval_identification.py \
+        --images ../shared/data/identities --enroll 1 --probe-face-px 30 40 50 60 80
+
+Per size: detected (share of probe photos whose drawn face was found), genuine_median (a found probe's score
+against its own person), impostor_at_far_1e-2 / 1e-3 (the stranger score that many strangers reach: the
+threshold that far would need), identified / strangers_accepted at the threshold, identified_at_far_*.
+Rates are over the probes found.
 """
 
 from __future__ import annotations
@@ -148,11 +165,10 @@ def fused_embedder(analyzer, args: argparse.Namespace):
     return embed, sum(dim for _, dim in parts), weights
 
 
-def load_faces(args: argparse.Namespace):
-    """(LabelledFaces, EmbedderSpec) for the photo folders in args, with the settings' models."""
+def load_analyzer(args: argparse.Namespace):
+    """The FaceAnalyzer of the settings' models, as overridden by args."""
     from app.config import load_settings
     from app.recognition.analyzer import FaceAnalyzer
-    from app.recognition.calibration import embed_folders, largest_face_embedder
 
     settings = load_settings(
         {
@@ -163,7 +179,14 @@ def load_faces(args: argparse.Namespace):
             "match_threshold": getattr(args, "threshold", None),
         }
     )
-    analyzer = FaceAnalyzer(settings)
+    return FaceAnalyzer(settings)
+
+
+def load_faces(args: argparse.Namespace, analyzer=None):
+    """(LabelledFaces, EmbedderSpec) for the photo folders in args, with the settings' models."""
+    from app.recognition.calibration import embed_folders, largest_face_embedder
+
+    analyzer = load_analyzer(args) if analyzer is None else analyzer
     spec = analyzer.spec
     if getattr(args, "fuse", None):
         import dataclasses
@@ -177,14 +200,91 @@ def load_faces(args: argparse.Namespace):
     return embed_folders(args.images, largest_face_embedder(analyzer, args.flip), spec.dim), spec
 
 
+def drawn_probes(analyzer, sources: list[Path], face_px: float, frame_wh: tuple[int, int], seed: int = 0):
+    """(N, dim) embeddings of each photo drawn with its face `face_px` high at the centre of a `frame_wh`
+    frame of the scenarios' background (seeded), through the video path; NaN rows where the drawn face was
+    not detected (no detection at IoU >= 0.5 with its ground-truth box)."""
+    import numpy as np
+
+    from app.demo import Actor, Keyframe, Scenario, render
+    from app.demo.face_locator import RetinaFaceLocator
+    from app.demo.sprites import cut_sprite, locate_photo
+    from app.tracking.matching import box_iou
+
+    locator = RetinaFaceLocator()  # the scenarios place their sprites with this one (app.demo.render)
+    out = np.full((len(sources), analyzer.spec.dim), np.nan, np.float32)
+    face_h = face_px / frame_wh[1]
+    for row, path in enumerate(sources):
+        image, face, truth = locate_photo(path, locator)
+        sprite = cut_sprite(image, face, truth=truth)
+        keyframes = (Keyframe(0.0, 0.5, 0.5, face_h), Keyframe(1.0, 0.5, 0.5, face_h))
+        actor = Actor(id=0, label="probe", image=Path(path), keyframes=keyframes)
+        scenario = Scenario(size=frame_wh, fps=1.0, n_frames=1, actors=(actor,), seed=seed)
+        frame, truth_faces = next(iter(render(scenario, sprites={0: sprite})))
+        if not truth_faces:
+            continue
+        found = analyzer.detect(frame)
+        if not len(found):
+            continue
+        iou = box_iou(np.asarray([truth_faces[0].box], np.float32), found.boxes)[0]
+        best = int(np.argmax(iou))
+        if iou[best] >= 0.5:
+            out[row] = analyzer.embed(frame, found.landmarks[best : best + 1])[0]
+    return out
+
+
+def size_report(faces, spec, args: argparse.Namespace, analyzer) -> int:
+    """One JSON line per probe face size (full-size photos first): see the module docstring."""
+    import numpy as np
+
+    from app.recognition.calibration import identification_report, split_scores, threshold_at_far
+
+    frame_wh = tuple(int(v) for v in args.frame.lower().split("x"))
+    rows: list[tuple[str | float, np.ndarray | None]] = [("full", None)]
+    rows += [(px, drawn_probes(analyzer, faces.sources, px, frame_wh)) for px in args.probe_face_px]
+    for face_px, probes in rows:
+        scores = split_scores(faces, args.enroll, args.splits, args.seed, spec.metric, probes=probes)
+        report = identification_report(scores, spec.threshold, args.enroll).as_json()
+        found = 1.0 if probes is None else float(np.mean(~np.isnan(probes).any(axis=1)))
+        line = {
+            "face_px": face_px,
+            "det_size": analyzer.settings.det_size,
+            "detected": round(found, 4),
+            "genuine_median": round(float(np.median(scores.genuine_own)), 4),
+            "impostor_at_far_1e-2": round(threshold_at_far(scores.stranger_best, 1e-2), 4),
+            "impostor_at_far_1e-3": round(threshold_at_far(scores.stranger_best, 1e-3), 4),
+        }
+        line.update(report)
+        print(json.dumps(line))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, help="threshold to report (default: the shipped one)")
     parser.add_argument("--per-set", action="store_true", help="also report each set on its own")
+    parser.add_argument(
+        "--probe-face-px",
+        type=float,
+        nargs="+",
+        default=[],
+        help="also probe with the photos drawn in a frame with a face this many px high (see above)",
+    )
+    parser.add_argument("--frame", default="1280x720", help="frame size for --probe-face-px (WxH)")
     args = parser.parse_args(argv)
     from app.recognition.calibration import identification_report, split_scores
 
     try:
+        if args.probe_face_px:
+            if args.fuse:
+                raise UserError("--probe-face-px measures the embedder alone; leave out --fuse")
+            from app.recognition.analyzer import FaceAnalyzer
+            from app.tracking import TrackerConfig
+
+            analyzer = load_analyzer(args)
+            faces, spec = load_faces(args, analyzer)
+            frames = FaceAnalyzer(analyzer.settings.replace(det_threshold=TrackerConfig().low_thresh))
+            return size_report(faces, spec, args, frames)
         faces, spec = load_faces(args)
         groups = [("all", faces)]
         if args.per_set:

@@ -155,8 +155,14 @@ def split_scores(
     seed: int,
     metric: str,
     enroll_share: float = 0.5,
+    probes: np.ndarray | None = None,
 ) -> SplitScores:
-    """Score every probe of `splits` random enrol/stranger splits (see the module docstring)."""
+    """Score every probe of `splits` random enrol/stranger splits (see the module docstring).
+
+    `probes` (rows as `faces.vectors`, NaN rows = no face found) replaces the vectors the probes are scored
+    with, the gallery keeping `faces.vectors`: the same photos drawn otherwise (e.g. small, in a frame),
+    against their full-size enrolment. Probes without a face are left out of the rates.
+    """
     if k < 1:
         raise UserError(f"--enroll must be >= 1, got {k}")
     if splits < 1:
@@ -170,7 +176,11 @@ def split_scores(
             f"need at least 2 people with more than {k} photos and 1 stranger, found {len(eligible)} "
             f"of {len(names)} people; add photos or lower --enroll"
         )
-    similarity = pairwise_similarity(faces.vectors, faces.vectors, metric)
+    probe_vectors = faces.vectors if probes is None else np.asarray(probes, np.float32)
+    if probe_vectors.shape != faces.vectors.shape:
+        raise ValueError(f"probes {probe_vectors.shape} do not match the faces {faces.vectors.shape}")
+    found = ~np.isnan(probe_vectors).any(axis=1)
+    similarity = pairwise_similarity(np.nan_to_num(probe_vectors), faces.vectors, metric)
     rng = np.random.default_rng(seed)
     g_best, g_right, g_own, s_best = [], [], [], []
     for _ in range(splits):
@@ -181,7 +191,7 @@ def split_scores(
         for name in enrolled:
             rows = rng.permutation(rows_of[name])
             gallery_rows.append(rows[:k])
-            probe_own[name] = rows[k:]
+            probe_own[name] = rows[k:][found[rows[k:]]]
         # (probes, people) best score against each enrolled person
         per_person = np.stack([person_similarity(similarity[:, rows]) for rows in gallery_rows], axis=1)
         for column, name in enumerate(enrolled):
@@ -190,7 +200,9 @@ def split_scores(
             g_best.append(scores.max(axis=1))
             g_right.append(scores.argmax(axis=1) == column)
             g_own.append(scores[:, column])
-        strangers = np.array([i for i, p in enumerate(faces.people) if p not in enrolled_set], dtype=int)
+        strangers = np.array(
+            [i for i, p in enumerate(faces.people) if p not in enrolled_set and found[i]], dtype=int
+        )
         s_best.append(per_person[strangers].max(axis=1))
     return SplitScores(
         genuine_best=np.concatenate(g_best),

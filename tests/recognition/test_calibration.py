@@ -76,3 +76,28 @@ def test_a_missing_photo_folder_is_one_error_line(tmp_path, capsys):
     assert eval_identification.main(["--images", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: photo folder") and "--images" in err[0]
+
+
+def test_probes_replace_only_the_probe_side_and_faceless_probes_are_left_out():
+    faces = clustered(10, 4, 0.05)
+    same = split_scores(faces, k=1, splits=5, seed=0, metric="cosine", probes=faces.vectors)
+    plain = split_scores(faces, k=1, splits=5, seed=0, metric="cosine")
+    assert np.array_equal(same.genuine_best, plain.genuine_best)
+    assert np.array_equal(same.stranger_best, plain.stranger_best)
+    probes = faces.vectors.copy()
+    probes[::2] = np.nan  # half the photos: no face found when drawn small
+    half = split_scores(faces, k=1, splits=5, seed=0, metric="cosine", probes=probes)
+    assert half.genuine_best.size < plain.genuine_best.size
+    assert half.stranger_best.size < plain.stranger_best.size
+    assert np.isfinite(half.genuine_best).all() and np.isfinite(half.stranger_best).all()
+
+
+def test_probes_drawn_small_score_lower_against_their_full_size_enrolment(capsys):
+    # The real detector and dlib model on the johns photos drawn at the centre of a 720p frame (DET_SIZE 640).
+    args = ["--images", str(SHARED_IDENTITIES / "johns"), "--splits", "3", "--probe-face-px", "30", "80"]
+    assert eval_identification.main(args) == 0
+    full, small, large = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-3:])
+    assert (full["face_px"], small["face_px"], large["face_px"]) == ("full", 30.0, 80.0)
+    assert full["detected"] == 1.0 and large["detected"] >= 0.9 > small["detected"]
+    assert small["genuine_median"] < large["genuine_median"] <= full["genuine_median"] + 0.02
+    assert large["identified"] >= 0.9 and large["strangers_accepted"] <= 0.05
