@@ -196,6 +196,11 @@ class MqttPublisher:
                 log.debug("MQTT: the connection to %s did not close in %.1f s; left behind",
                           self.config.where, timeout)  # fmt: skip
             self._thread = None
+        with self._lock:
+            undelivered = len(self._buffer) + len(self._unacked)
+        if undelivered:  # said, not dropped in silence (an EVENTS file keeps them all)
+            log.warning("MQTT: %d event(s) not delivered to %s by the end of the run (the broker was away)",
+                        undelivered, self.config.where)  # fmt: skip
 
     # -- the thread ---------------------------------------------------------------------------------------
 

@@ -242,6 +242,10 @@ def test_an_unreachable_host_is_one_warning_and_stop_returns(caplog):
     assert lines and lines[0].startswith("MQTT broker 192.0.2.1:1883 unavailable ("), lines
     assert all("hunter2" not in line and "\n" not in line for line in lines)
     assert pub.buffered == 1 and not pub.connected.is_set()
+    assert (
+        lines[-1]
+        == "MQTT: 1 event(s) not delivered to 192.0.2.1:1883 by the end of the run (the broker was away)"
+    )
 
 
 def test_the_broker_is_named_without_its_password():
