@@ -233,13 +233,24 @@ def drawn_probes(analyzer, sources: list[Path], face_px: float, frame_wh: tuple[
     return out
 
 
+def parse_frame(text: str) -> tuple[int, int]:
+    """--frame WxH as (width, height), or a one-line UserError."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--frame {text!r} is not WIDTHxHEIGHT; use e.g. --frame 1280x720") from None
+    if min(width, height) < 64:
+        raise UserError(f"--frame {text!r} is too small; use e.g. --frame 1280x720")
+    return width, height
+
+
 def size_report(faces, spec, args: argparse.Namespace, analyzer) -> int:
     """One JSON line per probe face size (full-size photos first): see the module docstring."""
     import numpy as np
 
     from app.recognition.calibration import identification_report, split_scores, threshold_at_far
 
-    frame_wh = tuple(int(v) for v in args.frame.lower().split("x"))
+    frame_wh = parse_frame(args.frame)
     rows: list[tuple[str | float, np.ndarray | None]] = [("full", None)]
     rows += [(px, drawn_probes(analyzer, faces.sources, px, frame_wh)) for px in args.probe_face_px]
     for face_px, probes in rows:
@@ -281,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             from app.recognition.analyzer import FaceAnalyzer
             from app.tracking import TrackerConfig
 
+            parse_frame(args.frame)  # before the photos are embedded
             analyzer = load_analyzer(args)
             faces, spec = load_faces(args, analyzer)
             frames = FaceAnalyzer(analyzer.settings.replace(det_threshold=TrackerConfig().low_thresh))

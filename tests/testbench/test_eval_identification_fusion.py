@@ -88,3 +88,10 @@ def test_calibrate_recommends_a_threshold_for_a_fusion(capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["model_id"].endswith("+dlib_resnet")
     assert line["threshold"] >= max(line["threshold_at_far_k1"], line["threshold_at_far_k3"])
+
+
+def test_a_probe_frame_that_is_not_width_by_height_is_one_error_line(capsys):
+    for frame, problem in (("12x", "is not WIDTHxHEIGHT"), ("32x32", "is too small")):
+        assert ev.main(["--images", str(JOHNS), "--probe-face-px", "30", "--frame", frame]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: --frame {frame!r} {problem}; use e.g. --frame 1280x720"]
