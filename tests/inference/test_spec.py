@@ -113,6 +113,17 @@ def test_preprocess_normalises_to_nchw():
     np.testing.assert_allclose(x[1, 0], (255 - 122.782) / 256, atol=1e-6)
 
 
+def test_preprocess_gives_bit_for_bit_the_values_of_widen_normalise_transpose(tmp_path):
+    rng = np.random.default_rng(7)
+    for spec in (embedder_spec_for(DLIB), embedder_spec_for(_embedder(tmp_path / "arc.onnx", 112, 4))):
+        w, h = spec.input_size
+        for n in (1, 5, 16):
+            chips = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+            plain = ((chips.astype(np.float32) - spec.mean) / spec.std).transpose(0, 3, 1, 2)
+            x = spec.preprocess(chips)
+            assert x.flags.c_contiguous and np.array_equal(x, plain)
+
+
 def test_postprocess_normalises_only_cosine(tmp_path):
     arc = embedder_spec_for(_embedder(tmp_path / "arc.onnx", 112, 4))
     dlib = embedder_spec_for(DLIB)
