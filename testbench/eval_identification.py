@@ -235,8 +235,10 @@ def drawn_probes(analyzer, sources: list[Path], face_px: float, frame_wh: tuple[
 
 def parse_frame(text: str) -> tuple[int, int]:
     """--frame WxH as (width, height), or a one-line UserError."""
+    from app.demo import parse_size
+
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
+        width, height = parse_size(text)
     except ValueError:
         raise UserError(f"--frame {text!r} is not WIDTHxHEIGHT; use e.g. --frame 1280x720") from None
     if min(width, height) < 64:

@@ -15,6 +15,7 @@ from app.demo.scenario import (
     demo_sets,
     hard_scenario,
     images_from_dir,
+    parse_size,
     standard_scenario,
 )
 from app.demo.video import write_video
@@ -31,6 +32,7 @@ __all__ = [
     "ground_truth_path",
     "hard_scenario",
     "images_from_dir",
+    "parse_size",
     "load_ground_truth",
     "load_sprites",
     "render",

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from app.cli_exit import run_cli
 from app.demo.ground_truth import ground_truth_path
-from app.demo.scenario import Scenario, bench_scenario, demo_sets, images_from_dir, standard_scenario
+from app.demo.scenario import (
+    Scenario,
+    bench_scenario,
+    demo_sets,
+    images_from_dir,
+    parse_size,
+    standard_scenario,
+)
 from app.demo.video import write_video
 from app.errors import UserError
 from app.models.paths import DEMO_IMAGES_DIR, REPO_ROOT
@@ -23,10 +30,9 @@ PRESETS = {
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
+        return parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
-    return w, h
 
 
 def _parser() -> argparse.ArgumentParser:

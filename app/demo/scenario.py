@@ -307,6 +307,12 @@ def bench_scenario(
     return Scenario(size=size, fps=fps, n_frames=n_frames, actors=tuple(actors), seed=seed, name="bench")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """A frame size written WIDTHxHEIGHT (e.g. 1280x720) as (width, height); ValueError for anything else."""
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
 def hard_scenario(
     cast: list[tuple[str, Path]],
     size: tuple[int, int] = (1280, 720),

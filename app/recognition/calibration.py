@@ -191,7 +191,8 @@ def split_scores(
         for name in enrolled:
             rows = rng.permutation(rows_of[name])
             gallery_rows.append(rows[:k])
-            probe_own[name] = rows[k:][found[rows[k:]]]
+            rest = rows[k:]
+            probe_own[name] = rest[found[rest]]
         # (probes, people) best score against each enrolled person
         per_person = np.stack([person_similarity(similarity[:, rows]) for rows in gallery_rows], axis=1)
         for column, name in enumerate(enrolled):
