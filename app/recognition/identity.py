@@ -51,11 +51,13 @@ What happens inside:
   label has `min_evidence` weight and leads the runner-up (another person or unknown) by `decision_margin`,
   or at once when one embedding of quality >= `fast_quality` scores >= threshold + `fast_margin` (a large
   frontal face well above threshold) or one of any quality scores >= threshold + `sure_margin`, `sure_lead`
-  ahead of anyone else (matched that well, even a small face is its person), or when `steady_votes`
+  ahead of anyone else (matched that well, even a small face is its person; a template of n views needs
+  both over sqrt(n), as its score has about 1/sqrt(n) of one view's noise), or when `steady_votes`
   embeddings in a row, whatever their quality, match the same person by threshold + `fast_margin` (a small
   face seen steadily: its votes weigh too little ever to reach `min_evidence`), or when `consistent_votes`
-  in a row match the same person by threshold + `consistent_margin`, `consistent_lead` ahead of anyone else
-  (a template settled just above threshold: such votes fade before they add up). An "unknown" track is named
+  in a row match the same person above threshold, by threshold + `consistent_margin` on average, each
+  `consistent_lead` ahead of anyone else (a template settled just above threshold: such votes fade before
+  they add up). An "unknown" track is named
   on the same margins and runs (a first naming); a given name changes only when another label leads it by
   `switch_margin` (hysteresis). Below threshold is "unknown", never the nearest enrolled person.
 - Memory: a track that disappears keeps its record for `relink_window` frames. If the tracker re-finds it
@@ -445,6 +447,8 @@ class TrackIdentities:
         record.best_quality = max(record.best_quality, quality)
         record.overlapped = False
         _, consistent = self._template_with(record, vector, quality)
+        # Views in the template the gallery was searched with (query_vectors: the kept ones and this one).
+        views = len(record.embeddings) + 1 if consistent else 1
         keep = True  # whether this vector joins the template
         if consistent:
             record.odd_vector = None
@@ -507,12 +511,15 @@ class TrackIdentities:
         if strong and record.status == "pending":
             self._give(record, label)  # a large frontal face well above threshold: no need to wait
             return
+        # A template of n agreeing views scores with about 1/sqrt(n) of one view's noise: it is as sure at
+        # sure_margin / sqrt(n) above threshold, sure_lead / sqrt(n) ahead of anyone (n = 1: one view).
+        scale = 1.0 / np.sqrt(views)
         sure = (
             label is not None
             and weight > 0
             and similarity is not None
-            and similarity >= self.threshold + cfg.sure_margin
-            and _lead(matches) >= cfg.sure_lead
+            and similarity >= self.threshold + cfg.sure_margin * scale
+            and _lead(matches) >= cfg.sure_lead * scale
         )
         if sure and record.status != "known":
             self._give(record, label)  # matched far above threshold, far ahead of anyone: whatever its size
@@ -532,8 +539,9 @@ class TrackIdentities:
     def _steady(self, record: _Record) -> bool:
         """Whether the latest embeddings in a row all name one person: `steady_votes` of them by threshold +
         fast_margin (a small face seen steadily: its votes weigh too little ever to reach min_evidence), or
-        `consistent_votes` by threshold + consistent_margin with consistent_lead over anyone else (a track's
-        template settled just above threshold: votes that weak fade before they add up)."""
+        `consistent_votes` above threshold, by threshold + consistent_margin on average, each with
+        consistent_lead over anyone else (a track's template settled just above threshold: votes that weak
+        fade before they add up; one view a little lower does not start the run over)."""
         cfg = self.config
 
         def trailing(ok: Callable[[float, float], bool]) -> int:
@@ -549,8 +557,11 @@ class TrackIdentities:
             return True
         if cfg.consistent_votes == 0:
             return False
-        floor, lead = self.threshold + cfg.consistent_margin, cfg.consistent_lead
-        return trailing(lambda s, d: s >= floor and d >= lead) >= cfg.consistent_votes
+        lead = cfg.consistent_lead
+        if trailing(lambda s, d: s >= self.threshold and d >= lead) < cfg.consistent_votes:
+            return False
+        run = [similarity for similarity, _ in record.steady_run[-cfg.consistent_votes :]]
+        return sum(run) / len(run) >= self.threshold + cfg.consistent_margin
 
     def _trim_embeddings(self, record: _Record) -> None:
         while len(record.embeddings) > self.config.max_embeddings:

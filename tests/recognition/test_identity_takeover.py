@@ -93,7 +93,11 @@ def small_track(track_id: int) -> object:
 def test_a_small_face_matched_well_above_threshold_on_every_view_is_named_after_steady_votes():
     config = IdentityConfig()
     manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
-    strong = [Match("alice", THRESHOLD + config.fast_margin + 0.02), Match("bob", THRESHOLD - 0.1)]
+    high = THRESHOLD + config.fast_margin + 0.02
+    # bob close behind: ahead by more than match_margin (no abstention), by less than the lead a template of
+    # steady_votes views needs to be sure (sure_lead / sqrt(n)), so the run of steady votes is what names it
+    lead = (config.match_margin + config.sure_lead / np.sqrt(config.steady_votes)) / 2
+    strong = [Match("alice", high), Match("bob", high - lead)]
     statuses, embedded = [], 0
     for _ in range(40):
         need, labels = run(manager, [small_track(1)], lambda _: (ALICE, strong))
@@ -152,6 +156,51 @@ def test_one_view_below_threshold_restarts_the_run_of_consistent_votes():
     assert status == "known" and embedded == 2 * n  # counted again from the view after the one below
 
 
+def test_one_view_above_threshold_but_below_the_runs_margin_does_not_restart_the_run():
+    config = IdentityConfig()
+    settled = [Match("alice", THRESHOLD + config.consistent_margin + 0.01), Match("bob", THRESHOLD - 0.1)]
+    dip = [Match("alice", THRESHOLD + config.consistent_margin / 4), Match("bob", THRESHOLD - 0.1)]
+    n = config.consistent_votes
+    status, embedded = named_after(config, [settled] * 2 + [dip] + [settled] * n)
+    assert status == "known" and embedded == n  # the run's mean is above threshold + consistent_margin
+
+
+def test_a_run_whose_mean_is_below_the_margin_is_not_named_on_consistent_votes():
+    config = IdentityConfig()
+    low = [Match("alice", THRESHOLD + config.consistent_margin / 2), Match("bob", THRESHOLD - 0.1)]
+    assert named_after(config, [low])[0] == "pending"
+
+
+def sure_only() -> IdentityConfig:
+    """Only the one-view and n-view sure rules name (no runs of steady or consistent votes)."""
+    return IdentityConfig(steady_votes=1000, consistent_votes=0)
+
+
+def test_a_template_of_n_views_is_sure_at_sure_margin_and_lead_over_sqrt_n():
+    config = sure_only()
+    factor = 0.6  # of sure_margin and sure_lead: sure once 1 / sqrt(n) <= factor, i.e. on the 3rd view
+    high = THRESHOLD + factor * config.sure_margin + 1e-6
+    answer = [Match("alice", high), Match("bob", high - factor * config.sure_lead - 1e-6)]
+    status, embedded = named_after(config, [answer])
+    assert status == "known" and embedded == int(np.ceil(1 / factor**2)) == 3
+
+
+def test_a_template_of_n_views_needs_the_lead_over_sqrt_n_too():
+    config = sure_only()
+    high = THRESHOLD + config.sure_margin / 2 + 1e-6  # margin enough from the 4th view on
+    lead = config.sure_lead / 3 + 1e-6  # lead enough from the 9th view on
+    answer = [Match("alice", high), Match("bob", high - lead)]
+    status, embedded = named_after(config, [answer])
+    assert status == "known" and embedded == 9
+
+
+def test_a_template_just_above_threshold_is_never_sure_however_many_views():
+    config = sure_only()
+    high = THRESHOLD + config.sure_margin / np.sqrt(config.max_embeddings + 1) - 0.001
+    answer = [Match("alice", high), Match("bob", THRESHOLD - 0.2)]
+    assert named_after(config, [answer])[0] == "pending"
+
+
 @pytest.mark.parametrize("consistent_votes", [IdentityConfig().consistent_votes, 0])
 def test_a_track_decided_unknown_on_poor_first_views_is_named_by_a_run_of_consistent_votes(consistent_votes):
     config = IdentityConfig(consistent_votes=consistent_votes)
@@ -173,7 +222,9 @@ def test_an_ambiguous_strong_match_breaks_the_run_of_steady_votes():
     config = IdentityConfig()
     manager = TrackIdentities(config, threshold=THRESHOLD, metric="euclidean")
     high = THRESHOLD + config.fast_margin + 0.02
-    clear = [Match("alice", high), Match("bob", THRESHOLD - 0.1)]
+    # clear: ahead by more than match_margin, by less than a template of steady_votes views needs to be sure
+    lead = (config.match_margin + config.sure_lead / np.sqrt(2 * config.steady_votes)) / 2
+    clear = [Match("alice", high), Match("bob", high - lead)]
     tied = [Match("alice", high), Match("bob", high - config.match_margin / 2)]  # abstains
     answers = [clear] * (config.steady_votes - 1) + [tied] + [clear] * (config.steady_votes - 1)
     embedded = 0
