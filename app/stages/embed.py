@@ -18,7 +18,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
 from app.recognition.identity_config import IdentityConfig
+
+if TYPE_CHECKING:
+    from app.inference.torch_backend import TorchModel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class FaceEmbedder:
         self.gallery: Any = None
         self.gallery_outages = 0
         self.gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
+        self._torch: TorchModel | None = None  # the model, when it runs on the torch backend
 
     def setup(self, warm_batches: tuple[int, ...] | None = None) -> dict[str, object]:
         from app.gallery import gallery_location, open_gallery
@@ -66,6 +70,11 @@ class FaceEmbedder:
             set_gpu_wait(s.gpu_wait)  # before load_embedder makes the CUDA context
         self.model, spec = load_embedder(s, self.threads)
         self.spec = spec
+        if s.backend == "torch":
+            from app.inference.torch_backend import TorchModel
+
+            # Chips cross as bytes and are normalised on the device (TorchModel.run_images).
+            self._torch = self.model if isinstance(self.model, TorchModel) else None
         self.gallery = open_gallery(s, spec)
         info = self.gallery.info()
         if info.persons == 0:
@@ -94,6 +103,8 @@ class FaceEmbedder:
         """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, in the model's batches."""
         if not len(chips):
             return np.zeros((0, self.spec.dim), np.float32)
+        if self._torch is not None:
+            return self.spec.postprocess(self._torch.run_images(chips, self.spec.mean, self.spec.std)[0])
         return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
 
     def search(self, vectors: np.ndarray) -> list | None:
