@@ -245,6 +245,14 @@ def faces_per_frame(clip: Path, frames: int) -> float:
 # -- the pipeline -----------------------------------------------------------------------------------------
 
 
+def _by_stream(frames: Any) -> dict[int, list[int]]:
+    """Source indices of finished frames per stream, ascending."""
+    out: dict[int, list[int]] = {}
+    for stream, index, _ in frames:
+        out.setdefault(stream, []).append(index)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 class _FrameLog:
     """Wraps the supervisor's metrics.add: keeps each finished frame's sink time and detect-call stamp."""
 
@@ -253,6 +261,8 @@ class _FrameLog:
         self.done: list[float] = []
         self.e2e_ms: list[tuple[float, float]] = []  # (sink time, end-to-end ms) per frame
         self.detect_calls: dict[tuple[float, float], int] = {}
+        # Per finished frame: stream, source index, and its stamps as (stage, start, end).
+        self.frames: list[tuple[int, int, tuple[tuple[str, float, float], ...]]] = []
 
     def __call__(self, meta: Any) -> None:
         self._add(meta)
@@ -260,6 +270,8 @@ class _FrameLog:
             return
         self.done.append(meta.stamps[-1].end)
         self.e2e_ms.append((meta.stamps[-1].end, (meta.stamps[-1].end - meta.stamps[0].end) * 1e3))
+        stamps = tuple((s.stage, s.start, s.end) for s in meta.stamps)
+        self.frames.append((int(meta.stream), int(meta.frame_index), stamps))
         for stamp in meta.stamps:
             if stamp.stage == "detect":
                 key = (stamp.start, stamp.end)  # frames of one call share their stamp
@@ -284,6 +296,52 @@ class _FrameLog:
         values = np.array([ms for _, ms in done[a:b]])
         p50, p95, p99 = np.percentile(values, [50, 95, 99])
         return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
+    def dropped_steady(self) -> int | None:
+        """Frames lost (live: overwritten in the ring or never taken) among those each stream read while the
+        run was in its middle 80 % (the window of fps_steady): gaps in a stream's source indices there."""
+        if len(self.frames) < 20:
+            return None
+        done = sorted(self.done)
+        a, b = done[int(len(done) * 0.1)], done[int(len(done) * 0.9)]
+        lost = 0
+        for indices in _by_stream(f for f in self.frames if a <= f[2][-1][2] <= b).values():
+            lost += indices[-1] - indices[0] + 1 - len(set(indices))
+        return lost
+
+    def timeline(self, bucket_s: float = 0.5) -> list[dict[str, object]]:
+        """The run in steps of `bucket_s` from the first frame read, by the time each frame was read:
+        frames finished, frames lost before the next one a stream delivered (live drops, by when they
+        happened), the slowest end-to-end, and each stage's slowest time in it and wait before it. Shows
+        which stage held a start-up or a stall up."""
+        if not self.frames:
+            return []
+        t0 = min(f[2][0][1] for f in self.frames)
+        steps: dict[int, dict[str, Any]] = {}
+
+        def step(t: float) -> dict[str, Any]:
+            k = int((t - t0) / bucket_s)
+            empty = {"t_s": round(k * bucket_s, 2), "frames": 0, "lost": 0, "e2e_max_ms": 0.0}
+            return steps.setdefault(k, {**empty, "stage_max_ms": {}, "wait_max_ms": {}})
+
+        last_index: dict[int, int] = {}
+        for stream, index, stamps in sorted(self.frames, key=lambda f: (f[0], f[1])):
+            row = step(stamps[0][1])
+            row["frames"] += 1
+            before = last_index.get(stream)
+            if before is not None and index > before + 1:
+                row["lost"] += index - before - 1
+            last_index[stream] = index
+            row["e2e_max_ms"] = max(row["e2e_max_ms"], round((stamps[-1][2] - stamps[0][2]) * 1e3, 1))
+            prev_end = None
+            for stage, start, end in stamps:
+                took = round((end - start) * 1e3, 1)
+                row["stage_max_ms"][stage] = max(row["stage_max_ms"].get(stage, 0.0), took)
+                if prev_end is not None:
+                    waited = round((start - prev_end) * 1e3, 1)
+                    row["wait_max_ms"][stage] = max(row["wait_max_ms"].get(stage, 0.0), waited)
+                prev_end = end
+        return [steps[k] for k in sorted(steps)]
 
     def detect_batches(self) -> dict[str, object]:
         sizes = list(self.detect_calls.values())
@@ -432,6 +490,8 @@ def run_pipeline(
     out["fps_steady"] = frame_log.steady_fps()
     out["end_to_end_steady_ms"] = frame_log.steady_latency()
     out["det_batch"] = frame_log.detect_batches()
+    out["dropped_steady"] = frame_log.dropped_steady()
+    out["timeline"] = frame_log.timeline()
     out["exit_code"] = result.exit_code
     # Between the first and the last finished frame: model loading and shutdown left out.
     done = sorted(frame_log.done)
@@ -820,6 +880,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "codec": _fourcc(clip),
         "frames": run["frames"],
         "dropped": run["dropped"],
+        "dropped_steady": run.get("dropped_steady"),
         "elapsed_s": run["elapsed_s"],
         "stop_reason": run["stop_reason"],
         "exit_code": run["exit_code"],
@@ -829,6 +890,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "stage_cpu_ms_per_frame": run["stage_cpu_ms_per_frame"],
         "parent_cpu_ms_per_frame": run.get("parent_cpu_ms_per_frame"),
         "recognition": run.get("recognition"),
+        "timeline": run.get("timeline"),
         "ring_slots": slots,
         "threads": {"detector": det_threads, "embedder": embed_threads},
         "cpu_count": os.cpu_count(),

@@ -138,6 +138,8 @@ class TorchModel:
         self._specialised: dict[tuple[int, ...], Callable] = {}
         self._graphs: dict[tuple[int, ...], _GraphRunner] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._staging: torch.Tensor | None = None  # page-locked bytes for run_images, grown as needed
+        self._norms: dict[tuple[bytes, bytes], tuple[torch.Tensor, torch.Tensor]] = {}
         log.info(
             "loaded %s with torch on %s (%s, graphs=%s, compile=%s)",
             self.path,
@@ -158,6 +160,49 @@ class TorchModel:
         with torch.inference_mode():
             outs = self._forward(x)
             return [o.cpu().numpy() for o in outs]
+
+    def run_images(self, images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> list[np.ndarray]:
+        """Run (N,H,W,C) uint8 images, normalised as (x - mean) / std per channel on the model's device;
+        outputs as `run` gives them.
+
+        What crosses to a GPU is the bytes (a quarter of the float input) through one reused page-locked
+        buffer, and the host does no float work: in the embedding worker, the host-side normalisation and
+        a page-locked copy per call were most of its own CPU (H200 host, 16 cameras)."""
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"expected (N,H,W,C) uint8 images, got {images.dtype} {images.shape}")
+        with torch.inference_mode():
+            x = self._upload_bytes(images)
+            scale = self._normaliser(mean, std)
+            # NHWC bytes seen as NCHW: the channels-last layout the convolutions want, no copy.
+            x = (x.permute(0, 3, 1, 2).float() - scale[0]) / scale[1]
+            return [o.cpu().numpy() for o in self._forward(x)]
+
+    def _upload_bytes(self, images: np.ndarray) -> torch.Tensor:
+        src = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type != "cuda":
+            return src
+        if self._staging is None or self._staging.numel() < images.size:
+            self._staging = torch.empty(
+                max(images.size, 2 * self._staging_size()), dtype=torch.uint8
+            ).pin_memory()
+        # The last call's copy out of this buffer is done: every call ends reading its outputs back.
+        staged = self._staging[: images.size].view(images.shape)
+        staged.copy_(src)
+        return staged.to(self.device, non_blocking=True)
+
+    def _staging_size(self) -> int:
+        return 0 if self._staging is None else int(self._staging.numel())
+
+    def _normaliser(self, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (np.asarray(mean, np.float32).tobytes(), np.asarray(std, np.float32).tobytes())
+        found = self._norms.get(key)
+        if found is None:
+            m, s = (
+                torch.tensor(np.asarray(v, np.float32), device=self.device).view(1, -1, 1, 1)
+                for v in (mean, std)
+            )
+            found = self._norms[key] = (m, s)
+        return found
 
     def run_torch(self, batch: torch.Tensor) -> list[torch.Tensor]:
         """Run an (N,C,H,W) tensor (any float dtype, any device); float32 tensors on the model's device.

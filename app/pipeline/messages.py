@@ -249,6 +249,14 @@ class Ready:
 
 
 @dataclass
+class Started:
+    """The stage's start(sources) is done (the detector's rings page-locked, its input fitted): the sources
+    are started only after every such stage, so no camera's first second piles up behind that work."""
+
+    stage: str
+
+
+@dataclass
 class FrameDone:
     """The sink finished a frame; carries its timing history for the metrics."""
 

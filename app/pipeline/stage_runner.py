@@ -76,6 +76,7 @@ from app.pipeline.messages import (
     SourceInfo,
     StageStamp,
     Start,
+    Started,
 )
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class StageRunner:
                 self._open_streams = start.streams
                 if self.caps.starts:
                     self.stage.start(dict(start.sources))
+                    self._send(Started(name))
                 if self.caps.notes:
                     for stream, text in start.notes.items():
                         self.stage.note(stream, text)

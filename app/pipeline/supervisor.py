@@ -67,6 +67,7 @@ from app.pipeline.messages import (
     Ready,
     SourceInfo,
     Start,
+    Started,
 )
 from app.pipeline.metrics import StreamMetrics
 from app.pipeline.restart_state import RestartState
@@ -180,6 +181,7 @@ class Supervisor:
         self._previous_handlers: dict[int, Any] = {}
         self._sources: dict[int, SourceInfo] = {}  # running streams
         self._notes: dict[int, str] = {}  # streams that could not start: why
+        self._early: list[tuple[_Child, Any]] = []  # messages read while the stages started, for _watch
         self._ended: dict[int, str] = {}  # streams whose end reached the sink: why they ended
         self._restarts: dict[str, _Restarts] = {}
         for node in graph.nodes:
@@ -212,9 +214,15 @@ class Supervisor:
                 return failure
             self._create_rings()
             start = Start(dict(self._sources), dict(self._notes))
-            sources = [c for c in self._children.values() if c.node.caps.source]
-            for child in [c for c in self._children.values() if not c.node.caps.source] + sources:
-                if child.ready:  # consumers first, the sources last
+            consumers = [c for c in self._children.values() if not c.node.caps.source and c.ready]
+            for child in consumers:
+                child.control.send(start)
+            # The sources last, once the consumers' start work is done: on the H200 the detector's
+            # page-locking of 16 rings took about a second, and 16 live cameras started with it dropped
+            # ~300 frames (newest wins) before the first detection.
+            self._early = self._wait_until_started([c for c in consumers if c.node.caps.starts])
+            for child in self._children.values():
+                if child.node.caps.source and child.ready:
                     child.control.send(start)
             self.metrics.start()
             log.info("pipeline running: %s", ", ".join(self._children))
@@ -357,6 +365,27 @@ class Supervisor:
                 return result
         return None
 
+    def _wait_until_started(self, starting: list[_Child]) -> list[tuple[_Child, Any]]:
+        """Wait (at most the start-up timeout) for each of `starting` to report Started; what else came
+        meanwhile (a failure, a death seen) stops the wait and is handed to the watch loop."""
+        waiting = {c.name for c in starting}
+        early: list[tuple[_Child, Any]] = []
+        deadline = time.monotonic() + self.startup_timeout_s
+        while waiting and self._signal is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.info("started without waiting longer for %s", ", ".join(sorted(waiting)))
+                break
+            for child, msg in self._poll(min(remaining, 0.1)):
+                if isinstance(msg, Started):
+                    waiting.discard(msg.stage)
+                else:
+                    early.append((child, msg))
+            gone = any(c.name in waiting and not c.process.is_alive() for c in starting)
+            if gone or any(isinstance(msg, Failed) for _, msg in early):
+                break
+        return early
+
     def _excluded(self, child: _Child) -> bool:
         return child.node.stream is not None and child.node.stream in self._notes
 
@@ -444,7 +473,8 @@ class Supervisor:
         while True:
             if self._signal is not None:
                 return self._signal_reason(), self._signal_exit_code()
-            for child, msg in self._poll(0.1):
+            news, self._early = self._early + self._poll(0.1), []
+            for child, msg in news:
                 if isinstance(msg, FrameDone):
                     self._count(msg.meta)
                 elif isinstance(msg, Finished):

@@ -11,6 +11,11 @@ must not hold enrolled people), and so is one that never got decided.
 `UnknownRecorder` runs the keeper on the caller's thread (bookkeeping only: no model call, no I/O) and hands
 finished sightings to a writer thread through a bounded queue (JPEG encoding, the Qdrant write, retention).
 When the queue is full the sighting is dropped and counted: the pipeline never waits on the store.
+
+With several tracking processes (a pipeline's lanes) the store is held by one process, the shared embedding
+worker: each lane keeps its cameras' `UnknownKeeper`s and sends finished sightings with a `SightingSender`
+on one queue, ending with `LaneDone`; the worker's `UnknownRecorder` (no keeper of its own) writes them. So
+keeping unknown faces no longer ties every camera to one tracking process.
 """
 
 from __future__ import annotations
@@ -172,11 +177,57 @@ class RecorderCounters:
     pruned: int = 0  # faces dropped by retention or the size bound
 
 
+@dataclass(frozen=True)
+class LaneDone:
+    """A tracking process has closed: nothing more comes from it on the sightings queue."""
+
+    lane: int
+
+
+class SightingSender:
+    """A tracking process's side of the store the embedding worker holds: `UnknownRecorder`'s calls, each
+    camera's keeper run here, its finished sightings put on the worker's queue (dropped and counted when the
+    queue is full: tracking never waits on the store)."""
+
+    def __init__(self, sightings: queue.Queue | object, lane: int) -> None:
+        self.queue = sightings
+        self.lane = lane
+        self.counters = RecorderCounters()
+
+    def observe_for(self, keeper: UnknownKeeper, *args: object, **kwargs: object) -> None:
+        self.submit(keeper.observe(*args, **kwargs))  # type: ignore[arg-type]
+
+    def reset_for(self, keeper: UnknownKeeper) -> None:
+        self.submit(keeper.reset())
+
+    def finish_for(self, keeper: UnknownKeeper) -> None:
+        self.submit(keeper.finish())
+
+    def submit(self, sightings: list[Sighting]) -> None:
+        for sighting in sightings:
+            try:
+                self.queue.put_nowait(sighting)  # type: ignore[attr-defined]
+            except queue.Full:
+                self.counters.dropped += 1
+            else:
+                self.counters.sightings += 1
+
+    def close(self) -> None:
+        """Say this lane is done (after `finish_for` of its cameras): the worker stops waiting for it."""
+        try:
+            self.queue.put(LaneDone(self.lane), timeout=CLOSE_TIMEOUT_S)  # type: ignore[attr-defined]
+        except queue.Full:
+            log.warning("unknowns: the embedding worker is not taking sightings; lane %d ends", self.lane)
+        log.info("unknowns: sent %d sighting(s) to the store; %d dropped (the writer was behind)",
+                 self.counters.sightings, self.counters.dropped)  # fmt: skip
+
+
 class UnknownRecorder:
-    """The keeper on the caller's thread, the store on a writer thread; see the module docstring."""
+    """The keeper on the caller's thread, the store on a writer thread; see the module docstring. Without a
+    keeper (the embedding worker's), it writes the sightings handed to `submit`."""
 
     def __init__(
-        self, store: UnknownStore, keeper: UnknownKeeper, retain_days: float, max_faces: int
+        self, store: UnknownStore, keeper: UnknownKeeper | None, retain_days: float, max_faces: int
     ) -> None:
         self.store = store
         self.keeper = keeper
@@ -191,10 +242,16 @@ class UnknownRecorder:
 
     def observe(self, *args: object, **kwargs: object) -> None:
         """`UnknownKeeper.observe`; finished sightings go to the writer (or are dropped when it is behind)."""
+        assert self.keeper is not None
         self._submit(self.keeper.observe(*args, **kwargs))  # type: ignore[arg-type]
 
     def reset(self) -> None:
+        assert self.keeper is not None
         self._submit(self.keeper.reset())
+
+    def submit(self, sightings: list[Sighting]) -> None:
+        """Sightings finished elsewhere (a tracking process's keeper) to the writer."""
+        self._submit(sightings)
 
     # A stage tracking several cameras keeps one UnknownKeeper per camera and hands it in with each call.
     def observe_for(self, keeper: UnknownKeeper, *args: object, **kwargs: object) -> None:
@@ -238,7 +295,8 @@ class UnknownRecorder:
         if self._closed:
             return
         self._closed = True
-        self._submit(self.keeper.finish())
+        if self.keeper is not None:
+            self._submit(self.keeper.finish())
         try:
             self._queue.put(None, timeout=CLOSE_TIMEOUT_S)
         except queue.Full:
@@ -249,6 +307,15 @@ class UnknownRecorder:
                  c.sightings, c.faces, c.dropped, c.failed, c.pruned)  # fmt: skip
         if not self._thread.is_alive():
             self.store.close()
+
+
+def start_writer(settings: Settings, spec: object) -> UnknownRecorder | None:
+    """The embedding worker's recorder (the store and its writer, no keeper), or None with
+    KEEP_UNKNOWN=false. Raises UserError like `open_unknowns`."""
+    if not settings.keep_unknown:
+        return None
+    store = open_unknowns(settings, spec)  # type: ignore[arg-type]
+    return UnknownRecorder(store, None, settings.unknown_retain_days, settings.unknown_max_faces)
 
 
 def start_recorder(

@@ -36,6 +36,7 @@ from app.integrations.runtime import Integrations
 from app.pipeline.frame_ring import StreamRings
 from app.pipeline.graph import Channel, Node, PipelineGraph, Stream
 from app.pipeline.supervisor import RunResult, Supervisor
+from app.recognition.unknowns import QUEUE_SIZE as UNKNOWN_QUEUE_SIZE
 from app.stages.capture import CaptureStage
 from app.stages.detect import DetectStage
 from app.stages.embed import EmbedStage
@@ -67,15 +68,8 @@ def tracking_lanes(settings: Settings, cameras: int) -> int:
     """Post-processing + tracking processes: TRACKING_WORKERS, or one per 4 cameras within a quarter of
     the CPUs (one tracking process keeps up with ~700 frames/s of 10 faces on an H200 host's core).
 
-    With KEEP_UNKNOWN one lane: the unknown-face store is an embedded gallery, held by one process."""
-    if settings.keep_unknown:
-        if settings.tracking_workers > 1:
-            log.warning(
-                "KEEP_UNKNOWN keeps unknown faces in one tracking process: TRACKING_WORKERS=%d is ignored "
-                "(set KEEP_UNKNOWN=false for several)",
-                settings.tracking_workers,
-            )
-        return 1
+    KEEP_UNKNOWN does not change it: the unknown-face store (an embedded gallery, held by one process) is
+    the embedding worker's, and every lane sends it its finished sightings."""
     if settings.tracking_workers > 0:
         return max(1, min(settings.tracking_workers, cameras))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
@@ -155,6 +149,8 @@ def build_graph(
     requests = ctx.Queue(maxsize=in_flight * len(cameras) + 4)
     # Results are never refused (the worker must not block on them; tracking drains them every frame).
     results = [ctx.Queue() for _ in range(lanes)]
+    # KEEP_UNKNOWN: the lanes' finished unknown sightings to the one store, in the embedding worker.
+    sightings = ctx.Queue(maxsize=UNKNOWN_QUEUE_SIZE * lanes) if settings.keep_unknown else None
     for d in range(detectors):
         members = tuple(range(d, len(cameras), detectors))
         detect = DetectStage(
@@ -186,7 +182,8 @@ def build_graph(
             )
     # Before the tracking stages: a bad embedder or gallery is reported by the stage that loads it
     # (tracking only reads the model's input spec, and would fail on the same file with a vaguer line).
-    nodes.append(Node("embed", EmbedStage(settings, requests, results, threads=embed_threads)))
+    embed = EmbedStage(settings, requests, results, threads=embed_threads, sightings=sightings, lanes=lanes)
+    nodes.append(Node("embed", embed))
     for k, members in enumerate(lane_streams):
         post, track = lane_name("postprocess", k), lane_name("recognize", k)
         # Frames in flight after detection: the lane's cameras' ring slots at most.
@@ -199,7 +196,7 @@ def build_graph(
                     rings,
                     settings,
                     threads=embed_threads,
-                    embed=EmbedChannel(requests, results[k], k),
+                    embed=EmbedChannel(requests, results[k], k, sightings),
                     result_lag=settings.result_lag,
                 ),
             ),
@@ -220,7 +217,8 @@ def build_graph(
             ),
         )
     )
-    return PipelineGraph(nodes, channels, streams, side_queues=[requests, *results])
+    side = [requests, *results, *([sightings] if sightings is not None else [])]
+    return PipelineGraph(nodes, channels, streams, side_queues=side)
 
 
 def run_pipeline(

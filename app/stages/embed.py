@@ -18,7 +18,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from app.pipeline.messages import EmbedRequest, EmbedResult
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.stage_runner import Capabilities
 from app.recognition.identity_config import IdentityConfig
+
+if TYPE_CHECKING:
+    from app.inference.torch_backend import TorchModel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class FaceEmbedder:
         self.gallery: Any = None
         self.gallery_outages = 0
         self.gallery_down: RetrySchedule | None = None  # set while the gallery server is not answering
+        self._torch: TorchModel | None = None  # the model, when it runs on the torch backend
 
     def setup(self, warm_batches: tuple[int, ...] | None = None) -> dict[str, object]:
         from app.gallery import gallery_location, open_gallery
@@ -66,6 +70,11 @@ class FaceEmbedder:
             set_gpu_wait(s.gpu_wait)  # before load_embedder makes the CUDA context
         self.model, spec = load_embedder(s, self.threads)
         self.spec = spec
+        if s.backend == "torch":
+            from app.inference.torch_backend import TorchModel
+
+            # Chips cross as bytes and are normalised on the device (TorchModel.run_images).
+            self._torch = self.model if isinstance(self.model, TorchModel) else None
         self.gallery = open_gallery(s, spec)
         info = self.gallery.info()
         if info.persons == 0:
@@ -94,6 +103,8 @@ class FaceEmbedder:
         """(N,h,w,3) chips in the spec's channel order -> (N,dim) embeddings, in the model's batches."""
         if not len(chips):
             return np.zeros((0, self.spec.dim), np.float32)
+        if self._torch is not None:
+            return self.spec.postprocess(self._torch.run_images(chips, self.spec.mean, self.spec.std)[0])
         return self.spec.postprocess(self.model.run(self.spec.preprocess(chips))[0])
 
     def search(self, vectors: np.ndarray) -> list | None:
@@ -133,6 +144,8 @@ class EmbedStage:
         results: Any | list[Any],
         threads: int | None = None,
         max_faces: int = MAX_FACES,
+        sightings: Any = None,
+        lanes: int = 0,
     ) -> None:
         self.embedder = FaceEmbedder(settings, threads)
         self.identity_config = IdentityConfig()  # the tracking stages' (their template arithmetic)
@@ -143,6 +156,12 @@ class EmbedStage:
         self.batches = 0
         self.faces = 0
         self.model_cpu = ModelCpu()  # CPU inside the embedder calls (the runner logs it against the loop's)
+        # KEEP_UNKNOWN: the unknown-face store, held here for every tracking process (`lanes` of them send
+        # their finished sightings on `sightings`, each ending with LaneDone).
+        self.sightings = sightings
+        self.lanes = lanes
+        self.lanes_done = 0
+        self.unknowns: Any = None
 
     def setup(self) -> dict[str, object]:
         import cv2
@@ -150,10 +169,16 @@ class EmbedStage:
         cv2.setNumThreads(1)
         torch = self.embedder.settings.backend == "torch"
         warm = tuple(b for b in TORCH_WARM_BATCHES if b <= self.max_faces) if torch else None
-        return self.embedder.setup(warm)
+        info = self.embedder.setup(warm)
+        if self.sightings is not None:
+            from app.recognition.unknowns import start_writer
+
+            self.unknowns = start_writer(self.embedder.settings, self.embedder.spec)
+        return info
 
     def serve(self, timeout: float) -> None:
         """Answer every request queued now (waiting up to `timeout` for the first), in one model call."""
+        self._take_sightings()
         try:
             first = self.requests.get(timeout=timeout)
         except queue.Empty:
@@ -215,7 +240,40 @@ class EmbedStage:
                 row += 1
         return queries
 
+    def _take_sightings(self, wait_s: float = 0.0) -> None:
+        """Hand the sightings queued now to the store's writer; with `wait_s`, wait that long in all for the
+        lanes that have not said LaneDone."""
+        if self.sightings is None:
+            return
+        from app.recognition.unknowns import LaneDone
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            waiting = wait_s > 0 and self.lanes_done < self.lanes and remaining > 0
+            try:
+                msg = self.sightings.get(timeout=remaining) if waiting else self.sightings.get_nowait()
+            except queue.Empty:
+                if waiting:
+                    continue
+                return
+            if isinstance(msg, LaneDone):
+                self.lanes_done += 1
+            elif self.unknowns is not None:
+                self.unknowns.submit([msg])
+
     def close(self) -> None:
+        if self.sightings is not None:
+            from app.recognition.unknowns import CLOSE_TIMEOUT_S
+
+            # The lanes' last sightings (their open tracks, finished as they close) come after the stop.
+            self._take_sightings(wait_s=CLOSE_TIMEOUT_S)
+            if self.lanes_done < self.lanes:
+                log.warning("unknowns: %d tracking process(es) ended without their last sightings",
+                            self.lanes - self.lanes_done)  # fmt: skip
+        if self.unknowns is not None:
+            self.unknowns.close()
+            self.unknowns = None
         self.embedder.close()
         for q in self.results:  # answers nobody will read after the run: do not wait for them at exit
             if hasattr(q, "cancel_join_thread"):

@@ -6,11 +6,12 @@ all, below what the shared detector takes; NVDEC decodes on the GPU's own video 
 session) and leaves the CPU cores to tracking.
 
 - `DECODER=ffmpeg`: OpenCV/FFmpeg, as always. `DECODER=nvdec`: PyNvVideoCodec for files and stream URLs; a
-  missing wheel or GPU is one line saying how to fix it. FFmpeg is the default: on the H200, 16 H.264 files
-  gave 566 frames/s in all through NVDEC against 646 through FFmpeg (the host download and the capture
-  process's share of the copy cost more than decoding saved). `DECODER=auto`: NVDEC when the wheel
+  missing wheel or GPU is one line saying how to fix it. `DECODER=auto`, the default: NVDEC when the wheel
   imports and the driver reports a GPU, else FFmpeg; a source NVDEC cannot open (e.g. a codec it lacks) then
-  falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2).
+  falls back to FFmpeg with a warning. Webcams always use OpenCV (V4L2). In the pipeline on the H200
+  (16 cameras, default models) NVDEC gave 1072-1145 frames/s against FFmpeg's 842: each capture process
+  spends about half the CPU a frame (README, "Several cameras"); an early version that kept OpenCV's
+  thread pool for the conversion gave 566 against 646.
 - Frames come back to the host as NVDEC's own NV12 surface, which OpenCV converts to BGR straight into
   the shared-memory ring slot (`read(image)`, as FFmpeg's path does), on one OpenCV thread
   (`CONVERT_THREADS`). The decoder is given GPU 0's primary context, retained with blocking sync
@@ -28,8 +29,8 @@ session) and leaves the CPU cores to tracking.
   (context and decoder) costs about 0.7 s of CPU a stream against FFmpeg's 0.1 and most of a 300-frame
   run's wall time, so the frame rate in all stays below FFmpeg's in this benchmark (after the first
   frame the streams' rates add up to 2250-3000 frames/s against FFmpeg's 1633, an upper bound since the
-  openings are staggered); FFmpeg stays the default until a pipeline run with NVDEC shows the saved CPU
-  (about 6 ms a frame, 16 cameras) as frames. The calls used (`CreateDemuxer(filename=)`,
+  openings are staggered); in the pipeline that saved CPU (about 6 ms a frame, 16 cameras) did show as
+  frames, hence `auto`. The calls used (`CreateDemuxer(filename=)`,
   `CreateDecoder(gpuid, codec, usedevicememory, outputColorType, cudacontext)`, iterating the demuxer,
   `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec 2.2.4's samples;
   that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames on the GPU would

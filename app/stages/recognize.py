@@ -128,6 +128,7 @@ class EmbedChannel:
     requests: Any
     results: Any
     reply_to: int = 0  # this stage's results queue among the worker's
+    sightings: Any = None  # KEEP_UNKNOWN: finished unknown sightings to the worker, which holds the store
 
 
 @dataclass
@@ -231,11 +232,15 @@ class RecognizeStage:
         identity = self.identity_config or IdentityConfig()
         self._identity_config = identity
         self._new_identities = lambda: TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
-        from app.recognition.unknowns import start_recorder
+        from app.recognition.unknowns import SightingSender, start_recorder
 
-        self.unknowns = start_recorder(
-            self.settings, spec, identity, camera=mask_url(self.settings.video_source)
-        )
+        if self.channel is not None and self.channel.sightings is not None:
+            # The store is the worker's (one for every lane); the keepers stay here, by the tracks.
+            self.unknowns = SightingSender(self.channel.sightings, self.channel.reply_to)
+        else:
+            self.unknowns = start_recorder(
+                self.settings, spec, identity, camera=mask_url(self.settings.video_source)
+            )
         # Alignment warps are tiny: OpenCV's thread pool only adds contention with the other stages.
         cv2.setNumThreads(1)
         return info

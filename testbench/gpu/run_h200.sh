@@ -123,11 +123,11 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("pipeline_*.json")):
     d = json.loads(f.read_text())
     e, st = d["latency_ms"]["end_to_end"], d.get("end_to_end_steady_ms") or {}
     print(f"{d['label']:>16} n={d['streams']:>2} fps {d['fps']:>7} steady {d.get('fps_steady')} per-stream "
-          f"{d['fps_per_stream_min']}-{d['fps_per_stream_max']} dropped {d['dropped']} e2e p50/p95/p99 "
+          f"{d['fps_per_stream_min']}-{d['fps_per_stream_max']} dropped {d['dropped']} (steady {d.get('dropped_steady')}) e2e p50/p95/p99 "
           f"{e['p50']}/{e['p95']}/{e.get('p99')} steady {st.get('p50')}/{st.get('p95')}/{st.get('p99')} "
           f"decoder {d.get('decoder')} gpu {(d.get('gpu_util_percent') or {}).get('mean')} det-batch {d['det_batch'].get('mean')} "
           f"det-ceiling {d.get('detector_ceiling_fps')} model-only {d.get('model_only_fps')} "
-          f"detect-cpu {d['stage_cpu_percent'].get('detect')}")
+          f"detect-cpu {d['stage_cpu_percent'].get('detect')} embed-cpu {d['stage_cpu_percent'].get('embed')}")
 PY
 }
 PIPELINE_CMD=${PIPELINE_CMD:-pipeline_bench}

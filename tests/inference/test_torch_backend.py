@@ -91,6 +91,20 @@ def test_embedder_matches_onnxruntime_on_aligned_faces(detector, embedder, faces
     assert np.linalg.norm(ref - got, axis=1).max() < 1e-3  # vs the 0.54 match distance
 
 
+def test_run_images_normalises_bytes_as_the_spec_does(detector, embedder, faces):
+    images, batch, scales = faces
+    spec = embedder_spec_for(EMBEDDER)
+    dets = _decode(detector.run(batch), images, scales)
+    chips = np.concatenate([align_faces(img, d.landmarks, spec) for img, d in zip(images, dets, strict=True)])
+    want = embedder.run(spec.preprocess(chips))[0]
+    got = embedder.run_images(chips, spec.mean, spec.std)[0]
+    assert got.shape == want.shape == (4, 128)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedder.run_images(chips[1:3], spec.mean, spec.std)[0], want[1:3], atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        embedder.run_images(chips.astype(np.float32), spec.mean, spec.std)
+
+
 def test_io_info_matches_the_onnx_file(detector, embedder):
     assert [i.name for i in detector.inputs] == ["input"]
     assert detector.inputs[0].shape[1] == 3 and detector.inputs[0].fixed_hw is None

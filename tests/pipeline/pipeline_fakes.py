@@ -19,7 +19,7 @@ import numpy as np
 
 from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
-from app.pipeline.stage_runner import StopPipeline
+from app.pipeline.stage_runner import Capabilities, StopPipeline
 from app.pipeline.supervisor import Supervisor
 from app.stages.capture import CaptureStage
 
@@ -92,6 +92,22 @@ class MeanStage:
 
     def close(self) -> None:
         self.frames.close()
+
+
+class StartingMeanStage(MeanStage):
+    """MeanStage whose start(sources) takes `start_s` (as the detector page-locks its rings) and writes, to
+    `started_marker`, how many frames the source had published by the end of it."""
+
+    capabilities = Capabilities(starts=True)
+
+    def __init__(self, frames: FrameRingHandle, start_s: float, started_marker: Path) -> None:
+        super().__init__(frames)
+        self.start_s = start_s
+        self.started_marker = started_marker
+
+    def start(self, sources: dict) -> None:
+        time.sleep(self.start_s)
+        self.started_marker.write_text(str(self.frames.ring.published))
 
 
 class PassStage:

@@ -25,6 +25,7 @@ from app.pipeline.messages import (
     SourceInfo,
     StageStamp,
     Start,
+    Started,
 )
 from app.pipeline.stage_runner import (
     NOTHING_YET,
@@ -65,6 +66,9 @@ class Harness:
             assert isinstance(ready, Ready | Failed)
             if isinstance(ready, Ready):
                 self.supervisor_end.send(Start({0: SOURCE}))
+                caps = getattr(stage, "capabilities", None)
+                if caps is not None and caps.starts:  # its start work is done before anything else
+                    assert isinstance(self.supervisor_end.recv(), Started)
             else:
                 self.early = ready
         return thread, result

@@ -17,7 +17,7 @@ import pytest
 
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR
 from app.pipeline.supervisor import Supervisor
-from tests.pipeline.pipeline_fakes import VirtualClock, build, make_video
+from tests.pipeline.pipeline_fakes import StartingMeanStage, VirtualClock, build, make_video
 from tests.pipeline.process_checks import RunningPipeline, shm_segments, still_alive
 from tests.support.waiting import GUARD_S, wait_until
 
@@ -58,6 +58,18 @@ def test_end_of_file_processes_every_frame_in_order(video, tmp_path):
     assert summary["frames"] == 40 and summary["dropped"] == 0 and summary["stop_reason"] == "end of stream"
     assert set(summary["latency_ms"]) == {*STAGES, "end_to_end"}
     assert result.source_info.frame_shape == (48, 64, 3) and result.source_info.live is False
+    assert_clean(handle)
+
+
+def test_sources_start_once_the_consumers_start_work_is_done(video, tmp_path):
+    # The detection stage's start(sources) (page-locking rings on a GPU) must not overlap the first frames:
+    # no frame is published before it ends, and the run then goes through every frame.
+    marker = tmp_path / "published_at_start.txt"
+    stages, handle = build(video, tmp_path / "f.jsonl")
+    stages[1] = StartingMeanStage(handle, start_s=0.5, started_marker=marker)
+    result = Supervisor(stages, handle, ring_slots=4).run()
+    assert result.exit_code == 0 and result.summary["frames"] == 40
+    assert marker.read_text() == "0"
     assert_clean(handle)
 
 

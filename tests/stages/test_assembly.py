@@ -1,4 +1,5 @@
-"""The graph's sizing rules: how many FFmpeg threads each camera's capture decodes with."""
+"""The graph's sizing rules: how many FFmpeg threads each camera's capture decodes with, how the lanes share
+the unknown-face store."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def test_the_graphs_captures_get_the_threads() -> None:
     captures = [node.stage for node in graph.nodes if node.name.startswith("capture")]
     assert len(captures) == 3
     assert {stage.decode_threads for stage in captures} == {max(1, CPUS // 3)}
+
+
+def test_keeping_unknown_faces_leaves_the_cameras_spread_over_lanes() -> None:
+    # The unknown-face store is the embedding worker's: every lane sends it sightings on one queue.
+    cameras = [CameraConfig(f"cam{i}", str(HAMILTON)) for i in range(4)]
+    graph = build_graph(Settings(gui=False, keep_unknown=True, tracking_workers=2), cameras)
+    lanes = [node.stage for node in graph.nodes if node.name.startswith("recognize")]
+    (embed,) = [node.stage for node in graph.nodes if node.name == "embed"]
+    assert len(lanes) == 2 and embed.lanes == 2 and embed.sightings is not None
+    assert {id(lane.channel.sightings) for lane in lanes} == {id(embed.sightings)}
+    assert [lane.channel.reply_to for lane in lanes] == [0, 1]
+    assert embed.sightings in graph.side_queues
+    off = build_graph(Settings(gui=False, keep_unknown=False, tracking_workers=2), cameras)
+    (embed_off,) = [node.stage for node in off.nodes if node.name == "embed"]
+    assert embed_off.sightings is None

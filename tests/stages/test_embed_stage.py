@@ -4,6 +4,7 @@ tracking stage; recognition through it names faces as in-process recognition doe
 from __future__ import annotations
 
 import queue
+import shutil
 import threading
 import time
 from contextlib import closing
@@ -197,3 +198,50 @@ def test_a_packed_template_gives_the_worker_the_same_query_as_its_parts():
         want, joined = template_with(kept, new, 0.7, threshold, "cosine", 0.1)
         got, joined_too = template_with(packed.unpack(), new, 0.7, threshold, "cosine", 0.1)
         assert joined == joined_too and got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_the_worker_keeps_the_unknown_sightings_of_every_lane(gallery_dir, tmp_path, monkeypatch):
+    # KEEP_UNKNOWN with several tracking processes: each lane's keepers send their finished sightings, the
+    # worker holds the one store and writes them, the last ones (sent as the lanes close) included.
+    from app.gallery.unknowns import open_unknowns
+    from app.recognition import unknowns
+    from app.recognition.unknowns import SightingSender
+    from tests.support.unknowns import person_centres, sighting_of
+
+    shutil.copytree(gallery_dir, tmp_path / "g")  # the unknowns live beside the gallery's points
+    settings = load_settings({"qdrant_path": str(tmp_path / "g")}, env_file=None)
+    sightings: queue.Queue = queue.Queue()
+    stage = EmbedStage(settings, queue.Queue(), [queue.Queue()], sightings=sightings, lanes=2)
+    stage.setup()
+    rng = np.random.default_rng(0)
+    lanes = [SightingSender(sightings, lane) for lane in (0, 1)]
+    centres = person_centres(3)
+    now = time.time()  # (retention prunes what is older than UNKNOWN_RETAIN_DAYS)
+    lanes[0].submit([sighting_of(centres[0], 2, now, rng, track=1)])
+    lanes[1].submit([sighting_of(centres[1], 2, now + 1, rng, track=2)])
+    stage.serve(0.01)  # taken between requests
+    lanes[0].close()
+    # A lane still closing after the stop:
+    lanes[1].submit([sighting_of(centres[2], 2, now + 2, rng, track=3)])
+    closer = threading.Thread(target=lambda: (time.sleep(0.2), lanes[1].close()))
+    closer.start()
+    monkeypatch.setattr(unknowns, "CLOSE_TIMEOUT_S", 60.0)
+    stage.close()  # waits for lane 1's LaneDone, not for the timeout
+    closer.join()
+    assert stage.lanes_done == 2
+    with open_unknowns(settings, stage.embedder.spec) as store:
+        faces = store.faces()
+    assert sorted({f.track for f in faces}) == [1, 2, 3] and len(faces) == 6
+
+
+def test_the_worker_gives_up_on_a_lane_that_never_closes(gallery_dir, tmp_path, monkeypatch, caplog):
+    from app.recognition import unknowns
+
+    shutil.copytree(gallery_dir, tmp_path / "g")  # the unknowns live beside the gallery's points
+    settings = load_settings({"qdrant_path": str(tmp_path / "g")}, env_file=None)
+    stage = EmbedStage(settings, queue.Queue(), [queue.Queue()], sightings=queue.Queue(), lanes=1)
+    stage.setup()
+    monkeypatch.setattr(unknowns, "CLOSE_TIMEOUT_S", 0.1)
+    with caplog.at_level("WARNING"):
+        stage.close()
+    assert "1 tracking process(es) ended without their last sightings" in caplog.text

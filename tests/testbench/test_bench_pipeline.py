@@ -106,6 +106,29 @@ def test_frame_log_counts_detect_calls_and_steady_fps():
     assert frame_log.steady_fps() == pytest.approx(100.0)
 
 
+def test_frame_log_counts_drops_in_the_steady_part_and_times_them():
+    frame_log = bench._FrameLog(lambda meta: None)
+    # Two live streams read every 10 ms; stream 0 loses frames 3-6 at the start and 50-51 mid-run.
+    for stream in (0, 1):
+        for i in range(100):
+            if stream == 0 and (3 <= i <= 6 or i in (50, 51)):
+                continue
+            read = i * 0.01
+            stamps = [StageStamp("capture", read, read + 0.001),
+                      StageStamp("detect", read + 0.002, read + 0.004),
+                      StageStamp("gui", read + 0.005, read + 0.006)]  # fmt: skip
+            frame_log(FrameMeta(0, i + 1, i, read, 8, 8, stamps, stream=stream))
+    assert frame_log.dropped_steady() == 2  # the start-up loss is outside the middle 80 %
+    timeline = frame_log.timeline(bucket_s=0.5)
+    assert [row["t_s"] for row in timeline] == [0.0, 0.5]
+    assert [row["lost"] for row in timeline] == [4, 2]
+    assert [row["frames"] for row in timeline] == [96, 98]
+    first = timeline[0]
+    assert first["e2e_max_ms"] == pytest.approx(5.0)
+    assert first["stage_max_ms"]["detect"] == pytest.approx(2.0)
+    assert first["wait_max_ms"]["detect"] == pytest.approx(1.0)
+
+
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     code = bench.main(["--detector", str(tmp_path / "nope.onnx"), "--work", str(tmp_path)])
     assert code == 2
