@@ -57,8 +57,8 @@ class IdentityConfig:
     # and the new one) is as sure at sure_margin / sqrt(n) and sure_lead / sqrt(n): averaging n views leaves
     # about 1/sqrt(n) of one view's noise (2 views: 0.071, 4: 0.05, 13: 0.028). Hamilton: Lin on stage (54
     # px) named on frame 6 instead of 9, template 0.481 after 4 views, 0.15 ahead. Strangers' templates on
-    # the hard scenario (seeds 0-8, both trackers) reach at most 0.041 of sure_margin * sqrt(n) with the
-    # lead (0.080 for the one look-alike that the consistent run below already names on seed 7).
+    # the hard scenario (seeds 0-8, both trackers): the smaller of margin and lead, times sqrt(n), at most
+    # 0.041 where this asks 0.1 (0.080 for the one look-alike the consistent run below names on seed 7).
     sure_margin: float = 0.1
     sure_lead: float = 0.1
     # ... or on consistent_votes embeddings in a row each matching the same person above threshold,
