@@ -78,6 +78,7 @@ summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; th
 
 RING_PREFIX = "facering"
 SOURCE_READY_TIMEOUT_S = 60.0  # a restarted capture opens its source (bounded by its own timeouts) first
+STARTED_WAIT_S = 30.0  # how long the sources wait for the consumers' start work (e.g. rings page-locked)
 SETUP_FAILURE_SETTLE_S = 2.0  # how long earlier stages may take to report their own setup failure
 # After every stream ended, how long stages may take to close before they are terminated: longer than any
 # stage's own bounded drain (the unknown faces' writer gives up after 30 s): what they hold is the run's.
@@ -366,11 +367,11 @@ class Supervisor:
         return None
 
     def _wait_until_started(self, starting: list[_Child]) -> list[tuple[_Child, Any]]:
-        """Wait (at most the start-up timeout) for each of `starting` to report Started; what else came
+        """Wait (at most STARTED_WAIT_S) for each of `starting` to report Started; what else came
         meanwhile (a failure, a death seen) stops the wait and is handed to the watch loop."""
         waiting = {c.name for c in starting}
         early: list[tuple[_Child, Any]] = []
-        deadline = time.monotonic() + self.startup_timeout_s
+        deadline = time.monotonic() + min(self.startup_timeout_s, STARTED_WAIT_S)
         while waiting and self._signal is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -378,7 +379,7 @@ class Supervisor:
                 break
             for child, msg in self._poll(min(remaining, 0.1)):
                 if isinstance(msg, Started):
-                    waiting.discard(msg.stage)
+                    waiting.discard(child.name)  # a lane's stage says "recognize", its node "recognize:2"
                 else:
                     early.append((child, msg))
             gone = any(c.name in waiting and not c.process.is_alive() for c in starting)

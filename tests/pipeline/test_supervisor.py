@@ -7,7 +7,9 @@ on the real CLI with real models.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR
+from app.pipeline.graph import Node, PipelineGraph
 from app.pipeline.supervisor import Supervisor
 from tests.pipeline.pipeline_fakes import StartingMeanStage, VirtualClock, build, make_video
 from tests.pipeline.process_checks import RunningPipeline, shm_segments, still_alive
@@ -61,13 +64,20 @@ def test_end_of_file_processes_every_frame_in_order(video, tmp_path):
     assert_clean(handle)
 
 
-def test_sources_start_once_the_consumers_start_work_is_done(video, tmp_path):
+def test_sources_start_once_the_consumers_start_work_is_done(video, tmp_path, caplog):
     # The detection stage's start(sources) (page-locking rings on a GPU) must not overlap the first frames:
     # no frame is published before it ends, and the run then goes through every frame.
+    # Its node is named apart from the stage, as a second detector's or a tracking lane's ("detect:2").
     marker = tmp_path / "published_at_start.txt"
     stages, handle = build(video, tmp_path / "f.jsonl")
     stages[1] = StartingMeanStage(handle, start_s=0.5, started_marker=marker)
-    result = Supervisor(stages, handle, ring_slots=4).run()
+    graph = PipelineGraph.linear(stages, handle, 4)
+    graph.nodes[1] = Node("detect:2", stages[1])
+    graph.channels[0] = dataclasses.replace(graph.channels[0], dst="detect:2")
+    graph.channels[1] = dataclasses.replace(graph.channels[1], src="detect:2")
+    with caplog.at_level(logging.INFO, logger="app.pipeline.supervisor"):
+        result = Supervisor(graph, ring_slots=4).run()
+    assert "started without waiting longer" not in caplog.text  # its Started was heard, not timed out
     assert result.exit_code == 0 and result.summary["frames"] == 40
     assert marker.read_text() == "0"
     assert_clean(handle)
