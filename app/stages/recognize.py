@@ -100,17 +100,19 @@ _NEAREST_IS_STRIDED: dict[tuple[int, int, int], bool] = {}
 
 def _nearest_is_strided(h: int, w: int, step: int) -> bool:
     """Whether cv2.resize(INTER_NEAREST) of an h x w image to (w / step, h / step) samples exactly the pixels
-    [::step, ::step]: tried once per size on an image whose pixels spell their own coordinates."""
+    [::step, ::step]. It maps columns and rows independently (x from the width scale, y from the height
+    scale), so it is tried once per size on a 2-row image whose pixels spell their column and a 2-column
+    one whose pixels spell their row, resized at the same two scales (milliseconds even at 4K)."""
     key = (h, w, step)
     known = _NEAREST_IS_STRIDED.get(key)
     if known is None:
-        known = h % step == 0 and w % step == 0 and max(h, w) < 4096
-        if known:
-            x, y = np.arange(w)[None, :], np.arange(h)[:, None]
-            coded = np.empty((h, w, 3), np.uint8)
-            coded[..., 0], coded[..., 1], coded[..., 2] = x & 255, (x >> 8) | ((y >> 8) << 4), y & 255
-            picked = cv2.resize(coded, (w // step, h // step), interpolation=cv2.INTER_NEAREST)
-            known = bool(np.array_equal(picked, coded[::step, ::step]))
+        known = h % step == 0 and w % step == 0 and max(h, w) < 65536
+        for size in (w, h) if known else ():
+            at = np.arange(size)
+            spelled = np.stack([at & 255, at >> 8, at & 255], axis=-1).astype(np.uint8)  # (size, 3)
+            line = np.ascontiguousarray(np.broadcast_to(spelled, (2, size, 3)))
+            picked = cv2.resize(line, (size // step, 2), interpolation=cv2.INTER_NEAREST)
+            known = known and bool(np.array_equal(picked, line[:, ::step]))
         _NEAREST_IS_STRIDED[key] = known
     return known
 
