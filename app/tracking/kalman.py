@@ -63,10 +63,11 @@ class KalmanBoxFilter:
         """Per-track standard deviations: weight * height, except aspect terms, which are absolute."""
         known = self._weights.get(weights)
         if known is None:
-            known = self._weights[weights] = (np.asarray(weights), np.arange(len(weights)) % 4 == 2)
+            w = np.asarray(weights)
+            known = self._weights[weights] = (w, w[2::4].copy())  # aspect: entries 2 (and 6) of each 4
         w, aspect = known
         out: np.ndarray = heights[:, None] * w
-        out[:, aspect] = w[aspect]
+        out[:, 2::4] = aspect  # a slice, where a boolean mask on both sides cost two gathers a call
         return out
 
     @staticmethod
