@@ -220,20 +220,23 @@ class TrackIdentities:
         scores = np.array([float(getattr(t, "score", 1.0)) for t in usable])
         detector = face_quality.detector_term(scores, face_quality.QualityConfig().detector_floor)
         geometric *= inside * face_quality.detector_weight(detector)
+        # The per-track loop reads Python floats (the same doubles): numpy scalars cost ~10x more per use.
+        overlaps, heights = max_overlap.tolist(), (boxes[:, 3] - boxes[:, 1]).tolist()
+        insides, geometrics = inside.tolist(), geometric.tolist()
         selected = []
         for i, track in enumerate(usable):
             record = self._record(track.track_id, frame)
-            if max_overlap[i] >= cfg.cross_iou:
+            if overlaps[i] >= cfg.cross_iou:
                 record.overlapped = True  # two faces on one spot: the tracker may swap them; check later
                 continue
-            if boxes[i, 3] - boxes[i, 1] < cfg.min_face_size or inside[i] < cfg.min_inside:
+            if heights[i] < cfg.min_face_size or insides[i] < cfg.min_inside:
                 continue
             since = frame - record.last_embed
             must = (
                 record.embedded == 0
                 or record.in_doubt
                 or record.last_seen < frame - 1  # back after being gone
-                or (record.overlapped and max_overlap[i] < cfg.clear_iou)
+                or (record.overlapped and overlaps[i] < cfg.clear_iou)
                 or since
                 >= (cfg.refresh_interval if record.status == "known" else cfg.unknown_refresh_interval)
                 or (
@@ -243,11 +246,11 @@ class TrackIdentities:
                 )
             )
             better = (
-                since >= cfg.min_embed_gap and geometric[i] > record.best_quality * cfg.better_quality_ratio
+                since >= cfg.min_embed_gap and geometrics[i] > record.best_quality * cfg.better_quality_ratio
             )
             if not (must or better):
                 continue
-            quality = geometric[i]
+            quality = geometrics[i]
             if frame_bgr is not None:
                 sharp = face_quality.sharpness_term(frame_bgr, boxes[i], cfg.reference_sharpness)
                 quality = quality * face_quality.sharpness_weight(sharp)

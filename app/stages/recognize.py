@@ -80,15 +80,41 @@ SCENE_CUT_DIFF = 20.0
 
 
 def _every(frame: np.ndarray, step: int) -> np.ndarray:
-    """frame[::step, ::step] as a contiguous copy (the bytes OpenCV would copy it to), made with each BGR
-    pixel as one 3-byte element: numpy then copies 128 pixels a row in one inner loop instead of 3 bytes at a
-    time (a 1080p frame at step 15: 32 -> 18 us in cache, 97 -> 65 us from memory, as the tracking lane reads
-    it)."""
+    """frame[::step, ::step] as a contiguous copy (the bytes OpenCV would copy it to).
+
+    Where OpenCV's nearest-neighbour resize to (w / step, h / step) picks exactly those pixels (checked once
+    per frame size, `_nearest_is_strided`), it makes the copy: 1080p at step 15, 33 -> 15 us with the frame
+    out of cache. Otherwise each BGR pixel is viewed as one 3-byte element: numpy then copies 128 pixels a
+    row in one inner loop instead of 3 bytes at a time (32 -> 18 us in cache, 97 -> 65 us from memory)."""
     if not (frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 and frame.flags.c_contiguous):
         return np.ascontiguousarray(frame[::step, ::step])
     h, w = frame.shape[:2]
+    if step > 1 and _nearest_is_strided(h, w, step):
+        return cv2.resize(frame, (w // step, h // step), interpolation=cv2.INTER_NEAREST)
     pixels = frame.view(np.dtype((np.void, 3))).reshape(h, w)[::step, ::step]
     return np.ascontiguousarray(pixels).view(np.uint8).reshape(pixels.shape[0], pixels.shape[1], 3)
+
+
+_NEAREST_IS_STRIDED: dict[tuple[int, int, int], bool] = {}
+
+
+def _nearest_is_strided(h: int, w: int, step: int) -> bool:
+    """Whether cv2.resize(INTER_NEAREST) of an h x w image to (w / step, h / step) samples exactly the pixels
+    [::step, ::step]. It maps columns and rows independently (x from the width scale, y from the height
+    scale), so it is tried once per size on a 2-row image whose pixels spell their column and a 2-column
+    one whose pixels spell their row, resized at the same two scales (milliseconds even at 4K)."""
+    key = (h, w, step)
+    known = _NEAREST_IS_STRIDED.get(key)
+    if known is None:
+        known = h % step == 0 and w % step == 0 and max(h, w) < 65536
+        for size in (w, h) if known else ():
+            at = np.arange(size)
+            spelled = np.stack([at & 255, at >> 8, at & 255], axis=-1).astype(np.uint8)  # (size, 3)
+            line = np.ascontiguousarray(np.broadcast_to(spelled, (2, size, 3)))
+            picked = cv2.resize(line, (size // step, 2), interpolation=cv2.INTER_NEAREST)
+            known = known and bool(np.array_equal(picked, line[:, ::step]))
+        _NEAREST_IS_STRIDED[key] = known
+    return known
 
 
 class SceneCutDetector:

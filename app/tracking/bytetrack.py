@@ -65,6 +65,8 @@ class ByteTracker:
         self._next_id = 1
         self._tracked: list[Track] = []  # TRACKED and NEW (unconfirmed)
         self._lost: list[Track] = []
+        self._predicted: tuple[np.ndarray, np.ndarray] | None = None  # this frame's predicted states
+        self._predicted_rows: dict[int, int] = {}  # id(track) -> its row in them
 
     @property
     def tracked_tracks(self) -> list[Track]:
@@ -79,17 +81,25 @@ class ByteTracker:
         self._next_id += 1
         return track_id
 
-    def _predict(self, tracks: list[Track]) -> None:
+    def _predict(self, tracks: list[Track]) -> np.ndarray:
+        """Predict `tracks` one frame ahead; their predicted boxes (N, 4), in one conversion (the first
+        three associations all compare predicted boxes: a subset's rows are the same values). The stacked
+        states stay for `_apply_matches` (its tracks' states are rows of them)."""
+        self._predicted_rows = {id(t): i for i, t in enumerate(tracks)}
         if not tracks:
-            return
+            self._predicted = None
+            return np.zeros((0, 4))
         means = np.stack([t.mean for t in tracks])
         covs = np.stack([t.covariance for t in tracks])
         # A track that was not seen on the last frame should not keep growing or shrinking (ByteTrack).
-        not_tracked = np.array([t.state != TrackState.TRACKED for t in tracks])
-        means[not_tracked, 7] = 0.0
+        not_tracked = [i for i, t in enumerate(tracks) if t.state != TrackState.TRACKED]
+        if not_tracked:
+            means[not_tracked, 7] = 0.0
         means, covs = self.kalman.predict(means, covs)
         for track, mean, cov in zip(tracks, means, covs, strict=True):
             track.mean, track.covariance = mean, cov
+        self._predicted = means, covs
+        return xyah_to_xyxy(means[:, :4])
 
     def update(
         self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray | None = None
@@ -119,38 +129,42 @@ class ByteTracker:
         confirmed = [t for t in self._tracked if t.is_confirmed]
         unconfirmed = [t for t in self._tracked if not t.is_confirmed]
         pool = confirmed + self._lost
-        self._predict(pool + unconfirmed)
+        predicted = self._predict(pool + unconfirmed)  # rows: pool, then unconfirmed
 
         matched: list[tuple[Track, int]] = []
 
         # Stage 1: high-score detections vs tracked + lost.
-        cost = iou_distance(_boxes(pool), boxes[high])
+        cost = iou_distance(predicted[: len(pool)], boxes[high])
         if cfg.fuse_score:
             cost = fuse_score(cost, scores[high])
         first = linear_assignment(cost, cfg.match_thresh)
-        matched += [(pool[r], int(high[c])) for r, c in first.matches]
-        remaining = [pool[r] for r in first.unmatched_rows if pool[r].state == TrackState.TRACKED]
+        matched += [(pool[r], int(high[c])) for r, c in first.matches.tolist()]
+        left_rows = first.unmatched_rows.tolist()
+        remaining = [r for r in left_rows if pool[r].state == TrackState.TRACKED]
         # ... and the tracks lost a moment ago: a small face's score flickers between nothing and 0.1-0.3.
         refind = [
-            pool[r]
-            for r in first.unmatched_rows
+            r
+            for r in left_rows
             if pool[r].state == TrackState.LOST and frame - pool[r].frame_id <= cfg.low_refind_frames
         ]
         high_left = high[first.unmatched_cols]
 
         # Stage 2: low-score detections vs the tracked tracks left over; no score fusion (scores are low).
-        extend = remaining + refind
-        second = linear_assignment(iou_distance(_boxes(extend), boxes[low]), cfg.second_match_thresh)
-        matched += [(extend[r], int(low[c])) for r, c in second.matches]
-        newly_lost = [extend[r] for r in second.unmatched_rows if extend[r].state == TrackState.TRACKED]
+        extend_rows = remaining + refind
+        extend = [pool[r] for r in extend_rows]
+        second = linear_assignment(iou_distance(predicted[extend_rows], boxes[low]), cfg.second_match_thresh)
+        matched += [(extend[r], int(low[c])) for r, c in second.matches.tolist()]
+        newly_lost = [
+            extend[r] for r in second.unmatched_rows.tolist() if extend[r].state == TrackState.TRACKED
+        ]
 
         # Stage 3: unconfirmed tracks vs leftover high-score detections.
-        cost = iou_distance(_boxes(unconfirmed), boxes[high_left])
+        cost = iou_distance(predicted[len(pool) :], boxes[high_left])
         if cfg.fuse_score:
             cost = fuse_score(cost, scores[high_left])
         third = linear_assignment(cost, cfg.unconfirmed_match_thresh)
-        matched += [(unconfirmed[r], int(high_left[c])) for r, c in third.matches]
-        waiting = [unconfirmed[r] for r in third.unmatched_rows]
+        matched += [(unconfirmed[r], int(high_left[c])) for r, c in third.matches.tolist()]
+        waiting = [unconfirmed[r] for r in third.unmatched_rows.tolist()]
         high_left = high_left[third.unmatched_cols]
         # ... and tracks started from a weak box vs the low-score detections no tracked track took.
         low_left = low[second.unmatched_cols]
@@ -158,8 +172,8 @@ class ByteTracker:
         if weak and low_left.size:
             cost = iou_distance(_boxes(weak), boxes[low_left])
             fourth = linear_assignment(cost, cfg.unconfirmed_match_thresh)
-            matched += [(weak[r], int(low_left[c])) for r, c in fourth.matches]
-            taken = {id(weak[r]) for r, _ in fourth.matches}
+            matched += [(weak[r], int(low_left[c])) for r, c in fourth.matches.tolist()]
+            taken = {id(weak[r]) for r, _ in fourth.matches.tolist()}
             waiting = [t for t in waiting if id(t) not in taken]
             low_left = low_left[fourth.unmatched_cols]
         for track in waiting:
@@ -205,16 +219,20 @@ class ByteTracker:
         if not matched:
             return
         tracks = [t for t, _ in matched]
-        det = np.array([d for _, d in matched])
-        means, covs = self.kalman.update(
-            np.stack([t.mean for t in tracks]),
-            np.stack([t.covariance for t in tracks]),
-            xyxy_to_xyah(boxes[det]),
-        )
+        indices = [d for _, d in matched]
+        # Every matched track was predicted on this frame: its state is a row of the stacked prediction.
+        assert self._predicted is not None
+        rows = [self._predicted_rows[id(t)] for t in tracks]
+        means, covs = self._predicted[0][rows], self._predicted[1][rows]
+        matched_boxes = boxes[indices]
+        means, covs = self.kalman.update(means, covs, xyxy_to_xyah(matched_boxes))
+        matched_scores = scores[indices].tolist()
+        # Gathered copies (fancy indexing): each track owns its rows, no per-track copy.
+        matched_landmarks = None if landmarks is None else landmarks[indices]
         for i, track in enumerate(tracks):
             track.mark_matched(
-                frame, means[i], covs[i], boxes[det[i]], scores[det[i]],
-                None if landmarks is None else landmarks[det[i]], int(det[i]),
+                frame, means[i], covs[i], matched_boxes[i], matched_scores[i],
+                None if matched_landmarks is None else matched_landmarks[i], indices[i], owned=True,
             )  # fmt: skip
             if not track.is_confirmed and track.hits >= track.hits_to_confirm:
                 track.confirm(self._new_id())

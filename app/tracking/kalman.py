@@ -41,6 +41,13 @@ def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
     return out
 
 
+def _diagonal(matrices: np.ndarray) -> np.ndarray:
+    """A writable (N, d) view of the diagonals of contiguous (N, d, d) matrices: a strided slice, where
+    fancy indexing would gather and scatter through index arrays."""
+    n, d, _ = matrices.shape
+    return matrices.reshape(n, d * d)[:, :: d + 1]
+
+
 class KalmanBoxFilter:
     """Linear Kalman filter with a constant-velocity motion model on (cx, cy, a, h)."""
 
@@ -56,18 +63,18 @@ class KalmanBoxFilter:
         """Per-track standard deviations: weight * height, except aspect terms, which are absolute."""
         known = self._weights.get(weights)
         if known is None:
-            known = self._weights[weights] = (np.asarray(weights), np.arange(len(weights)) % 4 == 2)
+            w = np.asarray(weights)
+            known = self._weights[weights] = (w, w[2::4].copy())  # aspect: entries 2 (and 6) of each 4
         w, aspect = known
         out: np.ndarray = heights[:, None] * w
-        out[:, aspect] = w[aspect]
+        out[:, 2::4] = aspect  # a slice, where a boolean mask on both sides cost two gathers a call
         return out
 
     @staticmethod
     def _diag(variances: np.ndarray) -> np.ndarray:
         n, d = variances.shape
         out = np.zeros((n, d, d))
-        idx = np.arange(d)
-        out[:, idx, idx] = variances
+        _diagonal(out)[...] = variances
         return out
 
     def initiate(self, measurements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +91,25 @@ class KalmanBoxFilter:
             return mean.copy(), covariance.copy()
         p, v = self.std_weight_position, self.std_weight_velocity
         std = self._std(mean[:, 3], (p, p, 1e-2, p, v, v, 1e-5, v))
-        new_mean = mean @ self.motion.T
-        new_cov = self.motion @ covariance @ self.motion.T + self._diag(std**2)
+        # F x and F P F^T with F = [[I, I], [0, I]] written out: each entry of the products is a sum of two
+        # terms (the others are exact zeros), so the slices' additions give the matmuls' values bit for bit
+        # at a fraction of the cost of a batched (N, 8, 8) matmul (the tracking lane runs this every frame).
+        new_mean = mean.copy()
+        new_mean[:, :MEASURE_DIM] += mean[:, MEASURE_DIM:]
+        rows = covariance.copy()
+        rows[:, :MEASURE_DIM, :] += covariance[:, MEASURE_DIM:, :]  # F P
+        new_cov = rows.copy()
+        new_cov[:, :, :MEASURE_DIM] += rows[:, :, MEASURE_DIM:]  # (F P) F^T
+        _diagonal(new_cov)[...] += std**2  # + Q, a diagonal (adding its zeros changes nothing)
         return new_mean, new_cov
 
     def project(self, mean: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """State distribution -> measurement distribution (adds measurement noise)."""
         p = self.std_weight_position
         std = self._std(mean[:, 3], (p, p, 1e-1, p))
-        return mean[:, :MEASURE_DIM].copy(), covariance[:, :MEASURE_DIM, :MEASURE_DIM] + self._diag(std**2)
+        projected = covariance[:, :MEASURE_DIM, :MEASURE_DIM].copy()
+        _diagonal(projected)[...] += std**2  # + R, a diagonal
+        return mean[:, :MEASURE_DIM].copy(), projected
 
     def update(
         self, mean: np.ndarray, covariance: np.ndarray, measurements: np.ndarray

@@ -68,8 +68,12 @@ class Track:
         score: float,
         landmarks: np.ndarray | None,
         detection_index: int,
+        owned: bool = False,
     ) -> None:
-        """A detection was associated on this frame (the Kalman update is done by the caller, batched)."""
+        """A detection was associated on this frame (the Kalman update is done by the caller, batched).
+
+        `box` and `landmarks` are copied, unless `owned`: the caller hands over float64 / float32 arrays
+        nobody else holds (the tracker's rows of one gathered copy per frame), kept as they are."""
         if self.state == TrackState.REMOVED:
             raise ValueError("a removed track cannot be matched")
         self.hits += 1
@@ -79,9 +83,12 @@ class Track:
         else:
             self.tracklet_len += 1
         self.mean, self.covariance = mean, covariance
-        self.detection_box = np.asarray(box, dtype=np.float64).copy()
+        if owned:
+            self.detection_box, self.landmarks = box, landmarks
+        else:
+            self.detection_box = np.asarray(box, dtype=np.float64).copy()
+            self.landmarks = None if landmarks is None else np.asarray(landmarks, dtype=np.float32).copy()
         self.score = float(score)
-        self.landmarks = None if landmarks is None else np.asarray(landmarks, dtype=np.float32).copy()
         self.detection_index = detection_index
         self.frame_id = frame_id
         self.state = TrackState.TRACKED

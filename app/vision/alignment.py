@@ -74,17 +74,22 @@ def _preshrink(
 
 
 def warp_face(
-    image: np.ndarray, matrix: np.ndarray, chip_wh: tuple[int, int], edge: bool = False
+    image: np.ndarray,
+    matrix: np.ndarray,
+    chip_wh: tuple[int, int],
+    edge: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Warp one face with the (2,3) source->chip transform; pre-shrinks faces much larger than the chip.
 
-    Chip pixels outside the image are black, or with `edge` the image's nearest edge pixel."""
+    Chip pixels outside the image are black, or with `edge` the image's nearest edge pixel. `out`: a
+    contiguous (h, w, channels) uint8 array to warp into (returned), instead of a new one."""
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale < PRESHRINK_BELOW_SCALE:
         image, matrix = _preshrink(image, matrix, chip_wh)
     border = cv2.BORDER_REPLICATE if edge else cv2.BORDER_CONSTANT
     return cv2.warpAffine(
-        image, matrix, chip_wh, flags=cv2.INTER_LINEAR, borderMode=border, borderValue=(0, 0, 0)
+        image, matrix, chip_wh, dst=out, flags=cv2.INTER_LINEAR, borderMode=border, borderValue=(0, 0, 0)
     )
 
 
@@ -99,8 +104,16 @@ def align_faces(
     if landmarks.shape[0] == 0:
         return chips
     matrices = estimate_similarities(landmarks, spec.template)
+    rgb = spec.channel_order == "RGB" and image_bgr.ndim == 3 and image_bgr.shape[2] == 3
     for i, matrix in enumerate(matrices):
-        chips[i] = warp_face(image_bgr, matrix, (w, h), edge)
-    if spec.channel_order == "RGB":
-        chips = chips[..., ::-1]
-    return np.ascontiguousarray(chips)
+        # Warped straight into its row, channels swapped there in place: no warped copy to copy in, and no
+        # reversed-stride copy of all the chips (numpy's is byte by byte: ~0.1 ms a chip).
+        row = chips[i]
+        chip = warp_face(image_bgr, matrix, (w, h), edge, out=row)
+        if chip.ctypes.data != row.ctypes.data:  # OpenCV made its own (an image that is not 3-channel)
+            row[...] = chip
+        if rgb:
+            cv2.cvtColor(row, cv2.COLOR_BGR2RGB, dst=row)
+    if spec.channel_order == "RGB" and not rgb:
+        chips = np.ascontiguousarray(chips[..., ::-1])
+    return chips

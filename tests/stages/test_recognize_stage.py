@@ -138,6 +138,9 @@ def test_scene_cut_detector_tells_cuts_from_motion():
 
 def test_the_cut_detectors_sample_is_the_strided_slice_byte_for_byte():
     frame = cv2.resize(clip(100, 101)[0], (1920, 1080))  # a 1080p frame, as a ring slot holds it
-    for image, step in ((frame, 15), (frame, 1), (frame[:, ::2], 7), (frame[..., 0], 5)):  # 1 channel, a view
+    odd = cv2.resize(frame, (1918, 1080))  # not a multiple of the step: the strided copy
+    hd = np.ascontiguousarray(frame[:720, :1280])  # 720p: OpenCV's nearest-neighbour resize, as at 1080p
+    cases = ((frame, 15), (frame, 1), (frame[:, ::2], 7), (frame[..., 0], 5), (odd, 15), (hd, 10))
+    for image, step in cases:  # (a view, one channel)
         sample = _every(image, step)
         assert sample.flags.c_contiguous and np.array_equal(sample, image[::step, ::step])
