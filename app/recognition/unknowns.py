@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -173,6 +174,7 @@ class RecorderCounters:
     sightings: int = 0  # written to the store
     faces: int = 0
     dropped: int = 0  # sightings lost because the writer was behind
+    sent: int = 0  # sightings queued (for the writer, or for the embedding worker's store)
     failed: int = 0  # sightings the store refused
     pruned: int = 0  # faces dropped by retention or the size bound
 
@@ -184,15 +186,12 @@ class LaneDone:
     lane: int
 
 
-class SightingSender:
-    """A tracking process's side of the store the embedding worker holds: `UnknownRecorder`'s calls, each
-    camera's keeper run here, its finished sightings put on the worker's queue (dropped and counted when the
-    queue is full: tracking never waits on the store)."""
+class _SightingOutlet:
+    """A bounded queue finished sightings go on without waiting: a full queue drops and counts them. A stage
+    tracking several cameras keeps one UnknownKeeper per camera and hands it in with each `*_for` call."""
 
-    def __init__(self, sightings: queue.Queue | object, lane: int) -> None:
-        self.queue = sightings
-        self.lane = lane
-        self.counters = RecorderCounters()
+    _outlet: Any
+    counters: RecorderCounters
 
     def observe_for(self, keeper: UnknownKeeper, *args: object, **kwargs: object) -> None:
         self.submit(keeper.observe(*args, **kwargs))  # type: ignore[arg-type]
@@ -201,30 +200,41 @@ class SightingSender:
         self.submit(keeper.reset())
 
     def finish_for(self, keeper: UnknownKeeper) -> None:
+        """That camera's open tracks end now (before `close`)."""
         self.submit(keeper.finish())
 
     def submit(self, sightings: list[Sighting]) -> None:
         for sighting in sightings:
             try:
-                self.queue.put_nowait(sighting)  # type: ignore[attr-defined]
+                self._outlet.put_nowait(sighting)
             except queue.Full:
                 self.counters.dropped += 1
             else:
-                self.counters.sightings += 1
+                self.counters.sent += 1
+
+
+class SightingSender(_SightingOutlet):
+    """A tracking process's side of the store the embedding worker holds: each camera's keeper runs here,
+    its finished sightings go on the worker's queue (tracking never waits on the store)."""
+
+    def __init__(self, sightings: Any, lane: int) -> None:
+        self._outlet = sightings
+        self.lane = lane
+        self.counters = RecorderCounters()
 
     def close(self) -> None:
         """Say this lane is done (after `finish_for` of its cameras): the worker stops waiting for it."""
         try:
-            self.queue.put(LaneDone(self.lane), timeout=CLOSE_TIMEOUT_S)  # type: ignore[attr-defined]
+            self._outlet.put(LaneDone(self.lane), timeout=CLOSE_TIMEOUT_S)
         except queue.Full:
             log.warning("unknowns: the embedding worker is not taking sightings; lane %d ends", self.lane)
         log.info("unknowns: sent %d sighting(s) to the store; %d dropped (the writer was behind)",
-                 self.counters.sightings, self.counters.dropped)  # fmt: skip
+                 self.counters.sent, self.counters.dropped)  # fmt: skip
 
 
-class UnknownRecorder:
+class UnknownRecorder(_SightingOutlet):
     """The keeper on the caller's thread, the store on a writer thread; see the module docstring. Without a
-    keeper (the embedding worker's), it writes the sightings handed to `submit`."""
+    keeper (the embedding worker's), it writes the sightings handed to `submit` (finished elsewhere)."""
 
     def __init__(
         self, store: UnknownStore, keeper: UnknownKeeper | None, retain_days: float, max_faces: int
@@ -234,7 +244,7 @@ class UnknownRecorder:
         self.retain_days = retain_days
         self.max_faces = max_faces
         self.counters = RecorderCounters()
-        self._queue: queue.Queue[Sighting | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._outlet: queue.Queue[Sighting | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread = threading.Thread(target=self._write_loop, name="unknowns-writer", daemon=True)
         self._closed = False
         self._prune()  # retention also applies to what earlier runs kept
@@ -243,37 +253,15 @@ class UnknownRecorder:
     def observe(self, *args: object, **kwargs: object) -> None:
         """`UnknownKeeper.observe`; finished sightings go to the writer (or are dropped when it is behind)."""
         assert self.keeper is not None
-        self._submit(self.keeper.observe(*args, **kwargs))  # type: ignore[arg-type]
+        self.submit(self.keeper.observe(*args, **kwargs))  # type: ignore[arg-type]
 
     def reset(self) -> None:
         assert self.keeper is not None
-        self._submit(self.keeper.reset())
-
-    def submit(self, sightings: list[Sighting]) -> None:
-        """Sightings finished elsewhere (a tracking process's keeper) to the writer."""
-        self._submit(sightings)
-
-    # A stage tracking several cameras keeps one UnknownKeeper per camera and hands it in with each call.
-    def observe_for(self, keeper: UnknownKeeper, *args: object, **kwargs: object) -> None:
-        self._submit(keeper.observe(*args, **kwargs))  # type: ignore[arg-type]
-
-    def reset_for(self, keeper: UnknownKeeper) -> None:
-        self._submit(keeper.reset())
-
-    def finish_for(self, keeper: UnknownKeeper) -> None:
-        """That camera's open tracks end now (before `close`)."""
-        self._submit(keeper.finish())
-
-    def _submit(self, sightings: list[Sighting]) -> None:
-        for sighting in sightings:
-            try:
-                self._queue.put_nowait(sighting)
-            except queue.Full:
-                self.counters.dropped += 1
+        self.submit(self.keeper.reset())
 
     def _write_loop(self) -> None:
         while True:
-            sighting = self._queue.get()
+            sighting = self._outlet.get()
             if sighting is None:
                 return
             try:
@@ -296,11 +284,11 @@ class UnknownRecorder:
             return
         self._closed = True
         if self.keeper is not None:
-            self._submit(self.keeper.finish())
+            self.submit(self.keeper.finish())
         try:
-            self._queue.put(None, timeout=CLOSE_TIMEOUT_S)
+            self._outlet.put(None, timeout=CLOSE_TIMEOUT_S)
         except queue.Full:
-            log.warning("unknowns writer is stuck; %d sightings not written", self._queue.qsize())
+            log.warning("unknowns writer is stuck; %d sightings not written", self._outlet.qsize())
         self._thread.join(CLOSE_TIMEOUT_S)
         c = self.counters
         log.info("unknowns: kept %d sighting(s), %d face(s); %d dropped, %d failed, %d pruned",
