@@ -208,12 +208,6 @@ class Settings:
         "else FFmpeg), ffmpeg, or nvdec",
         choices=("auto", "ffmpeg", "nvdec"),
     )
-    nvdec_color: str = setting(
-        "rgb",
-        "What NVDEC hands the host: rgb (converted on the GPU, the host only reorders channels: less CPU a "
-        "frame) or nv12 (its own YUV surface, converted by OpenCV on the host)",
-        choices=("rgb", "nv12"),
-    )
     decode_threads: int = setting(
         0,
         "FFmpeg decoding threads per camera; 0 = automatic: FFmpeg's own choice (one per core) for one "

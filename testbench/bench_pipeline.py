@@ -727,7 +727,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--result-lag", type=int, default=1, help="RESULT_LAG setting (files: frames an answer waits)"
     )
     p.add_argument("--decoder", default="auto", choices=("auto", "ffmpeg", "nvdec"), help="DECODER setting")
-    p.add_argument("--nvdec-color", default="rgb", choices=("rgb", "nv12"), help="NVDEC_COLOR setting")
     p.add_argument("--codec", default="as-made", choices=("as-made", "h264"), help="h264: re-encode the clip")
     p.add_argument(
         "--keep-unknown",
@@ -833,7 +832,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "live_files": args.live,
         "result_lag": args.result_lag,
         "decoder": args.decoder,
-        "nvdec_color": args.nvdec_color,
         "keep_unknown": args.keep_unknown,
         "gui": False,
         "ring_slots": slots,
@@ -858,7 +856,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "live": args.live,
         "result_lag": args.result_lag,
         "decoder": args.decoder,
-        "nvdec_color": args.nvdec_color,
         "decode_threads": settings.decode_threads,
         "fps": run["fps"],
         "fps_per_stream_min": min(rates) if rates else None,

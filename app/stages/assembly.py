@@ -132,7 +132,6 @@ def build_graph(
             camera=camera.name,
             live_file=settings.live_files,
             decoder=settings.decoder,
-            nvdec_color=settings.nvdec_color,
             decode_threads=threads_per_camera,
         )
         nodes.append(Node(name, capture, stream=index))

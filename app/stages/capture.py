@@ -9,8 +9,7 @@
   frame that finds the detection queue full is dropped too (both counted). `fps_target` caps a live rate by
   skipping frames. A paced file with `live_file` (LIVE_FILES, the benchmark's `--live`) is read like a file
   but handled as live (newest frame wins, tracking never waits), and still ends at its last frame.
-- `decoder` (DECODER): OpenCV/FFmpeg or NVDEC for files and stream URLs (`nvdec.open_capture`);
-  `nvdec_color` (NVDEC_COLOR): what NVDEC hands the host, RGB converted on the GPU or its NV12 surface.
+- `decoder` (DECODER): OpenCV/FFmpeg or NVDEC for files and stream URLs (`nvdec.open_capture`).
 
 Live sources that drop or stall are reconnected, never the end of the run:
 - A read that fails (connection cut, camera gone) or takes about the whole read timeout (a stalled stream:
@@ -98,7 +97,6 @@ class CaptureStage:
         camera: str = "default",
         live_file: bool = False,
         decoder: str = "auto",
-        nvdec_color: str = "rgb",
         decode_threads: int = 0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -106,7 +104,6 @@ class CaptureStage:
         self.source = source
         self.live_file = live_file  # a paced file played as a live camera (latency benchmarks)
         self.decoder = decoder
-        self.nvdec_color = nvdec_color  # what NVDEC hands the host (rgb or nv12)
         self.decode_threads = int(decode_threads)  # FFmpeg's threads, 0 = its own choice
         # Pacing, stamps, stalls and outages all read this clock (tests drive it: test_capture_stage.py).
         self.clock = clock
@@ -171,12 +168,7 @@ class CaptureStage:
         self.fps = DEFAULT_FPS
         try:
             self._cap = open_capture(
-                spec,
-                self.decoder,
-                self.open_timeout_s,
-                self.read_timeout_s,
-                self.decode_threads,
-                self.nvdec_color,
+                spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads
             )
         except UserError:
             if not self.restarted:
@@ -424,12 +416,7 @@ class CaptureStage:
         attempt = outage.failures + 1
         try:
             cap = open_capture(
-                self.spec,
-                self.decoder,
-                self.open_timeout_s,
-                self.read_timeout_s,
-                self.decode_threads,
-                self.nvdec_color,
+                self.spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads
             )
         except UserError:
             delay = outage.failed()

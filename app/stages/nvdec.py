@@ -12,14 +12,9 @@ session) and leaves the CPU cores to tracking.
   (16 cameras, default models) NVDEC gave 1072-1145 frames/s against FFmpeg's 842: each capture process
   spends about half the CPU a frame (README, "Several cameras"); an early version that kept OpenCV's
   thread pool for the conversion gave 566 against 646.
-- Frames come back to the host as RGB, converted from NV12 by PyNvVideoCodec's kernel on the GPU
-  (`NVDEC_COLOR=rgb`, the default), and OpenCV only reorders the channels to BGR straight into the
-  shared-memory ring slot (`read(image)`, as FFmpeg's path does): on the 2-core development box a 1080p
-  frame's NV12 -> BGR conversion costs 1.5 ms of CPU on one thread against 0.25 ms for RGB -> BGR (a copy's
-  cost), for twice the bytes over PCIe. `NVDEC_COLOR=nv12` hands over NVDEC's own NV12 surface and OpenCV
-  converts it, as before, on one OpenCV thread (`CONVERT_THREADS`). The decoding thread copies each frame
-  out of the decoder's buffer (which it reuses) into one of a few recycled host arrays: no new array, and
-  no page faults, a frame. The decoder is given GPU 0's primary context, retained with blocking sync
+- Frames come back to the host as NVDEC's own NV12 surface, which OpenCV converts to BGR straight into
+  the shared-memory ring slot (`read(image)`, as FFmpeg's path does), on one OpenCV thread
+  (`CONVERT_THREADS`). The decoder is given GPU 0's primary context, retained with blocking sync
   (`DECODER_WAIT`, `cuda_driver.retain_primary_context`, PyNvVideoCodec's `cudacontext=`); given none,
   PyNvVideoCodec 2.x retains that same primary context itself, with CUDA's default wait (spinning while
   the process has fewer contexts than the host has cores): it makes no context of its own a session.
@@ -65,7 +60,6 @@ from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_
 log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "ffmpeg", "nvdec")
-COLORS = ("rgb", "nv12")  # NVDEC_COLOR: what the decoder hands the host
 WHEEL = "pynvvideocodec==2.2.4"
 MODULE = "PyNvVideoCodec"
 DECODED_AHEAD = 8  # frames decoded ahead of the reader: NVDEC works while the ring is busy
@@ -142,21 +136,16 @@ _FELL_BACK: set[str] = set()  # sources DECODER=auto found NVDEC cannot decode, 
 
 
 def open_capture(
-    spec: SourceSpec,
-    decoder: str,
-    open_timeout_s: float,
-    read_timeout_s: float,
-    threads: int = 0,
-    color: str = "rgb",
+    spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float, threads: int = 0
 ) -> Any:
     """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture
-    (`threads`: FFmpeg's decoding threads, 0 = its own choice; `color`: what NVDEC hands the host)."""
+    (`threads`: FFmpeg's decoding threads, 0 = its own choice)."""
     wanted = decoder != "ffmpeg" and spec.kind != "webcam"
     problem = nvdec_problem() if wanted else None
     if choose_decoder(decoder, spec, problem) == "ffmpeg":
         return open_video(spec, open_timeout_s, read_timeout_s, threads)
     try:
-        return NvdecCapture(spec, read_timeout_s, open_timeout_s, color=color)
+        return NvdecCapture(spec, read_timeout_s, open_timeout_s)
     except UserError:
         if decoder == "nvdec":
             raise
@@ -176,10 +165,7 @@ class NvdecCapture:
         open_timeout_s: float = OPEN_TIMEOUT_S,
         gpu_id: int = 0,
         gpu_wait: str | None = DECODER_WAIT,
-        color: str = "rgb",
     ) -> None:
-        if color not in COLORS:
-            raise UserError(f"{env_name('nvdec_color')}={color!r} is not one of {', '.join(COLORS)}")
         nvc = import_nvc()
         cv2.setNumThreads(CONVERT_THREADS)  # for the whole capture process, which converts and resizes only
         self.spec = spec
@@ -189,26 +175,19 @@ class NvdecCapture:
         try:
             self._demuxer = nvc.CreateDemuxer(filename=str(spec.target))
             self._hw = (int(self._demuxer.Height()), int(self._demuxer.Width()))
-            h, w = self._hw
-            self._rgb = color == "rgb"
-            # The host array a decoded frame is: interleaved RGB, or NV12's Y plane over its UV plane.
-            self._raw_shape = (h, w, 3) if self._rgb else (h * 3 // 2, w)
             self._decoder = create_decoder(
                 nvc,
                 gpu_id,
                 self._demuxer.GetNvCodecId(),
                 self._context,
                 device_memory=False,  # frames decoded into host memory: they go to the ring
-                # RGB: converted on the GPU; NATIVE (NV12): OpenCV converts it on the host
-                color=nvc.OutputColorType.RGB if self._rgb else nvc.OutputColorType.NATIVE,
+                color=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
             )
         except Exception as exc:  # noqa: BLE001 - the library's errors name neither the file nor the fix
             self._release_context()
             text = scrub_secrets(f"{type(exc).__name__}: {exc}", spec)
             raise UserError(f"NVDEC cannot decode {spec.display} ({text}); set {_setting()}=ffmpeg") from None
         self._frames_out: queue.Queue[Any] = queue.Queue(maxsize=DECODED_AHEAD)
-        # Host arrays given back by read(): at most DECODED_AHEAD queued, one being read, one being filled.
-        self._spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._decode, name="nvdec", daemon=True)
         self._thread.start()
@@ -230,32 +209,26 @@ class NvdecCapture:
         return self._context.wait if self._context is not None else "library's"
 
     def _decode(self) -> None:
-        """Demux and decode to the end (or a stop), each frame copied out of the decoder's buffer (which it
-        reuses) into a spare host array."""
+        """Demux and decode to the end (or a stop), each frame's NV12 surface copied out of the decoder's
+        buffer (which it reuses)."""
         try:
             for packet in self._demuxer:
                 for frame in self._decoder.Decode(packet):
-                    try:
-                        held = self._spare.get_nowait()
-                    except queue.Empty:
-                        held = np.empty(self._raw_shape, np.uint8)
-                    np.copyto(held, self._host_frame(frame))
-                    if not self._put(held):
+                    if not self._put(self._host_nv12(frame).copy()):
                         return
         except Exception as exc:  # noqa: BLE001 - a broken stream ends it; read() says so
             log.debug("nvdec: %s", scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec))
         self._put(_END)
 
-    def _host_frame(self, frame: Any) -> np.ndarray:
-        """A decoded frame in host memory as `_raw_shape` (RGB, or NV12's planes): through DLPack, or from
-        its plane pointer (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a
-        CPU array."""
+    def _host_nv12(self, frame: Any) -> np.ndarray:
+        """A decoded frame in host memory as its (H*3/2, W) NV12 planes: through DLPack, or from its plane
+        pointer (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a CPU array."""
+        h, w = self._hw
         try:
-            return np.from_dlpack(frame).reshape(self._raw_shape)
+            return np.from_dlpack(frame).reshape(h * 3 // 2, w)
         except (TypeError, RuntimeError, BufferError, ValueError):
             pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
-            size = int(np.prod(self._raw_shape))
-            return np.ctypeslib.as_array(pointer, shape=(size,)).reshape(self._raw_shape)
+            return np.ctypeslib.as_array(pointer, shape=(h * 3 // 2 * w,)).reshape(h * 3 // 2, w)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -285,10 +258,7 @@ class NvdecCapture:
             return False, None
         if image is None or image.shape != (*self._hw, 3) or image.dtype != np.uint8:
             image = None
-        code = cv2.COLOR_RGB2BGR if self._rgb else cv2.COLOR_YUV2BGR_NV12
-        bgr = cv2.cvtColor(item, code, dst=image)
-        self._spare.put(item)  # converted out of it: the decoding thread fills it again
-        return True, bgr
+        return True, cv2.cvtColor(item, cv2.COLOR_YUV2BGR_NV12, dst=image)
 
     def get(self, prop: int) -> float:
         if prop == cv2.CAP_PROP_FPS:

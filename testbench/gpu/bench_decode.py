@@ -8,10 +8,8 @@ and report their frames, CPU time and wall time.
 Modes:
 - `ffmpeg`: OpenCV/FFmpeg as the capture stage opens files (`sources.open_video`), FFmpeg's own threads.
 - `ffmpeg-tK`: the same with K decoding threads (`DECODE_THREADS=K`).
-- `nvdec`: the capture stage's `NvdecCapture` as shipped (`NVDEC_COLOR=rgb`: RGB converted on the GPU,
-  to host on a decoding thread, channels reordered by OpenCV; its GPU wait `nvdec.DECODER_WAIT`).
-- `nvdec-capture-nv12`: `NvdecCapture` with `NVDEC_COLOR=nv12` (NV12 to host, converted by OpenCV on
-  `nvdec.CONVERT_THREADS` threads).
+- `nvdec`: the capture stage's `NvdecCapture` as shipped (NV12 to host on a decoding thread, converted by
+  OpenCV on `nvdec.CONVERT_THREADS` threads; its GPU wait `nvdec.DECODER_WAIT`).
 - `nvdec-nv12`: NVDEC's own NV12 surface copied to host memory, converted by OpenCV into the buffer; the
   decoder on the context the library picks (the primary context, CUDA's default wait: spinning).
 - `nvdec-nv12-block`: the same on the primary context retained with blocking sync (`cudacontext=`).
@@ -88,11 +86,11 @@ def _ffmpeg_frames(clip: str, threads: int, out: np.ndarray, frames: int, marks:
     return done
 
 
-def _nvdec_frames(clip: str, out: np.ndarray, frames: int, marks: Marks, color: str = "rgb") -> int:
+def _nvdec_frames(clip: str, out: np.ndarray, frames: int, marks: Marks) -> int:
     from app.stages import nvdec
     from app.stages.sources import parse_source
 
-    cap = nvdec.NvdecCapture(parse_source(clip), color=color)
+    cap = nvdec.NvdecCapture(parse_source(clip))
     marks.wait = cap.gpu_wait
     done = 0
     while done < frames:
@@ -161,8 +159,6 @@ def _frames(mode: str, clip: str, out: np.ndarray, frames: int, marks: Marks) ->
         return _ffmpeg_frames(clip, int(mode.removeprefix("ffmpeg-t")), out, frames, marks)
     if mode == "nvdec":
         return _nvdec_frames(clip, out, frames, marks)
-    if mode == "nvdec-capture-nv12":
-        return _nvdec_frames(clip, out, frames, marks, color="nv12")
     if mode in ("nvdec-nv12", "nvdec-nv12-block", "nvdec-nv12-cv1", "nvdec-nv12-block-cv1", "nvdec-device"):
         return _nvdec_raw_frames(clip, out, frames, mode, marks)
     raise ValueError(f"unknown mode {mode}")

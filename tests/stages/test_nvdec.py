@@ -88,11 +88,10 @@ class FrameLibrary:
     """Stands in for PyNvVideoCodec's demuxer/decoder API (which needs an NVIDIA GPU) to check the adapter's
     own logic: order, colour conversion, end of stream, a source that yields nothing. Frames are real pixels
     of the Hamilton clip, handed out as NV12 host arrays as the library does with usedevicememory=False and
-    its native output, or as interleaved RGB host arrays with OutputColorType.RGB (converted on the GPU)."""
+    its native output."""
 
     class OutputColorType:
         NATIVE = "native"
-        RGB = "rgb"
 
     def __init__(self, frames: list) -> None:
         self.frames = frames
@@ -116,14 +115,12 @@ class FrameLibrary:
         return Demuxer()
 
     def CreateDecoder(self, gpuid, codec, usedevicememory, outputColorType):  # noqa: N802, N803
-        assert usedevicememory is False and outputColorType in ("native", "rgb")
+        assert usedevicememory is False and outputColorType == "native"
         frames = self.frames
-        rgb = outputColorType == "rgb"
 
         class Decoder:
             def Decode(self, packet):  # noqa: N802
-                frame = frames[packet]
-                return [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if rgb else nv12(frame)]
+                return [nv12(frames[packet])]
 
         return Decoder()
 
@@ -144,11 +141,10 @@ def clip_frames(n: int) -> list:
     return frames
 
 
-@pytest.mark.parametrize("color", ["rgb", "nv12"])
-def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypatch, color):
+def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypatch):
     frames = clip_frames(12)
     monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
-    cap = nvdec.NvdecCapture(FILE, color=color)
+    cap = nvdec.NvdecCapture(FILE)
     assert cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 275
     slot = np.zeros_like(frames[0])
     got = []
@@ -159,20 +155,11 @@ def test_the_nvdec_adapter_reads_every_frame_in_order_as_bgr_then_ends(monkeypat
         assert (image is slot) == (len(got) % 2 == 1)
         got.append(image.copy())
     cap.release()
-    if color == "rgb":  # converted on the GPU: the host only puts the channels back in BGR order
-        expected = frames
-    else:  # NV12 keeps colour at half resolution: the pictures are the clip's, within rounding
-        expected = [cv2.cvtColor(nv12(f), cv2.COLOR_YUV2BGR_NV12) for f in frames]
-        assert all(np.abs(a.astype(int) - b).mean() < 3 for a, b in zip(expected, frames, strict=True))
+    expected = [cv2.cvtColor(nv12(f), cv2.COLOR_YUV2BGR_NV12) for f in frames]
     assert len(got) == 12 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
-    # The decoding thread fills a few recycled host arrays, not a new one a frame (8 queued ahead at most).
-    assert cap._spare.qsize() <= nvdec.DECODED_AHEAD + 2
+    # NV12 keeps colour at half resolution: the pictures are the clip's, within rounding
+    assert all(np.abs(a.astype(int) - b).mean() < 3 for a, b in zip(got, frames, strict=True))
     assert not cap.isOpened()
-
-
-def test_an_unknown_nvdec_colour_is_one_line():
-    with pytest.raises(UserError, match="FACEPIPE_NVDEC_COLOR='bgr' is not one of rgb, nv12"):
-        nvdec.NvdecCapture(FILE, color="bgr")
 
 
 def test_a_source_nvdec_yields_nothing_from_fails_at_open_and_auto_falls_back_to_ffmpeg(monkeypatch, caplog):
