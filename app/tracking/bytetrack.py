@@ -49,6 +49,33 @@ def _boxes(tracks: list[Track]) -> np.ndarray:
     return xyah_to_xyxy(np.array([t.mean[:4] for t in tracks]))
 
 
+def _associate(
+    track_boxes: np.ndarray,
+    detections: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray | None,
+    thresh: float,
+    rows: int | None = None,
+) -> tuple[list[tuple[int, int]], list[int], np.ndarray]:
+    """One gated association of track boxes (rows) with the detections `detections` (indices into `boxes`):
+    (row, detection index) pairs, the unmatched rows, the unmatched detection indices. Cost 1 - IoU, times
+    the detection score when `scores` is given (ByteTrack's fusion). `rows` is the track count when
+    `track_boxes` was left empty because there is nothing to match against.
+
+    An empty side (no low-score box, no unconfirmed track: most frames) needs no cost matrix and no
+    assignment call: everything on the other side is left over."""
+    count = track_boxes.shape[0] if rows is None else rows
+    if count == 0 or detections.size == 0:
+        return [], list(range(count)), detections
+    cost = iou_distance(track_boxes, boxes[detections])
+    if scores is not None:
+        cost = fuse_score(cost, scores[detections])
+    found = linear_assignment(cost, thresh)
+    picked = detections.tolist()
+    pairs = [(r, picked[c]) for r, c in found.matches.tolist()]
+    return pairs, found.unmatched_rows.tolist(), detections[found.unmatched_cols]
+
+
 class ByteTracker:
     """Multi-face tracker. Ids are unique per instance and start again at 1 after reset()."""
 
@@ -134,12 +161,10 @@ class ByteTracker:
         matched: list[tuple[Track, int]] = []
 
         # Stage 1: high-score detections vs tracked + lost.
-        cost = iou_distance(predicted[: len(pool)], boxes[high])
-        if cfg.fuse_score:
-            cost = fuse_score(cost, scores[high])
-        first = linear_assignment(cost, cfg.match_thresh)
-        matched += [(pool[r], int(high[c])) for r, c in first.matches.tolist()]
-        left_rows = first.unmatched_rows.tolist()
+        pairs, left_rows, high_left = _associate(
+            predicted[: len(pool)], high, boxes, scores if cfg.fuse_score else None, cfg.match_thresh
+        )
+        matched += [(pool[r], d) for r, d in pairs]
         remaining = [r for r in left_rows if pool[r].state == TrackState.TRACKED]
         # ... and the tracks lost a moment ago: a small face's score flickers between nothing and 0.1-0.3.
         refind = [
@@ -147,35 +172,34 @@ class ByteTracker:
             for r in left_rows
             if pool[r].state == TrackState.LOST and frame - pool[r].frame_id <= cfg.low_refind_frames
         ]
-        high_left = high[first.unmatched_cols]
 
         # Stage 2: low-score detections vs the tracked tracks left over; no score fusion (scores are low).
         extend_rows = remaining + refind
         extend = [pool[r] for r in extend_rows]
-        second = linear_assignment(iou_distance(predicted[extend_rows], boxes[low]), cfg.second_match_thresh)
-        matched += [(extend[r], int(low[c])) for r, c in second.matches.tolist()]
-        newly_lost = [
-            extend[r] for r in second.unmatched_rows.tolist() if extend[r].state == TrackState.TRACKED
-        ]
+        extend_boxes = predicted[extend_rows] if extend_rows and low.size else predicted[:0]
+        pairs, second_rows, low_left = _associate(
+            extend_boxes, low, boxes, None, cfg.second_match_thresh, rows=len(extend_rows)
+        )
+        matched += [(extend[r], d) for r, d in pairs]
+        newly_lost = [extend[r] for r in second_rows if extend[r].state == TrackState.TRACKED]
 
         # Stage 3: unconfirmed tracks vs leftover high-score detections.
-        cost = iou_distance(predicted[len(pool) :], boxes[high_left])
-        if cfg.fuse_score:
-            cost = fuse_score(cost, scores[high_left])
-        third = linear_assignment(cost, cfg.unconfirmed_match_thresh)
-        matched += [(unconfirmed[r], int(high_left[c])) for r, c in third.matches.tolist()]
-        waiting = [unconfirmed[r] for r in third.unmatched_rows.tolist()]
-        high_left = high_left[third.unmatched_cols]
+        pairs, third_rows, high_left = _associate(
+            predicted[len(pool) :],
+            high_left,
+            boxes,
+            scores if cfg.fuse_score else None,
+            cfg.unconfirmed_match_thresh,
+        )
+        matched += [(unconfirmed[r], d) for r, d in pairs]
+        waiting = [unconfirmed[r] for r in third_rows]
         # ... and tracks started from a weak box vs the low-score detections no tracked track took.
-        low_left = low[second.unmatched_cols]
         weak = [t for t in waiting if t.weak_start]
         if weak and low_left.size:
-            cost = iou_distance(_boxes(weak), boxes[low_left])
-            fourth = linear_assignment(cost, cfg.unconfirmed_match_thresh)
-            matched += [(weak[r], int(low_left[c])) for r, c in fourth.matches.tolist()]
-            taken = {id(weak[r]) for r, _ in fourth.matches.tolist()}
+            pairs, _, low_left = _associate(_boxes(weak), low_left, boxes, None, cfg.unconfirmed_match_thresh)
+            matched += [(weak[r], d) for r, d in pairs]
+            taken = {id(weak[r]) for r, _ in pairs}
             waiting = [t for t in waiting if id(t) not in taken]
-            low_left = low_left[fourth.unmatched_cols]
         for track in waiting:
             track.mark_removed()
 
@@ -184,9 +208,10 @@ class ByteTracker:
             track.mark_lost()
 
         # Stage 4: new tracks; weak ones from leftover boxes under new_track_thresh, away from every track.
-        starters = high_left[scores[high_left] >= cfg.new_track_thresh]
+        # (Nothing left over is the usual frame: every face already has its track.)
+        starters = high_left[scores[high_left] >= cfg.new_track_thresh] if high_left.size else high_left
         new_tracks = self._start_tracks(starters, boxes, scores, landmarks, frame)
-        if cfg.weak_confirm_hits and frame > 1:
+        if cfg.weak_confirm_hits and frame > 1 and (high_left.size or low_left.size):
             candidates = np.concatenate([high_left[scores[high_left] < cfg.new_track_thresh], low_left])
             candidates = candidates[scores[candidates] >= cfg.weak_start_thresh]
             present = [t for t in self._tracked + new_tracks if t.state != TrackState.REMOVED]
