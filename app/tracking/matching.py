@@ -65,15 +65,19 @@ def linear_assignment(cost: np.ndarray, thresh: float) -> Assignment:
     _, row_to_col, _ = lap.lapjv(
         np.ascontiguousarray(cost, dtype=np.float64), extend_cost=True, cost_limit=thresh
     )
-    matched_rows = np.flatnonzero(row_to_col >= 0)
+    # ndarray.nonzero() rather than np.flatnonzero (the same indices of a 1-D array, without its wrappers):
+    # this runs on every frame of every camera's tracking lane.
+    matched_rows = (row_to_col >= 0).nonzero()[0]
     matched_cols = row_to_col[matched_rows]
     # lapjv's limit is exclusive only up to rounding; enforce the gate exactly.
     keep = cost[matched_rows, matched_cols] <= thresh
-    matches = np.empty((int(np.count_nonzero(keep)), 2), dtype=int)
-    matches[:, 0] = matched_rows[keep]
-    matches[:, 1] = matched_cols[keep]
+    if not keep.all():
+        matched_rows, matched_cols = matched_rows[keep], matched_cols[keep]
+    matches = np.empty((matched_rows.shape[0], 2), dtype=int)
+    matches[:, 0] = matched_rows
+    matches[:, 1] = matched_cols
     row_free = np.ones(rows, dtype=bool)
-    row_free[matches[:, 0]] = False
+    row_free[matched_rows] = False
     col_free = np.ones(cols, dtype=bool)
-    col_free[matches[:, 1]] = False
-    return Assignment(matches, np.flatnonzero(row_free), np.flatnonzero(col_free))
+    col_free[matched_cols] = False
+    return Assignment(matches, row_free.nonzero()[0], col_free.nonzero()[0])
