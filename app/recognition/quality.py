@@ -70,9 +70,15 @@ def detector_weight(detector: Any) -> Any:
     return 0.5 + 0.5 * detector
 
 
+def _unit(values: np.ndarray) -> np.ndarray:
+    """np.clip(values, 0, 1), value for value (NaN stays NaN, -0 becomes 0), without np.clip's Python-level
+    dispatch: the identity policy takes these terms for every face of every frame."""
+    return np.minimum(1.0, np.maximum(0.0, values))
+
+
 def size_term(boxes: np.ndarray, reference_size: float) -> np.ndarray:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.clip((boxes[:, 3] - boxes[:, 1]) / reference_size, 0.0, 1.0)
+    return _unit((boxes[:, 3] - boxes[:, 1]) / reference_size)
 
 
 def yaw_offset(landmarks: np.ndarray) -> np.ndarray:
@@ -80,18 +86,19 @@ def yaw_offset(landmarks: np.ndarray) -> np.ndarray:
     points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     left_eye, right_eye, nose, left_mouth, right_mouth = (points[:, i] for i in range(5))
     axis = right_eye - left_eye
-    eye_distance = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
+    # sqrt of the sum of squares is what np.linalg.norm(axis=1) computes for real rows, without its checks.
+    eye_distance = np.maximum(np.sqrt(np.add.reduce(axis * axis, axis=1)), 1e-6)
     midline = (left_eye + right_eye + left_mouth + right_mouth) / 4
-    return np.abs(np.sum((nose - midline) * axis, axis=1)) / eye_distance**2
+    return np.abs(np.add.reduce((nose - midline) * axis, axis=1)) / eye_distance**2
 
 
 def frontal_term(landmarks: np.ndarray) -> np.ndarray:
-    return np.clip(1.0 - yaw_offset(landmarks) / HALF_PROFILE_OFFSET, 0.0, 1.0)
+    return _unit(1.0 - yaw_offset(landmarks) / HALF_PROFILE_OFFSET)
 
 
 def detector_term(scores: np.ndarray, floor: float) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    return np.clip((scores - floor) / max(1.0 - floor, 1e-6), 0.0, 1.0)
+    return _unit((scores - floor) / max(1.0 - floor, 1e-6))
 
 
 def geometric(boxes: np.ndarray, landmarks: np.ndarray, reference_size: float) -> np.ndarray:
@@ -104,9 +111,10 @@ def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
     height, width = frame_hw[:2]
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     area = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6) * np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
-    inner_w = np.clip(np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0.0), 0.0, None)
-    inner_h = np.clip(np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0.0), 0.0, None)
-    fraction: np.ndarray = np.clip(inner_w * inner_h / area, 0.0, 1.0)
+    # np.maximum(x, 0) is np.clip(x, 0, None) value for value, -0 included (the operand order matters).
+    inner_w = np.maximum(np.minimum(boxes[:, 2], width) - np.maximum(boxes[:, 0], 0.0), 0.0)
+    inner_h = np.maximum(np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0.0), 0.0)
+    fraction: np.ndarray = _unit(inner_w * inner_h / area)
     return fraction
 
 
@@ -121,7 +129,7 @@ def sharpness_term(frame_bgr: np.ndarray, box: np.ndarray, reference_sharpness: 
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
     grey = cv2.resize(grey, (SHARPNESS_CROP, SHARPNESS_CROP), interpolation=cv2.INTER_AREA)
     variance = float(cv2.Laplacian(grey, cv2.CV_64F).var())
-    return float(np.clip(variance / reference_sharpness, 0.0, 1.0))
+    return min(max(variance / reference_sharpness, 0.0), 1.0)  # (a variance: never NaN, never -0)
 
 
 def face_quality(

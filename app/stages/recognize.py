@@ -366,7 +366,7 @@ class RecognizeStage:
                 meta=msg.meta,
                 track_ids=np.array(shown_ids, np.int64),
                 # The face as detected on this frame (the Kalman box lags a moving face by a little).
-                boxes=np.stack([t.box for t in tracks]).astype(np.float32),
+                boxes=np.array([t.box for t in tracks], dtype=np.float32),
                 scores=np.array([t.score for t in tracks], np.float32),
                 names=names,
                 statuses=statuses,
@@ -403,7 +403,7 @@ class RecognizeStage:
 
     def _chips(self, tracks: list[TrackFace], need: list[int], frame: np.ndarray) -> np.ndarray:
         by_id = {t.track_id: t for t in tracks}
-        landmarks = np.stack([by_id[i].landmarks for i in need]).astype(np.float32)
+        landmarks = np.array([by_id[i].landmarks for i in need], dtype=np.float32)
         return self._align(frame, landmarks, self.spec)
 
     # -- embedding in the shared worker -------------------------------------------------------------------
