@@ -225,8 +225,9 @@ class TrackIdentities:
         overlaps, heights = max_overlap.tolist(), (boxes[:, 3] - boxes[:, 1]).tolist()
         insides, geometrics = inside.tolist(), geometric.tolist()
         selected = []
+        records = self._records
         for i, track in enumerate(usable):
-            record = self._record(track.track_id, frame)
+            record = records.get(track.track_id) or self._record(track.track_id, frame)
             if overlaps[i] >= cfg.cross_iou:
                 record.overlapped = True  # two faces on one spot: the tracker may swap them; check later
                 continue
@@ -307,8 +308,10 @@ class TrackIdentities:
         frame = self._frame
         self._check_takeovers(tracks, frame)
         present: dict[int, _Record] = {}
+        records = self._records
         for track in tracks:
-            record = self._record(track.track_id, frame)
+            # (The record is normally there already: _check_takeovers made it, no call per track.)
+            record = records.get(track.track_id) or self._record(track.track_id, frame)
             record.last_seen = frame
             record.box = _face_box(track)
             present[track.track_id] = record
@@ -381,10 +384,10 @@ class TrackIdentities:
             for r in self._records.values()
             if r.last_seen == frame - 1 and r.box is not None and r.track_id not in present
         ]
-        covers = np.zeros(len(tracks), dtype=bool)
+        covers = [False] * len(tracks)  # (Python bools: nothing vanished on most frames)
         if vanished:
             iou = box_iou(np.array([_face_box(t) for t in tracks]), np.array(vanished))
-            covers = iou.max(axis=1) >= self.config.takeover_iou
+            covers = (iou.max(axis=1) >= self.config.takeover_iou).tolist()
         for record, cover in zip(records, covers, strict=True):
             refound = record.taken_over and record.last_seen < frame - 1
             if record.status != "pending" and (cover or refound):
