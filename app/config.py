@@ -186,7 +186,11 @@ class Settings:
     blur_unknown: bool = setting(False, "Blur faces that are not known in the window and the output video")
     # Multi-camera processes
     detect_workers: int = setting(
-        1, "Detector processes the cameras are spread over (each batches its cameras' frames)", lo=1, hi=8
+        0,
+        "Detector processes the cameras are spread over (each batches its cameras' frames); 0 = one per 8 "
+        "cameras where the detector runs on an NVIDIA GPU, else one",
+        lo=0,
+        hi=8,
     )
     tracking_workers: int = setting(
         0,

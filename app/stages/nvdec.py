@@ -34,7 +34,13 @@ session) and leaves the CPU cores to tracking.
   `CreateDecoder(gpuid, codec, usedevicememory, outputColorType, cudacontext)`, iterating the demuxer,
   `Decode(packet)`, DLPack or `GetPtrToPlane` on host frames) are those of PyNvVideoCodec 2.2.4's samples;
   that stream URLs open through its demuxer is not yet checked on a GPU. Keeping frames on the GPU would
-  save the download but needs the ring to live in GPU memory: not done.
+  save the download but needs the ring to live in GPU memory: not done. Measured and not kept: RGB
+  converted by PyNvVideoCodec on the GPU into host memory (`OutputColorType.RGB`, OpenCV then only
+  reordering channels, 0.25 ms a 1080p frame against 1.5 ms for NV12 -> BGR on the 2-core box) cost more,
+  not less: 4.48 against 3.83 ms of CPU a frame (16 streams, bench_decode), 1362 and 1238 against 1640
+  FPS in the 16-camera pipeline, GPU 95 % busy against 80 % (the library's own host copy of twice the
+  bytes and its conversion on the GPU outweigh OpenCV's conversion; decode_results_h200.jsonl,
+  pipeline_results_h200_streams_11_rgb_detectors.jsonl).
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
   timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.
 """

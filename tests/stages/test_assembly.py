@@ -7,7 +7,8 @@ import os
 
 from app.cameras import CameraConfig
 from app.config import Settings
-from app.stages.assembly import build_graph, decode_threads
+from app.stages import assembly
+from app.stages.assembly import build_graph, decode_threads, detector_workers
 from tests.support.shared_data import HAMILTON
 
 CPUS = len(os.sched_getaffinity(0))
@@ -42,3 +43,22 @@ def test_keeping_unknown_faces_leaves_the_cameras_spread_over_lanes() -> None:
     off = build_graph(Settings(gui=False, keep_unknown=False, tracking_workers=2), cameras)
     (embed_off,) = [node.stage for node in off.nodes if node.name == "embed"]
     assert embed_off.sightings is None
+
+
+def test_detectors_are_one_per_eight_gpu_cameras_unless_set(monkeypatch) -> None:
+    # No NVIDIA driver here: one detector, whatever the backend.
+    assert detector_workers(Settings(backend="torch"), 16) == 1
+    assert detector_workers(Settings(), 16) == 1
+    monkeypatch.setattr(assembly, "cuda_devices", lambda: 1)  # as on a GPU host
+    torch = Settings(backend="torch")
+    assert [detector_workers(torch, n) for n in (1, 8, 9, 16, 17, 200)] == [1, 1, 2, 2, 3, 8]
+    assert detector_workers(torch, 16, det_device="cpu") == 1  # the torch backend on the CPU
+    assert detector_workers(Settings(backend="onnxruntime"), 16) == 1  # CPU cores: one detector
+    assert detector_workers(Settings(backend="torch", detect_workers=3), 16) == 3  # as set
+    assert detector_workers(Settings(detect_workers=3), 2) == 2  # never more than the cameras
+    cameras = [CameraConfig(f"cam{i}", str(HAMILTON)) for i in range(9)]
+    graph = build_graph(Settings(gui=False, backend="torch"), cameras)
+    assert sorted(node.name for node in graph.nodes if node.name.startswith("detect")) == [
+        "detect",
+        "detect:2",
+    ]
