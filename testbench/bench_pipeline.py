@@ -412,9 +412,20 @@ class _GpuSampler:
     def __enter__(self) -> _GpuSampler:
         import threading
 
+        # Only the GPU the run uses (the first visible one): on a host with several, the others' idle
+        # samples would halve the mean.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        which = ["--id=" + visible] if visible.isdigit() else ["--id=0"]
         try:
             self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                [
+                    "nvidia-smi",
+                    *which,
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
