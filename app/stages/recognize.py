@@ -24,7 +24,10 @@ queues (`EmbedChannel`): tracking sends the chips of the tracks to look at and n
 on a live source. On a file the answer to a request made on a stream's frame n is applied on its frame
 n + `RESULT_LAG_FRAMES` (waiting for it then if it is late), so a file's tracks and names come out the same
 on every run and whatever else the worker serves; on a live camera an answer is applied as soon as it is
-back. Without the queues (one-process use, tests) the stage embeds in-process, on the frame itself.
+back. A lane that is behind takes the frames already queued together (`process_batch`, up to `LANE_BATCH`):
+while one file stream waits for a due answer, the other streams' frames are tracked, so the wait costs the
+lane nothing while it has other cameras' work (what each frame gets is unchanged). Without the queues
+(one-process use, tests) the stage embeds in-process, on the frame itself.
 
 A gallery server that stops answering mid-run does not stop recognition: tracking goes on, tracks keep the
 names already decided, new faces stay pending, and frames say `gallery_unavailable` (the GUI shows it).
@@ -35,6 +38,7 @@ misconfigured address should fail fast, a server that drops later should degrade
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
@@ -73,6 +77,9 @@ log = logging.getLogger(__name__)
 # Lin named on 108 rows from frame 103 at lag 1, 107 from 104 at lag 2, 105 from 106 at lag 3 (a track being
 # looked at is not asked about again until its answer is in; the per-frame votes before: 107 / 101 / 59).
 RESULT_LAG_FRAMES = 1
+# Frames a tracking lane takes at once when it is behind (`process_batch`): while one file stream waits
+# for an answer that is due, the others' frames in the batch are tracked.
+LANE_BATCH = 16
 RESULT_WAIT_S = 30.0  # a due answer this late means a stuck worker: the request is given up (logged)
 # Mean absolute difference (0-255) of consecutive 64x36 grey thumbnails at a hard cut. Measured on the
 # Hamilton clip: cuts 27.7-30.4, camera moves at most 13.6; synthetic demo videos at most 7.
@@ -206,7 +213,8 @@ class _Answers:
 
 class RecognizeStage:
     name = "recognize"
-    capabilities = Capabilities(starts=True)
+    capabilities = Capabilities(starts=True, batched=True)
+    max_batch = LANE_BATCH
 
     def __init__(
         self,
@@ -374,6 +382,55 @@ class RecognizeStage:
                 gallery_unavailable=self._unavailable(),
             )
         ]
+
+    def process_batch(self, msgs: list[FaceDetections]) -> list[TrackedFaces]:
+        """The frames already queued, each stream's in order; while a file stream waits for an answer due on
+        its next frame, the other streams' frames are tracked (one stream's wait does not hold the lane).
+
+        What each frame gets is what `process` would give it one at a time: a file's answers are applied on
+        their due frame whatever the order the streams are served in."""
+        if self.channel is None or len(msgs) == 1:
+            return [out for msg in msgs for out in self.process(msg)]
+        waiting: dict[int, collections.deque[FaceDetections]] = {}
+        for msg in msgs:
+            waiting.setdefault(msg.meta.stream, collections.deque()).append(msg)
+        outputs: list[TrackedFaces] = []
+        while waiting:
+            self._collect(block_until=None)
+            moved = False
+            for stream in list(waiting):
+                frames = waiting[stream]
+                while frames and self._ready(frames[0]):
+                    outputs += self.process(frames.popleft())
+                    moved = True
+                if not frames:
+                    del waiting[stream]
+            if not moved and waiting:
+                # Every stream left waits for an answer: the one whose due request is oldest waits for it
+                # (filing the others' answers meanwhile; given up after RESULT_WAIT_S, as one at a time).
+                stream = min(waiting, key=lambda s: self._oldest_due(waiting[s][0]))
+                outputs += self.process(waiting[stream].popleft())
+                if not waiting[stream]:
+                    del waiting[stream]
+        return outputs
+
+    def _due(self, msg: FaceDetections) -> list[int]:
+        """The requests of `msg`'s stream whose answers `process(msg)` applies and has not got yet."""
+        state = self.streams.get(msg.meta.stream)
+        if state is None or state.live or msg.meta.status or msg.meta.segment != state.segment:
+            return []  # (a new segment drops what was asked before the gap)
+        upcoming = state.frame + 1
+        return [
+            r
+            for r, p in state.pending.items()
+            if p.result is None and p.request.frame + self.result_lag <= upcoming
+        ]
+
+    def _ready(self, msg: FaceDetections) -> bool:
+        return not self._due(msg)
+
+    def _oldest_due(self, msg: FaceDetections) -> int:
+        return min(self._due(msg), default=0)
 
     def _unavailable(self) -> bool:
         return (

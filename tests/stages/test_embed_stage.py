@@ -16,7 +16,8 @@ import pytest
 
 from app.config import load_settings
 from app.gallery import open_gallery
-from app.pipeline.messages import EmbedRequest, TrackedFaces
+from app.pipeline.frame_ring import StreamRings
+from app.pipeline.messages import EmbedRequest, SourceInfo, TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.embed import EmbedStage, FaceEmbedder
@@ -161,6 +162,75 @@ def test_a_result_lag_of_several_frames_gives_the_same_tracks_and_names_however_
     assert [list(r.track_ids) for r in fast] == [list(r.track_ids) for r in alone]
     first = next(i for i, r in enumerate(fast) if LIN in r.names)
     assert 0 <= first - next(i for i, r in enumerate(alone) if LIN in r.names) <= 3 + 2
+
+
+def test_a_lane_tracks_another_streams_frames_while_one_waits_for_its_answer(gallery_dir):
+    """Two file streams in one lane, the same frames each. The worker here answers only once two requests
+    are queued (or, as a fallback, after a long grace), so a lane that waited for each stream's answer in
+    turn would leave it alone with one request every time; `process_batch` tracks the other stream's
+    frames meanwhile, and each stream gets what it gets on its own."""
+    from contextlib import ExitStack
+    from dataclasses import replace
+
+    frames = clip(100, 124)  # Lin-Manuel, large and frontal: he is asked about on most frames
+    alone = recognise(frames, gallery_dir, through_worker=True)
+    settings = load_settings({"qdrant_path": str(gallery_dir)}, env_file=None)
+    requests: queue.Queue = queue.Queue()
+    results: queue.Queue = queue.Queue()
+    worker = EmbedStage(settings, requests, [results])
+    stop = threading.Event()
+    lone: list[int] = []  # serves that found one request only, after the grace
+
+    def serve() -> None:
+        while not stop.is_set():
+            grace = time.monotonic() + 20.0
+            while requests.qsize() < 2 and time.monotonic() < grace and not stop.is_set():
+                time.sleep(0.002)
+            if requests.qsize() == 1 and not stop.is_set():
+                lone.append(1)
+            worker.serve(0.01)
+
+    per_batch = 4
+    out: dict[int, list[TrackedFaces]] = {0: [], 1: []}
+    with ExitStack() as stack:
+        (ring0, handle0), (ring1, handle1) = (stack.enter_context(ring_of(frames[0].shape, slots=per_batch))
+                                              for _ in range(2))  # fmt: skip
+        detect, post = DetectStage(handle0, DETECTOR), PostprocessStage(0.1, 0.4)
+        recognize = RecognizeStage(StreamRings({0: handle0, 1: handle1}), settings,
+                                   embed=EmbedChannel(requests, results))  # fmt: skip
+        for stage in (detect, post, recognize, worker):
+            stage.setup()
+        shape = frames[0].shape
+        info = SourceInfo(frame_shape=shape, fps=29.97, live=False, source="test")
+        for stage in (detect, recognize):
+            stage.start({0: info} if stage is detect else {0: info, 1: info})
+        serving = threading.Thread(target=serve)
+        serving.start()
+        try:
+            for start in range(0, len(frames), per_batch):
+                batch: dict[int, list] = {0: [], 1: []}
+                for i in range(start, min(start + per_batch, len(frames))):
+                    ref, twin = put_frame(ring0, frames[i], i), put_frame(ring1, frames[i], i)
+                    assert twin.meta.slot == ref.meta.slot
+                    [raw] = detect.process(ref)
+                    [found] = post.process(raw)
+                    batch[0].append(found)
+                    batch[1].append(replace(found, meta=replace(found.meta, stream=1, stamps=[])))
+                for tracked in recognize.process_batch(batch[0] + batch[1]):
+                    out[tracked.meta.stream].append(tracked)
+                for found in batch[0] + batch[1]:
+                    (ring0 if found.meta.stream == 0 else ring1).release(found.meta.slot, found.meta.seq)
+        finally:
+            stop.set()
+            serving.join(30)
+            for stage in (detect, post, recognize, worker):
+                stage.close()
+    assert worker.batches > 0 and not lone  # every answer went out with the other stream's request
+    want = [(list(r.track_ids), r.names) for r in alone]
+    for stream in (0, 1):  # the same tracks and names on every frame as the stream alone
+        assert [r.meta.frame_index for r in out[stream]] == list(range(len(frames)))
+        assert [(list(r.track_ids), r.names) for r in out[stream]] == want
+    assert any(LIN in names for _, names in want)
 
 
 def test_a_fixed_batch_embedder_embeds_any_number_of_faces_as_the_dynamic_one(gallery_dir, tmp_path):
