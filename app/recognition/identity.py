@@ -665,9 +665,27 @@ def _lead(matches: Sequence[Match]) -> float:
 
 
 def _aggregate(kept: Sequence[tuple[float, np.ndarray]], metric: str, quality_floor: float) -> np.ndarray:
-    weights = np.array([max(q, quality_floor) for q, _ in kept])
-    vectors = normalize_for(np.stack([v for _, v in kept]), metric)
-    return normalize_for((weights[:, None] * vectors).sum(axis=0) / weights.sum(), metric)
+    weights, weighted = _weighted([q for q, _ in kept], np.stack([v for _, v in kept]), metric, quality_floor)
+    return _means(weights, weighted, [(0, len(kept))], metric)[0]
+
+
+def _weighted(
+    qualities: Sequence[float] | np.ndarray, vectors: np.ndarray, metric: str, quality_floor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, weight x vector as the metric compares it) of a template's rows."""
+    weights = np.maximum(np.asarray(qualities, np.float64), quality_floor)
+    return weights, weights[:, None] * normalize_for(vectors, metric)
+
+
+def _means(
+    weights: np.ndarray, weighted: np.ndarray, spans: Sequence[tuple[int, int]], metric: str
+) -> np.ndarray:
+    """The template of each [start, end) span of rows: the weighted mean, as the metric compares vectors.
+    Each span is summed on its own (numpy sums 8 or more values pairwise, so one sum over padded rows
+    would round differently); the divisions and normalisations run on all spans at once."""
+    sums = np.array([weighted[a:b].sum(axis=0) for a, b in spans])
+    totals = np.array([weights[a:b].sum() for a, b in spans])
+    return normalize_for(sums / totals[:, None], metric)
 
 
 def _similarity(vector: np.ndarray, others: np.ndarray, metric: str) -> np.ndarray:
@@ -686,6 +704,45 @@ def template_with(
     `vector` agrees with the template so far); an unlike vector is its own query (a fresh template)."""
     if not kept:
         return vector, True
-    if _similarity(vector, _aggregate(kept, metric, quality_floor)[None], metric)[0] < threshold:
-        return vector, False
-    return _aggregate([*kept, (quality, vector)], metric, quality_floor), True
+    parts = (np.array([q for q, _ in kept], np.float64), np.stack([v for _, v in kept]))
+    templates, agree = templates_with([parts], vector[None], [quality], threshold, metric, quality_floor)
+    return (templates[0], True) if agree[0] else (vector, False)
+
+
+def templates_with(
+    kept: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    vectors: np.ndarray,
+    qualities: Sequence[float],
+    threshold: float,
+    metric: str,
+    quality_floor: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`template_with` of many tracks at once: row i's kept embeddings as ((n,) qualities, (n, dim) vectors)
+    or None (no template yet), its new embedding `vectors[i]` and that one's quality -> ((N, dim) float32
+    templates, (N,) whether each new embedding agrees). One normalisation, one weighting and one similarity
+    for every row: the shared embedding worker folds a whole batch's embeddings into their templates."""
+    out = np.array(vectors, np.float32)
+    agree = np.ones(len(out), bool)
+    known = [(i, parts) for i, parts in enumerate(kept) if parts is not None and len(parts[0])]
+    if not known:
+        return out, agree
+    # Each track's kept rows followed by its new one: the template without and with it are two spans.
+    stacked: list[np.ndarray] = []
+    marks: list[np.ndarray | list[float]] = []
+    spans_kept, spans_all, start = [], [], 0
+    for i, (qualities_i, vectors_i) in known:
+        stacked += [vectors_i, vectors[i][None]]
+        marks += [qualities_i, [qualities[i]]]
+        end = start + len(qualities_i)
+        spans_kept.append((start, end))
+        spans_all.append((start, end + 1))
+        start = end + 1
+    rows = [i for i, _ in known]
+    weights, weighted = _weighted(np.concatenate(marks), np.concatenate(stacked), metric, quality_floor)
+    similar = rowwise_similarity(_means(weights, weighted, spans_kept, metric), vectors[rows], metric)
+    joins = ~(similar < threshold)  # as template_with always asked: below threshold is unlike
+    agree[rows] = joins
+    if joins.any():
+        chosen = [span for span, join in zip(spans_all, joins.tolist(), strict=True) if join]
+        out[np.asarray(rows)[joins]] = _means(weights, weighted, chosen, metric)
+    return out, agree
