@@ -13,7 +13,14 @@ from qdrant_client import QdrantClient
 from app.config import Settings
 from app.errors import UserError
 from app.gallery import Gallery, GalleryMismatchError, Match, open_gallery
-from app.gallery.base import PERSON_PHOTOS, PERSON_SOFTNESS, person_similarity
+from app.gallery.base import (
+    PERSON_PHOTOS,
+    PERSON_SOFTNESS,
+    best_per_person,
+    person_score,
+    person_similarity,
+    similarities_from_scores,
+)
 from app.gallery.edge import EdgeGallery
 from app.gallery.server import ServerGallery
 
@@ -138,6 +145,48 @@ def test_person_similarity_is_a_soft_maximum_of_the_best_three() -> None:
     rows = np.array([[0.1, 0.8, 0.8, 0.8], [0.8, 0.8, 0.8, 0.1]])
     np.testing.assert_allclose(person_similarity(rows), [0.8, 0.8])
     assert PERSON_PHOTOS == 3
+
+
+def test_person_score_is_person_similarity_in_python_floats() -> None:
+    """The search's scalar person score and the array formula agree on thousands of random cases (ties,
+    near ties, 1 to 6 values, far apart ones): exactly where numpy's exp and log are the C library's, to
+    1e-12 anywhere (numpy's own SIMD exp may differ in the last bit)."""
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for case in range(5000):
+        n = int(rng.integers(1, 7))
+        values = rng.uniform(-1.0, 1.0, n) * (0.01 if case % 3 == 0 else 1.0)
+        if case % 5 == 0:
+            values[rng.integers(n)] = values[0]  # a tie
+        values = np.round(values, int(rng.integers(2, 17))).tolist()
+        worst = max(worst, abs(person_score(values) - float(person_similarity(np.array(values)))))
+    assert worst <= 1e-12
+    assert person_score([0.6]) == 0.6
+
+
+def test_best_per_person_ranks_and_scores_as_the_array_formula() -> None:
+    """best_per_person's fast path against the reference (person_similarity of each name's best hits,
+    stably sorted best first), with names repeating, equal scores and every k."""
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        names = [f"p{i}" for i in range(int(rng.integers(1, 10)))]
+        hits = [(str(rng.choice(names)), float(np.round(rng.random(), int(rng.integers(1, 17)))))
+                for _ in range(int(rng.integers(1, 40)))]  # fmt: skip
+        hits.sort(key=lambda hit: -hit[1])
+        by_name: dict[str, list[float]] = {}
+        for name, value in hits:
+            by_name.setdefault(name, []).append(value)
+        top = {name: np.array(v[:PERSON_PHOTOS]) for name, v in by_name.items()}
+        scores = [(name, float(person_similarity(v))) for name, v in top.items()]
+        want = sorted(scores, key=lambda item: -item[1])
+        for k in (1, 2, 3):
+            got, settled = best_per_person(hits, k)
+            assert settled
+            assert [m.name for m in got] == [name for name, _ in want[:k]]
+            assert [m.similarity for m in got] == pytest.approx([v for _, v in want[:k]], abs=1e-12, rel=0)
+    scores = rng.uniform(0.0, 2.0, 50).tolist()
+    assert similarities_from_scores(scores, "euclidean") == [1.0 - s for s in scores]
+    assert similarities_from_scores(scores, "cosine") == scores
 
 
 def test_search_fetches_a_chosen_persons_other_photos_beyond_the_first_points(gallery: Gallery) -> None:

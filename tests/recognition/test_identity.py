@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from app.gallery.base import Match
+from app.inference.spec import normalize_for, rowwise_similarity
 from app.recognition import quality
-from app.recognition.identity import TrackIdentities, TrackLabel
+from app.recognition.identity import TrackIdentities, TrackLabel, template_with, templates_with
 from app.recognition.identity_config import IdentityConfig
 from tests.support.shared_data import SHARED_FACES
 
@@ -321,3 +322,53 @@ def test_quality_of_real_landmarks_is_high_for_a_frontal_photo():
         np.array([[392.0, 38.0, 494.0, 186.0]]), landmarks[None], IdentityConfig().reference_face_size
     )
     assert q[0] > 0.9
+
+
+def _reference_template_with(kept, vector, quality, threshold, metric, floor):
+    """The template formula as the worker computed it one track at a time (the reference for the batch)."""
+
+    def aggregate(parts):
+        weights = np.array([max(q, floor) for q, _ in parts])
+        vectors = normalize_for(np.stack([v for _, v in parts]), metric)
+        return normalize_for((weights[:, None] * vectors).sum(axis=0) / weights.sum(), metric)
+
+    if not kept:
+        return vector, True
+    if rowwise_similarity(aggregate(kept)[None], vector[None, :], metric)[0] < threshold:
+        return vector, False
+    return aggregate([*kept, (quality, vector)]), True
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_templates_of_a_batch_are_bit_identical_to_one_track_at_a_time(metric: str) -> None:
+    """templates_with (the shared worker's whole batch at once) gives each track exactly the template and
+    agreement the one-track formula gives: 1 to 20 kept views (numpy sums 8 or more pairwise), rows without
+    a template, new views like and unlike the template."""
+    rng = np.random.default_rng(5)
+    threshold = 0.4 if metric == "euclidean" else 0.35
+    joined = unlike = 0
+    for _ in range(300):
+        rows = int(rng.integers(1, 7))
+        kept, vectors, qualities = [], [], []
+        for _ in range(rows):
+            centre = unit(int(rng.integers(1000)))
+            n = int(rng.integers(0, 21)) if rng.random() < 0.8 else 0
+            parts = [
+                (float(rng.random()), centre + rng.normal(0, 0.02, 128).astype(np.float32)) for _ in range(n)
+            ]
+            kept.append(parts)
+            scale = 0.02 if rng.random() < 0.6 else 0.2
+            vectors.append(centre + rng.normal(0, scale, 128).astype(np.float32))
+            qualities.append(float(rng.random()))
+        batch = np.stack(vectors)
+        packed = [(np.array([q for q, _ in p]), np.stack([v for _, v in p])) if p else None for p in kept]
+        templates, agree = templates_with(packed, batch, qualities, threshold, metric, 0.05)
+        for i in range(rows):
+            want, agrees = _reference_template_with(kept[i], batch[i], qualities[i], threshold, metric, 0.05)
+            assert agree[i] == agrees
+            assert templates[i].tobytes() == np.asarray(want, np.float32).tobytes()
+            one, one_agrees = template_with(kept[i], batch[i], qualities[i], threshold, metric, 0.05)
+            assert one_agrees == agrees and np.asarray(one).tobytes() == np.asarray(want).tobytes()
+            joined += bool(kept[i]) and agrees
+            unlike += not agrees
+    assert joined > 100 and unlike > 100  # both branches were exercised
