@@ -288,9 +288,17 @@ def best_per_person(
             by_name[name] = [value]
         else:
             found.append(value)
-    scored = [(name, person_score(values[:PERSON_PHOTOS])) for name, values in by_name.items()]
-    scored.sort(key=lambda item: -item[1])
-    del scored[k:]
+    # The best k, best first, ties in first-seen order (a stable sort of every person's score). A person
+    # scores at most its best hit (person_score's spread is never positive), so one whose best hit is below
+    # the k-th score so far cannot be among them: most of a query's persons are never scored.
+    scored: list[tuple[str, float]] = []
+    for name, values in by_name.items():
+        best = values[:PERSON_PHOTOS]
+        if len(scored) == k and max(best) < scored[-1][1]:
+            continue
+        scored.append((name, person_score(best)))
+        scored.sort(key=lambda item: -item[1])
+        del scored[k:]
     chosen = [Match(name, similarity) for name, similarity in scored]
     if complete or count_of is None:
         return chosen, True
