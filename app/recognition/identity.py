@@ -683,8 +683,9 @@ def _means(
     """The template of each [start, end) span of rows: the weighted mean, as the metric compares vectors.
     Each span is summed on its own (numpy sums 8 or more values pairwise, so one sum over padded rows
     would round differently); the divisions and normalisations run on all spans at once."""
-    sums = np.array([weighted[a:b].sum(axis=0) for a, b in spans])
-    totals = np.array([weights[a:b].sum() for a, b in spans])
+    add = np.add.reduce  # what ndarray.sum runs, without its Python wrapper (called twice per template)
+    sums = np.array([add(weighted[a:b], axis=0) for a, b in spans])
+    totals = np.array([add(weights[a:b]) for a, b in spans])
     return normalize_for(sums / totals[:, None], metric)
 
 
