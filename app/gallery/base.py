@@ -227,7 +227,10 @@ def similarities_from_scores(scores: Sequence[float], metric: str) -> list[float
     """`similarity_from_score` of each score, as Python floats: one array operation for a query's hits."""
     if metric != "euclidean":
         return list(scores)
-    return np.asarray(similarity_from_distance(np.array(scores, np.float64), metric)).tolist()
+    similarities: list[float] = np.asarray(
+        similarity_from_distance(np.array(scores, np.float64), metric)
+    ).tolist()
+    return similarities
 
 
 # A person's score for a face is a soft maximum over their best PERSON_PHOTOS photos, not the best photo

@@ -666,7 +666,8 @@ def _lead(matches: Sequence[Match]) -> float:
 
 def _aggregate(kept: Sequence[tuple[float, np.ndarray]], metric: str, quality_floor: float) -> np.ndarray:
     weights, weighted = _weighted([q for q, _ in kept], np.stack([v for _, v in kept]), metric, quality_floor)
-    return _means(weights, weighted, [(0, len(kept))], metric)[0]
+    template: np.ndarray = _means(weights, weighted, [(0, len(kept))], metric)[0]
+    return template
 
 
 def _weighted(
