@@ -392,9 +392,15 @@ class RecognizeStage:
         if self.channel is None or len(msgs) == 1:
             return [out for msg in msgs for out in self.process(msg)]
         waiting: dict[int, collections.deque[FaceDetections]] = {}
-        for msg in msgs:
-            waiting.setdefault(msg.meta.stream, collections.deque()).append(msg)
         outputs: list[TrackedFaces] = []
+        for msg in msgs:  # in the order they came (live streams never wait: exactly that order)
+            stream = msg.meta.stream
+            if stream not in waiting and not self._ready(msg):
+                self._collect(block_until=None)
+            if stream in waiting or not self._ready(msg):
+                waiting.setdefault(stream, collections.deque()).append(msg)
+            else:
+                outputs += self.process(msg)
         while waiting:
             self._collect(block_until=None)
             moved = False

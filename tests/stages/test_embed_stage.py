@@ -233,6 +233,39 @@ def test_a_lane_tracks_another_streams_frames_while_one_waits_for_its_answer(gal
     assert any(LIN in names for _, names in want)
 
 
+def test_a_lanes_live_streams_are_tracked_in_the_order_their_frames_came(gallery_dir):
+    """Live streams never wait for answers: a batch of two cameras' frames, interleaved, comes out in the
+    order it went in, with no worker serving at all (no answer is ever waited for)."""
+    from contextlib import ExitStack
+    from dataclasses import replace
+
+    frames = clip(100, 106)
+    settings = load_settings({"qdrant_path": str(gallery_dir)}, env_file=None)
+    requests: queue.Queue = queue.Queue()
+    with ExitStack() as stack:
+        (ring0, handle0), (ring1, handle1) = (stack.enter_context(ring_of(frames[0].shape, slots=len(frames)))
+                                              for _ in range(2))  # fmt: skip
+        detect, post = DetectStage(handle0, DETECTOR), PostprocessStage(0.1, 0.4)
+        recognize = RecognizeStage(StreamRings({0: handle0, 1: handle1}), settings,
+                                   embed=EmbedChannel(requests, queue.Queue()))  # fmt: skip
+        for stage in (detect, post, recognize):
+            stage.setup()
+        info = SourceInfo(frame_shape=frames[0].shape, fps=25.0, live=True, source="test")
+        detect.start({0: info})
+        recognize.start({0: info, 1: info})
+        batch = []
+        for i, image in enumerate(frames):
+            ref, _ = put_frame(ring0, image, i), put_frame(ring1, image, i)
+            [found] = post.process(detect.process(ref)[0])
+            batch += [found, replace(found, meta=replace(found.meta, stream=1, stamps=[]))]
+        out = recognize.process_batch(batch)
+        for stage in (detect, post, recognize):
+            stage.close()
+    assert [(r.meta.stream, r.meta.frame_index) for r in out] == [(m.meta.stream, m.meta.frame_index)
+                                                                  for m in batch]  # fmt: skip
+    assert requests.qsize() > 0 and recognize.given_up == 0  # it asked, and went on without the answers
+
+
 def test_a_fixed_batch_embedder_embeds_any_number_of_faces_as_the_dynamic_one(gallery_dir, tmp_path):
     fixed_model = fixed_batch_copy(EMBEDDER, 2, tmp_path)
     dynamic = FaceEmbedder(load_settings({"qdrant_path": str(gallery_dir)}, env_file=None))
