@@ -107,7 +107,7 @@ class Capabilities:
     and the supervisor; never discovered from which methods happen to exist."""
 
     source: bool = False  # produce() instead of process(): the head of a stream
-    batched: bool = False  # process_batch(msgs) with up to `max_batch` messages (read after setup)
+    batched: bool = False  # process_batch(msgs) with up to `max_batch` messages (read after setup and start)
     starts: bool = False  # start(sources) once every stage is ready
     restartable: bool = False  # a source whose dead process may be replaced (live sources only)
     service: bool = False  # no frames in or out: serve(timeout) answers requests on its own side channels
@@ -241,6 +241,8 @@ class StageRunner:
                 if self.caps.starts:
                     self.stage.start(dict(start.sources))
                     self._send(Started(name))
+                    if self.caps.batched:  # start() may set it from the sources (e.g. all live)
+                        self.max_batch = max(1, int(self.stage.max_batch))
                 if self.caps.notes:
                     for stream, text in start.notes.items():
                         self.stage.note(stream, text)

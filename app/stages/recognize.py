@@ -295,6 +295,10 @@ class RecognizeStage:
         self._sources = {int(i): info for i, info in sources.items()}
         for stream in self._sources:
             self._stream(stream)
+        # Only file cameras wait for answers; with live ones alone a batch would only hold every frame's
+        # output until the batch's last is done (latency for nothing): one frame at a time, as before.
+        files = any(not info.live for info in self._sources.values())
+        self.max_batch = LANE_BATCH if self.channel is not None and files else 1
 
     def _stream(self, stream: int) -> StreamTracks:
         state = self.streams.get(stream)

@@ -22,7 +22,7 @@ from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.embed import EmbedStage, FaceEmbedder
 from app.stages.postprocess import PostprocessStage
-from app.stages.recognize import EmbedChannel, RecognizeStage
+from app.stages.recognize import LANE_BATCH, EmbedChannel, RecognizeStage
 from app.vision.alignment import align_faces
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.onnx_models import fixed_batch_copy
@@ -204,6 +204,7 @@ def test_a_lane_tracks_another_streams_frames_while_one_waits_for_its_answer(gal
         info = SourceInfo(frame_shape=shape, fps=29.97, live=False, source="test")
         for stage in (detect, recognize):
             stage.start({0: info} if stage is detect else {0: info, 1: info})
+        assert recognize.max_batch == LANE_BATCH  # file cameras: the runner hands it what is queued
         serving = threading.Thread(target=serve)
         serving.start()
         try:
@@ -253,6 +254,7 @@ def test_a_lanes_live_streams_are_tracked_in_the_order_their_frames_came(gallery
         info = SourceInfo(frame_shape=frames[0].shape, fps=25.0, live=True, source="test")
         detect.start({0: info})
         recognize.start({0: info, 1: info})
+        assert recognize.max_batch == 1  # live cameras only: the runner hands it one frame at a time
         batch = []
         for i, image in enumerate(frames):
             ref, _ = put_frame(ring0, image, i), put_frame(ring1, image, i)
