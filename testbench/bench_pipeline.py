@@ -415,12 +415,12 @@ class _GpuSampler:
         # Only the GPU the run uses (the first visible one): on a host with several, the others' idle
         # samples would halve the mean.
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-        which = ["--id=" + visible] if visible.isdigit() else ["--id=0"]
+        gpu = visible if visible.isdigit() else "0"
         try:
             self._proc = subprocess.Popen(
                 [
                     "nvidia-smi",
-                    *which,
+                    f"--id={gpu}",
                     "--query-gpu=utilization.gpu",
                     "--format=csv,noheader,nounits",
                     "-lms",

@@ -169,6 +169,10 @@ class _Pending:
     request: EmbedRequest
     result: EmbedResult | None = None
 
+    def due(self, frame: int, lag: int) -> bool:
+        """Whether a file stream applies this answer on its `frame` (frames tracked, counting that one)."""
+        return self.request.frame + lag <= frame
+
 
 class StreamTracks:
     """One stream's tracking state: its tracker, scene-cut detector, identity memory and id numbering."""
@@ -399,18 +403,21 @@ class RecognizeStage:
         outputs: list[TrackedFaces] = []
         for msg in msgs:  # in the order they came (live streams never wait: exactly that order)
             stream = msg.meta.stream
-            if stream not in waiting and not self._ready(msg):
-                self._collect(block_until=None)
-            if stream in waiting or not self._ready(msg):
-                waiting.setdefault(stream, collections.deque()).append(msg)
-            else:
-                outputs += self.process(msg)
+            if stream not in waiting:
+                ready = not self._due(msg)
+                if not ready:  # (perhaps it is back by now)
+                    self._collect(block_until=None)
+                    ready = not self._due(msg)
+                if ready:
+                    outputs += self.process(msg)
+                    continue
+            waiting.setdefault(stream, collections.deque()).append(msg)
         while waiting:
             self._collect(block_until=None)
             moved = False
             for stream in list(waiting):
                 frames = waiting[stream]
-                while frames and self._ready(frames[0]):
+                while frames and not self._due(frames[0]):
                     outputs += self.process(frames.popleft())
                     moved = True
                 if not frames:
@@ -418,7 +425,7 @@ class RecognizeStage:
             if not moved and waiting:
                 # Every stream left waits for an answer: the one whose due request is oldest waits for it
                 # (filing the others' answers meanwhile; given up after RESULT_WAIT_S, as one at a time).
-                stream = min(waiting, key=lambda s: self._oldest_due(waiting[s][0]))
+                stream = min(waiting, key=lambda s: min(self._due(waiting[s][0])))
                 outputs += self.process(waiting[stream].popleft())
                 if not waiting[stream]:
                     del waiting[stream]
@@ -429,18 +436,8 @@ class RecognizeStage:
         state = self.streams.get(msg.meta.stream)
         if state is None or state.live or msg.meta.status or msg.meta.segment != state.segment:
             return []  # (a new segment drops what was asked before the gap)
-        upcoming = state.frame + 1
-        return [
-            r
-            for r, p in state.pending.items()
-            if p.result is None and p.request.frame + self.result_lag <= upcoming
-        ]
-
-    def _ready(self, msg: FaceDetections) -> bool:
-        return not self._due(msg)
-
-    def _oldest_due(self, msg: FaceDetections) -> int:
-        return min(self._due(msg), default=0)
+        upcoming = state.frame + 1  # process() counts the frame before it looks at what is due
+        return [r for r, p in state.pending.items() if p.result is None and p.due(upcoming, self.result_lag)]
 
     def _unavailable(self) -> bool:
         return (
@@ -484,7 +481,7 @@ class RecognizeStage:
                 if pending.result is None:
                     continue  # a live stream never waits: applied on a later frame, when it is back
             else:
-                if pending.request.frame + self.result_lag > state.frame:
+                if not pending.due(state.frame, self.result_lag):
                     continue  # not due yet (applied on exactly its frame: a file's run is reproducible)
                 if pending.result is None and not self._collect(block_until=(stream, request_id)):
                     self.given_up += 1
