@@ -72,6 +72,7 @@ from app.pipeline.messages import (
 from app.pipeline.metrics import StreamMetrics
 from app.pipeline.restart_state import RestartState
 from app.pipeline.stage_runner import StageChannels, stage_process_main
+from app.vision.pixel_format import slot_shape
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; the CLI shows it by default
@@ -456,15 +457,15 @@ class Supervisor:
             handle = stream.ring
             try:
                 self._rings[index] = FrameRing.create(
-                    handle.name, self.ring_slots, (h, w, c), handle.lock, handle.freed
+                    handle.name, self.ring_slots, (h, w, c), handle.lock, handle.freed, info.pixel_format
                 )
             except OSError as exc:
-                size_mb = self.ring_slots * h * w * c / 1e6
+                size_mb = self.ring_slots * math.prod(slot_shape(info.pixel_format, (h, w, c))) / 1e6
                 raise UserError(
                     f"cannot create the {size_mb:.0f} MB shared frame ring of camera {stream.camera} in "
                     f"/dev/shm ({exc.strerror or exc}); free space there or lower RING_SLOTS"
                 ) from None
-            log.debug("frame ring %s: %d slots of %dx%dx%d", handle.name, self.ring_slots, h, w, c)
+            log.debug("frame ring %s: %d slots of %dx%d %s", handle.name, self.ring_slots, w, h, info.pixel_format)
 
     # -- run ----------------------------------------------------------------------------------------------
 
