@@ -465,7 +465,8 @@ class Supervisor:
                     f"cannot create the {size_mb:.0f} MB shared frame ring of camera {stream.camera} in "
                     f"/dev/shm ({exc.strerror or exc}); free space there or lower RING_SLOTS"
                 ) from None
-            log.debug("frame ring %s: %d slots of %dx%d %s", handle.name, self.ring_slots, w, h, info.pixel_format)
+            log.debug("frame ring %s: %d slots of %dx%d %s", handle.name, self.ring_slots, w, h,
+                      info.pixel_format)  # fmt: skip
 
     # -- run ----------------------------------------------------------------------------------------------
 

@@ -123,10 +123,11 @@ class GuiStage:
         ring = self.frames.ring(meta.stream)
         video = self.videos.get(meta.stream)
         needs_pixels = self.window is not None or self.mosaic is not None or video is not None
-        canvas = ring.frame(meta.slot).copy() if needs_pixels else None
+        pixels = ring.pixels(meta.slot)  # in the ring's format: converted to BGR only where drawn or saved
+        canvas = pixels.bgr_copy() if needs_pixels else None
         camera = self.cameras[meta.stream] if meta.stream < len(self.cameras) else str(meta.stream)
         # Before the release: a snapshot reads the frame. The counts reach the parent's metrics in the meta.
-        meta.recognitions = tuple(self.events.write(msg, ring.frame(meta.slot), camera))
+        meta.recognitions = tuple(self.events.write(msg, pixels, camera))
         ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
         meta.faces, meta.gallery_unavailable = len(msg), msg.gallery_unavailable
         if self.tracks is not None:

@@ -196,6 +196,12 @@ class FramePixels:
             self._bgr = nv12_to_bgr(self.data, out if usable else None)
         return self._bgr
 
+    def bgr_copy(self) -> np.ndarray:
+        """The whole frame as BGR in an array of the caller's own (to draw on, to keep past the slot)."""
+        if self.format == BGR:
+            return self.data.copy()
+        return nv12_to_bgr(self.data)  # a new array: not the kept conversion, which others may read
+
     def region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """BGR of [y0:y1, x0:x1] clipped to the frame (a view for BGR, a converted copy for NV12)."""
         if self.format == BGR or self._bgr is not None:
@@ -233,7 +239,9 @@ def _measure() -> None:
     cv2.setNumThreads(1)
     figures = {
         "full NV12 -> BGR": median_ms(lambda: nv12_to_bgr(nv12, out)),
-        "10 regions 200x200": median_ms(lambda: [nv12_region_to_bgr(nv12, x, y, x + 200, y + 200) for x, y in boxes]),
+        "10 regions 200x200": median_ms(
+            lambda: [nv12_region_to_bgr(nv12, x, y, x + 200, y + 200) for x, y in boxes]
+        ),
         "thumbnail step 15": median_ms(lambda: nv12_every(nv12, 15)),
         "copy NV12 into a slot": median_ms(lambda: np.copyto(slot_nv12, nv12)),
         "copy BGR into a slot": median_ms(lambda: np.copyto(slot_bgr, bgr)),

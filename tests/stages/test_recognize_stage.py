@@ -21,7 +21,8 @@ from app.pipeline.messages import TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
-from app.stages.recognize import RecognizeStage, SceneCutDetector, _every
+from app.stages.recognize import RecognizeStage, SceneCutDetector
+from app.vision.pixel_format import bgr_every
 from app.vision.image_io import read_image
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.shared_data import HAMILTON, REPO, SHARED_FACES
@@ -142,5 +143,5 @@ def test_the_cut_detectors_sample_is_the_strided_slice_byte_for_byte():
     hd = np.ascontiguousarray(frame[:720, :1280])  # 720p: OpenCV's nearest-neighbour resize, as at 1080p
     cases = ((frame, 15), (frame, 1), (frame[:, ::2], 7), (frame[..., 0], 5), (odd, 15), (hd, 10))
     for image, step in cases:  # (a view, one channel)
-        sample = _every(image, step)
+        sample = bgr_every(image, step)
         assert sample.flags.c_contiguous and np.array_equal(sample, image[::step, ::step])
