@@ -22,8 +22,8 @@ from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import RecognizeStage, SceneCutDetector
-from app.vision.pixel_format import bgr_every
 from app.vision.image_io import read_image
+from app.vision.pixel_format import bgr_every
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.shared_data import HAMILTON, REPO, SHARED_FACES
 

@@ -70,8 +70,9 @@ def test_bgr_to_nv12_is_opencvs_i420_interleaved_and_converts_back_close():
 
 def test_a_region_equals_the_same_region_of_the_full_conversion(nv12_1080p):
     full = nv12_to_bgr(nv12_1080p)
-    for x0, y0, x1, y1 in ((0, 0, 1920, 1080), (301, 77, 502, 290), (300, 76, 500, 290), (1, 1, 2, 2),
-                           (-40, -10, 100, 60), (1850, 1001, 2000, 1200), (1919, 1079, 1920, 1080)):  # fmt: skip
+    boxes = [(0, 0, 1920, 1080), (301, 77, 502, 290), (300, 76, 500, 290), (1, 1, 2, 2), (-40, -10, 100, 60),
+             (1850, 1001, 2000, 1200), (1919, 1079, 1920, 1080)]  # fmt: skip
+    for x0, y0, x1, y1 in boxes:
         region = nv12_region_to_bgr(nv12_1080p, x0, y0, x1, y1)
         want = full[max(0, y0) : min(1080, y1), max(0, x0) : min(1920, x1)]
         assert region.shape == want.shape and np.array_equal(region, want), (x0, y0, x1, y1)
