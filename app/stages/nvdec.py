@@ -45,10 +45,10 @@ session) and leaves the CPU cores to tracking.
   copies the decoder's planes into the slot, 3 MB at 1080p, no conversion) where the detector converts on
   the GPU: `auto` (the default) does so exactly with the torch backend, `nv12` always, `bgr` never (OpenCV
   converts here, as before). FFmpeg-decoded cameras are BGR whatever the setting. On the 2-core box a 1080p
-  frame's NV12 copy into a slot took 0.10 ms against 1.19 ms for the conversion to BGR
+  frame's NV12 copy into a slot took 0.10-0.12 ms against 1.3-1.6 ms for the conversion to BGR
   (`python -m app.vision.pixel_format`). The decoding thread's `.copy()` out of the decoder's reused buffer
-  stays: copying into a pool of preallocated buffers instead measured the same (0.096 against 0.092 ms; the
-  allocator hands the same pages back), and decoding straight into ring slots would hold slots while
+  stays: a copy into a preallocated buffer cost the same as that new array (0.10-0.12 against 0.09-0.12 ms:
+  the allocator hands the same pages back), and decoding straight into ring slots would hold slots while
   frames wait in the decoded-ahead queue, against a live camera's newest-frame-wins ring.
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
   timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.

@@ -15,9 +15,12 @@ what they need, each computed from NV12 only when asked, and the full conversion
   is converted, equal to the same region of the full conversion.
 - `every(step)`: frame[::step, ::step] in BGR (the scene-cut thumbnail), equal to the full conversion's.
 
-Measured on the 2-core box (1080p, `python -m app.vision.pixel_format`, median of 200): full NV12 -> BGR
-1.35 ms, 10 face regions of 200x200 0.17 ms, the thumbnail at step 15 0.02 ms, a copy of the NV12 planes
-into a slot 0.30 ms against 0.62 for a BGR frame's.
+Measured on the 2-core box (1080p, one OpenCV thread, `python -m app.vision.pixel_format`, medians of 200,
+the box shared, so ranges of runs): the full NV12 -> BGR conversion 1.3-1.6 ms; 10 face regions of 200x200
+0.40-0.48 ms; the thumbnail at step 15 0.14-0.17 ms (a BGR slot's 0.03 ms); a copy of the NV12 planes into
+a slot 0.10-0.12 ms against 0.19-0.27 ms for a BGR frame's. So an NVDEC capture keeping NV12 saves its
+conversion (1.3-1.6 ms here, most of the 4.6 ms a frame capture costs on the GPU host) for a 0.1 ms dearer
+scene-cut thumbnail in tracking.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def frame_hw(pixel_format: str, data_shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def nv12_to_bgr(nv12: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The whole (H*3/2, W) NV12 frame as (H, W, 3) BGR, into `out` when given (1.35 ms at 1080p here)."""
+    """The whole (H*3/2, W) NV12 frame as (H, W, 3) BGR, into `out` when given (1.3-1.6 ms at 1080p here)."""
     if out is not None:
         return cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12, dst=out)
     return cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12)
@@ -105,7 +108,7 @@ def nv12_region_to_bgr(nv12: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> 
 def nv12_every(nv12: np.ndarray, step: int) -> np.ndarray:
     """nv12_to_bgr(nv12)[::step, ::step] without converting the frame: the picked pixels' Y and chroma are
     laid out as a tiny NV12 image (each Y repeated over its own 2x2 block, which then has its pixel's UV
-    pair) and converted by cv2: the same numbers (0.02 ms at 1080p, step 15)."""
+    pair) and converted by cv2: the same numbers (0.14-0.17 ms at 1080p, step 15)."""
     h, _ = frame_hw(NV12, nv12.shape)
     step = max(1, int(step))
     luma = nv12[:h:step, ::step]
@@ -117,7 +120,7 @@ def nv12_every(nv12: np.ndarray, step: int) -> np.ndarray:
     tiny = np.empty((rows * 3, cols * 2), np.uint8)  # NV12 of (2*rows, 2*cols)
     cv2.resize(luma, (cols * 2, rows * 2), dst=tiny[: 2 * rows], interpolation=cv2.INTER_NEAREST)
     tiny[2 * rows :].view(np.uint16)[...] = chroma
-    return np.ascontiguousarray(cv2.cvtColor(tiny, cv2.COLOR_YUV2BGR_NV12)[::2, ::2])
+    return bgr_every(cv2.cvtColor(tiny, cv2.COLOR_YUV2BGR_NV12), 2)  # (a strided numpy copy: 3x slower)
 
 
 def bgr_every(frame: np.ndarray, step: int) -> np.ndarray:
@@ -243,6 +246,7 @@ def _measure() -> None:
             lambda: [nv12_region_to_bgr(nv12, x, y, x + 200, y + 200) for x, y in boxes]
         ),
         "thumbnail step 15": median_ms(lambda: nv12_every(nv12, 15)),
+        "thumbnail of BGR, step 15": median_ms(lambda: bgr_every(bgr, 15)),
         "copy NV12 into a slot": median_ms(lambda: np.copyto(slot_nv12, nv12)),
         "copy BGR into a slot": median_ms(lambda: np.copyto(slot_bgr, bgr)),
         "new NV12 array (.copy())": median_ms(lambda: nv12.copy()),
