@@ -24,8 +24,8 @@ scene-cut thumbnail is taken from the planes directly (`every`, the numbers a BG
 sharpness of a face (choosing what to embed, unknown faces' quality) converts its box only, and the whole
 frame is converted to BGR only on a frame whose faces are aligned for the embedder, once for all of them.
 Converting face regions for alignment too would cost less (10 faces of 200x200 at 1080p: 0.40-0.48 ms
-against 1.3-1.6 ms for the frame, 2-core box), but alignment reads around each face (its similarity warp and the
-INTER_AREA pre-shrink of small faces) and such frames are a few in a track's life.
+against 1.3-1.6 ms for the frame, 2-core box), but alignment reads around each face (its similarity warp
+and the INTER_AREA pre-shrink of small faces) and such frames are a few in a track's life.
 
 Embedding and gallery search run in the shared embedding worker (`embed.py`) when the stage is given its
 queues (`EmbedChannel`): tracking sends the chips of the tracks to look at and never waits for the answer
