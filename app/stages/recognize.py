@@ -20,12 +20,10 @@ tracker (ids still continue) and a fresh identity manager, since nothing seen be
 to be where it was. Placeholder frames sent while the source is away (`meta.status`) are not tracked.
 
 Pixels are read through the ring's format-free `FramePixels` (an NVDEC camera's ring may hold NV12): the
-scene-cut thumbnail is taken from the planes directly (`every`, the numbers a BGR ring gives), the
-sharpness of a face (choosing what to embed, unknown faces' quality) converts its box only, and the whole
-frame is converted to BGR only on a frame whose faces are aligned for the embedder, once for all of them.
-Converting face regions for alignment too would cost less (10 faces of 200x200 at 1080p: 0.40-0.48 ms
-against 1.3-1.6 ms for the frame, 2-core box), but alignment reads around each face (its similarity warp
-and the INTER_AREA pre-shrink of small faces) and such frames are a few in a track's life.
+scene-cut thumbnail is taken from the planes directly (`every`, the numbers a BGR ring gives), and the
+sharpness of a face (choosing what to embed, unknown faces' quality) and the chips aligned for the embedder
+convert only their regions (10 faces of 200x200 at 1080p: 0.40-0.48 ms against 1.3-1.6 ms for the whole
+frame, 2-core box; app/vision/alignment.py), so no tracking frame converts the whole picture.
 
 Embedding and gallery search run in the shared embedding worker (`embed.py`) when the stage is given its
 queues (`EmbedChannel`): tracking sends the chips of the tracks to look at and never waits for the answer
@@ -441,7 +439,7 @@ class RecognizeStage:
     def _chips(self, tracks: list[TrackFace], need: list[int], frame: FramePixels) -> np.ndarray:
         by_id = {t.track_id: t for t in tracks}
         landmarks = np.array([by_id[i].landmarks for i in need], dtype=np.float32)
-        return self._align(frame.bgr(), landmarks, self.spec)  # NV12: converted once, here
+        return self._align(frame, landmarks, self.spec)  # NV12: each chip's region converted
 
     # -- embedding in the shared worker -------------------------------------------------------------------
 

@@ -152,8 +152,8 @@ def test_the_cut_detectors_sample_is_the_strided_slice_byte_for_byte():
 
 def test_an_nv12_ring_gives_the_tracks_and_names_of_a_bgr_ring(gallery_dir):
     """The clip across its cut to Lin-Manuel (82) and while he is named, kept as NVDEC would (NV12): the
-    same results as a BGR ring of the same decoded pixels, number for number, and the same tracks and
-    names as the clip's own BGR frames."""
+    same results as a BGR ring of the same decoded pixels (similarities within the chips' rounding: they are
+    aligned from converted regions), and the same tracks and names as the clip's own BGR frames."""
     frames = clip(70, 150)
     on_nv12 = recognise(frames, gallery_dir, pixel_format="nv12")
     decoded = recognise([nv12_to_bgr(bgr_to_nv12(f)) for f in frames], gallery_dir)
@@ -162,7 +162,7 @@ def test_an_nv12_ring_gives_the_tracks_and_names_of_a_bgr_ring(gallery_dir):
     for a, b in zip(on_nv12, decoded, strict=True):
         assert a.names == b.names and a.statuses == b.statuses
         assert np.array_equal(a.track_ids, b.track_ids) and np.array_equal(a.boxes, b.boxes)
-        np.testing.assert_array_equal(a.similarities, b.similarities)
+        np.testing.assert_allclose(a.similarities, b.similarities, atol=1e-4)
     moved = []
     for a, c in zip(on_nv12, original, strict=True):
         assert a.names == c.names and np.array_equal(a.track_ids, c.track_ids)
