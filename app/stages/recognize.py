@@ -22,8 +22,8 @@ to be where it was. Placeholder frames sent while the source is away (`meta.stat
 Pixels are read through the ring's format-free `FramePixels` (an NVDEC camera's ring may hold NV12): the
 scene-cut thumbnail is taken from the planes directly (`every`, the numbers a BGR ring gives), and the
 sharpness of a face (choosing what to embed, unknown faces' quality) and the chips aligned for the embedder
-convert only their regions (10 faces of 200x200 at 1080p: 0.40-0.48 ms against 1.3-1.6 ms for the whole
-frame, 2-core box; app/vision/alignment.py), so no tracking frame converts the whole picture.
+convert only their regions, so no tracking frame converts the whole picture (10 chips from a 1080p frame:
+3.3-4.0 ms against 3.8-4.5 ms converting the frame first, 2-core box; app/vision/alignment.py).
 
 Embedding and gallery search run in the shared embedding worker (`embed.py`) when the stage is given its
 queues (`EmbedChannel`): tracking sends the chips of the tracks to look at and never waits for the answer
