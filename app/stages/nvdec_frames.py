@@ -70,7 +70,8 @@ class DeviceFrames:
         self.hw = hw
         h, w = hw
         self.device = torch.device(device)
-        self._pool = [torch.empty((h * 3 // 2, w), dtype=torch.uint8, device=self.device) for _ in range(pool)]
+        shape = (h * 3 // 2, w)
+        self._pool = [torch.empty(shape, dtype=torch.uint8, device=self.device) for _ in range(pool)]
         self._next = 0
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
