@@ -73,7 +73,8 @@ class DeviceFrames:
         shape = (h * 3 // 2, w)
         self._pool = [torch.empty(shape, dtype=torch.uint8, device=self.device) for _ in range(pool)]
         self._next = 0
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        on_gpu = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if on_gpu else None  # type: ignore[no-untyped-call]
 
     def keep(self, frame: Any) -> Any:
         """Copy the decoder's surface (reused by its next frames) into the next pool buffer, on the GPU."""
