@@ -26,6 +26,8 @@ claim and is skipped (the ring already counted it as dropped).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,12 @@ COMMON_FRAME_HW = (1080, 1920)  # 16:9, most cameras: the GPU path has the graph
 # Candidates kept: below any score floor post-processing uses (min(det_threshold, the
 # tracker's low threshold 0.1)) unless DET_THRESHOLD is set under it; mnet0.25 on busy frames gives <1100.
 CANDIDATE_FLOOR = 0.01
+# A live camera's frame is stale (dropped before detection) only when a newer frame of that camera is in the
+# same batch *and* it was read longer ago than this. A pipeline a frame behind for a moment (the first
+# batches after the start run 30-45 ms where later ones run 6, H200, 16 cameras x 30 fps) catches up without
+# losing frames; a camera that stays behind still loses its stale frames, so its backlog, and its latency,
+# stay near this bound.
+STALE_AFTER_S = 0.1
 
 
 class DetectStage:
@@ -65,13 +73,15 @@ class DetectStage:
         candidate_floor: float = CANDIDATE_FLOOR,
         streams: tuple[int, ...] | None = None,
         gpu_wait: str = "block",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
         device "cpu" runs the GPU path on the CPU (tests). streams: the cameras this detector serves (None:
-        every camera of the run).
+        every camera of the run). clock: capture's clock (its stamps' times), for a live frame's age.
         """
+        self.clock = clock
         self.streams = streams
         self.gpu_wait = gpu_wait  # GPU_WAIT: set before the process's first CUDA work
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
@@ -208,17 +218,20 @@ class DetectStage:
                  sorted({self.frames.ring(s).frame_hw for s in streams}))  # fmt: skip
 
     def _newest_live(self, msgs: list[FrameRef]) -> list[FrameRef]:
-        """A live camera's frame with a newer one of that camera behind it in the batch is stale: dropped
-        here (counted by its ring), before it costs a detection."""
+        """A live camera's frame with a newer one of that camera behind it in the batch, read more than
+        `STALE_AFTER_S` ago, is stale: dropped here (counted by its ring), before it costs a detection."""
         newest: dict[int, int] = {}
         for m in msgs:
             if m.meta.stream in self._live:
                 newest[m.meta.stream] = max(newest.get(m.meta.stream, 0), m.meta.seq)
         if not newest:
             return msgs
+        now = self.clock()
         kept = []
         for m in msgs:
-            if m.meta.stream in newest and m.meta.seq != newest[m.meta.stream]:
+            read = m.meta.stamps[0].end if m.meta.stamps else -np.inf  # unstamped: as old as can be
+            stale = m.meta.stream in newest and m.meta.seq != newest[m.meta.stream]
+            if stale and now - read > STALE_AFTER_S:
                 self.frames.ring(m.meta.stream).drop(m.meta.slot, m.meta.seq)
             else:
                 kept.append(m)

@@ -17,6 +17,11 @@ Modes:
   so the conversion wakes no thread pool.
 - `nvdec-device`: RGB kept on the GPU, channels swapped there by torch, one copy into a page-locked host
   buffer, then into the frame buffer.
+- `nvdec-nv12-copy` (blocking context, OpenCV on one thread): NVDEC's NV12 surface in host memory copied
+  as it is into an NV12 frame buffer (H*3/2 x W), no conversion: what capture costs when the ring holds NV12
+  and the GPU detector converts.
+- `nvdec-device-nv12` (blocking context): NV12 left in device memory, one torch copy into a page-locked
+  host NV12 buffer (as into a ring slot registered for CUDA): no host-side copy by the library or by us.
 
     python testbench/gpu/bench_decode.py --clip CLIP.mp4 --streams 16 --frames 300 --modes ffmpeg ffmpeg-t1
 
@@ -67,8 +72,10 @@ def _prepare(mode: str) -> None:
         nvdec.import_nvc()
     if mode.endswith("-cv1"):
         cv2.setNumThreads(1)
-    if mode == "nvdec-device":
+    if mode in ("nvdec-device", "nvdec-device-nv12"):
         import torch  # noqa: F401
+    if mode in ("nvdec-nv12-copy", "nvdec-device-nv12"):
+        cv2.setNumThreads(1)
 
 
 def _ffmpeg_frames(clip: str, threads: int, out: np.ndarray, frames: int, marks: Marks) -> int:
@@ -108,9 +115,11 @@ def _nvdec_raw_frames(clip: str, out: np.ndarray, frames: int, mode: str, marks:
 
     from app.stages.nvdec import create_decoder, decoder_context, import_nvc
 
-    device = mode == "nvdec-device"
+    device = mode in ("nvdec-device", "nvdec-device-nv12")
+    raw = mode in ("nvdec-nv12-copy", "nvdec-device-nv12")  # NV12 kept as it is, not converted
     nvc = import_nvc()
-    context = decoder_context(0, "block") if "-block" in mode else None
+    block = "-block" in mode or raw
+    context = decoder_context(0, "block") if block else None
     marks.wait = context.wait if context is not None else "library's"
     demuxer = nvc.CreateDemuxer(filename=clip)
     h, w = int(demuxer.Height()), int(demuxer.Width())
@@ -120,27 +129,34 @@ def _nvdec_raw_frames(clip: str, out: np.ndarray, frames: int, mode: str, marks:
         demuxer.GetNvCodecId(),
         context,
         device_memory=device,
-        color=nvc.OutputColorType.RGB if device else nvc.OutputColorType.NATIVE,
+        color=nvc.OutputColorType.RGB if device and not raw else nvc.OutputColorType.NATIVE,
     )
+    size = h * w * 3 // 2
+    nv12_out = out.reshape(-1)[:size].reshape(h * 3 // 2, w)  # the frame buffer seen as NV12 planes
     pinned: Any = None
     if device:
         import torch
 
-        pinned = torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=True)
+        shape = (h * 3 // 2, w) if raw else (h, w, 3)
+        pinned = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
         swap = torch.tensor([2, 1, 0], device="cuda")
     done = 0
     try:
         for packet in demuxer:
             for frame in decoder.Decode(packet):
-                if device:
+                if device and raw:
+                    pinned.copy_(torch.from_dlpack(frame).reshape(h * 3 // 2, w))
+                elif device:
                     rgb = torch.from_dlpack(frame)
                     pinned.copy_(rgb.reshape(h, w, 3).index_select(2, swap))
                     out[...] = pinned.numpy()
                 else:
-                    size = h * w * 3 // 2
                     pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
                     nv12 = np.ctypeslib.as_array(pointer, shape=(size,)).reshape(h * 3 // 2, w)
-                    cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12, dst=out)
+                    if raw:
+                        np.copyto(nv12_out, nv12)
+                    else:
+                        cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12, dst=out)
                 done += 1
                 marks.frame()
                 if done >= frames:
@@ -159,7 +175,15 @@ def _frames(mode: str, clip: str, out: np.ndarray, frames: int, marks: Marks) ->
         return _ffmpeg_frames(clip, int(mode.removeprefix("ffmpeg-t")), out, frames, marks)
     if mode == "nvdec":
         return _nvdec_frames(clip, out, frames, marks)
-    if mode in ("nvdec-nv12", "nvdec-nv12-block", "nvdec-nv12-cv1", "nvdec-nv12-block-cv1", "nvdec-device"):
+    if mode in (
+        "nvdec-nv12",
+        "nvdec-nv12-block",
+        "nvdec-nv12-cv1",
+        "nvdec-nv12-block-cv1",
+        "nvdec-device",
+        "nvdec-nv12-copy",
+        "nvdec-device-nv12",
+    ):
         return _nvdec_raw_frames(clip, out, frames, mode, marks)
     raise ValueError(f"unknown mode {mode}")
 

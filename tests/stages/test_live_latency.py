@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from app.pipeline.frame_ring import FrameRingHandle
-from app.pipeline.messages import SourceInfo
+from app.pipeline.messages import SourceInfo, StageStamp
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
-from app.stages.detect import DetectStage
+from app.stages.detect import STALE_AFTER_S, DetectStage
 from app.stages.postprocess import PostprocessStage
 from app.vision.retinaface import fitted_input_hw
 from tests.stages.stage_chain import put_frame, read_all, ring_of, sources
@@ -106,13 +106,43 @@ def test_a_fitted_input_finds_the_faces_the_square_input_finds():
 def test_a_live_cameras_older_frames_in_a_batch_are_dropped_before_detection():
     image = np.full((360, 640, 3), 90, np.uint8)
     with ring_of(image.shape, slots=4) as (ring, handle):
-        stage = DetectStage(handle, DETECTOR)
+        now = [0.0]
+        stage = DetectStage(handle, DETECTOR, clock=lambda: now[0])
         stage.setup()
         stage.start({0: SourceInfo((360, 640, 3), 25.0, True, "live test")})
         msgs = [put_frame(ring, image, i) for i in range(3)]
+        now[0] = msgs[0].meta.stamps[0].end + STALE_AFTER_S + 0.01  # every queued frame older than the bound
         out = stage.process_batch(msgs)
         assert [raw.meta.seq for raw in out] == [3]
         assert ring.dropped == 2 and ring.states().count("free") == 3
+        stage.close()
+
+
+def test_a_live_camera_a_frame_behind_for_a_moment_loses_nothing():
+    """Newer frames in the batch, but none read longer than STALE_AFTER_S ago (a slow first batch after the
+    start): all are detected, nothing is counted as dropped."""
+    image = np.full((360, 640, 3), 90, np.uint8)
+    with ring_of(image.shape, slots=4) as (ring, handle):
+        now = [0.0]
+        stage = DetectStage(handle, DETECTOR, clock=lambda: now[0])
+        stage.setup()
+        stage.start({0: SourceInfo((360, 640, 3), 25.0, True, "live test")})
+        msgs = [put_frame(ring, image, i) for i in range(3)]
+        msgs[0].meta.stamps[0] = StageStamp("capture", 0.0, 1.0)
+        msgs[1].meta.stamps[0] = StageStamp("capture", 0.0, 1.04)
+        msgs[2].meta.stamps[0] = StageStamp("capture", 0.0, 1.08)
+        now[0] = 1.0 + STALE_AFTER_S - 0.01
+        out = stage.process_batch(msgs)
+        assert [raw.meta.seq for raw in out] == [1, 2, 3]
+        assert ring.dropped == 0
+        for raw in out:  # the sink's release: slots free for the next frames
+            ring.release(raw.meta.slot, raw.meta.seq)
+        msgs = [put_frame(ring, image, i) for i in range(3, 5)]
+        msgs[0].meta.stamps[0] = StageStamp("capture", 0.0, 2.0)
+        msgs[1].meta.stamps[0] = StageStamp("capture", 0.0, 2.2)
+        now[0] = 2.0 + STALE_AFTER_S + 0.01  # now the older one is past the bound: newest wins
+        assert [raw.meta.seq for raw in stage.process_batch(msgs)] == [5]
+        assert ring.dropped == 1
         stage.close()
 
 
@@ -123,6 +153,9 @@ def test_a_files_frames_in_a_batch_are_all_detected():
         stage.setup()
         stage.start(sources(25.0, image.shape, live=False))
         msgs = [put_frame(ring, image, i) for i in range(3)]
-        assert [raw.meta.seq for raw in stage.process_batch(msgs)] == [1, 2, 3]
+        out = stage.process_batch(msgs)
+        assert [raw.meta.seq for raw in out] == [1, 2, 3]
         assert ring.dropped == 0
+        for raw in out:  # the sink's release: slots free for the next frames
+            ring.release(raw.meta.slot, raw.meta.seq)
         stage.close()
