@@ -20,8 +20,9 @@ outside the lock because ownership says who may touch them):
 Pixel format: a ring's slots hold BGR (H, W, 3) frames, or NV12 (H*3//2, W) ones where an NVDEC capture
 keeps its decoder's planes for a detector that converts on the GPU (`app.vision.pixel_format`). The header
 records the picture's (H, W, 3) and the format (its once reserved word: 0 = BGR, so older rings read as
-BGR); `shape` is the slot's array shape, `frame_shape` the picture's, and `pixels(slot)` the one way
-consumers read a frame whatever its format.
+BGR); `shape` is the slot's array shape, `frame_shape` the picture's. Consumers read a frame whatever its
+format through `FramePixels(ring.frame(slot), ring.format)` (app/vision/pixel_format.py: the conversions
+are vision's; this framework imports no domain package).
 
 The parent (supervisor) creates the segment and unlinks it in a `finally`; stages attach by name. On Python
 < 3.13 attaching also registers the segment with the resource tracker, which then warns about (and unlinks)
@@ -42,8 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from app.vision.pixel_format import BGR, FORMAT_CODES, FramePixels, check_format, slot_shape
-
 log = logging.getLogger(__name__)
 
 FREE, WRITING, QUEUED, CLAIMED = 0, 1, 2, 3
@@ -52,13 +51,31 @@ STATE_NAMES = {FREE: "free", WRITING: "writing", QUEUED: "queued", CLAIMED: "cla
 _MAGIC = 0x46524D52494E4731  # "FRMRING1"
 _HEADER_WORDS = 8  # magic, slots, height, width, channels (the picture's), dropped, published, pixel format
 _H_DROPPED, _H_PUBLISHED, _H_FORMAT = 5, 6, 7
-_FORMATS = {code: name for name, code in FORMAT_CODES.items()}
+# Pixel formats a slot may hold (their conversions: app/vision/pixel_format.py). The code each has in the
+# header's once reserved word: 0 keeps rings made before it BGR.
+BGR, NV12 = "bgr", "nv12"
+PIXEL_FORMATS = (BGR, NV12)
+_FORMAT_CODES = {BGR: 0, NV12: 1}
+_FORMATS = {code: name for name, code in _FORMAT_CODES.items()}
 _ALIGN = 64
 # A lock held longer than this: its holder died with it and nobody freed it (the supervisor does in ~0.6 s).
 _LOCK_TIMEOUT_S = 10.0
 _WAIT_POLL_S = 0.001
 
 _attach_lock = threading.Lock()
+
+
+def slot_shape(pixel_format: str, frame_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The array shape of a slot holding an (H, W, 3) picture in `pixel_format`: (H, W, 3) BGR, or NV12's
+    (H*3//2, W), the Y plane then the interleaved U/V plane at half resolution (H and W even)."""
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    if pixel_format not in PIXEL_FORMATS:
+        raise ValueError(f"pixel format {pixel_format!r} is not one of {', '.join(PIXEL_FORMATS)}")
+    if pixel_format == BGR:
+        return (h, w, 3)
+    if h % 2 or w % 2:
+        raise ValueError(f"NV12 needs an even frame size, got {w}x{h}")
+    return (h * 3 // 2, w)
 
 
 class RingLockTimeout(RuntimeError):
@@ -128,11 +145,11 @@ class FrameRing:
         if slots < 2:
             raise ValueError(f"a frame ring needs at least 2 slots, got {slots}")
         shape = (int(shape[0]), int(shape[1]), int(shape[2]))
-        data_shape = slot_shape(check_format(pixel_format), shape)
+        data_shape = slot_shape(pixel_format, shape)
         _, _, size = _layout(slots, data_shape)
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         header = np.ndarray((_HEADER_WORDS,), np.int64, shm.buf, 0)
-        header[:] = (_MAGIC, slots, *shape, 0, 0, FORMAT_CODES[pixel_format])
+        header[:] = (_MAGIC, slots, *shape, 0, 0, _FORMAT_CODES[pixel_format])
         table, pixels, _ = _layout(slots, data_shape)
         np.ndarray((2 * slots,), np.int64, shm.buf, table)[:] = 0  # seq 0 and FREE everywhere
         del header  # no exported views may outlive close()
@@ -191,12 +208,9 @@ class FrameRing:
 
     def frame(self, slot: int) -> np.ndarray:
         """The slot's data (`shape`: (H,W,3) BGR or (H*3/2,W) NV12) uint8, a view into shared memory: copy
-        what must outlive the slot. Readers of pixels use `pixels(slot)`, which hides the format."""
+        what must outlive the slot. Readers of pixels wrap it with `format` in app.vision.pixel_format's
+        FramePixels, which hides the format."""
         return self._frames[slot, ...]
-
-    def pixels(self, slot: int) -> FramePixels:
-        """The slot's frame behind the format-free interface (BGR, regions, thumbnails on demand)."""
-        return FramePixels(self._frames[slot, ...], self.format)
 
     @property
     def frame_hw(self) -> tuple[int, int]:

@@ -56,7 +56,7 @@ from typing import Any
 
 from app.errors import UserError
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER_ERROR
-from app.pipeline.frame_ring import FrameRing, FrameRingHandle
+from app.pipeline.frame_ring import FrameRing, FrameRingHandle, slot_shape
 from app.pipeline.graph import Node, PipelineGraph, Stream
 from app.pipeline.messages import (
     Failed,
@@ -72,7 +72,6 @@ from app.pipeline.messages import (
 from app.pipeline.metrics import StreamMetrics
 from app.pipeline.restart_state import RestartState
 from app.pipeline.stage_runner import StageChannels, stage_process_main
-from app.vision.pixel_format import slot_shape
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("app.pipeline.summary")  # the periodic line; the CLI shows it by default

@@ -15,9 +15,9 @@ Two paths:
 One detection stage serves every camera: a batch holds frames of several streams (each claimed from its own
 camera's ring); frames of different sizes are letterboxed to the same detector input.
 
-Frames come in their ring's pixel format (`FrameRing.pixels`): an NV12 ring (NVDEC with the torch backend)
-is uploaded as NV12 and converted on the GPU; on the CPU path it is converted to BGR here, one frame at a
-time into a reused buffer, before the letterbox.
+Frames come in their ring's pixel format (`FrameRing.format`, read through `FramePixels`): an NV12 ring
+(NVDEC with the torch backend) is uploaded as NV12 and converted on the GPU; on the CPU path it is
+converted to BGR here, one frame at a time into a reused buffer, before the letterbox.
 
 Each frame is claimed from the ring here: a live frame overwritten while it waited in the queue fails the
 claim and is skipped (the ring already counted it as dropped).
@@ -250,7 +250,7 @@ class DetectStage:
         if self.gpu is not None:
             return self._detect_gpu(frames)
         n = len(frames)
-        pictures = (self._bgr_of(rings.ring(m.meta.stream).pixels(m.meta.slot)) for m in frames)
+        pictures = (self._bgr_of(self._pixels(m)) for m in frames)
         scales = [self.preprocess(picture, out=self._buffer[i])[1] for i, picture in enumerate(pictures)]
         with self.model_cpu.measure():
             raw = self.model.run(self._buffer[:n])
@@ -275,6 +275,10 @@ class DetectStage:
                 )
             )
         return out
+
+    def _pixels(self, msg: FrameRef) -> FramePixels:
+        ring = self.frames.ring(msg.meta.stream)
+        return FramePixels(ring.frame(msg.meta.slot), ring.format)
 
     def _bgr_of(self, pixels: FramePixels) -> np.ndarray:
         """The frame as BGR for the CPU letterbox: the slot itself, or an NV12 slot converted into a buffer

@@ -36,6 +36,7 @@ from app.stages.opencv_window import (  # noqa: F401 - re-exported: the GUI stag
 )
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
 from app.vision.drawing import annotate_frame
+from app.vision.pixel_format import FramePixels
 from app.vision.privacy import blur_faces
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class GuiStage:
         ring = self.frames.ring(meta.stream)
         video = self.videos.get(meta.stream)
         needs_pixels = self.window is not None or self.mosaic is not None or video is not None
-        pixels = ring.pixels(meta.slot)  # in the ring's format: converted to BGR only where drawn or saved
+        pixels = FramePixels(ring.frame(meta.slot), ring.format)  # converted to BGR only if drawn or saved
         canvas = pixels.bgr_copy() if needs_pixels else None
         camera = self.cameras[meta.stream] if meta.stream < len(self.cameras) else str(meta.stream)
         # Before the release: a snapshot reads the frame. The counts reach the parent's metrics in the meta.

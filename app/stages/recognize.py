@@ -311,7 +311,8 @@ class RecognizeStage:
         state = self._stream(msg.meta.stream)
         if msg.meta.status:  # a placeholder while the source is away: nothing to track on it
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
-        frame = self.frames.ring(msg.meta.stream).pixels(msg.meta.slot)
+        ring = self.frames.ring(msg.meta.stream)
+        frame = FramePixels(ring.frame(msg.meta.slot), ring.format)
         if msg.meta.segment != state.segment:
             self._new_segment(state, msg.meta.segment, msg.meta.frame_index)
         if state.cuts.is_cut(frame):  # (never right after a new segment: its detector starts fresh)

@@ -1,13 +1,14 @@
 """Pixel formats of ring frames and the one home of their conversions (the GPU's twin is in gpu_preprocess).
 
-A ring slot holds a frame in one of two formats (the ring's header records which, `FrameRing.format`):
+A ring slot holds a frame in one of two formats (the ring's header records which, `FrameRing.format`; the
+ring lays its slots out, `frame_ring.slot_shape`):
 - `bgr`: (H, W, 3) uint8, what OpenCV decodes to; the default everywhere.
 - `nv12`: (H*3//2, W) uint8, what NVDEC hands out: the full-resolution Y plane (H rows) and then the
   interleaved U/V plane at half resolution (H/2 rows of W/2 pairs), each pair covering a 2x2 block. H and W
   are even. Kept so that an NVDEC capture only copies its 3 MB (1080p) instead of converting into 6 MB of
   BGR, and the torch GPU detector uploads half the bytes and converts there (`gpu_preprocess.nv12_to_bgr`).
 
-Consumers do not branch on the format: they take a `FramePixels` (`FrameRing.pixels(slot)`) and ask it for
+Consumers do not branch on the format: they take a `FramePixels(ring.frame(slot), ring.format)` and ask it for
 what they need, each computed from NV12 only when asked, and the full conversion at most once a frame:
 - `bgr()`: the whole frame (a view of a BGR slot; for NV12 `nv12_to_bgr`, cv2's COLOR_YUV2BGR_NV12:
   BT.601 limited range, nearest chroma).
@@ -33,24 +34,12 @@ import numpy as np
 BGR = "bgr"
 NV12 = "nv12"
 PIXEL_FORMATS = (BGR, NV12)
-# The code each format has in a ring's header (its reserved word): 0 keeps rings made before it BGR.
-FORMAT_CODES = {BGR: 0, NV12: 1}
 
 
 def check_format(pixel_format: str) -> str:
     if pixel_format not in PIXEL_FORMATS:
         raise ValueError(f"pixel format {pixel_format!r} is not one of {', '.join(PIXEL_FORMATS)}")
     return pixel_format
-
-
-def slot_shape(pixel_format: str, frame_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The array shape of a slot holding an (H, W, 3) picture in `pixel_format`."""
-    h, w = int(frame_shape[0]), int(frame_shape[1])
-    if check_format(pixel_format) == BGR:
-        return (h, w, 3)
-    if h % 2 or w % 2:
-        raise ValueError(f"NV12 needs an even frame size, got {w}x{h}")
-    return (h * 3 // 2, w)
 
 
 def frame_hw(pixel_format: str, data_shape: tuple[int, ...]) -> tuple[int, int]:

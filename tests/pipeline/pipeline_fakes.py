@@ -201,7 +201,9 @@ class FormatSink(LinesSink):
 
     def process(self, msg):
         ring = self.frames.ring
-        pixels = ring.pixels(msg.meta.slot)
+        from app.vision.pixel_format import FramePixels
+
+        pixels = FramePixels(ring.frame(msg.meta.slot), ring.format)
         line = {"frame": msg.meta.frame_index, "format": ring.format, "bgr_mean": float(pixels.bgr().mean())}
         self._file.write(json.dumps(line) + "\n")
         ring.release(msg.meta.slot, msg.meta.seq)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
-from app.vision.pixel_format import NV12, bgr_to_nv12, nv12_to_bgr
+from app.vision.pixel_format import NV12, FramePixels, bgr_to_nv12, nv12_to_bgr
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (6, 8, 3)
@@ -65,7 +65,7 @@ def test_a_ring_is_bgr_unless_made_nv12_and_says_so_to_every_handle(ring):
         created.frame(slot)[:] = bgr_to_nv12(picture)
         created.publish(slot, 1)
         assert other.claim(slot, 1)
-        pixels = other.pixels(slot)
+        pixels = FramePixels(other.frame(slot), other.format)
         assert pixels.format == NV12 and pixels.shape == (36, 64, 3)
         assert np.array_equal(pixels.bgr(), nv12_to_bgr(bgr_to_nv12(picture)))
         other.close()

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from app.pipeline.frame_ring import slot_shape
 from app.stages.recognize import SceneCutDetector
 from app.vision.pixel_format import (
     BGR,
@@ -17,7 +18,6 @@ from app.vision.pixel_format import (
     nv12_every,
     nv12_region_to_bgr,
     nv12_to_bgr,
-    slot_shape,
     write_bgr,
 )
 from tests.support.shared_data import HAMILTON
