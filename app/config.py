@@ -218,6 +218,12 @@ class Settings:
         "detector, with the torch backend; else BGR), bgr, or nv12",
         choices=("auto", "bgr", "nv12"),
     )
+    nvdec_memory: str = setting(
+        "host",
+        "Where NVDEC decodes to before a frame is copied into the ring: host (the decoder's own copy down, "
+        "then ours into the slot) or device (GPU buffers, one copy down, into the slot; needs torch, CUDA)",
+        choices=("host", "device"),
+    )
     decode_threads: int = setting(
         0,
         "FFmpeg decoding threads per camera; 0 = automatic: FFmpeg's own choice (one per core) for one "

@@ -154,6 +154,7 @@ def build_graph(
             decoder=settings.decoder,
             decode_threads=threads_per_camera,
             nvdec_format=nvdec_frame_format(settings.frame_format, settings.backend),
+            nvdec_memory=settings.nvdec_memory,
         )
         nodes.append(Node(name, capture, stream=index))
         streams.append(Stream(index, camera.name, ring, name))

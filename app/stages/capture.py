@@ -105,6 +105,7 @@ class CaptureStage:
         decoder: str = "auto",
         decode_threads: int = 0,
         nvdec_format: str = BGR,
+        nvdec_memory: str = "host",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -113,6 +114,7 @@ class CaptureStage:
         self.decoder = decoder
         self.decode_threads = int(decode_threads)  # FFmpeg's threads, 0 = its own choice
         self.nvdec_format = nvdec_format  # the pixel format an NVDEC decoder hands out (the ring keeps it)
+        self.nvdec_memory = nvdec_memory  # where NVDEC decodes to (NVDEC_MEMORY): host or device
         # Pacing, stamps, stalls and outages all read this clock (tests drive it: test_capture_stage.py).
         self.clock = clock
         self.sleep = sleep
@@ -219,7 +221,13 @@ class CaptureStage:
 
     def _open(self, spec: SourceSpec, nvdec_format: str) -> cv2.VideoCapture:
         cap = open_capture(
-            spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads, nvdec_format
+            spec,
+            self.decoder,
+            self.open_timeout_s,
+            self.read_timeout_s,
+            self.decode_threads,
+            nvdec_format,
+            self.nvdec_memory,
         )
         self._cap_format = delivered_format(cap)
         return cap

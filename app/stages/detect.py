@@ -142,6 +142,7 @@ class DetectStage:
         try:
             self.gpu.warmup()
             self._prepare_common_fit()
+            self.gpu.warm_path(COMMON_FRAME_HW)
         except ValueError as exc:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
             raise UserError(message) from None

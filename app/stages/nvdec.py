@@ -57,7 +57,6 @@ session) and leaves the CPU cores to tracking.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import logging
 import queue
@@ -70,6 +69,7 @@ import numpy as np
 from app.config import env_name
 from app.errors import UserError, first_line
 from app.inference.cuda_driver import NoCudaDriver, PrimaryContext, cuda_devices, retain_primary_context
+from app.stages.nvdec_frames import MEMORIES, DeviceFrames, HostFrames
 from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
 from app.vision.pixel_format import BGR, NV12, check_format
 
@@ -176,6 +176,7 @@ def open_capture(
     read_timeout_s: float,
     threads: int = 0,
     nvdec_format: str = BGR,
+    nvdec_memory: str = "host",
 ) -> Any:
     """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture
     (`threads`: FFmpeg's decoding threads, 0 = its own choice; `nvdec_format`: the pixel format an
@@ -185,7 +186,9 @@ def open_capture(
     if choose_decoder(decoder, spec, problem) == "ffmpeg":
         return open_video(spec, open_timeout_s, read_timeout_s, threads)
     try:
-        return NvdecCapture(spec, read_timeout_s, open_timeout_s, pixel_format=nvdec_format)
+        return NvdecCapture(
+            spec, read_timeout_s, open_timeout_s, pixel_format=nvdec_format, memory=nvdec_memory
+        )
     except UserError:
         if decoder == "nvdec":
             raise
@@ -207,8 +210,12 @@ class NvdecCapture:
         gpu_id: int = 0,
         gpu_wait: str | None = DECODER_WAIT,
         pixel_format: str = BGR,
+        memory: str = "host",
     ) -> None:
         self.pixel_format = check_format(pixel_format)
+        if memory not in MEMORIES:
+            raise ValueError(f"NVDEC memory {memory!r} is not one of {', '.join(MEMORIES)}")
+        self.memory = memory
         nvc = import_nvc()
         cv2.setNumThreads(CONVERT_THREADS)  # for the whole capture process, which converts and resizes only
         self.spec = spec
@@ -223,13 +230,14 @@ class NvdecCapture:
                 gpu_id,
                 self._demuxer.GetNvCodecId(),
                 self._context,
-                device_memory=False,  # frames decoded into host memory: they go to the ring
-                color=nvc.OutputColorType.NATIVE,  # NV12: OpenCV converts it on the host
+                device_memory=memory == "device",  # host: the library copies each frame down itself
+                color=nvc.OutputColorType.NATIVE,  # NV12: kept as it is, or OpenCV converts it on the host
             )
         except Exception as exc:  # noqa: BLE001 - the library's errors name neither the file nor the fix
             self._release_context()
             text = scrub_secrets(f"{type(exc).__name__}: {exc}", spec)
             raise UserError(f"NVDEC cannot decode {spec.display} ({text}); set {_setting()}=ffmpeg") from None
+        self._held = self._hold(memory)
         self._frames_out: queue.Queue[Any] = queue.Queue(maxsize=DECODED_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._decode, name="nvdec", daemon=True)
@@ -245,6 +253,22 @@ class NvdecCapture:
             self.release()
             raise UserError(f"NVDEC gave no frame of {spec.display}; set {_setting()}=ffmpeg")
 
+    def _hold(self, memory: str) -> HostFrames | DeviceFrames:
+        """Where each frame waits between the decoder (which reuses its surfaces) and the ring slot; a GPU
+        pool covers the decoded-ahead queue, the first frame, the one being read and the one decoded."""
+        if memory == "host":
+            return HostFrames(self._hw)
+        try:
+            return DeviceFrames(self._hw, DECODED_AHEAD + 3)
+        except (ImportError, RuntimeError, AssertionError) as exc:  # no torch, or one without CUDA
+            self._decoder = None
+            self._release_context()
+            name = env_name("nvdec_memory")
+            raise UserError(
+                f"{name}=device needs torch with CUDA in the capture process ({first_line(exc)}); "
+                f"install the 'torch' extra or set {name}=host"
+            ) from None
+
     @property
     def gpu_wait(self) -> str:
         """How the decoder's threads wait for the GPU, as the driver reports it for the context it was given
@@ -253,25 +277,15 @@ class NvdecCapture:
 
     def _decode(self) -> None:
         """Demux and decode to the end (or a stop), each frame's NV12 surface copied out of the decoder's
-        buffer (which it reuses)."""
+        buffer (which it reuses) into host memory or a GPU buffer (`memory`)."""
         try:
             for packet in self._demuxer:
                 for frame in self._decoder.Decode(packet):
-                    if not self._put(self._host_nv12(frame).copy()):
+                    if not self._put(self._held.keep(frame)):
                         return
         except Exception as exc:  # noqa: BLE001 - a broken stream ends it; read() says so
             log.debug("nvdec: %s", scrub_secrets(f"{type(exc).__name__}: {exc}", self.spec))
         self._put(_END)
-
-    def _host_nv12(self, frame: Any) -> np.ndarray:
-        """A decoded frame in host memory as its (H*3/2, W) NV12 planes: through DLPack, or from its plane
-        pointer (as PyNvVideoCodec's own samples read host frames) when DLPack does not offer a CPU array."""
-        h, w = self._hw
-        try:
-            return np.from_dlpack(frame).reshape(h * 3 // 2, w)
-        except (TypeError, RuntimeError, BufferError, ValueError):
-            pointer = ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
-            return np.ctypeslib.as_array(pointer, shape=(h * 3 // 2 * w,)).reshape(h * 3 // 2, w)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -305,11 +319,8 @@ class NvdecCapture:
         if image is None or image.shape != shape or image.dtype != np.uint8:
             image = None
         if self.pixel_format == NV12:
-            if image is None:
-                return True, item  # the queue's own copy: nothing else holds it
-            np.copyto(image, item)
-            return True, image
-        return True, cv2.cvtColor(item, cv2.COLOR_YUV2BGR_NV12, dst=image)
+            return True, self._held.to_host(item, image)  # into the slot, else the kept copy itself
+        return True, cv2.cvtColor(self._held.to_host(item), cv2.COLOR_YUV2BGR_NV12, dst=image)
 
     def get(self, prop: int) -> float:
         if prop == cv2.CAP_PROP_FPS:

@@ -202,6 +202,27 @@ def test_gpu_path_on_the_cpu_finds_the_faces_the_cpu_path_finds(clip_frames, tor
         cpu.close()
 
 
+def test_the_whole_gpu_path_is_warmed_for_common_frames_of_both_formats(torch_mod, monkeypatch):
+    """warm_path sends every bucket of BGR and NV12 frames through detect (upload, conversion, letterbox,
+    model, compaction) before the run; small frames here, on the CPU device."""
+    with ring_of((90, 160, 3), slots=2) as (_, handle):
+        stage = DetectStage(handle, DETECTOR, backend="torch", device="cpu", max_batch=4)
+        stage.setup()
+        calls = []
+        detect = stage.gpu.detect
+        monkeypatch.setattr(
+            stage.gpu, "detect", lambda f, k=None: calls.append((len(f), f[0].shape, k)) or detect(f, k)
+        )
+        stage.gpu.warm_path((90, 160))
+        assert calls == []  # not on the CPU device: nothing to load there
+        stage.gpu.warm_path((90, 160), force=True)
+        buckets = sorted({n for n, _, _ in calls})
+        assert buckets == stage.gpu._buckets() and buckets[-1] == 4
+        assert {shape for _, shape, _ in calls} == {(90, 160, 3), (135, 160)}
+        assert all(k is None or set(k) == {"nv12"} for _, _, k in calls)
+        stage.close()
+
+
 def test_candidates_decode_exactly_like_the_full_outputs(clip_frames, torch_mod):
     from app.inference.torch_backend import TorchModel
     from app.stages.gpu_detect import compact_candidates

@@ -3,6 +3,7 @@ PyNvVideoCodec or a GPU: one line naming the fix, or FFmpeg when NVDEC was only 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from app.errors import UserError
 from app.inference.cuda_driver import PrimaryContext
 from app.stages import nvdec
 from app.stages.nvdec import NvdecUnavailable, choose_decoder, nvdec_problem, open_capture
+from app.stages.nvdec_frames import DeviceFrames
 from app.stages.sources import parse_source
 from tests.support.shared_data import HAMILTON, REPO
 
@@ -66,7 +68,7 @@ def test_no_driver_means_no_device(monkeypatch):
     def no_library(name):
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(nvdec.ctypes, "CDLL", no_library)
+    monkeypatch.setattr(ctypes, "CDLL", no_library)  # the one ctypes module cuda_driver loads through
     assert nvdec.cuda_devices() == 0
 
 
@@ -115,7 +117,8 @@ class FrameLibrary:
         return Demuxer()
 
     def CreateDecoder(self, gpuid, codec, usedevicememory, outputColorType):  # noqa: N802, N803
-        assert usedevicememory is False and outputColorType == "native"
+        assert outputColorType == "native"
+        self.device_memory = usedevicememory  # frames stay numpy arrays: DLPack hands them to torch alike
         frames = self.frames
 
         class Decoder:
@@ -291,6 +294,50 @@ def test_the_nvdec_adapter_hands_out_nv12_planes_copied_into_the_slot(monkeypatc
         got.append(image.copy())
     cap.release()
     assert len(got) == 6 and all(np.array_equal(a, nv12(f)) for a, f in zip(got, frames, strict=True))
+
+
+def test_device_memory_keeps_frames_in_a_buffer_pool_and_copies_once_into_the_slot(monkeypatch):
+    """NVDEC_MEMORY=device: the decoder writes to GPU memory, the frames wait in DeviceFrames' pool (torch's
+    CPU device here) and come out the same, as NV12 into the slot or converted to BGR."""
+    pytest.importorskip("torch", reason="device memory needs the optional 'torch' extra")
+    frames = clip_frames(14)  # more than the pool's DECODED_AHEAD + 3 buffers: each is used again
+    library = FrameLibrary(frames)
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: library)
+    monkeypatch.setattr(nvdec, "DeviceFrames", lambda hw, pool: DeviceFrames(hw, pool, device="cpu"))
+    for pixel_format in ("nv12", "bgr"):
+        cap = nvdec.NvdecCapture(FILE, pixel_format=pixel_format, memory="device")
+        assert library.device_memory is True and cap.memory == "device"
+        h, w = frames[0].shape[:2]
+        slot = np.zeros((h * 3 // 2, w) if pixel_format == "nv12" else (h, w, 3), np.uint8)
+        got = []
+        while True:
+            ok, image = cap.read(slot)
+            if not ok:
+                break
+            assert image is slot
+            got.append(image.copy())
+        cap.release()
+        want = [
+            nv12(f) if pixel_format == "nv12" else cv2.cvtColor(nv12(f), cv2.COLOR_YUV2BGR_NV12)
+            for f in frames
+        ]
+        assert len(got) == 14 and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_device_memory_without_cuda_is_one_line_naming_the_fix(monkeypatch):
+    frames = clip_frames(2)
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
+
+    def no_cuda(hw, pool):
+        raise RuntimeError("Found no NVIDIA driver on your system.\nmore")
+
+    monkeypatch.setattr(nvdec, "DeviceFrames", no_cuda)
+    with pytest.raises(UserError) as info:
+        nvdec.NvdecCapture(FILE, memory="device")
+    assert str(info.value) == (
+        "FACEPIPE_NVDEC_MEMORY=device needs torch with CUDA in the capture process (Found no NVIDIA "
+        "driver on your system.); install the 'torch' extra or set FACEPIPE_NVDEC_MEMORY=host"
+    )
 
 
 def test_frame_format_keeps_nv12_exactly_for_the_torch_detector_unless_told():
