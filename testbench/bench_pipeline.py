@@ -253,6 +253,9 @@ def _by_stream(frames: Any) -> dict[int, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+SLOW_MS = 40.0  # the live end-to-end target: the timeline counts the frames over it
+
+
 class _FrameLog:
     """Wraps the supervisor's metrics.add: keeps each finished frame's sink time and detect-call stamp."""
 
@@ -309,11 +312,12 @@ class _FrameLog:
             lost += indices[-1] - indices[0] + 1 - len(set(indices))
         return lost
 
-    def timeline(self, bucket_s: float = 0.5) -> list[dict[str, object]]:
+    def timeline(self, bucket_s: float = 0.5, steps_at_most: int | None = None) -> list[dict[str, object]]:
         """The run in steps of `bucket_s` from the first frame read, by the time each frame was read:
         frames finished, frames lost before the next one a stream delivered (live drops, by when they
-        happened), the slowest end-to-end, and each stage's slowest time in it and wait before it. Shows
-        which stage held a start-up or a stall up."""
+        happened), the slowest end-to-end and how many took longer than `SLOW_MS`, and each stage's slowest
+        time in it and wait before it. Shows which stage held a start-up or a stall up (the first
+        `steps_at_most` steps only, when given)."""
         if not self.frames:
             return []
         t0 = min(f[2][0][1] for f in self.frames)
@@ -321,7 +325,7 @@ class _FrameLog:
 
         def step(t: float) -> dict[str, Any]:
             k = int((t - t0) / bucket_s)
-            empty = {"t_s": round(k * bucket_s, 2), "frames": 0, "lost": 0, "e2e_max_ms": 0.0}
+            empty = {"t_s": round(k * bucket_s, 2), "frames": 0, "lost": 0, "e2e_max_ms": 0.0, "slow": 0}
             return steps.setdefault(k, {**empty, "stage_max_ms": {}, "wait_max_ms": {}})
 
         last_index: dict[int, int] = {}
@@ -332,7 +336,9 @@ class _FrameLog:
             if before is not None and index > before + 1:
                 row["lost"] += index - before - 1
             last_index[stream] = index
-            row["e2e_max_ms"] = max(row["e2e_max_ms"], round((stamps[-1][2] - stamps[0][2]) * 1e3, 1))
+            e2e_ms = (stamps[-1][2] - stamps[0][2]) * 1e3
+            row["e2e_max_ms"] = max(row["e2e_max_ms"], round(e2e_ms, 1))
+            row["slow"] += e2e_ms > SLOW_MS
             prev_end = None
             for stage, start, end in stamps:
                 took = round((end - start) * 1e3, 1)
@@ -341,7 +347,7 @@ class _FrameLog:
                     waited = round((start - prev_end) * 1e3, 1)
                     row["wait_max_ms"][stage] = max(row["wait_max_ms"].get(stage, 0.0), waited)
                 prev_end = end
-        return [steps[k] for k in sorted(steps)]
+        return [steps[k] for k in sorted(steps)][:steps_at_most]
 
     def detect_batches(self) -> dict[str, object]:
         sizes = list(self.detect_calls.values())
@@ -503,6 +509,7 @@ def run_pipeline(
     out["det_batch"] = frame_log.detect_batches()
     out["dropped_steady"] = frame_log.dropped_steady()
     out["timeline"] = frame_log.timeline()
+    out["startup"] = frame_log.timeline(0.1, steps_at_most=10)  # the first second, finer
     out["exit_code"] = result.exit_code
     # Between the first and the last finished frame: model loading and shutdown left out.
     done = sorted(frame_log.done)
@@ -902,6 +909,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "parent_cpu_ms_per_frame": run.get("parent_cpu_ms_per_frame"),
         "recognition": run.get("recognition"),
         "timeline": run.get("timeline"),
+        "startup": run.get("startup"),
         "ring_slots": slots,
         "threads": {"detector": det_threads, "embedder": embed_threads},
         "cpu_count": os.cpu_count(),

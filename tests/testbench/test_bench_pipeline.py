@@ -127,6 +127,20 @@ def test_frame_log_counts_drops_in_the_steady_part_and_times_them():
     assert first["e2e_max_ms"] == pytest.approx(5.0)
     assert first["stage_max_ms"]["detect"] == pytest.approx(2.0)
     assert first["wait_max_ms"]["detect"] == pytest.approx(1.0)
+    assert [row["slow"] for row in timeline] == [0, 0]
+    startup = frame_log.timeline(bucket_s=0.1, steps_at_most=2)
+    assert [row["t_s"] for row in startup] == [0.0, 0.1]
+    assert [row["frames"] for row in startup] == [16, 20]  # stream 0 lost 3-6 in the first step
+
+
+def test_frame_log_timeline_counts_frames_over_the_latency_target():
+    frame_log = bench._FrameLog(lambda meta: None)
+    for i in range(10):  # every third frame takes 50 ms from read to sink, the rest 10 ms
+        read, took = i * 0.01, 0.05 if i % 3 == 0 else 0.01
+        stamps = [StageStamp("capture", read, read), StageStamp("gui", read + took, read + took)]
+        frame_log(FrameMeta(0, i + 1, i, read, 8, 8, stamps))
+    (row,) = frame_log.timeline(bucket_s=1.0)
+    assert row["slow"] == 4 and row["e2e_max_ms"] == pytest.approx(50.0)
 
 
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):
