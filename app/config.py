@@ -212,6 +212,12 @@ class Settings:
         "else FFmpeg), ffmpeg, or nvdec",
         choices=("auto", "ffmpeg", "nvdec"),
     )
+    frame_format: str = setting(
+        "auto",
+        "How NVDEC-decoded frames are kept in the shared ring: auto (NV12, converted on the GPU by the "
+        "detector, with the torch backend; else BGR), bgr, or nv12",
+        choices=("auto", "bgr", "nv12"),
+    )
     decode_threads: int = setting(
         0,
         "FFmpeg decoding threads per camera; 0 = automatic: FFmpeg's own choice (one per core) for one "

@@ -17,6 +17,13 @@ outside the lock because ownership says who may touch them):
   skipped. When every slot is CLAIMED the new frame itself is dropped (counted): frames already being
   processed are never overwritten, so no stage reads pixels that change under it.
 
+Pixel format: a ring's slots hold BGR (H, W, 3) frames, or NV12 (H*3//2, W) ones where an NVDEC capture
+keeps its decoder's planes for a detector that converts on the GPU (`app.vision.pixel_format`). The header
+records the picture's (H, W, 3) and the format (its once reserved word: 0 = BGR, so older rings read as
+BGR); `shape` is the slot's array shape, `frame_shape` the picture's. Consumers read a frame whatever its
+format through `FramePixels(ring.frame(slot), ring.format)` (app/vision/pixel_format.py: the conversions
+are vision's; this framework imports no domain package).
+
 The parent (supervisor) creates the segment and unlinks it in a `finally`; stages attach by name. On Python
 < 3.13 attaching also registers the segment with the resource tracker, which then warns about (and unlinks)
 "leaked" segments; attaching processes therefore suppress that registration (`track=False` on 3.13+).
@@ -42,8 +49,14 @@ FREE, WRITING, QUEUED, CLAIMED = 0, 1, 2, 3
 STATE_NAMES = {FREE: "free", WRITING: "writing", QUEUED: "queued", CLAIMED: "claimed"}
 
 _MAGIC = 0x46524D52494E4731  # "FRMRING1"
-_HEADER_WORDS = 8  # magic, slots, height, width, channels, dropped, published, reserved
-_H_DROPPED, _H_PUBLISHED = 5, 6
+_HEADER_WORDS = 8  # magic, slots, height, width, channels (the picture's), dropped, published, pixel format
+_H_DROPPED, _H_PUBLISHED, _H_FORMAT = 5, 6, 7
+# Pixel formats a slot may hold (their conversions: app/vision/pixel_format.py). The code each has in the
+# header's once reserved word: 0 keeps rings made before it BGR.
+BGR, NV12 = "bgr", "nv12"
+PIXEL_FORMATS = (BGR, NV12)
+_FORMAT_CODES = {BGR: 0, NV12: 1}
+_FORMATS = {code: name for name, code in _FORMAT_CODES.items()}
 _ALIGN = 64
 # A lock held longer than this: its holder died with it and nobody freed it (the supervisor does in ~0.6 s).
 _LOCK_TIMEOUT_S = 10.0
@@ -52,11 +65,24 @@ _WAIT_POLL_S = 0.001
 _attach_lock = threading.Lock()
 
 
+def slot_shape(pixel_format: str, frame_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The array shape of a slot holding an (H, W, 3) picture in `pixel_format`: (H, W, 3) BGR, or NV12's
+    (H*3//2, W), the Y plane then the interleaved U/V plane at half resolution (H and W even)."""
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    if pixel_format not in PIXEL_FORMATS:
+        raise ValueError(f"pixel format {pixel_format!r} is not one of {', '.join(PIXEL_FORMATS)}")
+    if pixel_format == BGR:
+        return (h, w, 3)
+    if h % 2 or w % 2:
+        raise ValueError(f"NV12 needs an even frame size, got {w}x{h}")
+    return (h * 3 // 2, w)
+
+
 class RingLockTimeout(RuntimeError):
     """The ring lock could not be taken: a process died while holding it."""
 
 
-def _layout(slots: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+def _layout(slots: int, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(offset of the slot table, offset of the pixels, total bytes)."""
     table = _HEADER_WORDS * 8
     pixels = table + 2 * slots * 8
@@ -93,7 +119,12 @@ class FrameRing:
         if int(header[0]) != _MAGIC:
             raise ValueError(f"shared memory {shm.name!r} is not a frame ring")
         self.slots = int(header[1])
-        self.shape: tuple[int, int, int] = (int(header[2]), int(header[3]), int(header[4]))
+        code = int(header[_H_FORMAT])
+        if code not in _FORMATS:
+            raise ValueError(f"frame ring {shm.name!r} has an unknown pixel format ({code})")
+        self.format: str = _FORMATS[code]
+        self.frame_shape: tuple[int, int, int] = (int(header[2]), int(header[3]), int(header[4]))
+        self.shape: tuple[int, ...] = slot_shape(self.format, self.frame_shape)  # one slot's array
         table, pixels, _ = _layout(self.slots, self.shape)
         self._header = header
         self._seq = np.ndarray((self.slots,), np.int64, shm.buf, table)
@@ -102,16 +133,24 @@ class FrameRing:
 
     @classmethod
     def create(
-        cls, name: str, slots: int, shape: tuple[int, int, int], lock: Any, freed: Any = None
+        cls,
+        name: str,
+        slots: int,
+        shape: tuple[int, int, int],
+        lock: Any,
+        freed: Any = None,
+        pixel_format: str = BGR,
     ) -> FrameRing:
+        """A new ring of `slots` frames of the picture `shape` (H, W, 3), stored in `pixel_format`."""
         if slots < 2:
             raise ValueError(f"a frame ring needs at least 2 slots, got {slots}")
         shape = (int(shape[0]), int(shape[1]), int(shape[2]))
-        _, _, size = _layout(slots, shape)
+        data_shape = slot_shape(pixel_format, shape)
+        _, _, size = _layout(slots, data_shape)
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         header = np.ndarray((_HEADER_WORDS,), np.int64, shm.buf, 0)
-        header[:] = (_MAGIC, slots, *shape, 0, 0, 0)
-        table, pixels, _ = _layout(slots, shape)
+        header[:] = (_MAGIC, slots, *shape, 0, 0, _FORMAT_CODES[pixel_format])
+        table, pixels, _ = _layout(slots, data_shape)
         np.ndarray((2 * slots,), np.int64, shm.buf, table)[:] = 0  # seq 0 and FREE everywhere
         del header  # no exported views may outlive close()
         return cls(shm, lock, owner=True, freed=freed)
@@ -168,8 +207,15 @@ class FrameRing:
                 woken = bool(self._freed.acquire(timeout=remaining))
 
     def frame(self, slot: int) -> np.ndarray:
-        """The slot's pixels (H,W,C) uint8, a view into shared memory: copy what must outlive the slot."""
+        """The slot's data (`shape`: (H,W,3) BGR or (H*3/2,W) NV12) uint8, a view into shared memory: copy
+        what must outlive the slot. Readers of pixels wrap it with `format` in app.vision.pixel_format's
+        FramePixels, which hides the format."""
         return self._frames[slot, ...]
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        """The picture's (H, W), whatever the format."""
+        return self.frame_shape[0], self.frame_shape[1]
 
     def publish(self, slot: int, seq: int) -> None:
         """The caller wrote the frame: make it visible as `seq` (must be > 0 and unique) and QUEUED."""

@@ -214,6 +214,9 @@ class SourceInfo:
     restarted: bool = False
     stream: int = 0
     camera: str = "default"
+    # How its ring stores frames (app.vision.pixel_format): "bgr", or "nv12" where NVDEC decodes for a GPU
+    # detector that converts there. frame_shape stays the picture's (H, W, 3) either way.
+    pixel_format: str = "bgr"
 
 
 # -- supervisor -> stage ---

@@ -56,7 +56,7 @@ from typing import Any
 
 from app.errors import UserError
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER_ERROR
-from app.pipeline.frame_ring import FrameRing, FrameRingHandle
+from app.pipeline.frame_ring import FrameRing, FrameRingHandle, slot_shape
 from app.pipeline.graph import Node, PipelineGraph, Stream
 from app.pipeline.messages import (
     Failed,
@@ -456,15 +456,16 @@ class Supervisor:
             handle = stream.ring
             try:
                 self._rings[index] = FrameRing.create(
-                    handle.name, self.ring_slots, (h, w, c), handle.lock, handle.freed
+                    handle.name, self.ring_slots, (h, w, c), handle.lock, handle.freed, info.pixel_format
                 )
             except OSError as exc:
-                size_mb = self.ring_slots * h * w * c / 1e6
+                size_mb = self.ring_slots * math.prod(slot_shape(info.pixel_format, (h, w, c))) / 1e6
                 raise UserError(
                     f"cannot create the {size_mb:.0f} MB shared frame ring of camera {stream.camera} in "
                     f"/dev/shm ({exc.strerror or exc}); free space there or lower RING_SLOTS"
                 ) from None
-            log.debug("frame ring %s: %d slots of %dx%dx%d", handle.name, self.ring_slots, h, w, c)
+            log.debug("frame ring %s: %d slots of %dx%d %s", handle.name, self.ring_slots, w, h,
+                      info.pixel_format)  # fmt: skip
 
     # -- run ----------------------------------------------------------------------------------------------
 

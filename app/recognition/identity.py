@@ -214,7 +214,9 @@ class TrackIdentities:
 
     # -- selection -------------------------------------------------------------------------------------
 
-    def select_for_embedding(self, tracks: Sequence[TrackView], frame_bgr: np.ndarray | None) -> list[int]:
+    def select_for_embedding(
+        self, tracks: Sequence[TrackView], frame_bgr: face_quality.Frame | None
+    ) -> list[int]:
         """Ids of the tracks whose face should be embedded on this frame (before `update` of this frame)."""
         cfg = self.config
         frame = self._frame + 1

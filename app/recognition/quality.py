@@ -23,6 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from app.vision.pixel_format import FramePixels
+
+# A frame's pixels: a BGR array, or a ring frame in any pixel format (only face regions are converted).
+Frame = np.ndarray | FramePixels
+
 SHARPNESS_CROP = 64  # px; the blur measure is taken at one scale so big and small faces compare
 HALF_PROFILE_OFFSET = 0.5  # nose offset (eye distances) where the frontal term reaches 0
 
@@ -118,14 +123,16 @@ def inside_fraction(boxes: np.ndarray, frame_hw: tuple[int, ...]) -> np.ndarray:
     return fraction
 
 
-def sharpness_term(frame_bgr: np.ndarray, box: np.ndarray, reference_sharpness: float) -> float:
+def sharpness_term(frame_bgr: Frame, box: np.ndarray, reference_sharpness: float) -> float:
     """Laplacian variance of the face crop resized to 64 px grey, in 0..1 (0 for a box off the frame)."""
     height, width = frame_bgr.shape[:2]
     x1, y1, x2, y2 = np.round(np.asarray(box, dtype=np.float64)).astype(int)
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
     if x2 - x1 < 2 or y2 - y1 < 2:
         return 0.0
-    crop = frame_bgr[y1:y2, x1:x2]
+    # An NV12 ring frame converts this crop only.
+    pixels = frame_bgr if isinstance(frame_bgr, FramePixels) else FramePixels(frame_bgr)
+    crop = pixels.region(x1, y1, x2, y2)
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
     grey = cv2.resize(grey, (SHARPNESS_CROP, SHARPNESS_CROP), interpolation=cv2.INTER_AREA)
     variance = float(cv2.Laplacian(grey, cv2.CV_64F).var())
@@ -133,7 +140,7 @@ def sharpness_term(frame_bgr: np.ndarray, box: np.ndarray, reference_sharpness: 
 
 
 def face_quality(
-    frame_bgr: np.ndarray | None,
+    frame_bgr: Frame | None,
     boxes: np.ndarray,
     landmarks: np.ndarray,
     scores: np.ndarray | None = None,

@@ -55,7 +55,7 @@ class KeepConfig:
 
 
 def face_quality(
-    frame_bgr: np.ndarray,
+    frame_bgr: quality.Frame,
     boxes: np.ndarray,
     landmarks: np.ndarray,
     det_scores: np.ndarray,
@@ -101,7 +101,7 @@ class UnknownKeeper:
 
     def observe(
         self,
-        frame_bgr: np.ndarray,
+        frame_bgr: quality.Frame,
         frame_index: int,
         tracks: Sequence[object],
         embedded: Sequence[int],

@@ -42,6 +42,7 @@ from app.stages.capture import CaptureStage
 from app.stages.detect import DetectStage
 from app.stages.embed import EmbedStage
 from app.stages.gui import GuiStage
+from app.stages.nvdec import nvdec_frame_format
 from app.stages.postprocess import PostprocessStage
 from app.stages.recognize import EmbedChannel, RecognizeStage
 from app.tracking import TrackerConfig
@@ -152,6 +153,7 @@ def build_graph(
             live_file=settings.live_files,
             decoder=settings.decoder,
             decode_threads=threads_per_camera,
+            nvdec_format=nvdec_frame_format(settings.frame_format, settings.backend),
         )
         nodes.append(Node(name, capture, stream=index))
         streams.append(Stream(index, camera.name, ring, name))

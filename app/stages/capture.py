@@ -10,6 +10,11 @@
   skipping frames. A paced file with `live_file` (LIVE_FILES, the benchmark's `--live`) is read like a file
   but handled as live (newest frame wins, tracking never waits), and still ends at its last frame.
 - `decoder` (DECODER): OpenCV/FFmpeg or NVDEC for files and stream URLs (`nvdec.open_capture`).
+- Pixel format: the ring stores what the decoder hands out: BGR, or NV12 where NVDEC decodes and
+  `nvdec_format` (FRAME_FORMAT, resolved by `nvdec.nvdec_frame_format`) asks for it; the first frame's
+  format is reported in `SourceInfo.pixel_format` and the supervisor makes the ring so. Frames are then
+  copied in as they come; only a frame in another format than the ring's (a camera back through another
+  decoder) or of another size (letterboxed), and placeholders, are converted (`pixel_format.write_bgr`).
 
 Live sources that drop or stall are reconnected, never the end of the run:
 - A read that fails (connection cut, camera gone) or takes about the whole read timeout (a stalled stream:
@@ -47,7 +52,7 @@ from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.reconnect import SOURCE_BACKOFF, BackoffPolicy, RetrySchedule
 from app.pipeline.restart_state import RestartState
 from app.pipeline.stage_runner import NOTHING_YET, POLL_S, Capabilities
-from app.stages.nvdec import open_capture
+from app.stages.nvdec import delivered_format, open_capture
 from app.stages.sources import (
     DEFAULT_FPS,
     OPEN_TIMEOUT_S,
@@ -59,6 +64,7 @@ from app.stages.sources import (
     scrub_secrets,
     source_fps,
 )
+from app.vision.pixel_format import BGR, FramePixels, write_bgr
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,7 @@ class CaptureStage:
         live_file: bool = False,
         decoder: str = "auto",
         decode_threads: int = 0,
+        nvdec_format: str = BGR,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -105,6 +112,7 @@ class CaptureStage:
         self.live_file = live_file  # a paced file played as a live camera (latency benchmarks)
         self.decoder = decoder
         self.decode_threads = int(decode_threads)  # FFmpeg's threads, 0 = its own choice
+        self.nvdec_format = nvdec_format  # the pixel format an NVDEC decoder hands out (the ring keeps it)
         # Pacing, stamps, stalls and outages all read this clock (tests drive it: test_capture_stage.py).
         self.clock = clock
         self.sleep = sleep
@@ -131,13 +139,14 @@ class CaptureStage:
         self.restarted = False
         self.declared_frames: int | None = None  # frames a file's container says it has
         self._cap: cv2.VideoCapture | None = None
-        self._pending: tuple[np.ndarray, float, float, int] | None = None  # frame, read start/end, index
+        self._cap_format = BGR  # what self._cap hands out
+        self._pending: tuple[FramePixels, float, float, int] | None = None  # frame, read start/end, index
         self._seq = 0  # the last sequence number published
         self._clock_start: float | None = None
         self._live_start: float | None = None
         self._last_emit = -1e9
-        self._last_image: np.ndarray | None = None
-        self._scratch: np.ndarray | None = None  # live sources decode into it, then copy it into a slot
+        self._last_image: FramePixels | None = None
+        self._scratch: FramePixels | None = None  # live sources decode into it, then copy it into a slot
         self._read_problem = ""
         self._outage: RetrySchedule | None = None
         self._next_status = 0.0
@@ -167,12 +176,11 @@ class CaptureStage:
         shape: tuple[int, ...] | None = None
         self.fps = DEFAULT_FPS
         try:
-            self._cap = open_capture(
-                spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads
-            )
+            self._cap = self._open(spec, self.nvdec_format)
         except UserError:
             if not self.restarted:
                 raise  # at start a dead source is a user error (fail fast); after a restart, reconnect
+        pixel_format = self._cap_format
         if self._cap is not None:
             self.fps = source_fps(self._cap) or DEFAULT_FPS
             first = self._read(self._cap)
@@ -206,7 +214,15 @@ class CaptureStage:
             restarted=self.restarted,
             stream=self.stream,
             camera=self.camera,
+            pixel_format=pixel_format,
         )
+
+    def _open(self, spec: SourceSpec, nvdec_format: str) -> cv2.VideoCapture:
+        cap = open_capture(
+            spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads, nvdec_format
+        )
+        self._cap_format = delivered_format(cap)
+        return cap
 
     def produce(self) -> FrameRef | None:
         """The next frame in the ring as a FrameRef; None at the end; NOTHING_YET while waiting."""
@@ -229,7 +245,9 @@ class CaptureStage:
             if not self._pace():
                 return NOTHING_YET
             # The last frame's array is decoded into again (no new array a frame): it was copied to its slot.
-            self._pending = self._read(self._cap, into=self._scratch)
+            scratch = self._scratch
+            into = scratch.data if scratch is not None and scratch.format == self._cap_format else None
+            self._pending = self._read(self._cap, into=into)
             if self._pending is not None:
                 self._scratch = self._pending[0]
             if self._pending is None:
@@ -267,16 +285,16 @@ class CaptureStage:
         if slot is None:
             return NOTHING_YET  # the frame waits for a slot, still undecoded
         target = ring.frame(slot)
-        read = self._read(self._cap, into=target)
+        read = self._read(self._cap, into=target if self._cap_format == ring.format else None)
         if read is None:
             ring.cancel(slot)
             self.end_reason = "end of stream"
             self._check_complete()
             return None
-        return self._publish(slot, *read, written=_same_buffer(read[0], target))
+        return self._publish(slot, *read, written=_same_buffer(read[0].data, target))
 
     def _publish(
-        self, slot: int, image: np.ndarray, read_start: float, read_end: float, index: int, written: bool
+        self, slot: int, image: FramePixels, read_start: float, read_end: float, index: int, written: bool
     ) -> FrameRef:
         """Frame `index` into `slot` (unless the decoder `written` it there already), published, announced."""
         ring = self.frames.ring
@@ -289,10 +307,12 @@ class CaptureStage:
         target = ring.frame(slot)
         if written:
             pass
-        elif image.shape != target.shape:
-            self._letterbox(image, target)
+        elif image.shape != ring.frame_shape:
+            write_bgr(target, ring.format, self._letterbox(image.bgr(), ring.frame_shape))
+        elif image.format == ring.format:
+            np.copyto(target, image.data)
         else:
-            np.copyto(target, image)
+            write_bgr(target, ring.format, image.bgr())  # a camera back through another decoder
         if self.live:
             self._last_image = image  # placeholders during an outage show it (dimmed)
         self._seq += 1
@@ -308,8 +328,8 @@ class CaptureStage:
             seq=self._seq,
             frame_index=index,
             source_time=source_time,
-            width=int(target.shape[1]),
-            height=int(target.shape[0]),
+            width=int(ring.frame_shape[1]),
+            height=int(ring.frame_shape[0]),
             stamps=[StageStamp(self.name, read_start, read_end)],
             segment=self.segment,
             stream=self.stream,
@@ -334,8 +354,9 @@ class CaptureStage:
 
     def _read(
         self, cap: cv2.VideoCapture, into: np.ndarray | None = None
-    ) -> tuple[np.ndarray, float, float, int] | None:
-        """The next frame with its read times and index; None (and `_read_problem`) when there is none.
+    ) -> tuple[FramePixels, float, float, int] | None:
+        """The next frame (in the format `cap` hands out) with its read times and index; None (and
+        `_read_problem`) when there is none.
 
         `into`: decode into this array (a ring slot) when the frame has its shape; else a new array."""
         start = self.clock()
@@ -355,11 +376,12 @@ class CaptureStage:
             return None
         if self._live_start is None:
             self._live_start = end
-        if image.ndim == 2:
+        pixel_format = delivered_format(cap)
+        if pixel_format == BGR and image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         index = self.frames_read
         self.frames_read += 1
-        return image, start, end, index
+        return FramePixels(image, pixel_format), start, end, index
 
     def _pace(self) -> bool:
         """True when the next file frame is due (always for live sources and max speed)."""
@@ -415,9 +437,7 @@ class CaptureStage:
             return NOTHING_YET
         attempt = outage.failures + 1
         try:
-            cap = open_capture(
-                self.spec, self.decoder, self.open_timeout_s, self.read_timeout_s, self.decode_threads
-            )
+            cap = self._open(self.spec, self.frames.ring.format)  # the ring's format: nothing to convert
         except UserError:
             delay = outage.failed()
             log.debug("reconnect attempt %d to %s refused; next in %.2f s", attempt, self.spec.display, delay)
@@ -446,14 +466,15 @@ class CaptureStage:
         if slot is None:
             return None
         target = ring.frame(slot)
-        if self._last_image is None:
-            target[:] = 24
+        last = self._last_image
+        if last is None:
+            picture = np.full(ring.frame_shape, 24, np.uint8)
         else:
-            if self._last_image.shape != target.shape:
-                self._letterbox(self._last_image, target, warn=False)
-            else:
-                np.copyto(target, self._last_image)
-            np.multiply(target, PLACEHOLDER_DIM, out=target, casting="unsafe")
+            picture = last.bgr()
+            if picture.shape != ring.frame_shape:
+                picture = self._letterbox(picture, ring.frame_shape, warn=False)
+            picture = np.multiply(picture, PLACEHOLDER_DIM, out=np.empty_like(picture), casting="unsafe")
+        write_bgr(target, ring.format, picture)
         self._seq += 1
         ring.publish(slot, self._seq)
         now = self.clock()
@@ -468,8 +489,8 @@ class CaptureStage:
             seq=self._seq,
             frame_index=max(0, self.frames_read - 1),
             source_time=now - self._live_start,
-            width=int(target.shape[1]),
-            height=int(target.shape[0]),
+            width=int(ring.frame_shape[1]),
+            height=int(ring.frame_shape[0]),
             stamps=[StageStamp(self.name, now, now)],
             segment=self.segment,
             status=status,
@@ -478,10 +499,10 @@ class CaptureStage:
         self._remember()
         return FrameRef(meta)
 
-    def _letterbox(self, image: np.ndarray, target: np.ndarray, warn: bool = True) -> None:
-        """A stream that changed resolution (e.g. after a reconnect): fit it into the ring's frame size,
-        aspect ratio kept, black bars around."""
-        height, width = target.shape[:2]
+    def _letterbox(self, image: np.ndarray, shape: tuple[int, int, int], warn: bool = True) -> np.ndarray:
+        """A stream that changed resolution (e.g. after a reconnect): the BGR `image` fitted into the ring's
+        frame `shape`, aspect ratio kept, black bars around."""
+        height, width = shape[:2]
         in_h, in_w = image.shape[:2]
         if warn and (in_w, in_h) not in self._sizes_seen:
             self._sizes_seen.add((in_w, in_h))
@@ -494,8 +515,9 @@ class CaptureStage:
         if resized.ndim == 2:
             resized = cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)
         top, left = (height - new_h) // 2, (width - new_w) // 2
-        target[:] = 0
-        target[top : top + new_h, left : left + new_w] = resized[:, :, : target.shape[2]]
+        target = np.zeros(shape, np.uint8)
+        target[top : top + new_h, left : left + new_w] = resized[:, :, : shape[2]]
+        return target
 
     # -- restarts -----------------------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ Two paths:
 One detection stage serves every camera: a batch holds frames of several streams (each claimed from its own
 camera's ring); frames of different sizes are letterboxed to the same detector input.
 
+Frames come in their ring's pixel format (`FrameRing.format`, read through `FramePixels`): an NV12 ring
+(NVDEC with the torch backend) is uploaded as NV12 and converted on the GPU; on the CPU path it is
+converted to BGR here, one frame at a time into a reused buffer, before the letterbox.
+
 Each frame is claimed from the ring here: a live frame overwritten while it waited in the queue fails the
 claim and is skipped (the ring already counted it as dropped).
 """
@@ -34,6 +38,7 @@ from app.pipeline.cpu_meter import ModelCpu
 from app.pipeline.frame_ring import FrameRingHandle, StreamRings
 from app.pipeline.messages import CandidateDetections, FrameRef, RawDetections, SourceInfo
 from app.pipeline.stage_runner import Capabilities
+from app.vision.pixel_format import BGR, FramePixels
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ class DetectStage:
         self.model = None
         self.gpu = None
         self._live: set[int] = set()  # live cameras among those served (set by start)
+        self._bgr: dict[tuple[int, ...], np.ndarray] = {}  # CPU path: NV12 frames converted into these
         self.model_cpu = ModelCpu()  # CPU inside the detector calls (the runner logs it against the loop's)
 
     def setup(self) -> dict[str, object]:
@@ -198,7 +204,7 @@ class DetectStage:
         model = self.gpu.model if self.gpu is not None else self.model
         if model is None or model.inputs[0].fixed_hw is not None or not streams:
             return
-        hw = fitted_input_hw([self.frames.ring(s).frame(0).shape[:2] for s in streams], self.det_size)
+        hw = fitted_input_hw([self.frames.ring(s).frame_hw for s in streams], self.det_size)
         if hw == tuple(self.input_hw):
             return
         self.input_hw = hw
@@ -209,7 +215,7 @@ class DetectStage:
             self._buffer = np.zeros((self.max_batch, 3, *hw), np.float32)
             self._split(self.model.run(self._buffer[:1]))  # a first run at a new size is slow
         log.info("detector input %dx%d for frames of %s", hw[1], hw[0],
-                 sorted({self.frames.ring(s).frame(0).shape[:2] for s in streams}))  # fmt: skip
+                 sorted({self.frames.ring(s).frame_hw for s in streams}))  # fmt: skip
 
     def _newest_live(self, msgs: list[FrameRef]) -> list[FrameRef]:
         """A live camera's frame with a newer one of that camera behind it in the batch, read more than
@@ -244,10 +250,8 @@ class DetectStage:
         if self.gpu is not None:
             return self._detect_gpu(frames)
         n = len(frames)
-        scales = [
-            self.preprocess(rings.ring(m.meta.stream).frame(m.meta.slot), out=self._buffer[i])[1]
-            for i, m in enumerate(frames)
-        ]
+        pictures = (self._bgr_of(self._pixels(m)) for m in frames)
+        scales = [self.preprocess(picture, out=self._buffer[i])[1] for i, picture in enumerate(pictures)]
         with self.model_cpu.measure():
             raw = self.model.run(self._buffer[:n])
         loc, conf, landmarks = self._split(raw)
@@ -272,15 +276,28 @@ class DetectStage:
             )
         return out
 
+    def _pixels(self, msg: FrameRef) -> FramePixels:
+        ring = self.frames.ring(msg.meta.stream)
+        return FramePixels(ring.frame(msg.meta.slot), ring.format)
+
+    def _bgr_of(self, pixels: FramePixels) -> np.ndarray:
+        """The frame as BGR for the CPU letterbox: the slot itself, or an NV12 slot converted into a buffer
+        kept per frame size (each frame is letterboxed before the next is converted)."""
+        shape = pixels.shape
+        if pixels.format != BGR and shape not in self._bgr:
+            self._bgr[shape] = np.empty(shape, np.uint8)
+        return pixels.bgr(out=self._bgr.get(shape))
+
     def _detect_gpu(self, frames: list[FrameRef]) -> list[RawDetections]:
-        images = []
+        images, formats = [], []
         for m in frames:
             ring = self.frames.ring(m.meta.stream)
             if not self.gpu.uploader.registered(ring.frame(0)):
                 self.gpu.register_ring(ring.frame(0), ring.slots)  # once a ring: later frames DMA from it
-            images.append(ring.frame(m.meta.slot))
-        with self.model_cpu.measure():  # upload, letterbox, model and candidate compaction
-            found = self.gpu.detect(images)
+            images.append(ring.frame(m.meta.slot))  # as stored (NV12 is converted on the GPU)
+            formats.append(ring.format)
+        with self.model_cpu.measure():  # upload, conversion, letterbox, model and candidate compaction
+            found = self.gpu.detect(images, formats)
         priors = self._priors()
         return [
             CandidateDetections(

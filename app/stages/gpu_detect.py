@@ -4,7 +4,9 @@ Per batch of frames:
 1. Upload: each frame goes from its shared-memory ring slot to the GPU as uint8 (6 MB at 1080p), once. The
    ring's pixel block is page-locked for CUDA in this process (`cudaHostRegister`), so the copy is a DMA
    straight out of the slot with no CPU copy; where registering fails, frames pass through a pinned staging
-   buffer (one memcpy each).
+   buffer (one memcpy each). A ring that keeps NVDEC's NV12 frames (app/vision/pixel_format.py) uploads
+   half the bytes (3 MB at 1080p), converted to BGR on the GPU (`gpu_preprocess.nv12_to_bgr`, OpenCV's
+   numbers exactly) before the letterbox, so the capture process converts nothing.
 2. Letterbox + mean subtraction on the GPU (`gpu_preprocess.letterbox_batch`), in the model's dtype.
 3. The model (`TorchModel.run_torch`: CUDA graphs per batch bucket, every bucket up to `max_batch` captured at
    warm-up so none is captured mid-run).
@@ -31,6 +33,7 @@ import torch
 from app.inference.batching import chunk_slices, stage_batch
 from app.inference.torch_backend import TorchModel, pick_bucket
 from app.vision import gpu_preprocess
+from app.vision.pixel_format import BGR, NV12
 from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
 
 log = logging.getLogger(__name__)
@@ -136,8 +139,8 @@ class RingUploader:
             self._registered = []
 
     def upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        """(n,H,W,3) uint8 on the device (all frames one size); the copies are queued on the current stream
-        (async on CUDA)."""
+        """(n, *shape) uint8 on the device (all frames one shape: (H,W,3) BGR or (H*3/2,W) NV12); the copies
+        are queued on the current stream (async on CUDA)."""
         n = len(frames)
         shape = tuple(frames[0].shape)
         buf = self._device_bufs.get(shape)
@@ -222,25 +225,33 @@ class TorchDetector:
     def register_ring(self, first_slot: np.ndarray, slots: int) -> bool:
         return self.uploader.register(first_slot, slots)
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
-        """Candidates for each (H,W,3) uint8 BGR frame, in order; frames of each size go through the model
-        together (every frame is letterboxed to the one detector input), batches over max_batch split."""
-        by_shape: dict[tuple[int, ...], list[int]] = {}
+    def detect(
+        self, frames: Sequence[np.ndarray], formats: Sequence[str] | None = None
+    ) -> list[FrameCandidates]:
+        """Candidates for each uint8 frame, in order: (H,W,3) BGR, or (H*3/2,W) NV12 where `formats` says
+        so (None: all BGR). Frames of each format and size go through the model together (every frame is
+        letterboxed to the one detector input), batches over max_batch split."""
+        kinds = formats if formats is not None else [BGR] * len(frames)
+        by_shape: dict[tuple[str, tuple[int, ...]], list[int]] = {}
         for i, frame in enumerate(frames):
-            by_shape.setdefault(tuple(frame.shape), []).append(i)
+            by_shape.setdefault((kinds[i], tuple(frame.shape)), []).append(i)
         out: dict[int, FrameCandidates] = {}
-        for indices in by_shape.values():
+        for (pixel_format, _), indices in by_shape.items():
             for part in chunk_slices(len(indices), self.max_batch):
                 chunk = indices[part]
-                out.update(zip(chunk, self._detect_chunk([frames[k] for k in chunk]), strict=True))
+                found = self._detect_chunk([frames[k] for k in chunk], pixel_format)
+                out.update(zip(chunk, found, strict=True))
         return [out[i] for i in range(len(frames))]
 
-    def _detect_chunk(self, frames: Sequence[np.ndarray]) -> list[FrameCandidates]:
+    def _detect_chunk(self, frames: Sequence[np.ndarray], pixel_format: str = BGR) -> list[FrameCandidates]:
         n = len(frames)
         with torch.inference_mode():
             pixels = self.uploader.upload(frames)
+            pictures = list(pixels)
+            if pixel_format == NV12:
+                pictures = [gpu_preprocess.nv12_to_bgr(p) for p in pictures]
             blob, scales = gpu_preprocess.letterbox_batch(
-                list(pixels), self.input_hw, dtype=self.model.dtype, out=self._blob[:n]
+                pictures, self.input_hw, dtype=self.model.dtype, out=self._blob[:n]
             )
             loc, conf, landmarks = split_outputs(self.model.run_torch(blob))
             found = compact_candidates(loc, conf, landmarks, self.floor, self.top_k)

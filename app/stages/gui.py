@@ -36,6 +36,7 @@ from app.stages.opencv_window import (  # noqa: F401 - re-exported: the GUI stag
 )
 from app.stages.sinks import EventsSink, TracksSink, VideoSink
 from app.vision.drawing import annotate_frame
+from app.vision.pixel_format import FramePixels
 from app.vision.privacy import blur_faces
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,11 @@ class GuiStage:
         ring = self.frames.ring(meta.stream)
         video = self.videos.get(meta.stream)
         needs_pixels = self.window is not None or self.mosaic is not None or video is not None
-        canvas = ring.frame(meta.slot).copy() if needs_pixels else None
+        pixels = FramePixels(ring.frame(meta.slot), ring.format)  # converted to BGR only if drawn or saved
+        canvas = pixels.bgr_copy() if needs_pixels else None
         camera = self.cameras[meta.stream] if meta.stream < len(self.cameras) else str(meta.stream)
         # Before the release: a snapshot reads the frame. The counts reach the parent's metrics in the meta.
-        meta.recognitions = tuple(self.events.write(msg, ring.frame(meta.slot), camera))
+        meta.recognitions = tuple(self.events.write(msg, pixels, camera))
         ring.release(meta.slot, meta.seq)  # the last consumer: the slot is free for capture again
         meta.faces, meta.gallery_unavailable = len(msg), msg.gallery_unavailable
         if self.tracks is not None:

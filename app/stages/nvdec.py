@@ -41,6 +41,15 @@ session) and leaves the CPU cores to tracking.
   FPS in the 16-camera pipeline, GPU 95 % busy against 80 % (the library's own host copy of twice the
   bytes and its conversion on the GPU outweigh OpenCV's conversion; decode_results_h200.jsonl,
   pipeline_results_h200_streams_11_rgb_detectors.jsonl).
+- `FRAME_FORMAT` (`nvdec_frame_format`): an NVDEC capture keeps its frames as NV12 in the ring (`read`
+  copies the decoder's planes into the slot, 3 MB at 1080p, no conversion) where the detector converts on
+  the GPU: `auto` (the default) does so exactly with the torch backend, `nv12` always, `bgr` never (OpenCV
+  converts here, as before). FFmpeg-decoded cameras are BGR whatever the setting. On the 2-core box a 1080p
+  frame's NV12 copy into a slot took 0.10-0.12 ms against 1.3-1.6 ms for the conversion to BGR
+  (`python -m app.vision.pixel_format`). The decoding thread's `.copy()` out of the decoder's reused buffer
+  stays: a copy into a preallocated buffer cost the same as that new array (0.10-0.12 against 0.09-0.12 ms:
+  the allocator hands the same pages back), and decoding straight into ring slots would hold slots while
+  frames wait in the decoded-ahead queue, against a live camera's newest-frame-wins ring.
 - Decoding runs on a thread of the capture process into a small queue; `read()` waits at most the read
   timeout for the next frame, so a stalled stream is seen as one, as with FFmpeg's read timeout.
 """
@@ -62,10 +71,12 @@ from app.config import env_name
 from app.errors import UserError, first_line
 from app.inference.cuda_driver import NoCudaDriver, PrimaryContext, cuda_devices, retain_primary_context
 from app.stages.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceSpec, open_video, scrub_secrets
+from app.vision.pixel_format import BGR, NV12, check_format
 
 log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "ffmpeg", "nvdec")
+FRAME_FORMATS = ("auto", "bgr", "nv12")
 WHEEL = "pynvvideocodec==2.2.4"
 MODULE = "PyNvVideoCodec"
 DECODED_AHEAD = 8  # frames decoded ahead of the reader: NVDEC works while the ring is busy
@@ -122,6 +133,23 @@ def nvdec_problem() -> str | None:
     return None
 
 
+def nvdec_frame_format(setting: str, backend: str) -> str:
+    """The pixel format NVDEC-decoded frames are kept in (`FRAME_FORMAT`): "nv12" where the detector converts
+    on the GPU (auto: the torch backend), else "bgr"."""
+    if setting not in FRAME_FORMATS:
+        name = env_name("frame_format")
+        raise UserError(f"{name}={setting!r} is not a frame format; use one of {', '.join(FRAME_FORMATS)}")
+    if setting == "auto":
+        return NV12 if backend == "torch" else BGR
+    return setting
+
+
+def delivered_format(cap: Any) -> str:
+    """The pixel format `cap.read()` hands out: what a capture declares (`pixel_format`, as NvdecCapture
+    does), else BGR (cv2.VideoCapture)."""
+    return check_format(str(getattr(cap, "pixel_format", BGR)))
+
+
 def choose_decoder(setting: str, spec: SourceSpec, problem: str | None) -> str:
     """'ffmpeg' or 'nvdec' for this source; `problem` is `nvdec_problem()` (None: NVDEC works here).
 
@@ -142,16 +170,22 @@ _FELL_BACK: set[str] = set()  # sources DECODER=auto found NVDEC cannot decode, 
 
 
 def open_capture(
-    spec: SourceSpec, decoder: str, open_timeout_s: float, read_timeout_s: float, threads: int = 0
+    spec: SourceSpec,
+    decoder: str,
+    open_timeout_s: float,
+    read_timeout_s: float,
+    threads: int = 0,
+    nvdec_format: str = BGR,
 ) -> Any:
     """An opened capture for `spec` with the decoder `DECODER` picks: cv2.VideoCapture or NvdecCapture
-    (`threads`: FFmpeg's decoding threads, 0 = its own choice)."""
+    (`threads`: FFmpeg's decoding threads, 0 = its own choice; `nvdec_format`: the pixel format an
+    NvdecCapture hands out, `delivered_format` says which a capture has)."""
     wanted = decoder != "ffmpeg" and spec.kind != "webcam"
     problem = nvdec_problem() if wanted else None
     if choose_decoder(decoder, spec, problem) == "ffmpeg":
         return open_video(spec, open_timeout_s, read_timeout_s, threads)
     try:
-        return NvdecCapture(spec, read_timeout_s, open_timeout_s)
+        return NvdecCapture(spec, read_timeout_s, open_timeout_s, pixel_format=nvdec_format)
     except UserError:
         if decoder == "nvdec":
             raise
@@ -162,7 +196,8 @@ def open_capture(
 
 
 class NvdecCapture:
-    """Frames of a file or stream URL decoded by NVDEC, read like a cv2.VideoCapture (BGR uint8)."""
+    """Frames of a file or stream URL decoded by NVDEC, read like a cv2.VideoCapture: BGR uint8, or with
+    `pixel_format` "nv12" the decoder's (H*3/2, W) NV12 planes as they are."""
 
     def __init__(
         self,
@@ -171,7 +206,9 @@ class NvdecCapture:
         open_timeout_s: float = OPEN_TIMEOUT_S,
         gpu_id: int = 0,
         gpu_wait: str | None = DECODER_WAIT,
+        pixel_format: str = BGR,
     ) -> None:
+        self.pixel_format = check_format(pixel_format)
         nvc = import_nvc()
         cv2.setNumThreads(CONVERT_THREADS)  # for the whole capture process, which converts and resizes only
         self.spec = spec
@@ -249,7 +286,8 @@ class NvdecCapture:
         return self._open
 
     def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
-        """The next frame as BGR, converted into `image` (a ring slot) when it has the frame's shape."""
+        """The next frame as BGR (or NV12, `pixel_format`), converted (copied) into `image` (a ring slot)
+        when it has the frame's shape; else a new array."""
         if not self._open:
             return False, None
         if self._first is not None:
@@ -262,8 +300,15 @@ class NvdecCapture:
         if item is _END:
             self._open = False
             return False, None
-        if image is None or image.shape != (*self._hw, 3) or image.dtype != np.uint8:
+        h, w = self._hw
+        shape = (h * 3 // 2, w) if self.pixel_format == NV12 else (h, w, 3)
+        if image is None or image.shape != shape or image.dtype != np.uint8:
             image = None
+        if self.pixel_format == NV12:
+            if image is None:
+                return True, item  # the queue's own copy: nothing else holds it
+            np.copyto(image, item)
+            return True, image
         return True, cv2.cvtColor(item, cv2.COLOR_YUV2BGR_NV12, dst=image)
 
     def get(self, prop: int) -> float:

@@ -19,6 +19,12 @@ A gap in a live source (capture reconnected or was restarted: `meta.segment` cha
 tracker (ids still continue) and a fresh identity manager, since nothing seen before the gap can be assumed
 to be where it was. Placeholder frames sent while the source is away (`meta.status`) are not tracked.
 
+Pixels are read through the ring's format-free `FramePixels` (an NVDEC camera's ring may hold NV12): the
+scene-cut thumbnail is taken from the planes directly (`every`, the numbers a BGR ring gives), and the
+sharpness of a face (choosing what to embed, unknown faces' quality) and the chips aligned for the embedder
+convert only their regions, so no tracking frame converts the whole picture (10 chips from a 1080p frame:
+3.3-4.0 ms against 3.8-4.5 ms converting the frame first, 2-core box; app/vision/alignment.py).
+
 Embedding and gallery search run in the shared embedding worker (`embed.py`) when the stage is given its
 queues (`EmbedChannel`): tracking sends the chips of the tracks to look at and never waits for the answer
 on a live source. On a file the answer to a request made on a stream's frame n is applied on its frame
@@ -67,6 +73,7 @@ from app.recognition.identity_config import IdentityConfig
 from app.stages.embed import FaceEmbedder
 from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
+from app.vision.pixel_format import FramePixels
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +93,6 @@ RESULT_WAIT_S = 30.0  # a due answer this late means a stuck worker: the request
 SCENE_CUT_DIFF = 20.0
 
 
-def _every(frame: np.ndarray, step: int) -> np.ndarray:
-    """frame[::step, ::step] as a contiguous copy (the bytes OpenCV would copy it to).
-
-    Where OpenCV's nearest-neighbour resize to (w / step, h / step) picks exactly those pixels (checked once
-    per frame size, `_nearest_is_strided`), it makes the copy: 1080p at step 15, 33 -> 15 us with the frame
-    out of cache. Otherwise each BGR pixel is viewed as one 3-byte element: numpy then copies 128 pixels a
-    row in one inner loop instead of 3 bytes at a time (32 -> 18 us in cache, 97 -> 65 us from memory)."""
-    if not (frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 and frame.flags.c_contiguous):
-        return np.ascontiguousarray(frame[::step, ::step])
-    h, w = frame.shape[:2]
-    if step > 1 and _nearest_is_strided(h, w, step):
-        return cv2.resize(frame, (w // step, h // step), interpolation=cv2.INTER_NEAREST)
-    pixels = frame.view(np.dtype((np.void, 3))).reshape(h, w)[::step, ::step]
-    return np.ascontiguousarray(pixels).view(np.uint8).reshape(pixels.shape[0], pixels.shape[1], 3)
-
-
-_NEAREST_IS_STRIDED: dict[tuple[int, int, int], bool] = {}
-
-
-def _nearest_is_strided(h: int, w: int, step: int) -> bool:
-    """Whether cv2.resize(INTER_NEAREST) of an h x w image to (w / step, h / step) samples exactly the pixels
-    [::step, ::step]. It maps columns and rows independently (x from the width scale, y from the height
-    scale), so it is tried once per size on a 2-row image whose pixels spell their column and a 2-column
-    one whose pixels spell their row, resized at the same two scales (milliseconds even at 4K)."""
-    key = (h, w, step)
-    known = _NEAREST_IS_STRIDED.get(key)
-    if known is None:
-        known = h % step == 0 and w % step == 0 and max(h, w) < 65536
-        for size in (w, h) if known else ():
-            at = np.arange(size)
-            spelled = np.stack([at & 255, at >> 8, at & 255], axis=-1).astype(np.uint8)  # (size, 3)
-            line = np.ascontiguousarray(np.broadcast_to(spelled, (2, size, 3)))
-            picked = cv2.resize(line, (size // step, 2), interpolation=cv2.INTER_NEAREST)
-            known = known and bool(np.array_equal(picked, line[:, ::step]))
-        _NEAREST_IS_STRIDED[key] = known
-    return known
-
-
 class SceneCutDetector:
     """Tells hard cuts from motion by how much a small grey thumbnail changes from one frame to the next."""
 
@@ -131,13 +100,15 @@ class SceneCutDetector:
         self.threshold = threshold
         self._previous: np.ndarray | None = None
 
-    def is_cut(self, frame_bgr: np.ndarray) -> bool:
+    def is_cut(self, frame: FramePixels | np.ndarray) -> bool:
+        """Whether `frame` (a BGR array, or a ring frame in any pixel format) is a hard cut from the last."""
+        pixels = frame if isinstance(frame, FramePixels) else FramePixels(frame)
         # Subsample to about twice the thumbnail before the area resize: a full 1080p INTER_AREA pass cost
         # 2.9 ms a frame on the H200 host; a stride of 6 rows 0.40 ms here, of 15 rows (this) 0.10 ms. On
         # the Hamilton clip upscaled to 1080p the cut/motion figures move by at most 0.3 (cuts 27.6-30.1,
         # camera moves at most 13.6) against a threshold of 20.
-        step = max(1, frame_bgr.shape[0] // 72)
-        small = cv2.resize(_every(frame_bgr, step), (64, 36), interpolation=cv2.INTER_AREA)
+        step = max(1, pixels.shape[0] // 72)
+        small = cv2.resize(pixels.every(step), (64, 36), interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
         previous, self._previous = self._previous, grey
         return previous is not None and float(np.abs(grey - previous).mean()) >= self.threshold
@@ -340,7 +311,8 @@ class RecognizeStage:
         state = self._stream(msg.meta.stream)
         if msg.meta.status:  # a placeholder while the source is away: nothing to track on it
             return [self._faces_of(TrackedFaces.empty(msg.meta))]
-        frame = self.frames.ring(msg.meta.stream).frame(msg.meta.slot)
+        ring = self.frames.ring(msg.meta.stream)
+        frame = FramePixels(ring.frame(msg.meta.slot), ring.format)
         if msg.meta.segment != state.segment:
             self._new_segment(state, msg.meta.segment, msg.meta.frame_index)
         if state.cuts.is_cut(frame):  # (never right after a new segment: its detector starts fresh)
@@ -450,7 +422,7 @@ class RecognizeStage:
 
     # -- embedding in this process ------------------------------------------------------------------------
 
-    def _embed_now(self, state: StreamTracks, tracks: list[TrackFace], frame: np.ndarray) -> _Answers:
+    def _embed_now(self, state: StreamTracks, tracks: list[TrackFace], frame: FramePixels) -> _Answers:
         answers = _Answers()
         need = state.identities.select_for_embedding(tracks, frame)
         if not need or self.embedder.paused():
@@ -465,14 +437,14 @@ class RecognizeStage:
             self.embedded_faces += len(need)
         return answers
 
-    def _chips(self, tracks: list[TrackFace], need: list[int], frame: np.ndarray) -> np.ndarray:
+    def _chips(self, tracks: list[TrackFace], need: list[int], frame: FramePixels) -> np.ndarray:
         by_id = {t.track_id: t for t in tracks}
         landmarks = np.array([by_id[i].landmarks for i in need], dtype=np.float32)
-        return self._align(frame, landmarks, self.spec)
+        return self._align(frame, landmarks, self.spec)  # NV12: each chip's region converted
 
     # -- embedding in the shared worker -------------------------------------------------------------------
 
-    def _embed_async(self, stream: int, state: StreamTracks, tracks: list[TrackFace], frame: np.ndarray):
+    def _embed_async(self, stream: int, state: StreamTracks, tracks: list[TrackFace], frame: FramePixels):
         self._collect(block_until=None)
         answers = _Answers()
         for request_id in sorted(state.pending):

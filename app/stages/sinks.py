@@ -29,6 +29,7 @@ import numpy as np
 from app.errors import UserError
 from app.integrations.events import EventFanout
 from app.pipeline.messages import TrackedFaces
+from app.vision.pixel_format import FramePixels
 
 if TYPE_CHECKING:
     from app.vision.video_writer import CrashSafeVideoWriter
@@ -72,10 +73,10 @@ class EventsSink:
             self.fanout.snapshots.open()
 
     def write(
-        self, faces: TrackedFaces, frame: np.ndarray | None = None, camera: str = "default"
+        self, faces: TrackedFaces, frame: np.ndarray | FramePixels | None = None, camera: str = "default"
     ) -> list[str]:
-        """Make this frame's events (`frame`: its pixels, for snapshots; `camera`: whose frame); their
-        statuses."""
+        """Make this frame's events (`frame`: its pixels, for snapshots, made BGR only when an event needs
+        them; `camera`: whose frame); their statuses."""
         statuses: list[str] = []
         meta = faces.meta
         for i in range(len(faces)):
@@ -98,7 +99,8 @@ class EventsSink:
                 "box": _box(faces.boxes[i]),
             }
             if self.fanout is not None:
-                self.fanout.publish(event, frame, faces)  # adds "snapshot" to the event when one is written
+                pixels = frame.bgr() if isinstance(frame, FramePixels) else frame  # (NV12: converted once)
+                self.fanout.publish(event, pixels, faces)  # adds "snapshot" to the event when one is written
             if self._file is not None:
                 self._file.write(json.dumps(event) + "\n")
             self.events += 1

@@ -1,11 +1,14 @@
 """Detector letterbox and face alignment in torch, so frames cross PCIe once (as uint8) and stay on the GPU.
 
-Both functions mirror their OpenCV versions in app/vision (same geometry and normalisation) and run on any
+The functions mirror their OpenCV versions in app/vision (same geometry and normalisation) and run on any
 torch device; on the CPU they exist for tests.
 
 - `letterbox_batch`: frames (H,W,3) uint8 BGR -> (N,3,S,S) blob BGR minus (104,117,123), padded bottom/right
   with zeros, plus the per-frame scale: the same as `app.vision.retinaface.letterbox` (cv2.resize with
   fx=fy=scale, bilinear, rounded to uint8 like OpenCV's 8-bit path).
+- `nv12_to_bgr`: an NV12 frame (H*3/2, W) uint8 -> (H, W, 3) uint8 BGR, OpenCV's COLOR_YUV2BGR_NV12 in its
+  own fixed-point arithmetic (BT.601 limited range, each UV pair over its 2x2 block): the same numbers, so a
+  frame kept as NV12 in the ring (app/vision/pixel_format.py) is detected as its BGR twin would be.
 - `warp_faces`: many faces from a few frames in one batched bilinear warp (`F.affine_grid` +
   `F.grid_sample`), given the 2x3 similarity matrices that map frame pixels to chip pixels (cv2.warpAffine's
   convention), then channel order and mean/std normalisation of the embedder.
@@ -63,6 +66,29 @@ def letterbox_batch(
         blob[i, :, :ch, :cw] = (resized[:, :ch, :cw] - mean).to(blob.dtype)
         scales.append(float(scale))
     return blob, scales
+
+
+# OpenCV's YUV420 -> RGB constants (color_yuv.simd.hpp, ITUR_BT_601_*): BT.601 coefficients times 2**20.
+_SHIFT = 20
+_CY, _CUB, _CUG, _CVG, _CVR = 1220542, 2116026, -409993, -852492, 1673527
+
+
+def nv12_to_bgr(nv12: torch.Tensor) -> torch.Tensor:
+    """(H*3/2, W) uint8 NV12 -> (H, W, 3) uint8 BGR on its device, equal to cv2's COLOR_YUV2BGR_NV12.
+
+    int32 throughout (at most 255 * 2**21, far from overflow); chroma is repeated over its 2x2 block, as
+    OpenCV's 4:2:0 conversion reads it."""
+    rows, w = int(nv12.shape[0]), int(nv12.shape[1])
+    h = rows * 2 // 3
+    y = (nv12[:h].to(torch.int32) - 16).clamp_(min=0) * _CY
+    uv = nv12[h:].reshape(h // 2, w // 2, 2).to(torch.int32) - 128
+    uv = uv.repeat_interleave(2, dim=0).repeat_interleave(2, dim=1)
+    u, v = uv[..., 0], uv[..., 1]
+    half = 1 << (_SHIFT - 1)
+    b = y + _CUB * u + half
+    g = y + _CUG * u + _CVG * v + half
+    r = y + _CVR * v + half
+    return (torch.stack((b, g, r), dim=-1) >> _SHIFT).clamp_(0, 255).to(torch.uint8)
 
 
 def _pixel_to_normalised(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

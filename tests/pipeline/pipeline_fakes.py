@@ -165,6 +165,51 @@ class LinesSink:
         self.frames.close()
 
 
+class Nv12Video:
+    """cv2.VideoCapture handing out NV12 frames and saying so, as an NVDEC capture keeping NV12 does."""
+
+    pixel_format = "nv12"
+
+    def __init__(self, cap) -> None:
+        self.cap = cap
+
+    def read(self, image=None):
+        from app.vision.pixel_format import bgr_to_nv12
+
+        ok, frame = self.cap.read()
+        if not ok:
+            return False, None
+        if image is not None and image.shape == (frame.shape[0] * 3 // 2, frame.shape[1]):
+            return True, bgr_to_nv12(frame, out=image)
+        return True, bgr_to_nv12(frame)
+
+    def __getattr__(self, name):
+        return getattr(self.cap, name)
+
+
+class Nv12CaptureStage(CaptureStage):
+    """The real capture stage on a source decoded to NV12 (stands in for NVDEC, which needs a GPU)."""
+
+    def _open(self, spec, nvdec_format):
+        cap = Nv12Video(super()._open(spec, nvdec_format))
+        self._cap_format = "nv12"
+        return cap
+
+
+class FormatSink(LinesSink):
+    """LinesSink also writing the ring's pixel format and the frame's mean as BGR."""
+
+    def process(self, msg):
+        ring = self.frames.ring
+        from app.vision.pixel_format import FramePixels
+
+        pixels = FramePixels(ring.frame(msg.meta.slot), ring.format)
+        line = {"frame": msg.meta.frame_index, "format": ring.format, "bgr_mean": float(pixels.bgr().mean())}
+        self._file.write(json.dumps(line) + "\n")
+        ring.release(msg.meta.slot, msg.meta.seq)
+        return []
+
+
 def build(video: Path, out: Path, fail: str = "", stop_after: int | None = None, max_speed: bool = True,
           delay_s: float = 0.0, setup_s: float = 0.0, recognize_error: str = "",
           loaded_marker: Path | None = None, close_s: float = 0.0, closed_marker: Path | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
+from app.vision.pixel_format import NV12, FramePixels, bgr_to_nv12, nv12_to_bgr
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (6, 8, 3)
@@ -46,6 +47,35 @@ def test_geometry_and_pixels_are_shared_between_handles(ring):
     assert other.claim(slot, 1)
     assert int(other.frame(slot).sum()) == 7 * np.prod(SHAPE)
     other.close()
+
+
+def test_a_ring_is_bgr_unless_made_nv12_and_says_so_to_every_handle(ring):
+    assert ring.format == "bgr" and ring.frame_shape == SHAPE and ring.frame_hw == (6, 8)
+    lock = multiprocessing.get_context("spawn").Lock()
+    name = f"facering-test-nv12-{os.getpid()}-{time.monotonic_ns()}"
+    picture = np.random.default_rng(0).integers(0, 256, (36, 64, 3), dtype=np.uint8)
+    created = FrameRing.create(name, 3, (36, 64, 3), lock, pixel_format=NV12)
+    try:
+        other = FrameRing.attach(name, lock)
+        assert other.format == NV12 and other.frame_shape == (36, 64, 3) and other.frame_hw == (36, 64)
+        assert other.shape == (54, 64) and other.frame(0).shape == (54, 64)  # H*3/2 rows of W bytes
+        assert created.frame(0).nbytes * 2 == 36 * 64 * 3  # half a BGR frame's bytes
+        assert int(created._header[7]) == 1 and int(ring._header[7]) == 0  # the header's format word
+        slot = created.acquire(live=False)
+        created.frame(slot)[:] = bgr_to_nv12(picture)
+        created.publish(slot, 1)
+        assert other.claim(slot, 1)
+        pixels = FramePixels(other.frame(slot), other.format)
+        assert pixels.format == NV12 and pixels.shape == (36, 64, 3)
+        assert np.array_equal(pixels.bgr(), nv12_to_bgr(bgr_to_nv12(picture)))
+        other.close()
+    finally:
+        created.close()
+        created.unlink()
+    with pytest.raises(ValueError, match="even"):
+        FrameRing.create(name + "-odd", 3, (35, 64, 3), lock, pixel_format=NV12)
+    with pytest.raises(ValueError, match="not one of"):
+        FrameRing.create(name + "-rgb", 3, (36, 64, 3), lock, pixel_format="rgb")
 
 
 def test_ownership_cycle_free_writing_queued_claimed_free(ring):

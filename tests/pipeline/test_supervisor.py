@@ -20,6 +20,7 @@ import pytest
 from app.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR
 from app.pipeline.graph import Node, PipelineGraph
 from app.pipeline.supervisor import Supervisor
+from app.stages.capture import CaptureStage
 from tests.pipeline.pipeline_fakes import StartingMeanStage, VirtualClock, build, make_video
 from tests.pipeline.process_checks import RunningPipeline, shm_segments, still_alive
 from tests.support.waiting import GUARD_S, wait_until
@@ -62,6 +63,25 @@ def test_end_of_file_processes_every_frame_in_order(video, tmp_path):
     assert set(summary["latency_ms"]) == {*STAGES, "end_to_end"}
     assert result.source_info.frame_shape == (48, 64, 3) and result.source_info.live is False
     assert_clean(handle)
+
+
+def test_a_capture_reporting_nv12_gets_an_nv12_ring_every_stage_reads(video, tmp_path):
+    from tests.pipeline.pipeline_fakes import FormatSink, Nv12CaptureStage, PassStage
+
+    means = {}
+    for kind, capture in (("nv12", Nv12CaptureStage), ("bgr", CaptureStage)):
+        handle = Supervisor.new_ring_handle()
+        out = tmp_path / f"{kind}.jsonl"
+        stages = [capture(str(video), handle, max_speed=True), PassStage("detect"), FormatSink(handle, out)]
+        result = Supervisor(stages, handle, ring_slots=4).run()
+        assert result.exit_code == 0, result.reason
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [line["frame"] for line in lines] == list(range(40))
+        assert {line["format"] for line in lines} == {kind}
+        means[kind] = [line["bgr_mean"] for line in lines]
+        assert_clean(handle)
+    # The grey video read back as BGR through either ring (NV12 rounds a level at most).
+    assert max(abs(a - b) for a, b in zip(means["nv12"], means["bgr"], strict=True)) < 1.0
 
 
 def test_sources_start_once_the_consumers_start_work_is_done(video, tmp_path, caplog):

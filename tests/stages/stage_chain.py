@@ -13,14 +13,18 @@ import numpy as np
 from app.pipeline.frame_ring import FrameRing, FrameRingHandle
 from app.pipeline.messages import FrameMeta, FrameRef, SourceInfo, StageStamp
 from app.pipeline.stage_runner import NOTHING_YET, capabilities_of
+from app.vision.pixel_format import BGR, write_bgr
 
 
 @contextmanager
-def ring_of(shape: tuple[int, int, int], slots: int = 4) -> Iterator[tuple[FrameRing, FrameRingHandle]]:
-    """A fresh ring and a handle to it (as stages get), unlinked afterwards."""
+def ring_of(
+    shape: tuple[int, int, int], slots: int = 4, pixel_format: str = BGR
+) -> Iterator[tuple[FrameRing, FrameRingHandle]]:
+    """A fresh ring of (H, W, 3) pictures stored in `pixel_format` and a handle to it (as stages get),
+    unlinked afterwards."""
     lock = multiprocessing.get_context("spawn").Lock()
     name = f"facering-{os.getpid()}-test{time.monotonic_ns() % 10**9}"
-    ring = FrameRing.create(name, slots, shape, lock)
+    ring = FrameRing.create(name, slots, shape, lock, pixel_format=pixel_format)
     handle = FrameRingHandle(name, lock)
     try:
         yield ring, handle
@@ -31,10 +35,11 @@ def ring_of(shape: tuple[int, int, int], slots: int = 4) -> Iterator[tuple[Frame
 
 
 def put_frame(ring: FrameRing, image: np.ndarray, index: int, fps: float = 25.0) -> FrameRef:
-    """Write `image` into a free slot as the capture stage would, and return its FrameRef."""
+    """Write the BGR `image` into a free slot as the capture stage would (in the ring's pixel format), and
+    return its FrameRef."""
     slot = ring.acquire(live=False, timeout=1.0)
     assert slot is not None, "ring full: release frames in the test"
-    ring.frame(slot)[:] = image
+    write_bgr(ring.frame(slot), ring.format, image)
     ring.publish(slot, index + 1)
     now = time.monotonic()
     meta = FrameMeta(slot, index + 1, index, index / fps, image.shape[1], image.shape[0],

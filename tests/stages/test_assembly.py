@@ -62,3 +62,16 @@ def test_detectors_are_one_per_eight_gpu_cameras_unless_set(monkeypatch) -> None
         "detect",
         "detect:2",
     ]
+
+
+def test_captures_keep_nvdec_frames_as_nv12_exactly_for_the_torch_detector() -> None:
+    cameras = [CameraConfig(f"cam{i}", str(HAMILTON)) for i in range(2)]
+
+    def formats(**settings: object) -> set[str]:
+        graph = build_graph(Settings(gui=False, **settings), cameras)  # type: ignore[arg-type]
+        return {node.stage.nvdec_format for node in graph.nodes if node.name.startswith("capture")}
+
+    assert formats() == {"bgr"}  # onnxruntime: the CPU detector would only convert it again
+    assert formats(backend="torch") == {"nv12"}
+    assert formats(backend="torch", frame_format="bgr") == {"bgr"}
+    assert formats(frame_format="nv12") == {"nv12"}

@@ -11,6 +11,7 @@ from app.errors import UserError
 from app.pipeline.frame_ring import FrameRingHandle
 from app.pipeline.stage_runner import NOTHING_YET
 from app.stages.capture import CaptureStage
+from app.stages.sources import parse_source
 from tests.stages.stage_chain import read_all, ring_of
 from tests.support.shared_data import HAMILTON
 
@@ -119,3 +120,67 @@ def test_a_source_with_no_frame_fails_setup_in_one_line(tmp_path):
     with pytest.raises(UserError) as info:
         CaptureStage(str(empty), FrameRingHandle("unused", None)).setup()
     assert str(empty) in str(info.value) and "\n" not in str(info.value)
+
+
+def nvdec_capture(monkeypatch, frames: list, ring_format: str | None = None) -> tuple[object, list]:
+    """A capture stage on NVDEC (PyNvVideoCodec stood in for by tests/stages/test_nvdec.FrameLibrary) keeping
+    NV12; its SourceInfo and what reached the ring (its own format, or `ring_format`)."""
+    from app.stages import nvdec
+    from tests.stages.test_nvdec import FrameLibrary
+
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
+    monkeypatch.setattr(nvdec, "nvdec_problem", lambda: None)
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_speed=True, decoder="nvdec",
+                           nvdec_format="nv12")  # fmt: skip
+    info = capture.setup()
+    with ring_of(info.frame_shape, pixel_format=ring_format or info.pixel_format) as (ring, handle):
+        capture.frames = handle
+        got = read_all(capture, ring)
+        capture.close()
+    return info, got
+
+
+def test_an_nvdec_capture_keeping_nv12_copies_the_planes_into_nv12_slots(monkeypatch):
+    from tests.stages.test_nvdec import clip_frames, nv12
+
+    frames = clip_frames(8)
+    info, got = nvdec_capture(monkeypatch, frames)
+    assert info.pixel_format == "nv12" and info.frame_shape == (360, 640, 3)  # the picture, not the planes
+    assert [m.frame_index for m, _ in got] == list(range(8))
+    assert all(m.width == 640 and m.height == 360 for m, _ in got)
+    for (_, slot), frame in zip(got, frames, strict=True):
+        assert slot.shape == (540, 640) and np.array_equal(slot, nv12(frame))
+
+
+def test_nv12_frames_reaching_a_bgr_ring_are_converted_there(monkeypatch):
+    from tests.stages.test_nvdec import clip_frames, nv12
+
+    frames = clip_frames(4)
+    _, got = nvdec_capture(monkeypatch, frames, ring_format="bgr")  # e.g. a camera back through NVDEC
+    for (_, slot), frame in zip(got, frames, strict=True):
+        assert np.array_equal(slot, cv2.cvtColor(nv12(frame), cv2.COLOR_YUV2BGR_NV12))
+
+
+def test_an_ffmpeg_camera_stays_bgr_whatever_nvdec_would_keep():
+    capture = CaptureStage(str(HAMILTON), FrameRingHandle("unused", None), max_frames=2, decoder="ffmpeg",
+                           nvdec_format="nv12")  # fmt: skip
+    info = capture.setup()
+    capture.close()
+    assert info.pixel_format == "bgr"
+
+
+def test_a_placeholder_goes_into_an_nv12_ring_as_the_dimmed_last_frame():
+    from app.pipeline.reconnect import RetrySchedule
+    from app.vision.pixel_format import FramePixels, bgr_to_nv12, nv12_to_bgr
+
+    frame = cv2.VideoCapture(str(HAMILTON)).read()[1]
+    capture = CaptureStage("rtsp://127.0.0.1:9/none", FrameRingHandle("unused", None))
+    capture.spec = parse_source("rtsp://127.0.0.1:9/none")
+    capture._last_image = FramePixels(bgr_to_nv12(frame), "nv12")
+    with ring_of(frame.shape, pixel_format="nv12") as (ring, handle):
+        capture.frames = handle
+        msg = capture._placeholder(RetrySchedule(capture.backoff))
+        assert msg is not None and msg.meta.status.startswith("reconnecting to")
+        shown = nv12_to_bgr(ring.frame(msg.meta.slot))
+    dimmed = (nv12_to_bgr(bgr_to_nv12(frame)) * 0.35).astype(np.uint8)
+    assert np.abs(shown.astype(int) - dimmed).mean() < 2.0  # dimmed, then through NV12 once more

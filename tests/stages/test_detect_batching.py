@@ -288,3 +288,55 @@ def _meta(i: int, wh: tuple[int, int] = (1280, 720)):
     from app.pipeline.messages import FrameMeta
 
     return FrameMeta(i, i + 1, i, i / 25, wh[0], wh[1])
+
+
+def _same_candidates(a: CandidateDetections, b: CandidateDetections) -> None:
+    assert np.array_equal(a.prior_index, b.prior_index) and a.scale == b.scale
+    for x, y in ((a.loc, b.loc), (a.conf, b.conf), (a.landmarks, b.landmarks)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_an_nv12_ring_is_detected_as_its_bgr_conversion_on_the_cpu_path(clip_frames):
+    from app.vision.pixel_format import NV12, bgr_to_nv12, nv12_to_bgr
+
+    decoded = [nv12_to_bgr(bgr_to_nv12(f)) for f in clip_frames]  # what NVDEC's planes are as BGR
+    with (
+        ring_of(clip_frames[0].shape, 6, NV12) as (nv12_ring, nv12_handle),
+        ring_of(clip_frames[0].shape, 6) as (bgr_ring, bgr_handle),
+    ):
+        on_nv12 = DetectStage(nv12_handle, DETECTOR, max_batch=4)
+        on_bgr = DetectStage(bgr_handle, DETECTOR, max_batch=4)
+        on_nv12.setup()
+        on_bgr.setup()
+        got = on_nv12.process_batch([put_frame(nv12_ring, f, i) for i, f in enumerate(clip_frames)])
+        want = on_bgr.process_batch([put_frame(bgr_ring, f, i) for i, f in enumerate(decoded)])
+        assert nv12_ring.frame(0).shape == (1080, 1280)  # the slots hold NV12
+        assert [len(decode(c).scores) for c in got] == [len(decode(c).scores) for c in want]
+        for g, w in zip(got, want, strict=True):
+            _same_candidates(g, w)
+        on_nv12.close()
+        on_bgr.close()
+
+
+def test_the_gpu_path_uploads_nv12_and_converts_it_there(clip_frames, torch_mod):
+    from app.vision.pixel_format import NV12, bgr_to_nv12, nv12_to_bgr
+
+    decoded = [nv12_to_bgr(bgr_to_nv12(f)) for f in clip_frames]
+    with (
+        ring_of(clip_frames[0].shape, 6, NV12) as (nv12_ring, nv12_handle),
+        ring_of(clip_frames[0].shape, 6) as (bgr_ring, bgr_handle),
+    ):
+        on_nv12 = DetectStage(nv12_handle, DETECTOR, backend="torch", device="cpu", max_batch=4)
+        on_bgr = DetectStage(bgr_handle, DETECTOR, backend="torch", device="cpu", max_batch=4)
+        on_nv12.setup()
+        on_bgr.setup()
+        got = on_nv12.process_batch([put_frame(nv12_ring, f, i) for i, f in enumerate(clip_frames)])
+        want = on_bgr.process_batch([put_frame(bgr_ring, f, i) for i, f in enumerate(decoded)])
+        # The frames crossed as NV12, 1080 rows of 1280 bytes (half the BGR frame's), converted there.
+        assert (1080, 1280) in on_nv12.gpu.uploader._device_bufs
+        assert (720, 1280, 3) not in on_nv12.gpu.uploader._device_bufs
+        assert all(len(decode(c).scores) > 0 for c in got)
+        for g, w in zip(got, want, strict=True):
+            _same_candidates(g, w)  # the GPU conversion is OpenCV's, number for number
+        on_nv12.close()
+        on_bgr.close()

@@ -266,3 +266,40 @@ def test_several_cameras_write_a_video_each_and_rows_name_their_camera(tmp_path)
         assert count == 4, name
     rows = [json.loads(line) for line in tracks.read_text().splitlines()]
     assert [r["camera"] for r in rows] == ["door", "yard"] * 4 and all(r["track"] == 1 for r in rows)
+
+
+def test_an_nv12_ring_shows_and_saves_what_a_bgr_ring_of_its_pixels_does(tmp_path):
+    """The window's canvas and the events' snapshots (crop and full frame) from an NVDEC camera's NV12 ring
+    are those of a BGR ring holding the same decoded pixels; the slot is released as always."""
+    from app.integrations.events import EventFanout
+    from app.integrations.snapshots import SnapshotWriter
+    from app.vision.pixel_format import NV12, bgr_to_nv12, nv12_to_bgr
+
+    rng = np.random.default_rng(3)
+    pictures = [cv2.GaussianBlur(rng.integers(0, 256, SHAPE, dtype=np.uint8), (0, 0), 2) for _ in SCRIPT]
+    runs = {}
+    for pixel_format in ("nv12", "bgr"):
+        FakeWindow.instances.clear()
+        folder = tmp_path / pixel_format
+        fanout = EventFanout(camera="porch", snapshots=SnapshotWriter(folder, full_frame=True),
+                             wall_clock=lambda: 1764590000.0)  # fmt: skip
+        with ring_of(SHAPE, pixel_format=pixel_format) as (ring, handle):
+            stage = GuiStage(handle, show_window=True, window_factory=FakeWindow, fanout=fanout)
+            stage._overlay_lines = lambda msg: ["fixed"]  # not this machine's timings: the pixels compare
+            stage.setup()
+            stage.start(SOURCE)
+            for i, rows in enumerate(SCRIPT):
+                image = pictures[i] if pixel_format == NV12 else nv12_to_bgr(bgr_to_nv12(pictures[i]))
+                ref = put_frame(ring, image, i, fps=20.0)
+                assert ring.claim(ref.meta.slot, ref.meta.seq)
+                stage.process(faces(ref, rows))
+                assert ring.states()[ref.meta.slot] == "free"
+            stage.close()
+        snapshots = {p.name: cv2.imread(str(p)) for p in sorted(folder.glob("*.jpg"))}
+        runs[pixel_format] = (FakeWindow.instances[-1].shown, snapshots)
+    (shown_nv12, snaps_nv12), (shown_bgr, snaps_bgr) = runs["nv12"], runs["bgr"]
+    assert len(shown_nv12) == len(SCRIPT) and all(
+        np.array_equal(a, b) for a, b in zip(shown_nv12, shown_bgr, strict=True)
+    )
+    assert len(snaps_nv12) == 8 and snaps_nv12.keys() == snaps_bgr.keys()  # 4 events: crop + frame each
+    assert all(np.array_equal(snaps_nv12[k], snaps_bgr[k]) for k in snaps_nv12)

@@ -273,3 +273,43 @@ def test_nvdec_converts_on_one_opencv_thread(monkeypatch):
         cap.release()
     finally:
         cv2.setNumThreads(before)
+
+
+def test_the_nvdec_adapter_hands_out_nv12_planes_copied_into_the_slot(monkeypatch):
+    frames = clip_frames(6)
+    monkeypatch.setattr(nvdec, "import_nvc", lambda: FrameLibrary(frames))
+    cap = nvdec.NvdecCapture(FILE, pixel_format="nv12")
+    assert nvdec.delivered_format(cap) == "nv12"
+    h, w = frames[0].shape[:2]
+    slot = np.zeros((h * 3 // 2, w), np.uint8)
+    got = []
+    while True:
+        ok, image = cap.read(slot if len(got) % 2 else None)
+        if not ok:
+            break
+        assert (image is slot) == (len(got) % 2 == 1)  # into the slot: a plain copy, no conversion
+        got.append(image.copy())
+    cap.release()
+    assert len(got) == 6 and all(np.array_equal(a, nv12(f)) for a, f in zip(got, frames, strict=True))
+
+
+def test_frame_format_keeps_nv12_exactly_for_the_torch_detector_unless_told():
+    assert nvdec.nvdec_frame_format("auto", "torch") == "nv12"
+    assert nvdec.nvdec_frame_format("auto", "onnxruntime") == "bgr"
+    assert nvdec.nvdec_frame_format("auto", "tensorrt") == "bgr"
+    assert nvdec.nvdec_frame_format("bgr", "torch") == "bgr"
+    assert nvdec.nvdec_frame_format("nv12", "onnxruntime") == "nv12"
+    with pytest.raises(UserError, match=r"^FACEPIPE_FRAME_FORMAT='yuv' is not a frame format; use one of"):
+        nvdec.nvdec_frame_format("yuv", "torch")
+    assert nvdec.delivered_format(cv2.VideoCapture()) == "bgr"  # OpenCV's captures are BGR
+
+
+def test_a_bad_frame_format_setting_is_one_line(monkeypatch):
+    from app.config import ConfigError, load_settings
+
+    monkeypatch.delenv("FACEPIPE_FRAME_FORMAT", raising=False)
+    assert load_settings({}, env_file=None).frame_format == "auto"
+    monkeypatch.setenv("FACEPIPE_FRAME_FORMAT", "rgb")
+    with pytest.raises(ConfigError, match="FRAME_FORMAT='rgb' is not one of: auto, bgr, nv12") as caught:
+        load_settings({}, env_file=None)
+    assert "\n" not in str(caught.value)

@@ -21,8 +21,9 @@ from app.pipeline.messages import TrackedFaces
 from app.recognition.analyzer import FaceAnalyzer
 from app.stages.detect import DetectStage
 from app.stages.postprocess import PostprocessStage
-from app.stages.recognize import RecognizeStage, SceneCutDetector, _every
+from app.stages.recognize import RecognizeStage, SceneCutDetector
 from app.vision.image_io import read_image
+from app.vision.pixel_format import bgr_every, bgr_to_nv12, nv12_to_bgr
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
 from tests.support.shared_data import HAMILTON, REPO, SHARED_FACES
 
@@ -59,10 +60,13 @@ def clip(start: int, stop: int) -> list[np.ndarray]:
     return frames
 
 
-def recognise(frames: list[np.ndarray], gallery: Path, **overrides) -> list[TrackedFaces]:
+def recognise(
+    frames: list[np.ndarray], gallery: Path, pixel_format: str = "bgr", **overrides
+) -> list[TrackedFaces]:
+    """The BGR `frames` through detection, post-processing and recognition, on a ring in `pixel_format`."""
     settings = load_settings({"qdrant_path": str(gallery), **overrides}, env_file=None)
     out = []
-    with ring_of(frames[0].shape) as (ring, handle):
+    with ring_of(frames[0].shape, pixel_format=pixel_format) as (ring, handle):
         stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), RecognizeStage(handle, settings)]
         setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
         detect, post, recog = stages
@@ -142,5 +146,27 @@ def test_the_cut_detectors_sample_is_the_strided_slice_byte_for_byte():
     hd = np.ascontiguousarray(frame[:720, :1280])  # 720p: OpenCV's nearest-neighbour resize, as at 1080p
     cases = ((frame, 15), (frame, 1), (frame[:, ::2], 7), (frame[..., 0], 5), (odd, 15), (hd, 10))
     for image, step in cases:  # (a view, one channel)
-        sample = _every(image, step)
+        sample = bgr_every(image, step)
         assert sample.flags.c_contiguous and np.array_equal(sample, image[::step, ::step])
+
+
+def test_an_nv12_ring_gives_the_tracks_and_names_of_a_bgr_ring(gallery_dir):
+    """The clip across its cut to Lin-Manuel (82) and while he is named, kept as NVDEC would (NV12): the
+    same results as a BGR ring of the same decoded pixels (similarities within the chips' rounding: they are
+    aligned from converted regions), and the same tracks and names as the clip's own BGR frames."""
+    frames = clip(70, 150)
+    on_nv12 = recognise(frames, gallery_dir, pixel_format="nv12")
+    decoded = recognise([nv12_to_bgr(bgr_to_nv12(f)) for f in frames], gallery_dir)
+    original = recognise(frames, gallery_dir)
+    assert sum(LIN in r.names for r in on_nv12) > 30  # named on most of his frames
+    for a, b in zip(on_nv12, decoded, strict=True):
+        assert a.names == b.names and a.statuses == b.statuses
+        assert np.array_equal(a.track_ids, b.track_ids) and np.array_equal(a.boxes, b.boxes)
+        np.testing.assert_allclose(a.similarities, b.similarities, atol=1e-4)
+    moved = []
+    for a, c in zip(on_nv12, original, strict=True):
+        assert a.names == c.names and np.array_equal(a.track_ids, c.track_ids)
+        side = np.maximum(c.boxes[:, 2] - c.boxes[:, 0], c.boxes[:, 3] - c.boxes[:, 1])
+        moved += list(np.abs(a.boxes - c.boxes).max(axis=1, initial=0.0) / side)
+    # Chroma at half resolution moves boxes little: 0.11 of the face at most here (a small audience face).
+    assert max(moved) < 0.15 and np.median(moved) < 0.02

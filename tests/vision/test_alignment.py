@@ -142,3 +142,29 @@ def test_a_photo_chip_past_the_edge_repeats_the_edge_pixels():
     edge = align_faces(image, landmarks, spec, edge=True)[0]
     assert black[:75, :58].max() == 0 and (edge[:75, :58] == 40).all()  # the dark edge, not black
     np.testing.assert_array_equal(edge[3:75, 62:135], black[3:75, 62:135])  # inside the photo: the same
+
+
+@pytest.mark.parametrize("edge", [False, True])
+def test_chips_from_an_nv12_frame_are_those_of_its_whole_conversion(edge):
+    """Faces of several sizes (a 3.5x one pre-shrunk, one hanging off the frame's corner) on a 1080p frame
+    of the clip kept as NV12: each chip converts only its region, and comes out as from the whole frame."""
+    from app.vision.pixel_format import NV12, FramePixels, bgr_to_nv12, nv12_to_bgr
+    from tests.support.shared_data import HAMILTON
+
+    cap = cv2.VideoCapture(str(HAMILTON))
+    for _ in range(100):
+        frame = cap.read()[1]
+    cap.release()
+    nv12 = bgr_to_nv12(cv2.resize(frame, (1920, 1080)))
+    spec = embedder_spec_for(DLIB)
+    template = DLIB_TEMPLATE.astype(np.float64)
+    faces = [(1.0, 0.0, 400.0, 300.0), (1.3, 20.0, 901.0, 457.0), (3.5, -10.0, 1200.0, 500.0),
+             (0.8, 5.0, 1850.0, 1030.0), (2.0, 30.0, -60.0, -40.0)]  # fmt: skip
+    landmarks = np.stack([apply(similarity_matrix(s, d, x, y), template) for s, d, x, y in faces])
+    whole = align_faces(nv12_to_bgr(nv12), landmarks, spec, edge=edge)
+    pixels = FramePixels(nv12, NV12)
+    regions = align_faces(pixels, landmarks, spec, edge=edge)
+    assert pixels._bgr is None  # the frame itself was never converted
+    gap = np.abs(regions.astype(np.int64) - whole)
+    # The warp's fixed-point rounding of a shifted translation may move a pixel by a level, no more.
+    assert gap.max() <= 1 and (gap > 0).mean() < 0.01

@@ -101,3 +101,22 @@ def test_translation_and_out_of_frame_is_black():
     )
     assert np.all(chip[0, :, :, :9].numpy() == 0)
     assert np.allclose(chip[0, :, :, 11:].numpy(), 200)
+
+
+def test_nv12_to_bgr_on_torch_is_opencvs_conversion():
+    from app.vision.pixel_format import bgr_to_nv12, nv12_to_bgr
+
+    photo = read_image(SHARED_FACES / "obama-1080p.jpg")
+    h, w = (s - s % 2 for s in photo.shape[:2])
+    frame = np.ascontiguousarray(photo[:h, :w])
+    noisy = np.clip(frame + np.random.default_rng(0).integers(-30, 31, frame.shape), 0, 255).astype(np.uint8)
+    nv12 = bgr_to_nv12(noisy)
+    nv12[:4] = 0  # luma under 16 and over 235: both clamps are taken
+    nv12[4:8] = 255
+    got = gpu_preprocess.nv12_to_bgr(torch.from_numpy(nv12))
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (h, w, 3)
+    # OpenCV's own fixed-point numbers: no pixel differs.
+    assert np.array_equal(got.numpy(), nv12_to_bgr(nv12))
+    # Random planes too (every chroma pair, both extremes).
+    planes = np.random.default_rng(1).integers(0, 256, (48 * 3 // 2, 64), dtype=np.uint8)
+    assert np.array_equal(gpu_preprocess.nv12_to_bgr(torch.from_numpy(planes)).numpy(), nv12_to_bgr(planes))
