@@ -16,8 +16,9 @@ pass starts a fresh stage on the same frames, so passes are repeats; the figure 
 The last stdout line is one JSON object: `lane_cpu_ms_per_frame` (median pass), `passes_ms` (every pass),
 `lane_cpu_ms_per_frame_min` (the least disturbed pass), `frames`, `faces_per_frame`, `embedded` (faces a
 pass sent to the worker), `tracks`, `outputs_digest` (of every frame's shown ids and names: equal digests,
-the same tracks and names); with --profile N the top N functions of a cProfile of one extra pass
-(cumulative) go to stderr.
+the same tracks and names), `full_digest` (of everything every frame shows: ids, boxes, scores and
+similarities bit for bit, names, statuses); with --profile N the top N functions of a cProfile of one
+extra pass (cumulative) go to stderr.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
     shape = (found[0].meta.height, found[0].meta.width, 3)
     spent = 0.0
     outputs = []
+    full = hashlib.sha1()
     stop = threading.Event()
     filled = [threading.Semaphore(0) for _ in range(2)]
     free = [threading.Semaphore(1) for _ in range(2)]
@@ -201,6 +203,7 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
                     profile.disable()
                 free[index % 2].release()
                 outputs.append((tracked.track_ids.tolist(), list(tracked.names)))
+                full.update(_frame_bytes(tracked))
             embedded = stage.embedded_faces
             tracks = max((state.max_id for state in stage.streams.values()), default=0)
         finally:
@@ -209,7 +212,16 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
                 helper.join(5)
             stage.close()
             worker.close()
-    return {"cpu_s": spent, "embedded": embedded, "tracks": tracks, "outputs": outputs}
+    return {"cpu_s": spent, "embedded": embedded, "tracks": tracks, "outputs": outputs,
+            "full_digest": full.hexdigest()[:12]}  # fmt: skip
+
+
+def _frame_bytes(tracked: Any) -> bytes:
+    """Everything a frame's TrackedFaces shows, as bytes: ids, boxes, scores, similarities (their exact
+    bits), names, statuses and the gallery flag."""
+    arrays = (tracked.track_ids, tracked.boxes, tracked.scores, tracked.similarities)
+    text = repr((list(tracked.names), list(tracked.statuses), bool(tracked.gallery_unavailable)))
+    return b"".join(np.ascontiguousarray(a).tobytes() for a in arrays) + text.encode()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     found = detections(settings, clip, args.frames, args.work)
     cv2.setNumThreads(1)
     passes = [one_pass(settings, clip, found, None) for _ in range(args.passes)]
-    if any(p["outputs"] != passes[0]["outputs"] for p in passes):
+    if any(p["full_digest"] != passes[0]["full_digest"] for p in passes):
         log("warning: passes gave different tracks or names")
     frames = len(found)
     per_frame = [1000.0 * p["cpu_s"] / frames for p in passes]
@@ -258,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "tracks": passes[0]["tracks"],
         # The shown ids and names of every frame: equal digests = the same tracks and names frame by frame.
         "outputs_digest": hashlib.sha1(repr(passes[0]["outputs"]).encode()).hexdigest()[:12],
+        # ... and of everything every frame shows, boxes, scores and similarities bit for bit, statuses.
+        "full_digest": passes[0]["full_digest"],
         "loadavg": [round(v, 2) for v in os.getloadavg()],
     }
     if args.dump:

@@ -105,7 +105,9 @@ class TrackView(Protocol):
     def box(self) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__ (2.2 -> 0.8 us a label, one per
+# track per frame); the manager makes a new one on every call, nobody holds on to it to change it.
+@dataclass(slots=True)
 class TrackLabel:
     track_id: int
     name: str | None  # set only when status == "known"
@@ -170,6 +172,21 @@ class _Record:
     steady_run: list[tuple[float, float]] = field(default_factory=list)
 
 
+# The quality terms' detector floor (a QualityConfig default): read once, not made per frame.
+_DETECTOR_FLOOR = face_quality.QualityConfig().detector_floor
+
+
+def _max_other_overlap(boxes: np.ndarray) -> np.ndarray:
+    """(N,) each box's largest IoU with another of the (N, 4) boxes (0 for a single box).
+
+    np.fill_diagonal and ndarray.max, written as their strided assignment and ufunc reduction (the same
+    values, without the Python-level wrappers: every frame of every camera)."""
+    overlap = box_iou(boxes, boxes)
+    overlap.reshape(-1)[:: overlap.shape[1] + 1] = 0.0
+    result: np.ndarray = np.maximum.reduce(overlap, axis=1)
+    return result
+
+
 def _face_box(track: TrackView) -> np.ndarray:
     """The detector's box when the track has one (the face as seen), else the Kalman box."""
     box = getattr(track, "detection_box", None)
@@ -210,9 +227,7 @@ class TrackIdentities:
             return []
         # np.array of equal-shaped rows: np.stack's array at a third of its cost (every frame, every face).
         boxes = np.array([_face_box(t) for t in usable])
-        overlap = box_iou(boxes, boxes)
-        np.fill_diagonal(overlap, 0.0)
-        max_overlap = overlap.max(axis=1)
+        max_overlap = _max_other_overlap(boxes)
         landmarks = np.array([t.landmarks for t in usable if t.landmarks is not None])
         geometric = face_quality.geometric(boxes, landmarks, cfg.reference_face_size)
         inside = (
@@ -221,7 +236,7 @@ class TrackIdentities:
             else face_quality.inside_fraction(boxes, frame_bgr.shape[:2])
         )
         scores = np.array([float(getattr(t, "score", 1.0)) for t in usable])
-        detector = face_quality.detector_term(scores, face_quality.QualityConfig().detector_floor)
+        detector = face_quality.detector_term(scores, _DETECTOR_FLOOR)
         geometric *= inside * face_quality.detector_weight(detector)
         # The per-track loop reads Python floats (the same doubles): numpy scalars cost ~10x more per use.
         overlaps, heights = max_overlap.tolist(), (boxes[:, 3] - boxes[:, 1]).tolist()
@@ -389,7 +404,7 @@ class TrackIdentities:
         covers = [False] * len(tracks)  # (Python bools: nothing vanished on most frames)
         if vanished:
             iou = box_iou(np.array([_face_box(t) for t in tracks]), np.array(vanished))
-            covers = (iou.max(axis=1) >= self.config.takeover_iou).tolist()
+            covers = (np.maximum.reduce(iou, axis=1) >= self.config.takeover_iou).tolist()
         for record, cover in zip(records, covers, strict=True):
             refound = record.taken_over and record.last_seen < frame - 1
             if record.status != "pending" and (cover or refound):
@@ -399,10 +414,7 @@ class TrackIdentities:
         """Ids of embedded tracks whose face overlaps another track's by cross_iou or more right now."""
         if len(tracks) < 2 or not embeddings:
             return set()
-        boxes = np.array([_face_box(t) for t in tracks])
-        overlap = box_iou(boxes, boxes)
-        np.fill_diagonal(overlap, 0.0)
-        hit = overlap.max(axis=1) >= self.config.cross_iou
+        hit = _max_other_overlap(np.array([_face_box(t) for t in tracks])) >= self.config.cross_iou
         return {t.track_id for t, h in zip(tracks, hit, strict=True) if h and t.track_id in embeddings}
 
     def _template_with(self, record: _Record, vector: np.ndarray, quality: float) -> tuple[np.ndarray, bool]:
@@ -455,7 +467,8 @@ class TrackIdentities:
         record.last_embed = frame
         record.best_quality = max(record.best_quality, quality)
         record.overlapped = False
-        _, consistent = self._template_with(record, vector, quality)
+        consistent = template_agrees(record.embeddings, vector, self.threshold, self.metric,
+                                     self.config.quality_floor)  # fmt: skip
         # Views in the template the gallery was searched with (query_vectors: the kept ones and this one).
         views = len(record.embeddings) + 1 if consistent else 1
         keep = True  # whether this vector joins the template
@@ -711,6 +724,23 @@ def template_with(
     parts = (np.array([q for q, _ in kept], np.float64), np.stack([v for _, v in kept]))
     templates, agree = templates_with([parts], vector[None], [quality], threshold, metric, quality_floor)
     return (templates[0], True) if agree[0] else (vector, False)
+
+
+def template_agrees(
+    kept: Sequence[tuple[float, np.ndarray]], vector: np.ndarray, threshold: float, metric: str,
+    quality_floor: float,
+) -> bool:  # fmt: skip
+    """Whether `vector` agrees with the template of the `kept` (quality, vector) embeddings: what
+    `template_with` says as its second value, by the same operations on the same rows (every row is
+    normalised and weighted on its own, the kept span summed as there), without making the template that
+    `vector` would join (the identity policy's update asks only this)."""
+    if not kept:
+        return True
+    weights, weighted = _weighted(
+        np.array([q for q, _ in kept], np.float64), np.stack([v for _, v in kept]), metric, quality_floor
+    )
+    similar = rowwise_similarity(_means(weights, weighted, [(0, len(kept))], metric), vector[None], metric)
+    return not bool(similar[0] < threshold)
 
 
 def templates_with(

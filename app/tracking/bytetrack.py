@@ -37,7 +37,7 @@ import numpy as np
 from app.tracking.config import TrackerConfig
 from app.tracking.kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 from app.tracking.matching import fuse_score, iou_distance, linear_assignment
-from app.tracking.track import Track, TrackState
+from app.tracking.track import LOST, NEW, REMOVED, TRACKED, Track
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ByteTracker:
         means = np.array([t.mean for t in tracks], dtype=np.float64)
         covs = np.array([t.covariance for t in tracks], dtype=np.float64)
         # A track that was not seen on the last frame should not keep growing or shrinking (ByteTrack).
-        not_tracked = [i for i, t in enumerate(tracks) if t.state != TrackState.TRACKED]
+        not_tracked = [i for i, t in enumerate(tracks) if t.state != TRACKED]
         if not_tracked:
             means[not_tracked, 7] = 0.0
         means, covs = self.kalman.predict(means, covs)
@@ -166,12 +166,12 @@ class ByteTracker:
             predicted[: len(pool)], high, boxes, scores if cfg.fuse_score else None, cfg.match_thresh
         )
         matched += [(pool[r], d) for r, d in pairs]
-        remaining = [r for r in left_rows if pool[r].state == TrackState.TRACKED]
+        remaining = [r for r in left_rows if pool[r].state == TRACKED]
         # ... and the tracks lost a moment ago: a small face's score flickers between nothing and 0.1-0.3.
         refind = [
             r
             for r in left_rows
-            if pool[r].state == TrackState.LOST and frame - pool[r].frame_id <= cfg.low_refind_frames
+            if pool[r].state == LOST and frame - pool[r].frame_id <= cfg.low_refind_frames
         ]
 
         # Stage 2: low-score detections vs the tracked tracks left over; no score fusion (scores are low).
@@ -182,7 +182,7 @@ class ByteTracker:
             extend_boxes, low, boxes, None, cfg.second_match_thresh, rows=len(extend_rows)
         )
         matched += [(extend[r], d) for r, d in pairs]
-        newly_lost = [extend[r] for r in second_rows if extend[r].state == TrackState.TRACKED]
+        newly_lost = [extend[r] for r in second_rows if extend[r].state == TRACKED]
 
         # Stage 3: unconfirmed tracks vs leftover high-score detections.
         pairs, third_rows, high_left = _associate(
@@ -215,7 +215,7 @@ class ByteTracker:
         if cfg.weak_confirm_hits and frame > 1 and (high_left.size or low_left.size):
             candidates = np.concatenate([high_left[scores[high_left] < cfg.new_track_thresh], low_left])
             candidates = candidates[scores[candidates] >= cfg.weak_start_thresh]
-            present = [t for t in self._tracked + new_tracks if t.state != TrackState.REMOVED]
+            present = [t for t in self._tracked + new_tracks if t.state != REMOVED]
             if candidates.size and present:
                 nearest = iou_distance(_boxes(present), boxes[candidates]).min(axis=0)
                 candidates = candidates[nearest > 1.0 - cfg.weak_start_iou]
@@ -226,11 +226,11 @@ class ByteTracker:
 
         # Stage 5: book-keeping.
         for track in self._lost:
-            if track.state == TrackState.LOST and frame - track.frame_id > self.max_time_lost:
+            if track.state == LOST and frame - track.frame_id > self.max_time_lost:
                 track.mark_removed()
         everyone = self._tracked + self._lost + new_tracks
-        self._tracked = [t for t in everyone if t.state in (TrackState.TRACKED, TrackState.NEW)]
-        self._lost = [t for t in everyone if t.state == TrackState.LOST]
+        self._tracked = [t for t in everyone if t.state in (TRACKED, NEW)]
+        self._lost = [t for t in everyone if t.state == LOST]
         self._remove_duplicates()
         return [t for t in self._tracked if t.is_active]
 
@@ -287,7 +287,7 @@ class ByteTracker:
                 detection_index=int(d),
             )
             if frame == 1:  # ByteTrack trusts the very first frame: nothing to confirm against
-                track.state = TrackState.TRACKED
+                track.state = TRACKED
                 track.confirm(self._new_id())
             tracks.append(track)
         return tracks
@@ -301,11 +301,11 @@ class ByteTracker:
         )
         for i, j in close:
             tracked, lost = self._tracked[i], self._lost[j]
-            if tracked.state == TrackState.REMOVED or lost.state == TrackState.REMOVED:
+            if tracked.state == REMOVED or lost.state == REMOVED:
                 continue
             if tracked.frame_id - tracked.start_frame > lost.frame_id - lost.start_frame:
                 lost.mark_removed()
             else:
                 tracked.mark_removed()
-        self._tracked = [t for t in self._tracked if t.state != TrackState.REMOVED]
-        self._lost = [t for t in self._lost if t.state != TrackState.REMOVED]
+        self._tracked = [t for t in self._tracked if t.state != REMOVED]
+        self._lost = [t for t in self._lost if t.state != REMOVED]

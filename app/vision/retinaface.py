@@ -177,27 +177,50 @@ def _pixel_priors(input_hw: tuple[int, int]) -> np.ndarray:
     return folded
 
 
+# NMS compares this many open boxes (best first) with all open ones at a time (see `nms`).
+NMS_BLOCK = 32
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression; indices of the kept boxes, best score first.
 
-    A box is dropped when its IoU with a better kept box exceeds `iou_threshold`.
+    A box is dropped when its IoU with a better kept box exceeds `iou_threshold` (a NaN IoU drops it too).
     """
     if boxes.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
-        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
-        inter = iw * ih
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, np.int64)
+    ranked = boxes[order]
+    areas = np.maximum(ranked[:, 2] - ranked[:, 0], 0) * np.maximum(ranked[:, 3] - ranked[:, 1], 0)
+    keep: list[int] = []
+    open_ = np.arange(order.shape[0])  # positions in `ranked` not decided yet, best first
+    # One box against the others at a time cost ~20 numpy calls per kept box (a frame: ~150 candidates
+    # around ~10 faces). Instead the next NMS_BLOCK open boxes are compared with every open box at once,
+    # and the greedy pass walks that block's rows: a kept row drops the boxes it overlaps. Each IoU is
+    # computed by the same operations on the same values as one box against the rest (bit for bit).
+    while open_.shape[0]:
+        cols = ranked[open_]
+        rows = cols[:NMS_BLOCK]
+        inter = np.minimum(rows[:, 2:3], cols[:, 2])
+        inter -= np.maximum(rows[:, 0:1], cols[:, 0])
+        np.maximum(inter, 0, out=inter)
+        height = np.minimum(rows[:, 3:4], cols[:, 3])
+        height -= np.maximum(rows[:, 1:2], cols[:, 1])
+        np.maximum(height, 0, out=height)
+        inter *= height
+        col_areas = areas[open_]
+        union = col_areas[: rows.shape[0], None] + col_areas
+        union -= inter
+        np.maximum(union, 1e-12, out=union)
+        inter /= union
+        survives = inter <= iou_threshold
+        alive = np.ones(open_.shape[0], bool)
+        for r in range(rows.shape[0]):
+            if alive[r]:  # not dropped by a better kept box (of this block or, by compaction, earlier)
+                keep.append(int(open_[r]))
+                alive &= survives[r]  # (row r itself too, and earlier rows: those are decided already)
+        rest = alive[rows.shape[0] :]
+        open_ = open_[rows.shape[0] :][rest]
+    return order[keep]
 
 
 def split_outputs(outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

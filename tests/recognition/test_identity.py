@@ -7,7 +7,13 @@ import pytest
 from app.gallery.base import Match
 from app.inference.spec import normalize_for, rowwise_similarity
 from app.recognition import quality
-from app.recognition.identity import TrackIdentities, TrackLabel, template_with, templates_with
+from app.recognition.identity import (
+    TrackIdentities,
+    TrackLabel,
+    template_agrees,
+    template_with,
+    templates_with,
+)
 from app.recognition.identity_config import IdentityConfig
 from tests.support.shared_data import SHARED_FACES
 
@@ -369,6 +375,8 @@ def test_templates_of_a_batch_are_bit_identical_to_one_track_at_a_time(metric: s
             assert templates[i].tobytes() == np.asarray(want, np.float32).tobytes()
             one, one_agrees = template_with(kept[i], batch[i], qualities[i], threshold, metric, 0.05)
             assert one_agrees == agrees and np.asarray(one).tobytes() == np.asarray(want).tobytes()
+            # What the policy's update asks (agreement alone, no template made): the same answer.
+            assert template_agrees(kept[i], batch[i], threshold, metric, 0.05) == agrees
             joined += bool(kept[i]) and agrees
             unlike += not agrees
     assert joined > 100 and unlike > 100  # both branches were exercised

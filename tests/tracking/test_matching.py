@@ -69,3 +69,24 @@ def test_assignment_of_empty_and_rectangular_matrices():
     wide = linear_assignment(np.array([[0.3, 0.1, 0.4]]), thresh=0.5)
     assert wide.matches.tolist() == [[0, 1]]
     assert wide.unmatched_cols.tolist() == [0, 2]
+
+
+def test_assignment_matches_lapjv_with_its_cost_on_random_and_tied_matrices():
+    """The assignment (lapjv without its cost sum, the unmatched read from its -1 entries) is the one the
+    call with the cost gave, with every pair gated exactly: square, wide and tall matrices, ties, pairs at
+    the gate and entries above it."""
+    import lap
+
+    rng = np.random.default_rng(3)
+    for trial in range(400):
+        rows, cols = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        cost = rng.uniform(0, 1, (rows, cols))
+        if trial % 3 == 0:
+            cost = np.round(cost, 1)  # ties, and pairs exactly at the gate
+        thresh = 0.5 if trial % 2 else 0.8
+        _, x, _ = lap.lapjv(cost, extend_cost=True, cost_limit=thresh)
+        want = [(r, int(c)) for r, c in enumerate(x) if c >= 0 and cost[r, c] <= thresh]
+        got = linear_assignment(cost, thresh)
+        assert [tuple(m) for m in got.matches.tolist()] == want
+        assert got.unmatched_rows.tolist() == sorted(set(range(rows)) - {r for r, _ in want})
+        assert got.unmatched_cols.tolist() == sorted(set(range(cols)) - {c for _, c in want})

@@ -92,6 +92,45 @@ def test_nms_hand_cases():
     assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.4).tolist() == []
 
 
+def _nms_one_at_a_time(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """The textbook greedy NMS (one kept box against the rest at a time): what `nms` must equal."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
+        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
+        inter = iw * ih
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nms_blocks_keep_what_one_at_a_time_keeps(seed):
+    # Clusters of jittered boxes around a few faces (what the detector hands over), tied scores, boxes of
+    # zero area and with NaN corners, and more candidates than one block of the blocked pass.
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(1, 400))
+    centres = rng.uniform(0, 1000, (int(rng.integers(1, 30)), 2))
+    which = rng.integers(0, len(centres), count)
+    size = rng.uniform(5, 120, (count, 1))
+    jitter = rng.normal(0, 0.15, (count, 4)) * size
+    boxes = np.concatenate([centres[which] - size / 2, centres[which] + size / 2], axis=1) + jitter
+    boxes = boxes.astype(np.float32)
+    scores = np.round(rng.uniform(0.05, 1.0, count), 2).astype(np.float32)  # many ties
+    if seed % 4 == 0:
+        boxes[rng.integers(0, count, 3), 2:] = boxes[rng.integers(0, count, 3), :2]  # degenerate boxes
+    if seed % 8 == 1:
+        boxes[rng.integers(0, count), 1] = np.nan
+    for threshold in (0.3, 0.4, 0.7):
+        assert nms(boxes, scores, threshold).tolist() == _nms_one_at_a_time(boxes, scores, threshold).tolist()
+
+
 # --- decode -------------------------------------------------------------------------------------------
 
 
