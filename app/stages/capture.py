@@ -384,7 +384,7 @@ class CaptureStage:
             return None
         if self._live_start is None:
             self._live_start = end
-        pixel_format = delivered_format(cap)
+        pixel_format = self._cap_format  # set by the _open that made `cap`
         if pixel_format == BGR and image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         index = self.frames_read

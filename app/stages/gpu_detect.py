@@ -5,9 +5,9 @@ Per batch of frames:
    ring's pixel block is page-locked for CUDA in this process (`cudaHostRegister`), so the copy is a DMA
    straight out of the slot with no CPU copy; where registering fails, frames pass through a pinned staging
    buffer (one memcpy each). A ring that keeps NVDEC's NV12 frames (app/vision/pixel_format.py) uploads
-   half the bytes (3 MB at 1080p), converted to BGR on the GPU (`gpu_preprocess.nv12_to_bgr`, OpenCV's
-   numbers exactly) before the letterbox, so the capture process converts nothing.
-2. Letterbox + mean subtraction on the GPU (`gpu_preprocess.letterbox_batch`), in the model's dtype.
+   half the bytes (3 MB at 1080p), so the capture process converts nothing.
+2. Letterbox + mean subtraction on the GPU (`gpu_preprocess.letterbox_batch`), in the model's dtype; NV12
+   frames are resized plane by plane and converted to BGR at the input's size (`letterbox_nv12_batch`).
 3. The model (`TorchModel.run_torch`: CUDA graphs per batch bucket, every bucket up to `max_batch` captured at
    warm-up so none is captured mid-run).
 4. Only the candidate priors come back: score above `floor`, at most `top_k` per frame. The raw outputs are
@@ -261,12 +261,12 @@ class TorchDetector:
         n = len(frames)
         with torch.inference_mode():
             pixels = self.uploader.upload(frames)
-            pictures = list(pixels)
-            if pixel_format == NV12:
-                pictures = [gpu_preprocess.nv12_to_bgr(p) for p in pictures]
-            blob, scales = gpu_preprocess.letterbox_batch(
-                pictures, self.input_hw, dtype=self.model.dtype, out=self._blob[:n]
+            letterbox = (
+                gpu_preprocess.letterbox_nv12_batch
+                if pixel_format == NV12
+                else gpu_preprocess.letterbox_batch
             )
+            blob, scales = letterbox(list(pixels), self.input_hw, dtype=self.model.dtype, out=self._blob[:n])
             loc, conf, landmarks = split_outputs(self.model.run_torch(blob))
             found = compact_candidates(loc, conf, landmarks, self.floor, self.top_k)
         return [

@@ -145,9 +145,8 @@ def nvdec_frame_format(setting: str, backend: str) -> str:
 
 
 def delivered_format(cap: Any) -> str:
-    """The pixel format `cap.read()` hands out: what a capture declares (`pixel_format`, as NvdecCapture
-    does), else BGR (cv2.VideoCapture)."""
-    return check_format(str(getattr(cap, "pixel_format", BGR)))
+    """The pixel format `cap.read()` hands out: an NvdecCapture's `pixel_format`, else BGR (OpenCV's)."""
+    return cap.pixel_format if isinstance(cap, NvdecCapture) else BGR
 
 
 def choose_decoder(setting: str, spec: SourceSpec, problem: str | None) -> str:

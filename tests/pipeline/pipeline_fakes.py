@@ -166,9 +166,7 @@ class LinesSink:
 
 
 class Nv12Video:
-    """cv2.VideoCapture handing out NV12 frames and saying so, as an NVDEC capture keeping NV12 does."""
-
-    pixel_format = "nv12"
+    """cv2.VideoCapture handing out NV12 frames, as an NVDEC capture keeping NV12 does."""
 
     def __init__(self, cap) -> None:
         self.cap = cap

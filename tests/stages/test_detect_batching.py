@@ -357,7 +357,16 @@ def test_the_gpu_path_uploads_nv12_and_converts_it_there(clip_frames, torch_mod)
         assert (1080, 1280) in on_nv12.gpu.uploader._device_bufs
         assert (720, 1280, 3) not in on_nv12.gpu.uploader._device_bufs
         assert all(len(decode(c).scores) > 0 for c in got)
+        # Resized plane by plane, then converted: within a grey level or two of OpenCV's conversion
+        # first, so the same faces at the same places (as the GPU letterbox against OpenCV's).
         for g, w in zip(got, want, strict=True):
-            _same_candidates(g, w)  # the GPU conversion is OpenCV's, number for number
+            a, b = decode(g), decode(w)
+            assert len(a.scores) == len(b.scores) > 0
+            gap = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(axis=2)
+            pair = gap.argmin(axis=1)
+            assert sorted(pair) == list(range(len(b.scores)))
+            side = (b.boxes[pair, 2:] - b.boxes[pair, :2]).max(axis=1)
+            assert (gap.min(axis=1) / side).max() < 0.03
+            np.testing.assert_allclose(a.scores, b.scores[pair], atol=0.03)  # weak faces move most
         on_nv12.close()
         on_bgr.close()

@@ -103,20 +103,19 @@ def test_translation_and_out_of_frame_is_black():
     assert np.allclose(chip[0, :, :, 11:].numpy(), 200)
 
 
-def test_nv12_to_bgr_on_torch_is_opencvs_conversion():
+def test_nv12_letterbox_matches_converting_with_opencv_first():
+    """Resizing the planes, then converting at the detector input's size, gives the blob of OpenCV's
+    conversion followed by the BGR letterbox: on average within a grey level (rounding, the clamps; at sharp
+    colour edges the bilinear chroma differs from OpenCV's 2x2 blocks by more, on ~1 % of the values)."""
     from app.vision.pixel_format import bgr_to_nv12, nv12_to_bgr
 
     photo = read_image(SHARED_FACES / "obama-1080p.jpg")
     h, w = (s - s % 2 for s in photo.shape[:2])
-    frame = np.ascontiguousarray(photo[:h, :w])
-    noisy = np.clip(frame + np.random.default_rng(0).integers(-30, 31, frame.shape), 0, 255).astype(np.uint8)
-    nv12 = bgr_to_nv12(noisy)
-    nv12[:4] = 0  # luma under 16 and over 235: both clamps are taken
-    nv12[4:8] = 255
-    got = gpu_preprocess.nv12_to_bgr(torch.from_numpy(nv12))
-    assert got.dtype == torch.uint8 and tuple(got.shape) == (h, w, 3)
-    # OpenCV's own fixed-point numbers: no pixel differs.
-    assert np.array_equal(got.numpy(), nv12_to_bgr(nv12))
-    # Random planes too (every chroma pair, both extremes).
-    planes = np.random.default_rng(1).integers(0, 256, (48 * 3 // 2, 64), dtype=np.uint8)
-    assert np.array_equal(gpu_preprocess.nv12_to_bgr(torch.from_numpy(planes)).numpy(), nv12_to_bgr(planes))
+    nv12 = bgr_to_nv12(np.ascontiguousarray(photo[:h, :w]))
+    for size in ((384, 640), 640):
+        got, got_scales = gpu_preprocess.letterbox_nv12_batch([torch.from_numpy(nv12)] * 2, size)
+        want, want_scales = gpu_preprocess.letterbox_batch([torch.from_numpy(nv12_to_bgr(nv12))] * 2, size)
+        assert got.shape == want.shape and got_scales == want_scales
+        diff = (got - want).abs()
+        assert float(diff.mean()) < 0.5 and float((diff > 4).float().mean()) < 0.015
+        assert torch.equal((got == 0).all(dim=1), (want == 0).all(dim=1))  # the same padding
