@@ -12,6 +12,8 @@ capture's decoding thread runs a few frames ahead of the reader (`nvdec.DECODED_
   host (testbench/gpu/bench_decode.py, 16 streams x 300 frames of a 1080p H.264 clip, CPU ms a frame after
   the first): 0.95 with the copy into a page-locked buffer, against 2.22 for host NV12 copied into an NV12
   buffer and 4.89 for NvdecCapture converting to BGR (testbench/gpu/decode_results_h200.jsonl, call 7).
+  In the 16-camera pipeline, though, it gave 1236 frames/s against 1506 for `host` (call 8, the GPU 96 %
+  busy: torch's copies in 16 more CUDA contexts), so `host` is the default.
 
 Both hand `read()` a host array of the (H*3/2, W) NV12 planes through `to_host(item, out)`.
 """
