@@ -93,8 +93,6 @@ def detections(settings: Any, clip: Path, count: int, work: Path) -> list[Any]:
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
     from app.cameras import CameraConfig, effective_det_threshold, effective_min_face
-    from app.pipeline.messages import FrameMeta, FrameRef
-    from app.stages.detect import DetectStage
     from app.stages.postprocess import PostprocessStage
     from app.tracking.config import TrackerConfig
 
@@ -102,14 +100,25 @@ def detections(settings: Any, clip: Path, count: int, work: Path) -> list[Any]:
     camera = CameraConfig(name="default", source=str(clip))
     threshold = min(effective_det_threshold(camera, settings), low)
     log(f"detecting {count} frames of {clip.name} (cached as {cache.name})")
+    post = PostprocessStage(min(settings.det_threshold, low), settings.nms_threshold, {0: threshold},
+                            {0: effective_min_face(camera, settings)})  # fmt: skip
+    post.setup()
+    out = detected(settings, clip, count, threshold, lambda raw: post.process(raw)[0])
+    cache.write_bytes(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
+    return out
+
+
+def detected(settings: Any, clip: Path, count: int, floor: float, then: Any = None) -> list[Any]:
+    """The real detector's outputs for the first `count` frames of `clip` (candidates above `floor`), each
+    passed through `then` when given (post-processing), with their stamps cleared."""
+    from app.pipeline.messages import FrameMeta, FrameRef
+    from app.stages.detect import DetectStage
+
     out: list[Any] = []
     with _ring(next(frames_of(clip, 1)).shape) as (ring, handle):
         detect = DetectStage(handle, settings.detector_model, settings.backend, os.cpu_count() or 1,
-                             settings.det_size, candidate_floor=threshold)  # fmt: skip
-        post = PostprocessStage(min(settings.det_threshold, low), settings.nms_threshold, {0: threshold},
-                                {0: effective_min_face(camera, settings)})  # fmt: skip
+                             settings.det_size, candidate_floor=floor)  # fmt: skip
         detect.setup()
-        post.setup()
         try:
             for index, image in enumerate(frames_of(clip, count)):
                 slot = ring.acquire(live=False, timeout=1.0)
@@ -118,13 +127,12 @@ def detections(settings: Any, clip: Path, count: int, work: Path) -> list[Any]:
                 ring.publish(slot, index + 1)
                 meta = FrameMeta(slot, index + 1, index, index / 25.0, image.shape[1], image.shape[0])
                 [raw] = detect.process(FrameRef(meta))
-                [found] = post.process(raw)
+                found = raw if then is None else then(raw)
                 found.meta.stamps = []
                 out.append(found)
                 ring.release(slot, index + 1)
         finally:
             detect.close()
-    cache.write_bytes(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
     return out
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from app.models.paths import REPO_ROOT
-from testbench.bench_lane import _ring, frames_of, log
+from testbench.bench_lane import detected, log
 from testbench.bench_pipeline import ensure_clip
 
 
@@ -50,28 +50,8 @@ def candidates(settings: Any, clip: Path, count: int, work: Path) -> tuple[list[
     cache = work / f"post-candidates-{clip.stem}-{count}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes()), *stage_args
-    from app.pipeline.messages import FrameMeta, FrameRef
-    from app.stages.detect import DetectStage
-
     log(f"detecting {count} frames of {clip.name} (cached as {cache.name})")
-    out: list[Any] = []
-    with _ring(next(frames_of(clip, 1)).shape) as (ring, handle):
-        detect = DetectStage(handle, settings.detector_model, settings.backend, os.cpu_count() or 1,
-                             settings.det_size, candidate_floor=threshold)  # fmt: skip
-        detect.setup()
-        try:
-            for index, image in enumerate(frames_of(clip, count)):
-                slot = ring.acquire(live=False, timeout=1.0)
-                assert slot is not None
-                ring.frame(slot)[:] = image
-                ring.publish(slot, index + 1)
-                meta = FrameMeta(slot, index + 1, index, index / 25.0, image.shape[1], image.shape[0])
-                [raw] = detect.process(FrameRef(meta))
-                raw.meta.stamps = []
-                out.append(raw)
-                ring.release(slot, index + 1)
-        finally:
-            detect.close()
+    out = detected(settings, clip, count, threshold)
     cache.write_bytes(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
     return out, *stage_args
 

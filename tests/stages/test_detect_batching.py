@@ -171,6 +171,19 @@ def decode(raw, threshold: float = 0.1) -> FaceDetections:
     return post.process(raw)[0]
 
 
+def _same_faces(got: CandidateDetections, want: CandidateDetections, score_atol: float) -> None:
+    """The same faces decoded from both: faces of near-equal score may swap places, so each is paired with
+    its nearest counterpart; boxes within ~1 px at the detector input on 40-130 px faces."""
+    a, b = decode(got), decode(want)
+    assert len(a.scores) == len(b.scores) > 0
+    gap = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(axis=2)
+    pair = gap.argmin(axis=1)
+    assert sorted(pair) == list(range(len(b.scores)))
+    side = (b.boxes[pair, 2:] - b.boxes[pair, :2]).max(axis=1)
+    assert (gap.min(axis=1) / side).max() < 0.03
+    np.testing.assert_allclose(a.scores, b.scores[pair], atol=score_atol)
+
+
 def test_gpu_path_on_the_cpu_finds_the_faces_the_cpu_path_finds(clip_frames, torch_mod):
     with ring_of(clip_frames[0].shape, slots=6) as (ring, handle):
         gpu = DetectStage(handle, DETECTOR, backend="torch", device="cpu", max_batch=4)
@@ -188,16 +201,8 @@ def test_gpu_path_on_the_cpu_finds_the_faces_the_cpu_path_finds(clip_frames, tor
             assert 0 < len(g.prior_index) < 2000 and g.loc.shape == (len(g.prior_index), 4)
             assert (g.conf[:, 1] > CANDIDATE_FLOOR).all() and (np.diff(g.prior_index) > 0).all()
             assert g.scale == pytest.approx(w.scale) == pytest.approx(0.5)
-            a, b = decode(g), decode(w)
             # The GPU letterbox rounds like OpenCV but some pixels differ by one grey level.
-            # Faces of near-equal score may swap places: pair each face with its nearest counterpart.
-            assert len(a.scores) == len(b.scores) > 0
-            gap = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(axis=2)
-            pair = gap.argmin(axis=1)
-            assert sorted(pair) == list(range(len(b.scores)))
-            side = (b.boxes[pair, 2:] - b.boxes[pair, :2]).max(axis=1)
-            assert (gap.min(axis=1) / side).max() < 0.03  # ~1 px at the detector input on 40-130 px faces
-            np.testing.assert_allclose(a.scores, b.scores[pair], atol=0.02)
+            _same_faces(g, w, score_atol=0.02)
         gpu.close()
         cpu.close()
 
@@ -360,13 +365,6 @@ def test_the_gpu_path_uploads_nv12_and_converts_it_there(clip_frames, torch_mod)
         # Resized plane by plane, then converted: within a grey level or two of OpenCV's conversion
         # first, so the same faces at the same places (as the GPU letterbox against OpenCV's).
         for g, w in zip(got, want, strict=True):
-            a, b = decode(g), decode(w)
-            assert len(a.scores) == len(b.scores) > 0
-            gap = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(axis=2)
-            pair = gap.argmin(axis=1)
-            assert sorted(pair) == list(range(len(b.scores)))
-            side = (b.boxes[pair, 2:] - b.boxes[pair, :2]).max(axis=1)
-            assert (gap.min(axis=1) / side).max() < 0.03
-            np.testing.assert_allclose(a.scores, b.scores[pair], atol=0.03)  # weak faces move most
+            _same_faces(g, w, score_atol=0.03)  # weak faces move most
         on_nv12.close()
         on_bgr.close()

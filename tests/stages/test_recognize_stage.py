@@ -25,7 +25,8 @@ from app.stages.recognize import RecognizeStage, SceneCutDetector
 from app.vision.image_io import read_image
 from app.vision.pixel_format import bgr_every, bgr_to_nv12, nv12_to_bgr
 from tests.stages.stage_chain import put_frame, ring_of, setup_all
-from tests.support.shared_data import HAMILTON, REPO, SHARED_FACES
+from tests.support.shared_data import REPO, SHARED_FACES
+from tests.support.shared_data import hamilton_frames as clip
 
 DETECTOR = REPO / "checkpoints" / "retinaface_mnet025.onnx"
 LIN = "Lin-Manuel Miranda"
@@ -46,18 +47,6 @@ def gallery_dir(tmp_path_factory) -> Path:
             assert len(found) == 1
             gallery.add(name, analyzer.embed(image, found.landmarks[:1]))
     return folder
-
-
-def clip(start: int, stop: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(HAMILTON))
-    frames = []
-    for index in range(stop):
-        ok, image = cap.read()
-        assert ok
-        if index >= start:
-            frames.append(image)
-    cap.release()
-    return frames
 
 
 def recognise(

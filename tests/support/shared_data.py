@@ -31,3 +31,18 @@ def missing_shared_data() -> str | None:
         f"the shared test data {SHARED_DATA} lacks {lacking}: the tests read real faces from it; "
         "put the shared data set there (beside the repository) and run the tests again"
     )
+
+
+def hamilton_frames(start: int, stop: int, size: tuple[int, int] | None = None) -> list:
+    """Frames start..stop-1 of the Hamilton clip as BGR arrays (resized to `size`, (w, h), when given)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(HAMILTON))
+    frames = []
+    for index in range(stop):
+        ok, image = cap.read()
+        assert ok, f"{HAMILTON} has no frame {index}"
+        if index >= start:
+            frames.append(image if size is None else cv2.resize(image, size))
+    cap.release()
+    return frames

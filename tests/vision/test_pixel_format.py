@@ -20,19 +20,7 @@ from app.vision.pixel_format import (
     nv12_to_bgr,
     write_bgr,
 )
-from tests.support.shared_data import HAMILTON
-
-
-def hamilton(start: int, stop: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(HAMILTON))
-    frames = []
-    for index in range(stop):
-        ok, image = cap.read()
-        assert ok
-        if index >= start:
-            frames.append(image if size is None else cv2.resize(image, size))
-    cap.release()
-    return frames
+from tests.support.shared_data import hamilton_frames as hamilton
 
 
 @pytest.fixture(scope="module")
