@@ -108,6 +108,18 @@ def detections(settings: Any, clip: Path, count: int, work: Path) -> list[Any]:
     return out
 
 
+def timed(call: Any, arg: Any, profile: cProfile.Profile | None) -> tuple[float, Any]:
+    """(this thread's CPU seconds, result) of call(arg), profiled when a profile is given."""
+    if profile is not None:
+        profile.enable()
+    start = time.thread_time()
+    result = call(arg)
+    took = time.thread_time() - start
+    if profile is not None:
+        profile.disable()
+    return took, result
+
+
 def detected(settings: Any, clip: Path, count: int, floor: float, then: Any = None) -> list[Any]:
     """The real detector's outputs for the first `count` frames of `clip` (candidates above `floor`), each
     passed through `then` when given (post-processing), with their stamps cleared."""
@@ -202,13 +214,8 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
             for index, found_on in enumerate(found):
                 msg = dataclasses.replace(found_on, meta=dataclasses.replace(found_on.meta, slot=index % 2))
                 filled[index % 2].acquire()
-                if profile is not None:
-                    profile.enable()
-                start = time.thread_time()
-                [tracked] = stage.process(msg)
-                spent += time.thread_time() - start
-                if profile is not None:
-                    profile.disable()
+                took, [tracked] = timed(stage.process, msg, profile)
+                spent += took
                 free[index % 2].release()
                 outputs.append((tracked.track_ids.tolist(), list(tracked.names)))
                 full.update(_frame_bytes(tracked))

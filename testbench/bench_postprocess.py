@@ -26,14 +26,13 @@ import os
 import pickle
 import pstats
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.models.paths import REPO_ROOT
-from testbench.bench_lane import detected, log
+from testbench.bench_lane import detected, log, timed
 from testbench.bench_pipeline import ensure_clip
 
 
@@ -65,13 +64,8 @@ def one_pass(stage_args: tuple, nms_threshold: float, raws: list[Any], profile: 
     stage.setup()
     spent, outputs = 0.0, []
     for raw in raws:
-        if profile is not None:
-            profile.enable()
-        start = time.thread_time()
-        [found] = stage.process(raw)
-        spent += time.thread_time() - start
-        if profile is not None:
-            profile.disable()
+        took, [found] = timed(stage.process, raw, profile)
+        spent += took
         outputs.append(found)
     stage.close()
     return spent, outputs

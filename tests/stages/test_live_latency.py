@@ -103,13 +103,19 @@ def test_a_fitted_input_finds_the_faces_the_square_input_finds():
         fitted.close()
 
 
+def live_detector(handle, clock) -> DetectStage:
+    """A started detector serving one live 640x360 camera, on `clock`."""
+    stage = DetectStage(handle, DETECTOR, clock=clock)
+    stage.setup()
+    stage.start({0: SourceInfo((360, 640, 3), 25.0, True, "live test")})
+    return stage
+
+
 def test_a_live_cameras_older_frames_in_a_batch_are_dropped_before_detection():
     image = np.full((360, 640, 3), 90, np.uint8)
     with ring_of(image.shape, slots=4) as (ring, handle):
         now = [0.0]
-        stage = DetectStage(handle, DETECTOR, clock=lambda: now[0])
-        stage.setup()
-        stage.start({0: SourceInfo((360, 640, 3), 25.0, True, "live test")})
+        stage = live_detector(handle, lambda: now[0])
         msgs = [put_frame(ring, image, i) for i in range(3)]
         now[0] = msgs[0].meta.stamps[0].end + STALE_AFTER_S + 0.01  # every queued frame older than the bound
         out = stage.process_batch(msgs)
@@ -124,9 +130,7 @@ def test_a_live_camera_a_frame_behind_for_a_moment_loses_nothing():
     image = np.full((360, 640, 3), 90, np.uint8)
     with ring_of(image.shape, slots=4) as (ring, handle):
         now = [0.0]
-        stage = DetectStage(handle, DETECTOR, clock=lambda: now[0])
-        stage.setup()
-        stage.start({0: SourceInfo((360, 640, 3), 25.0, True, "live test")})
+        stage = live_detector(handle, lambda: now[0])
         msgs = [put_frame(ring, image, i) for i in range(3)]
         msgs[0].meta.stamps[0] = StageStamp("capture", 0.0, 1.0)
         msgs[1].meta.stamps[0] = StageStamp("capture", 0.0, 1.04)
