@@ -16,7 +16,7 @@ torch device; on the CPU they exist for tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,34 @@ def _resized_hw(src_h: int, src_w: int, scale: float) -> tuple[int, int]:
     return max(1, int(round(src_h * scale))), max(1, int(round(src_w * scale)))
 
 
+def _letterbox(
+    frames: Sequence[torch.Tensor],
+    size: int | tuple[int, int],
+    dtype: torch.dtype,
+    out: torch.Tensor | None,
+    picture_hw: Callable[[torch.Tensor], tuple[int, int]],
+    resize: Callable[[torch.Tensor, int, int, float], torch.Tensor],
+) -> tuple[torch.Tensor, list[float]]:
+    """The letterbox both pixel formats share: each frame's picture (`picture_hw`) scaled to fit (`resize`:
+    (3, rh, rw) BGR in 0-255), minus the mean, top-left in a zeroed (N,3,h,w) blob; and the scales."""
+    h, w = _as_hw(size)
+    n = len(frames)
+    device = frames[0].device if n else torch.device("cpu")
+    blob = out if out is not None else torch.empty((n, 3, h, w), dtype=dtype, device=device)
+    blob.zero_()  # zero = the mean colour after subtraction, which the model reads as background
+    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
+    scales: list[float] = []
+    for i, frame in enumerate(frames):
+        src_h, src_w = picture_hw(frame)
+        scale = letterbox_scale((src_h, src_w), (h, w))
+        rh, rw = _resized_hw(src_h, src_w, scale)
+        resized = resize(frame, rh, rw, scale)
+        ch, cw = min(rh, h), min(rw, w)
+        blob[i, :, :ch, :cw] = (resized[:, :ch, :cw] - mean).to(blob.dtype)
+        scales.append(float(scale))
+    return blob, scales
+
+
 def letterbox_batch(
     frames: Sequence[torch.Tensor],
     size: int | tuple[int, int],
@@ -46,26 +74,15 @@ def letterbox_batch(
 
     Returns (blob, scales) with input pixel = source pixel * scale. `out` (N,3,h,w) is reused when given.
     """
-    h, w = _as_hw(size)
-    n = len(frames)
-    device = frames[0].device if n else torch.device("cpu")
-    blob = out if out is not None else torch.empty((n, 3, h, w), dtype=dtype, device=device)
-    blob.zero_()  # zero = the mean colour after subtraction, which the model reads as background
-    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
-    scales: list[float] = []
-    for i, frame in enumerate(frames):
-        src_h, src_w = int(frame.shape[0]), int(frame.shape[1])
-        scale = letterbox_scale((src_h, src_w), (h, w))
-        rh, rw = _resized_hw(src_h, src_w, scale)
+
+    def resize(frame: torch.Tensor, rh: int, rw: int, scale: float) -> torch.Tensor:
         chw = frame.permute(2, 0, 1).unsqueeze(0).float()
         # Output size and mapping scale given separately, as cv2.resize(fx=scale) does (size is rounded,
         # the mapping uses exactly 1/scale); F.interpolate cannot take both.
         resized = torch.ops.aten.upsample_bilinear2d(chw, [rh, rw], False, scale, scale)
-        resized = resized[0].round_().clamp_(0, 255)  # OpenCV's 8-bit resize rounds to uint8
-        ch, cw = min(rh, h), min(rw, w)
-        blob[i, :, :ch, :cw] = (resized[:, :ch, :cw] - mean).to(blob.dtype)
-        scales.append(float(scale))
-    return blob, scales
+        return resized[0].round_().clamp_(0, 255)  # OpenCV's 8-bit resize rounds to uint8
+
+    return _letterbox(frames, size, dtype, out, lambda f: (int(f.shape[0]), int(f.shape[1])), resize)
 
 
 # OpenCV's YUV420 -> RGB constants (color_yuv.simd.hpp, ITUR_BT_601_*): BT.601 coefficients times 2**20.
@@ -89,18 +106,11 @@ def letterbox_nv12_batch(
     1545 frames/s (H200, call 8). The conversion is affine per pixel, so resizing first gives the same
     picture up to rounding and the clamps (within a grey level or two here), on the ~8x fewer pixels of the
     detector input."""
-    h, w = _as_hw(size)
-    n = len(frames)
-    device = frames[0].device if n else torch.device("cpu")
-    blob = out if out is not None else torch.empty((n, 3, h, w), dtype=dtype, device=device)
-    blob.zero_()
-    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
+    device = frames[0].device if len(frames) else torch.device("cpu")
     coeffs = torch.tensor([_CUB, _CUG, _CVG, _CVR], dtype=torch.float32, device=device) / (1 << _SHIFT)
-    scales: list[float] = []
-    for i, frame in enumerate(frames):
+
+    def resize(frame: torch.Tensor, rh: int, rw: int, scale: float) -> torch.Tensor:
         src_h, src_w = int(frame.shape[0]) * 2 // 3, int(frame.shape[1])
-        scale = letterbox_scale((src_h, src_w), (h, w))
-        rh, rw = _resized_hw(src_h, src_w, scale)
         y = frame[:src_h].view(1, 1, src_h, src_w).float()
         uv = frame[src_h:].view(src_h // 2, src_w // 2, 2).permute(2, 0, 1).unsqueeze(0).float()
         y = torch.ops.aten.upsample_bilinear2d(y, [rh, rw], False, scale, scale)[0, 0]
@@ -108,11 +118,9 @@ def letterbox_nv12_batch(
         luma = (y - 16.0).clamp_(min=0.0) * (_CY / (1 << _SHIFT))
         u, v = uv[0] - 128.0, uv[1] - 128.0
         bgr = torch.stack((luma + coeffs[0] * u, luma + coeffs[1] * u + coeffs[2] * v, luma + coeffs[3] * v))
-        bgr = bgr.round_().clamp_(0, 255)
-        ch, cw = min(rh, h), min(rw, w)
-        blob[i, :, :ch, :cw] = (bgr[:, :ch, :cw] - mean).to(blob.dtype)
-        scales.append(float(scale))
-    return blob, scales
+        return bgr.round_().clamp_(0, 255)
+
+    return _letterbox(frames, size, dtype, out, lambda f: (int(f.shape[0]) * 2 // 3, int(f.shape[1])), resize)
 
 
 def _pixel_to_normalised(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
