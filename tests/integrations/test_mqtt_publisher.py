@@ -75,7 +75,11 @@ def test_events_states_availability_and_discovery_reach_a_subscriber(broker):
     with Subscriber(broker.port, "facepipe/#", "homeassistant/#", client_id="late") as late:
         person_config = "homeassistant/sensor/facepipe/person_lin_manuel_miranda/config"
         camera_topic = "facepipe/camera/default/face"
-        assert late.wait_for(lambda m: late.on(person_config) and late.on(camera_topic), WAIT_S)
+        # Retained messages arrive one by one: wait for every topic read below.
+        wanted = {person_config, camera_topic, "facepipe/available", "facepipe/person/lin_manuel_miranda",
+                  "homeassistant/sensor/facepipe/person_alex_lacamoire/config",
+                  "homeassistant/sensor/facepipe/camera_default_face/config"}  # fmt: skip
+        assert late.wait_for(lambda m: {x.topic for x in m} >= wanted, WAIT_S)
         assert late.on("facepipe/available")[-1].payload == "offline"  # orderly stop
         person = json.loads(late.on("facepipe/person/lin_manuel_miranda")[-1].payload)
         assert person["camera"] == "default" and person["last_seen"].startswith("2025-12-01T")
