@@ -93,6 +93,14 @@ class Settings:
     )
     det_size: int = setting(640, "Detector input side in pixels (frames are letterboxed)", lo=32, hi=4096)
     det_threshold: float = setting(0.6, "Minimum detector score for a face", lo=0.0, hi=1.0)
+    # (measured with testbench/eval_identification.py --probe-face-px: see the README's small-faces rows)
+    refine_below: int = setting(
+        64,
+        "Faces shorter than this (px) get their landmarks found again on an enlarged crop before they are "
+        "embedded (better alignment of small faces); 0 = off",
+        lo=0,
+        hi=4096,
+    )
     nms_threshold: float = setting(0.4, "IoU above which overlapping boxes merge", lo=0.0, hi=1.0)
     match_threshold: float | None = setting(
         None,

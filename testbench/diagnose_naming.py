@@ -177,7 +177,8 @@ class Replay:
         embeddings, matches = {}, {}
         if need:
             by_id = {t.track_id: t for t in tracks}
-            vectors = self.analyzer.embed(frame, np.stack([by_id[i].landmarks for i in need]))
+            landmarks = np.stack([by_id[i].landmarks for i in need])
+            vectors = self.analyzer.embed(frame, landmarks, boxes=np.stack([by_id[i].box for i in need]))
             found = self.gallery.search(self.identities.query_vectors(need, vectors), k=2)
             embeddings, matches = dict(zip(need, vectors, strict=True)), dict(zip(need, found, strict=True))
         return tracks, self.identities.update(tracks, embeddings, matches), matches
@@ -205,7 +206,7 @@ def verdict_for(
         "q": float(q.quality[0]),
     }
     names, vectors, owner = enrolled
-    similarity = analyzer.spec.similarity(analyzer.embed(frame, landmarks[None]), vectors)[0]
+    similarity = analyzer.spec.similarity(analyzer.embed(frame, landmarks[None], box[None]), vectors)[0]
     per_person = {n: float(similarity[owner == i].max()) for i, n in enumerate(names)}
     mine = per_person.get(person, float("-inf"))
     others = [(n, s) for n, s in per_person.items() if n != person]

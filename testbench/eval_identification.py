@@ -229,7 +229,9 @@ def drawn_probes(analyzer, sources: list[Path], face_px: float, frame_wh: tuple[
         iou = box_iou(np.asarray([truth_faces[0].box], np.float32), found.boxes)[0]
         best = int(np.argmax(iou))
         if iou[best] >= 0.5:
-            out[row] = analyzer.embed(frame, found.landmarks[best : best + 1])[0]
+            out[row] = analyzer.embed(frame, found.landmarks[best : best + 1], found.boxes[best : best + 1])[
+                0
+            ]
     return out
 
 

@@ -326,7 +326,8 @@ def run_sequence(
             embeddings, matches = {}, {}
             if need:
                 by_id = {t.track_id: t for t in tracks}
-                vectors = analyzer.embed(frame, np.stack([by_id[i].landmarks for i in need]))
+                landmarks = np.stack([by_id[i].landmarks for i in need])
+                vectors = analyzer.embed(frame, landmarks, boxes=np.stack([by_id[i].box for i in need]))
                 found = gallery.search(run.identities.query_vectors(need, vectors), k=2)
                 embeddings = dict(zip(need, vectors, strict=True))
                 matches = dict(zip(need, found, strict=True))

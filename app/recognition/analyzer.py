@@ -17,6 +17,7 @@ from app.inference.interface import Model
 from app.inference.spec import EmbedderSpec
 from app.recognition.embedder import load_embedder
 from app.vision.alignment import align_faces
+from app.vision.landmark_refine import LandmarkRefiner, RefineConfig
 from app.vision.retinaface import (
     Detections,
     RetinaFacePostprocessor,
@@ -49,6 +50,7 @@ class FaceAnalyzer:
         self.postprocessor = RetinaFacePostprocessor(
             self.preprocessor.input_hw, settings.det_threshold, settings.nms_threshold
         )
+        self._refiner: LandmarkRefiner | None = None  # loaded on first use (video frames only)
 
     @property
     def model_id(self) -> str:
@@ -84,9 +86,20 @@ class FaceAnalyzer:
         sizes = [(image.shape[1], image.shape[0]) for image in images_bgr]
         return self.postprocessor(outputs, scales, sizes)
 
-    def embed(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """(N, dim) float32 embeddings for the faces with `landmarks` (N,5,2), in one batched model call."""
-        return self.embed_chips(align_faces(image_bgr, self._landmarks(landmarks), self.spec))
+    def embed(
+        self, image_bgr: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N, dim) float32 embeddings for the faces with `landmarks` (N,5,2), in one batched model call.
+
+        With the faces' `boxes` (N,4) of a video frame, the small ones' landmarks are found again first
+        (`settings.refine_below`: `landmark_refiner`)."""
+        landmarks = self._landmarks(landmarks)
+        if boxes is not None and self.settings.refine_below > 0:
+            if self._refiner is None:
+                self._refiner = landmark_refiner(self.settings)
+            if self._refiner is not None:
+                landmarks = self._refiner.refine(image_bgr, boxes, landmarks)
+        return self.embed_chips(align_faces(image_bgr, landmarks, self.spec))
 
     def photo_chips(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Aligned chips of a photo's faces: pixels past the photo's edges repeat its edge pixels where the
@@ -107,6 +120,16 @@ class FaceAnalyzer:
             return np.zeros((0, self.spec.dim), np.float32)
         raw = self.embedder.run(self.spec.preprocess(chips))[0]
         return self.spec.postprocess(raw)
+
+
+def landmark_refiner(settings: Settings) -> LandmarkRefiner | None:
+    """The small-face landmark refiner of the settings (None when `refine_below` is 0): its own ONNX Runtime
+    session of the detector on one CPU thread (crops of any size; a few faces a second, wherever the detector
+    itself runs)."""
+    if settings.refine_below <= 0:
+        return None
+    detector = load_model(settings.detector_model, "onnxruntime", threads=1)
+    return LandmarkRefiner(detector, RefineConfig(float(settings.refine_below)), settings.nms_threshold)
 
 
 def _tight(found: Detections, image_hw: tuple[int, int]) -> bool:

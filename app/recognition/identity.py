@@ -7,7 +7,8 @@ Per-frame API for the recognition stage (call both, once per frame, also on fram
     tracks = tracker.update(dets.boxes, dets.scores, dets.landmarks)        # ByteTracker output
     need = manager.select_for_embedding(tracks, frame_bgr)                # track ids to embed now
     by_id = {t.track_id: t for t in tracks}
-    vectors = analyzer.embed(frame_bgr, np.stack([by_id[i].landmarks for i in need]))  # if need
+    vectors = analyzer.embed(frame_bgr, np.stack([by_id[i].landmarks for i in need]),
+                             boxes=np.stack([by_id[i].box for i in need]))  # if need
     found = gallery.search(manager.query_vectors(need, vectors), k=2)     # the tracks' templates
     labels = manager.update(
         tracks,

@@ -216,6 +216,7 @@ class RecognizeStage:
         self.embedded_faces = 0
         self.given_up = 0
         self.unknowns: Any = None  # keeps the best faces of unknown tracks (KEEP_UNKNOWN), one store for all
+        self.refiner: Any = None
 
     # The in-process embedder's gallery and spec (one-process use and tests).
     @property
@@ -231,10 +232,12 @@ class RecognizeStage:
         return self.embedder.gallery_outages
 
     def setup(self) -> dict[str, object]:
+        from app.recognition.analyzer import landmark_refiner
         from app.recognition.identity import TrackIdentities
         from app.vision.alignment import align_faces
 
         self._align = align_faces
+        self.refiner = landmark_refiner(self.settings)  # small faces' landmarks, found again for their chips
         info = self.embedder.setup() if self.channel is None else self._spec_only()
         spec = self.spec
         self.tracker_config = TrackerConfig.from_settings(self.settings)
@@ -440,6 +443,8 @@ class RecognizeStage:
     def _chips(self, tracks: list[TrackFace], need: list[int], frame: FramePixels) -> np.ndarray:
         by_id = {t.track_id: t for t in tracks}
         landmarks = np.array([by_id[i].landmarks for i in need], dtype=np.float32)
+        if self.refiner is not None:
+            landmarks = self.refiner.refine(frame, np.array([by_id[i].box for i in need]), landmarks)
         return self._align(frame, landmarks, self.spec)  # NV12: each chip's region converted
 
     # -- embedding in the shared worker -------------------------------------------------------------------

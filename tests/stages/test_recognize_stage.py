@@ -151,7 +151,8 @@ def test_an_nv12_ring_gives_the_tracks_and_names_of_a_bgr_ring(gallery_dir):
     for a, b in zip(on_nv12, decoded, strict=True):
         assert a.names == b.names and a.statuses == b.statuses
         assert np.array_equal(a.track_ids, b.track_ids) and np.array_equal(a.boxes, b.boxes)
-        np.testing.assert_allclose(a.similarities, b.similarities, atol=1e-4)
+        # (small faces' landmarks, re-found on a crop warped from a converted region, move by < 0.003 px)
+        np.testing.assert_allclose(a.similarities, b.similarities, atol=1e-3)
     moved = []
     for a, c in zip(on_nv12, original, strict=True):
         assert a.names == c.names and np.array_equal(a.track_ids, c.track_ids)
@@ -159,3 +160,26 @@ def test_an_nv12_ring_gives_the_tracks_and_names_of_a_bgr_ring(gallery_dir):
         moved += list(np.abs(a.boxes - c.boxes).max(axis=1, initial=0.0) / side)
     # Chroma at half resolution moves boxes little: 0.11 of the face at most here (a small audience face).
     assert max(moved) < 0.15 and np.median(moved) < 0.02
+
+
+def test_small_faces_are_aligned_from_landmarks_found_again(tmp_path):
+    """Alex Lacamoire at the piano (frames 0-19, a 32-36 px face) is named from his portrait only when the
+    stage re-finds his landmarks on an enlarged crop (`REFINE_BELOW`); Lin-Manuel (~54 px) stays named."""
+    settings = load_settings({"qdrant_path": str(tmp_path)}, env_file=None)
+    analyzer = FaceAnalyzer(settings)
+    with closing(open_gallery(settings, analyzer.spec)) as gallery:
+        for name, photo in ((LIN, "lin-manuel-miranda.png"), ("Alex Lacamoire", "alex-lacamoire.png")):
+            image = read_image(SHARED_FACES / photo)
+            found = analyzer.detect_photo(image)
+            gallery.add(name, analyzer.embed_photo(image, found.landmarks[found.largest()][None]))
+    frames = clip(0, 20)
+
+    def piano(results: list[TrackedFaces]) -> list[str | None]:
+        return [n for r in results for n, b in zip(r.names, r.boxes, strict=True) if b[2] < 160]
+
+    refined = recognise(frames, tmp_path)
+    plain = recognise(frames, tmp_path, refine_below=0)
+    assert piano(refined).count("Alex Lacamoire") >= 10 and set(piano(refined)) <= {None, "Alex Lacamoire"}
+    assert set(piano(plain)) == {None}
+    assert all(set(r.names) <= {None, LIN, "Alex Lacamoire"} for r in refined)
+    assert sum(LIN in r.names for r in refined) >= 10

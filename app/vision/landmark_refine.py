@@ -1,0 +1,122 @@
+"""Landmarks of small faces found again on an enlarged crop, for the embedder's alignment.
+
+RetinaFace places the five landmarks of a 30-60 px face (at a 640 input, in a 720p frame) only to within a
+few pixels, and the embedder's chip is warped from them: a 30 px face's chip from those landmarks scores
+0.44 (median) against its person's photo where the same face's chip from landmarks found on the face
+enlarged scores 0.49 (`testbench/eval_identification.py --probe-face-px`, dlib). So a face shorter than
+`below_px` is cut out with `context` times its box around it, enlarged to `input_size` square, and detected
+again there; the detection that matches its box gives the landmarks, mapped back to the frame. The frame's
+own detections (boxes, scores, tracks) do not change: only the chip's alignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from app.inference.interface import Model
+from app.vision.pixel_format import BGR, FramePixels
+from app.vision.retinaface import BGR_MEAN, RetinaFacePostprocessor
+
+INPUT_SIZE = 192  # the crop's side: a face of `context` in it is ~96 px, where landmarks are well placed
+CONTEXT = 2.0  # crop side / the box's long side: the detector sees the head and some background
+SCORE_THRESHOLD = 0.3  # the face is known to be there: any plausible detection in the crop will do
+# The crop's detection taken is the one nearest its centre, and it must be this face, not a neighbour: its
+# centre within this share of the expected box's height of the crop's centre, its height within this factor.
+MAX_SHIFT = 0.35
+MAX_SIZE_RATIO = 1.6
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Which faces are refined (`below_px`: box height in frame pixels; 0 = none) and how."""
+
+    below_px: float
+    input_size: int = INPUT_SIZE
+    context: float = CONTEXT
+
+
+class LandmarkRefiner:
+    """Re-detects small faces on enlarged crops with a RetinaFace model (its own session: any input size)."""
+
+    def __init__(self, detector: Model, config: RefineConfig, nms_threshold: float = 0.4) -> None:
+        self.detector = detector
+        self.config = config
+        side = int(config.input_size)
+        self._post = RetinaFacePostprocessor((side, side), SCORE_THRESHOLD, nms_threshold)
+        self.refined = 0  # faces whose landmarks came from a crop
+        self.missed = 0  # small faces the crop's detection did not find again (frame landmarks kept)
+
+    def wants(self, boxes: np.ndarray) -> np.ndarray:
+        """Boolean mask of the (N,4) boxes short enough to refine."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        return (boxes[:, 3] - boxes[:, 1]) < float(self.config.below_px)
+
+    def refine(self, frame: np.ndarray | FramePixels, boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """(N,5,2) float32 landmarks: the crop's for each small face found again there, else `landmarks`."""
+        out = np.array(landmarks, np.float32).reshape(-1, 5, 2)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        rows = np.flatnonzero(self.wants(boxes))
+        if rows.size == 0:
+            return out
+        side = int(self.config.input_size)
+        batch = np.empty((rows.size, 3, side, side), np.float32)
+        scales, offsets, expected = [], [], np.empty((rows.size, 4), np.float32)
+        for j, i in enumerate(rows):
+            crop, k, offset = self._crop(frame, boxes[i])
+            np.subtract(crop.transpose(2, 0, 1), BGR_MEAN[:, None, None], out=batch[j])
+            scales.append(k)
+            offsets.append(offset)
+            expected[j] = boxes[i] * k + np.tile(offset, 2)
+        outputs = self.detector.run(batch)
+        found = self._post(outputs, [1.0] * rows.size, [(side, side)] * rows.size)
+        for j, i in enumerate(rows):
+            if not len(found[j]):
+                self.missed += 1
+                continue
+            best = self._this_face(found[j].boxes, expected[j])
+            if best is None:
+                self.missed += 1
+                continue
+            out[i] = (found[j].landmarks[best] - offsets[j]) / scales[j]
+            self.refined += 1
+        return out
+
+    @staticmethod
+    def _this_face(boxes: np.ndarray, expected: np.ndarray) -> int | None:
+        """The crop's detection that is the expected face (nearest the centre, of its size), or None."""
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        centre = (expected[:2] + expected[2:]) / 2.0
+        height = float(expected[3] - expected[1])
+        shift = np.hypot(*(centres - centre).T) / height
+        best = int(np.argmin(shift))
+        ratio = float(boxes[best, 3] - boxes[best, 1]) / height
+        if shift[best] > MAX_SHIFT or not 1.0 / MAX_SIZE_RATIO <= ratio <= MAX_SIZE_RATIO:
+            return None
+        return best
+
+    def _crop(self, frame: np.ndarray | FramePixels, box: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """(crop (S,S,3) BGR, k, offset): crop pixel = frame pixel * k + offset."""
+        side = int(self.config.input_size)
+        cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+        span = self.config.context * max(box[2] - box[0], box[3] - box[1], 1.0)
+        k = side / span
+        offset = np.array([side / 2.0 - k * cx, side / 2.0 - k * cy])
+        matrix = np.array([[k, 0.0, offset[0]], [0.0, k, offset[1]]])
+        if isinstance(frame, FramePixels) and frame.format != BGR:
+            # Only the crop's window is converted (even bounds: NV12's chroma pairs).
+            x0, y0 = int(np.floor(cx - span / 2)) - 2, int(np.floor(cy - span / 2)) - 2
+            x1, y1 = int(np.ceil(cx + span / 2)) + 2, int(np.ceil(cy + span / 2)) + 2
+            h, w = frame.hw
+            x0, y0 = max(0, x0 - x0 % 2), max(0, y0 - y0 % 2)
+            x1, y1 = min(w, x1 + x1 % 2), min(h, y1 + y1 % 2)
+            source = frame.region(x0, y0, x1, y1)
+            matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+        else:
+            source = frame.bgr() if isinstance(frame, FramePixels) else frame
+        crop = cv2.warpAffine(
+            source, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        return crop, k, offset
