@@ -95,7 +95,7 @@ class Settings:
     det_threshold: float = setting(0.6, "Minimum detector score for a face", lo=0.0, hi=1.0)
     # (measured with testbench/eval_identification.py --probe-face-px: see the README's small-faces rows)
     refine_below: int = setting(
-        64,
+        80,
         "Faces shorter than this (px) get their landmarks found again on an enlarged crop before they are "
         "embedded (better alignment of small faces); 0 = off",
         lo=0,

@@ -89,17 +89,22 @@ class FaceAnalyzer:
     def embed(
         self, image_bgr: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None
     ) -> np.ndarray:
-        """(N, dim) float32 embeddings for the faces with `landmarks` (N,5,2), in one batched model call.
+        """(N, dim) float32 embeddings for the faces with `landmarks` (N,5,2), in one batched model call;
+        `boxes` as in `frame_chips`."""
+        return self.embed_chips(self.frame_chips(image_bgr, landmarks, boxes))
 
-        With the faces' `boxes` (N,4) of a video frame, the small ones' landmarks are found again first
-        (`settings.refine_below`: `landmark_refiner`)."""
+    def frame_chips(
+        self, image_bgr: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Aligned chips of a video frame's faces. With their `boxes` (N,4), the small ones' landmarks are
+        found again first, as the tracking lanes do (`settings.refine_below`: `landmark_refiner`)."""
         landmarks = self._landmarks(landmarks)
         if boxes is not None and self.settings.refine_below > 0:
             if self._refiner is None:
                 self._refiner = landmark_refiner(self.settings)
             if self._refiner is not None:
                 landmarks = self._refiner.refine(image_bgr, boxes, landmarks)
-        return self.embed_chips(align_faces(image_bgr, landmarks, self.spec))
+        return align_faces(image_bgr, landmarks, self.spec)
 
     def photo_chips(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Aligned chips of a photo's faces: pixels past the photo's edges repeat its edge pixels where the

@@ -558,7 +558,6 @@ def cmd_add_video(args: argparse.Namespace, settings: Settings) -> int:
     from app.recognition.identity_config import IdentityConfig
     from app.recognition.unknowns import face_quality
     from app.tracking.matching import box_iou
-    from app.vision.alignment import align_faces
 
     name = person_name(args.name)
     if args.paths:
@@ -601,7 +600,7 @@ def cmd_add_video(args: argparse.Namespace, settings: Settings) -> int:
                 pick = 0
             quality = face_quality(frame, dets.boxes[pick][None], dets.landmarks[pick][None],
                                    dets.scores[pick : pick + 1], config)[0]  # fmt: skip
-            chip = align_faces(frame, dets.landmarks[pick][None], analyzer.spec)[0]
+            chip = analyzer.frame_chips(frame, dets.landmarks[pick][None], dets.boxes[pick][None])[0]
             candidates.append((float(quality), frame_index, chip))
             candidates = sorted(candidates, key=lambda c: -c[0])[:VIDEO_FACES]
     finally:
