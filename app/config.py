@@ -93,7 +93,7 @@ class Settings:
     )
     det_size: int = setting(640, "Detector input side in pixels (frames are letterboxed)", lo=32, hi=4096)
     det_threshold: float = setting(0.6, "Minimum detector score for a face", lo=0.0, hi=1.0)
-    # (measured with testbench/eval_identification.py --probe-face-px: see the README's small-faces rows)
+    # (measured with testbench/eval_identification.py --probe-face-px: the README's small-faces table)
     refine_below: int = setting(
         80,
         "Faces shorter than this (px) get their landmarks found again on an enlarged crop before they are "

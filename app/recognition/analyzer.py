@@ -6,7 +6,9 @@ processes; this class keeps them together for code that just wants faces and emb
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,12 +19,14 @@ from app.inference.interface import Model
 from app.inference.spec import EmbedderSpec
 from app.recognition.embedder import load_embedder
 from app.vision.alignment import align_faces
-from app.vision.landmark_refine import LandmarkRefiner, RefineConfig
+from app.vision.landmark_refine import INPUT_SIZE, LandmarkRefiner, RefineConfig
 from app.vision.retinaface import (
     Detections,
     RetinaFacePostprocessor,
     RetinaFacePreprocessor,
 )
+
+log = logging.getLogger(__name__)
 
 # A face filling a tight crop (a face photo cut at the chin and hairline, as face libraries store them) is
 # found, but RetinaFace places its landmarks badly with no context around it, and the embedder's chip reaches
@@ -130,11 +134,24 @@ class FaceAnalyzer:
 def landmark_refiner(settings: Settings) -> LandmarkRefiner | None:
     """The small-face landmark refiner of the settings (None when `refine_below` is 0): its own ONNX Runtime
     session of the detector on one CPU thread (crops of any size; a few faces a second, wherever the detector
-    itself runs)."""
+    itself runs). A detector that cannot take square crops (an engine file, a fixed non-square input) has
+    none: small faces are then aligned from the frame's landmarks, as with `refine_below` 0."""
     if settings.refine_below <= 0:
         return None
-    detector = load_model(settings.detector_model, "onnxruntime", threads=1)
-    return LandmarkRefiner(detector, RefineConfig(float(settings.refine_below)), settings.nms_threshold)
+    path = Path(settings.detector_model)
+    if path.suffix.lower() != ".onnx":
+        log.warning("REFINE_BELOW: the detector %s is not an ONNX file; small faces keep the frame's "
+                    "landmarks (set REFINE_BELOW=0 to silence this)", path.name)  # fmt: skip
+        return None
+    detector = load_model(path, "onnxruntime", threads=1)
+    fixed = detector.inputs[0].fixed_hw
+    if fixed is not None and fixed[0] != fixed[1]:
+        log.warning("REFINE_BELOW: the detector %s takes only %dx%d inputs; small faces keep the frame's "
+                    "landmarks (set REFINE_BELOW=0 to silence this)", path.name, *fixed[::-1])  # fmt: skip
+        return None
+    size = INPUT_SIZE if fixed is None else int(fixed[0])
+    config = RefineConfig(float(settings.refine_below), input_size=size)
+    return LandmarkRefiner(detector, config, settings.nms_threshold)
 
 
 def _tight(found: Detections, image_hw: tuple[int, int]) -> bool:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from app.inference.interface import Model
+from app.vision.alignment import region_source
 from app.vision.pixel_format import BGR, FramePixels
 from app.vision.retinaface import BGR_MEAN, RetinaFacePostprocessor
 
@@ -27,6 +28,7 @@ SCORE_THRESHOLD = 0.3  # the face is known to be there: any plausible detection 
 # centre within this share of the expected box's height of the crop's centre, its height within this factor.
 MAX_SHIFT = 0.35
 MAX_SIZE_RATIO = 1.6
+MIN_HEIGHT = 4.0  # a box shorter than this has no face to find again (and a crop of it would be empty)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class LandmarkRefiner:
     def wants(self, boxes: np.ndarray) -> np.ndarray:
         """Boolean mask of the (N,4) boxes short enough to refine."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        return (boxes[:, 3] - boxes[:, 1]) < float(self.config.below_px)
+        heights = boxes[:, 3] - boxes[:, 1]
+        return (heights < float(self.config.below_px)) & (heights >= MIN_HEIGHT) & (boxes[:, 2] > boxes[:, 0])
 
     def refine(self, frame: np.ndarray | FramePixels, boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """(N,5,2) float32 landmarks: the crop's for each small face found again there, else `landmarks`."""
@@ -86,34 +89,29 @@ class LandmarkRefiner:
 
     @staticmethod
     def _this_face(boxes: np.ndarray, expected: np.ndarray) -> int | None:
-        """The crop's detection that is the expected face (nearest the centre, of its size), or None."""
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
-        centre = (expected[:2] + expected[2:]) / 2.0
+        """The crop's detection that is the expected face (of its size, nearest the centre), or None."""
         height = float(expected[3] - expected[1])
-        shift = np.hypot(*(centres - centre).T) / height
+        ratio = (boxes[:, 3] - boxes[:, 1]) / height
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        shift = np.hypot(*(centres - (expected[:2] + expected[2:]) / 2.0).T) / height
+        shift[(ratio < 1.0 / MAX_SIZE_RATIO) | (ratio > MAX_SIZE_RATIO)] = np.inf
         best = int(np.argmin(shift))
-        ratio = float(boxes[best, 3] - boxes[best, 1]) / height
-        if shift[best] > MAX_SHIFT or not 1.0 / MAX_SIZE_RATIO <= ratio <= MAX_SIZE_RATIO:
-            return None
-        return best
+        return best if shift[best] <= MAX_SHIFT else None
 
     def _crop(self, frame: np.ndarray | FramePixels, box: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-        """(crop (S,S,3) BGR, k, offset): crop pixel = frame pixel * k + offset."""
+        """(crop (S,S,3) BGR, k, offset): crop coordinate = frame coordinate * k + offset, in the convention
+        of the detector's own letterbox (cv2.resize by k: pixel centres at +0.5), so the crop's landmarks
+        map back as the frame detector's do."""
         side = int(self.config.input_size)
         cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-        span = self.config.context * max(box[2] - box[0], box[3] - box[1], 1.0)
+        span = self.config.context * max(box[2] - box[0], box[3] - box[1])
         k = side / span
         offset = np.array([side / 2.0 - k * cx, side / 2.0 - k * cy])
-        matrix = np.array([[k, 0.0, offset[0]], [0.0, k, offset[1]]])
+        # warpAffine maps pixel centres to pixel centres; resize by k maps x to (x + 0.5) * k - 0.5.
+        shift = offset + 0.5 * (k - 1.0)
+        matrix = np.array([[k, 0.0, shift[0]], [0.0, k, shift[1]]])
         if isinstance(frame, FramePixels) and frame.format != BGR:
-            # Only the crop's window is converted (even bounds: NV12's chroma pairs).
-            x0, y0 = int(np.floor(cx - span / 2)) - 2, int(np.floor(cy - span / 2)) - 2
-            x1, y1 = int(np.ceil(cx + span / 2)) + 2, int(np.ceil(cy + span / 2)) + 2
-            h, w = frame.hw
-            x0, y0 = max(0, x0 - x0 % 2), max(0, y0 - y0 % 2)
-            x1, y1 = min(w, x1 + x1 % 2), min(h, y1 + y1 % 2)
-            source = frame.region(x0, y0, x1, y1)
-            matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], np.float64)
+            source, matrix = region_source(frame, matrix, (side, side))  # only the crop's window converted
         else:
             source = frame.bgr() if isinstance(frame, FramePixels) else frame
         crop = cv2.warpAffine(
