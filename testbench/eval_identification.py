@@ -17,7 +17,9 @@ probe photo is drawn as the hard tracking scenario draws its actors (app.demo: t
 so its face box is N px high, on the scenario's background, in a --frame sized frame) and goes through the
 video path: RetinaFace on the frame at the settings' DET_SIZE (FACEPIPE_DET_SIZE), keeping boxes down to the
 tracker's low threshold as the pipeline does (small faces score 0.1-0.6), the one on the drawn face (IoU >=
-0.5), frame alignment (black chip borders), the embedder. One JSON line per size, "full" first:
+0.5), frame alignment (black chip borders; a face under REFINE_BELOW px aligned from landmarks found again
+on an enlarged crop, as the tracking lanes do: FACEPIPE_REFINE_BELOW=0 for the frame's own), the embedder.
+One JSON line per size, "full" first:
 
     .venv/bin/python testbench/eval_identification.py --images ../shared/data/identities --enroll 1 \
         --probe-face-px 30 40 50 60 80
