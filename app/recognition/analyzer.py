@@ -6,6 +6,7 @@ processes; this class keeps them together for code that just wants faces and emb
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +55,6 @@ class FaceAnalyzer:
         self.postprocessor = RetinaFacePostprocessor(
             self.preprocessor.input_hw, settings.det_threshold, settings.nms_threshold
         )
-        self._refiner: LandmarkRefiner | None = None  # loaded on first use (video frames only)
 
     @property
     def model_id(self) -> str:
@@ -103,12 +103,15 @@ class FaceAnalyzer:
         """Aligned chips of a video frame's faces. With their `boxes` (N,4), the small ones' landmarks are
         found again first, as the tracking lanes do (`settings.refine_below`: `landmark_refiner`)."""
         landmarks = self._landmarks(landmarks)
-        if boxes is not None and self.settings.refine_below > 0:
-            if self._refiner is None:
-                self._refiner = landmark_refiner(self.settings)
-            if self._refiner is not None:
-                landmarks = self._refiner.refine(image_bgr, boxes, landmarks)
+        if boxes is not None and self.refiner is not None:
+            landmarks = self.refiner.refine(image_bgr, boxes, landmarks)
         return align_faces(image_bgr, landmarks, self.spec)
+
+    @functools.cached_property
+    def refiner(self) -> LandmarkRefiner | None:
+        """The small-face landmark refiner (`landmark_refiner`), loaded on first use: only video frames
+        need it."""
+        return landmark_refiner(self.settings)
 
     def photo_chips(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Aligned chips of a photo's faces: pixels past the photo's edges repeat its edge pixels where the

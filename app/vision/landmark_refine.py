@@ -19,13 +19,14 @@ import numpy as np
 from app.inference.interface import Model
 from app.vision.alignment import region_source
 from app.vision.pixel_format import BGR, FramePixels
-from app.vision.retinaface import BGR_MEAN, RetinaFacePostprocessor
+from app.vision.retinaface import RetinaFacePostprocessor, letterbox
 
 INPUT_SIZE = 192  # the crop's side: a face of `context` in it is ~96 px, where landmarks are well placed
 CONTEXT = 2.0  # crop side / the box's long side: the detector sees the head and some background
 SCORE_THRESHOLD = 0.3  # the face is known to be there: any plausible detection in the crop will do
-# The crop's detection taken is the one nearest its centre, and it must be this face, not a neighbour: its
-# centre within this share of the expected box's height of the crop's centre, its height within this factor.
+# The crop's detection taken is the one of the face's size (its height within this factor of the box's)
+# nearest the crop's centre, and it must be this face, not a neighbour: its centre within this share of the
+# box's height of the crop's centre.
 MAX_SHIFT = 0.35
 MAX_SIZE_RATIO = 1.6
 MIN_HEIGHT = 4.0  # a box shorter than this has no face to find again (and a crop of it would be empty)
@@ -69,7 +70,7 @@ class LandmarkRefiner:
         scales, offsets, expected = [], [], np.empty((rows.size, 4), np.float32)
         for j, i in enumerate(rows):
             crop, k, offset = self._crop(frame, boxes[i])
-            np.subtract(crop.transpose(2, 0, 1), BGR_MEAN[:, None, None], out=batch[j])
+            letterbox(crop, side, out=batch[j])  # (the crop is the input's size: scale 1)
             scales.append(k)
             offsets.append(offset)
             expected[j] = boxes[i] * k + np.tile(offset, 2)

@@ -149,4 +149,4 @@ def test_the_analyzer_refines_video_faces_given_their_boxes(analyzer):
     assert np.array_equal(refining.embed(frame, landmarks), plain.embed(frame, landmarks))  # no boxes: photos
     refined = refining.embed(frame, landmarks, boxes)
     assert not np.array_equal(refined, plain.embed(frame, landmarks, boxes))
-    assert refining._refiner is not None and refining._refiner.refined == 1
+    assert refining.refiner is not None and refining.refiner.refined == 1
