@@ -639,6 +639,7 @@ def model_only(
     faces: float,
     det_size: int,
     embedded_per_frame: float | None = None,
+    compile_graphs: bool = False,
 ) -> dict[str, Any]:
     """Detector images/s and embedder faces/s on `backend`, in this process; see the module docstring.
 
@@ -660,7 +661,12 @@ def model_only(
         from app.stages.gpu_detect import TorchDetector
 
         det = TorchDetector(
-            detector, det_size, max_batch=det_batch, precision=det_precision, threads=det_threads
+            detector,
+            det_size,
+            max_batch=det_batch,
+            precision=det_precision,
+            threads=det_threads,
+            compile_graphs=compile_graphs,
         )
         if det.model.inputs[0].fixed_hw is None:
             det.refit(fitted)
@@ -892,6 +898,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "embedder": args.embedder.name,
             "embedder_kind": args.embedder_kind,
             "det_precision": args.det_precision or "auto",
+            "torch_compile": settings.torch_compile,
         },
         "resolution": f"{w}x{h}",
         "source": clip.name,
@@ -928,7 +935,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ceiling = model_only(
             args.backend, detector, args.embedder, args.embedder_kind, sample, stage_batch,
             args.det_precision, det_threads, embed_threads, faces if faces == faces else 1.0, args.det_size,
-            (run.get("recognition") or {}).get("embedded_per_frame"),
+            (run.get("recognition") or {}).get("embedded_per_frame"), settings.torch_compile,
         )  # fmt: skip
         result["model_only_fps"] = ceiling.pop("fps")
         result["detector_ceiling_fps"] = ceiling.get(

@@ -29,6 +29,12 @@ from app.inference.onnx_io import graph_io
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# torch.compile's mode for TORCH_COMPILE: "default" fuses the elementwise work around the convolutions
+# (the CUDA graphs are ours, captured per bucket); "max-autotune" searches kernels for minutes more a shape.
+COMPILE_MODE = "default"
+# Buckets of a compiled model: each is a compile of its own (~20 s for RetinaFace-R50 on the H200 host), so
+# fewer than DEFAULT_BUCKETS; a batch of 2-3 runs padded to 4, one of 5-15 to 16.
+COMPILE_BUCKETS = (1, 4, 16, 32, 64, 128, 256)
 PRECISIONS = ("auto", "fp32", "fp16")
 
 

@@ -188,6 +188,7 @@ def build_graph(
             candidate_floor=min(thresholds.values()),
             streams=members,
             gpu_wait=settings.gpu_wait,
+            compile_graphs=settings.torch_compile,
         )
         nodes.append(Node(lane_name("detect", d), detect))
         outs = [(k, tuple(s for s in members if s % lanes == k)) for k in range(lanes)]

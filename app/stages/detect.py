@@ -73,17 +73,20 @@ class DetectStage:
         candidate_floor: float = CANDIDATE_FLOOR,
         streams: tuple[int, ...] | None = None,
         gpu_wait: str = "block",
+        compile_graphs: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
         device "cpu" runs the GPU path on the CPU (tests). streams: the cameras this detector serves (None:
-        every camera of the run). clock: capture's clock (its stamps' times), for a live frame's age.
+        every camera of the run). compile_graphs: TORCH_COMPILE, the GPU path's model through torch.compile.
+        clock: capture's clock (its stamps' times), for a live frame's age.
         """
         self.clock = clock
         self.streams = streams
         self.gpu_wait = gpu_wait  # GPU_WAIT: set before the process's first CUDA work
+        self.compile_graphs = compile_graphs
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.model_path = Path(model_path)
         self.backend = backend
@@ -119,6 +122,8 @@ class DetectStage:
 
         if self.device in (None, "cuda"):
             set_gpu_wait(self.gpu_wait)
+        from app.vision.retinaface import fitted_input_hw
+
         # Imported here: torch and the CUDA context live in this process only.
         try:
             from app.stages.gpu_detect import TorchDetector
@@ -136,11 +141,16 @@ class DetectStage:
             device=self.device,
             threads=self.threads,
             floor=self.candidate_floor,
+            compile_graphs=self.compile_graphs,
         )
         self.max_batch = self.gpu.max_batch
-        self.input_hw = self.gpu.input_hw
         try:
-            self.gpu.warmup()
+            if self.compile_graphs and self.gpu.model.inputs[0].fixed_hw is None:
+                # Every input size is a compile per bucket: start at the common fit, not det_size square.
+                self.gpu.refit(fitted_input_hw([COMMON_FRAME_HW], self.det_size))
+            else:
+                self.gpu.warmup()
+            self.input_hw = self.gpu.input_hw
             self._prepare_common_fit()
             self.gpu.warm_path(COMMON_FRAME_HW)
         except ValueError as exc:

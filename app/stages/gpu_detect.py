@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from app.inference.batching import chunk_slices, stage_batch
-from app.inference.torch_backend import TorchModel, pick_bucket
+from app.inference.torch_backend import (
+    COMPILE_BUCKETS,
+    COMPILE_MODE,
+    DEFAULT_BUCKETS,
+    TorchModel,
+    pick_bucket,
+)
 from app.vision import gpu_preprocess
 from app.vision.pixel_format import BGR, NV12
 from app.vision.retinaface import PRE_NMS_TOP_K, detector_input_hw, split_outputs
@@ -181,8 +187,16 @@ class TorchDetector:
         threads: int = 0,
         floor: float = 0.01,
         top_k: int = PRE_NMS_TOP_K,
+        compile_graphs: bool = False,
     ) -> None:
-        self.model = TorchModel(Path(model_path), threads=threads, device=device, precision=precision)
+        self.model = TorchModel(
+            Path(model_path),
+            threads=threads,
+            device=device,
+            precision=precision,
+            buckets=COMPILE_BUCKETS if compile_graphs else DEFAULT_BUCKETS,
+            compile_mode=COMPILE_MODE if compile_graphs else None,
+        )
         self.device = self.model.device
         if self.device.type == "cuda" and threads > 0:
             torch.set_num_threads(int(threads))  # the CPU only launches kernels here

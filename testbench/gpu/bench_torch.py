@@ -225,6 +225,7 @@ def bench_compile(
 ) -> list[dict]:
     rows = []
     model = TorchModel(path, device=device.type, precision="fp16", compile_mode=mode)
+    reference = TorchModel(path, device=device.type, precision="fp16")  # the same graphs, not compiled
     for b in batches:
         if time.monotonic() > deadline:
             log(f"compile {name} batch {b}: skipped, out of time")
@@ -242,6 +243,10 @@ def bench_compile(
             with torch.inference_mode():
                 t = time_call(lambda x=x, f=forward: f(x), device, max(3, min(50, int(400 / b))))
             row["compiled_graph_ms"], row["compiled_graph_per_s"] = t * 1e3, b / t
+            # The compiled graph computes what the uncompiled one does (fp16 rounding apart).
+            got, want = model.run_torch(x), reference.run_torch(x)
+            row["max_abs_diff"] = max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True))
+            row["max_abs_reference"] = max(float(w.abs().max()) for w in want)
         except Exception as exc:  # a compile failure is a result to report, not a reason to lose the run
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         log(f"compile {json.dumps(row)}")

@@ -368,3 +368,20 @@ def test_the_gpu_path_uploads_nv12_and_converts_it_there(clip_frames, torch_mod)
             _same_faces(g, w, score_atol=0.03)  # weak faces move most
         on_nv12.close()
         on_bgr.close()
+
+
+@pytest.mark.slow
+def test_compiled_gpu_path_finds_the_candidates_the_plain_one_finds(clip_frames, torch_mod):
+    """TORCH_COMPILE: the same graph through inductor (here on the CPU, one frame: one compile) gives the same
+    candidate rows as the plain torch path."""
+    with ring_of(clip_frames[0].shape, slots=4) as (ring, handle):
+        plain = DetectStage(handle, DETECTOR, backend="torch", device="cpu", max_batch=1)
+        compiled = DetectStage(
+            handle, DETECTOR, backend="torch", device="cpu", max_batch=1, compile_graphs=True
+        )
+        plain.setup()
+        compiled.setup()
+        assert compiled.gpu.model.compile_mode is not None and plain.gpu.model.compile_mode is None
+        want = plain.process_batch([put_frame(ring, clip_frames[1], 0)])[0]
+        got = compiled.process_batch([put_frame(ring, clip_frames[1], 1)])[0]
+        _same_faces(got, want, score_atol=1e-4)
