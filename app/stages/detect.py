@@ -122,8 +122,6 @@ class DetectStage:
 
         if self.device in (None, "cuda"):
             set_gpu_wait(self.gpu_wait)
-        from app.vision.retinaface import fitted_input_hw
-
         # Imported here: torch and the CUDA context live in this process only.
         try:
             from app.stages.gpu_detect import TorchDetector
@@ -145,13 +143,8 @@ class DetectStage:
         )
         self.max_batch = self.gpu.max_batch
         try:
-            if self.compile_graphs and self.gpu.model.inputs[0].fixed_hw is None:
-                # Every input size is a compile per bucket: start at the common fit, not det_size square.
-                self.gpu.refit(fitted_input_hw([COMMON_FRAME_HW], self.det_size))
-            else:
-                self.gpu.warmup()
+            self._warm_inputs()
             self.input_hw = self.gpu.input_hw
-            self._prepare_common_fit()
             self.gpu.warm_path(COMMON_FRAME_HW)
         except ValueError as exc:
             message = f"{self.model_path} is not a RetinaFace detector ({exc}); check DETECTOR_MODEL"
@@ -163,15 +156,23 @@ class DetectStage:
             "precision": self.gpu.precision,
         }
 
-    def _prepare_common_fit(self) -> None:
+    def _warm_inputs(self) -> None:
         """GPU path: capture the graphs of the input most cameras are fitted to (16:9) now, before the run is
-        ready; captured at start instead, the first frames waited seconds for them (live ones dropped)."""
+        ready; captured at start instead, the first frames waited seconds for them (live ones dropped).
+        Plain, det_size square is warmed too (the input until start); compiled (TORCH_COMPILE), every input
+        size costs a compile per bucket, so the detector starts at the 16:9 fit and warms only that."""
         from app.vision.retinaface import fitted_input_hw
 
-        if self.gpu is None or self.gpu.model.inputs[0].fixed_hw is not None:
+        assert self.gpu is not None
+        if self.gpu.model.inputs[0].fixed_hw is not None:
+            self.gpu.warmup()
             return
         common = fitted_input_hw([COMMON_FRAME_HW], self.det_size)
-        if common != tuple(self.input_hw):
+        if self.compile_graphs:
+            self.gpu.refit(common)
+            return
+        self.gpu.warmup()
+        if common != tuple(self.gpu.input_hw):
             self.gpu.prepare(common)
 
     def _setup_cpu(self) -> dict[str, object]:

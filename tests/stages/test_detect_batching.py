@@ -381,6 +381,9 @@ def test_compiled_gpu_path_finds_the_candidates_the_plain_one_finds(clip_frames,
         )
         plain.setup()
         compiled.setup()
+        for stage in (plain, compiled):  # both fitted to the camera's frames, as at a run's start
+            stage.start({0: None})
+        assert plain.input_hw == compiled.input_hw
         assert compiled.gpu.model.compile_mode is not None and plain.gpu.model.compile_mode is None
         want = plain.process_batch([put_frame(ring, clip_frames[1], 0)])[0]
         got = compiled.process_batch([put_frame(ring, clip_frames[1], 1)])[0]
