@@ -214,6 +214,13 @@ class Settings:
     result_lag: int = setting(
         1, "Files: frames between an embedding request and the frame its answer is applied on", lo=1, hi=16
     )
+    name_lookahead: int = setting(
+        8,
+        "Files: frames each output is held so a name decided within them also labels the track's earlier "
+        "frames (0: off; live cameras never wait)",
+        lo=0,
+        hi=64,
+    )
     decoder: str = setting(
         "auto",
         "Video decoder for files and stream URLs: auto (NVDEC where PyNvVideoCodec and a GPU are there, "

@@ -13,7 +13,8 @@
   stream). Side channels a pair of stages use between themselves (requests and answers) are queues the
   assembly hands to both stage objects, listed in `side_queues` so the supervisor closes them.
 - A stream is one camera: its index (`FrameMeta.stream`), its name, its shared-memory ring (created by the
-  supervisor once its capture reports the frame size), and the node that produces it.
+  supervisor once its capture reports the frame size: `ring_slots`, plus `held` for a file), and the node
+  that produces it.
 
 The supervisor (supervisor.py) runs any such graph; `PipelineGraph.linear` is the one-camera line of
 stages the project started with.
@@ -53,6 +54,9 @@ class Stream:
     camera: str
     ring: FrameRingHandle
     source: str  # the name of the node that produces it
+    # Frames of a file stream a stage holds back on top of the frames in flight (the recognize stage's name
+    # look-ahead): its ring gets that many more slots, so holding them never starves the capture.
+    held: int = 0
 
 
 @dataclass

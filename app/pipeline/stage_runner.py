@@ -11,6 +11,7 @@ A stage is a plain class (so it unit-tests without processes), and declares what
         def start(self, sources) -> None: ...      # starts: every stage is ready (stream -> SourceInfo)
         def process(self, msg) -> list: ...        # zero or more messages for the next stage
         def process_batch(self, msgs) -> list: ... # batched only
+        def end_stream(self, stream) -> list: ...  # drains only: what it held of the stream that ended
         def close(self) -> None: ...
 
 After setup() the stage reports `Ready(info)` and waits for the supervisor's `Start` (sent once every stage
@@ -112,6 +113,7 @@ class Capabilities:
     restartable: bool = False  # a source whose dead process may be replaced (live sources only)
     service: bool = False  # no frames in or out: serve(timeout) answers requests on its own side channels
     notes: bool = False  # note(stream, text) for each camera that could not start (its tile says why)
+    drains: bool = False  # end_stream(stream) -> list: outputs it still holds, sent before the stream ends
 
 
 PLAIN = Capabilities()
@@ -382,6 +384,10 @@ class StageRunner:
             pending, self._pending_eos = self._pending_eos, []
             for eos in pending:
                 self._open_streams.discard(eos.stream)
+                if self.caps.drains and ch.outbox is not None:
+                    rest = self.stage.end_stream(eos.stream)
+                    if rest and not self._flush(rest, []):
+                        return False
                 if ch.outbox is None:
                     if not self._send(Finished(name, eos.reason, stream=eos.stream)):
                         return False

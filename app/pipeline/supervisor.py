@@ -454,17 +454,19 @@ class Supervisor:
             assert info.frame_shape is not None  # a first start always read a frame
             h, w, c = info.frame_shape
             handle = stream.ring
+            slots = self.ring_slots + (0 if info.live else stream.held)
             try:
                 self._rings[index] = FrameRing.create(
-                    handle.name, self.ring_slots, (h, w, c), handle.lock, handle.freed, info.pixel_format
+                    handle.name, slots, (h, w, c), handle.lock, handle.freed, info.pixel_format
                 )
             except OSError as exc:
-                size_mb = self.ring_slots * math.prod(slot_shape(info.pixel_format, (h, w, c))) / 1e6
+                size_mb = slots * math.prod(slot_shape(info.pixel_format, (h, w, c))) / 1e6
                 raise UserError(
                     f"cannot create the {size_mb:.0f} MB shared frame ring of camera {stream.camera} in "
-                    f"/dev/shm ({exc.strerror or exc}); free space there or lower RING_SLOTS"
+                    f"/dev/shm ({exc.strerror or exc}); free space there or lower RING_SLOTS (a file: or "
+                    "NAME_LOOKAHEAD)"
                 ) from None
-            log.debug("frame ring %s: %d slots of %dx%d %s", handle.name, self.ring_slots, w, h,
+            log.debug("frame ring %s: %d slots of %dx%d %s", handle.name, slots, w, h,
                       info.pixel_format)  # fmt: skip
 
     # -- run ----------------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def build_graph(
             nvdec_memory=settings.nvdec_memory,
         )
         nodes.append(Node(name, capture, stream=index))
-        streams.append(Stream(index, camera.name, ring, name))
+        streams.append(Stream(index, camera.name, ring, name, held=settings.name_lookahead))
         # Frames of a live camera may wait here after its capture overwrote them (they are then skipped).
         channels.append(Channel(name, lane_name("detect", index % detectors), 2 * slots + 2))
     rings = StreamRings({s.index: s.ring for s in streams})
@@ -221,6 +221,7 @@ def build_graph(
                     threads=embed_threads,
                     embed=EmbedChannel(requests, results[k], k, sightings),
                     result_lag=settings.result_lag,
+                    lookahead=settings.name_lookahead,
                 ),
             ),
         ]

@@ -70,6 +70,7 @@ from app.pipeline.messages import (
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
 from app.recognition.identity_config import IdentityConfig
+from app.recognition.lookahead import NameLookahead
 from app.stages.embed import FaceEmbedder
 from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
@@ -145,6 +146,13 @@ class _Pending:
         return self.request.frame + lag <= frame
 
 
+def _fill_name(faces: TrackedFaces, row: int, label: Any) -> None:
+    """Look-ahead: a held frame's pending row takes the name its track was given since."""
+    faces.names[row] = label.name
+    faces.statuses[row] = label.status
+    faces.similarities[row] = math.nan if label.similarity is None else float(label.similarity)
+
+
 class StreamTracks:
     """One stream's tracking state: its tracker, scene-cut detector, identity memory and id numbering."""
 
@@ -164,6 +172,7 @@ class StreamTracks:
         self.frame = 0  # frames tracked (placeholders not counted): embed requests are timed in these
         self.pending: dict[int, _Pending] = {}  # request id -> request sent, answer when it came
         self.keeper: Any = None  # this camera's UnknownKeeper (KEEP_UNKNOWN)
+        self.lookahead: NameLookahead[TrackedFaces] | None = None  # a file's held outputs (NAME_LOOKAHEAD)
 
     def new_tracker(self) -> None:
         """Ids go on after the highest one given so far."""
@@ -188,7 +197,7 @@ class _Answers:
 
 class RecognizeStage:
     name = "recognize"
-    capabilities = Capabilities(starts=True, batched=True)
+    capabilities = Capabilities(starts=True, batched=True, drains=True)
     max_batch = LANE_BATCH
 
     def __init__(
@@ -201,12 +210,14 @@ class RecognizeStage:
         clock: Callable[[], float] = time.monotonic,
         embed: EmbedChannel | None = None,
         result_lag: int = RESULT_LAG_FRAMES,
+        lookahead: int = 0,
     ) -> None:
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.settings = settings
         self.identity_config = identity_config  # None = the tracking package's defaults
         self.channel = embed
         self.result_lag = max(1, int(result_lag))
+        self.lookahead = max(0, int(lookahead))  # NAME_LOOKAHEAD: file streams' outputs held this many frames
         # In-process embedding when there is no worker; with one, only the spec (threshold, chip size).
         self.embedder = FaceEmbedder(settings, threads, gallery_backoff, clock)
         self.streams: dict[int, StreamTracks] = {}
@@ -285,6 +296,8 @@ class RecognizeStage:
             fps = float(info.fps or 30.0) if info is not None else 30.0
             live = bool(info.live) if info is not None else False
             state = StreamTracks(self.tracker_config, self._new_identities(), fps, live)
+            if not live and self.lookahead:
+                state.lookahead = NameLookahead(self.lookahead, _fill_name)
             if self.unknowns is not None:
                 state.keeper = self._keeper(info)
             self.streams[stream] = state
@@ -311,9 +324,24 @@ class RecognizeStage:
         return sum(state.scene_cuts for state in self.streams.values())
 
     def process(self, msg: FaceDetections) -> list[TrackedFaces]:
+        """This frame's tracks and labels; on a file stream with look-ahead, the frames it releases."""
         state = self._stream(msg.meta.stream)
+        out, track_ids, labels = self._track(state, msg)
+        if state.lookahead is None:
+            return [out]
+        return state.lookahead.push(out, track_ids, labels)
+
+    def end_stream(self, stream: int) -> list[TrackedFaces]:
+        """The frames a file stream's look-ahead still holds (its end of file came)."""
+        state = self.streams.get(stream)
+        if state is None or state.lookahead is None:
+            return []
+        return state.lookahead.drain()
+
+    def _track(self, state: StreamTracks, msg: FaceDetections) -> tuple[TrackedFaces, list[int], dict]:
+        """Track one frame: its output, the raw track id of each row and the labels by track id."""
         if msg.meta.status:  # a placeholder while the source is away: nothing to track on it
-            return [self._faces_of(TrackedFaces.empty(msg.meta))]
+            return self._faces_of(TrackedFaces.empty(msg.meta)), [], {}
         ring = self.frames.ring(msg.meta.stream)
         frame = FramePixels(ring.frame(msg.meta.slot), ring.format)
         if msg.meta.segment != state.segment:
@@ -342,7 +370,7 @@ class RecognizeStage:
             )
             self.unknowns.observe_for(state.keeper, frame, msg.meta.frame_index, tracks, *kept, labels)
         if not tracks:
-            return [self._faces_of(TrackedFaces.empty(msg.meta))]
+            return self._faces_of(TrackedFaces.empty(msg.meta)), [], labels
         names, statuses, similarities, shown_ids = [], [], [], []
         for track in tracks:
             label = labels.get(track.track_id)
@@ -352,19 +380,18 @@ class RecognizeStage:
             statuses.append(label.status if label is not None else "pending")
             similarity = label.similarity if label is not None else None
             similarities.append(math.nan if similarity is None else float(similarity))
-        return [
-            TrackedFaces(
-                meta=msg.meta,
-                track_ids=np.array(shown_ids, np.int64),
-                # The face as detected on this frame (the Kalman box lags a moving face by a little).
-                boxes=np.array([t.box for t in tracks], dtype=np.float32),
-                scores=np.array([t.score for t in tracks], np.float32),
-                names=names,
-                statuses=statuses,
-                similarities=np.array(similarities, np.float32),
-                gallery_unavailable=self._unavailable(),
-            )
-        ]
+        out = TrackedFaces(
+            meta=msg.meta,
+            track_ids=np.array(shown_ids, np.int64),
+            # The face as detected on this frame (the Kalman box lags a moving face by a little).
+            boxes=np.array([t.box for t in tracks], dtype=np.float32),
+            scores=np.array([t.score for t in tracks], np.float32),
+            names=names,
+            statuses=statuses,
+            similarities=np.array(similarities, np.float32),
+            gallery_unavailable=self._unavailable(),
+        )
+        return out, [t.track_id for t in tracks], labels
 
     def process_batch(self, msgs: list[FaceDetections]) -> list[TrackedFaces]:
         """The frames already queued, each stream's in order; while a file stream waits for an answer due on

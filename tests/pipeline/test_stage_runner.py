@@ -140,6 +140,42 @@ def test_consumer_stamps_forwards_and_passes_end_of_stream():
     assert isinstance(out[3], EndOfStream) and out[3].frames == 3
 
 
+class Holding(Brightness):
+    """A consumer that holds the last two frames back (as the name look-ahead does) until the end."""
+
+    capabilities = Capabilities(batched=True, starts=True, drains=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list = []
+        self.drained: list[int] = []
+
+    def process_batch(self, msgs):
+        self.held += super().process_batch(msgs)
+        out, self.held = self.held[:-2], self.held[-2:]
+        return out
+
+    def end_stream(self, stream: int) -> list:
+        self.drained.append(stream)
+        out, self.held = self.held, []
+        return out
+
+
+def test_a_draining_stage_sends_what_it_held_before_the_end_of_stream():
+    h = Harness()
+    stage = Holding()
+    thread, result = h.run(stage)
+    for i in range(4):
+        h.inbox.put(ref(i))
+    h.inbox.put(EndOfStream("end of file", 4))
+    thread.join(GUARD_S)
+    assert result == [0] and stage.drained == [0]
+    out = h.outputs()
+    assert [m.meta.frame_index for m in out[:4]] == [0, 1, 2, 3]
+    assert [m.meta.brightness for m in out[:4]] == [23.5, 24.5, 25.5, 26.5]
+    assert isinstance(out[4], EndOfStream) and len(out) == 5
+
+
 def test_batches_only_what_is_already_queued():
     h = Harness()
     stage = Brightness(max_batch=4)

@@ -50,13 +50,15 @@ def gallery_dir(tmp_path_factory) -> Path:
 
 
 def recognise(
-    frames: list[np.ndarray], gallery: Path, pixel_format: str = "bgr", **overrides
+    frames: list[np.ndarray], gallery: Path, pixel_format: str = "bgr", lookahead: int = 0, **overrides
 ) -> list[TrackedFaces]:
-    """The BGR `frames` through detection, post-processing and recognition, on a ring in `pixel_format`."""
+    """The BGR `frames` through detection, post-processing and recognition, on a ring in `pixel_format`
+    (with `lookahead`, the frames come out that many later, and the held ones at the end)."""
     settings = load_settings({"qdrant_path": str(gallery), **overrides}, env_file=None)
     out = []
     with ring_of(frames[0].shape, pixel_format=pixel_format) as (ring, handle):
-        stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), RecognizeStage(handle, settings)]
+        recognize = RecognizeStage(handle, settings, lookahead=lookahead)
+        stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), recognize]
         setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
         detect, post, recog = stages
         try:
@@ -64,9 +66,11 @@ def recognise(
                 ref = put_frame(ring, image, i)
                 [raw] = detect.process(ref)
                 [found] = post.process(raw)
-                [tracked] = recog.process(found)
-                out.append(tracked)
-                ring.release(ref.meta.slot, ref.meta.seq)
+                released = recog.process(found)
+                assert len(released) == (1 if i >= lookahead else 0)
+                out += released
+                ring.release(ref.meta.slot, ref.meta.seq)  # (held frames keep only their labels, no pixels)
+            out += recog.end_stream(0)
         finally:
             for stage in stages:
                 stage.close()
@@ -89,6 +93,22 @@ def test_lin_manuel_is_tracked_and_named(gallery_dir):
     assert 0.4 < similarity < 1.0
     box = results[-1].boxes[0]
     assert 60 < box[3] - box[1] < 200 and results[-1].scores[0] > 0.9
+
+
+def test_look_ahead_names_a_tracks_held_frames_and_changes_nothing_else(gallery_dir):
+    frames = clip(86, 130)
+    plain, held = recognise(frames, gallery_dir), recognise(frames, gallery_dir, lookahead=8)
+    assert [r.meta.frame_index for r in held] == list(range(len(frames)))
+    for a, b in zip(plain, held, strict=True):  # the same tracks, boxes and ids; only names filled in
+        assert a.track_ids.tolist() == b.track_ids.tolist() and np.array_equal(a.boxes, b.boxes)
+    named = [bool(r.names) and r.names[0] == LIN for r in plain]
+    first = named.index(True)
+    assert first >= 1  # evidence first, without look-ahead
+    held_named = [bool(r.names) and r.names[0] == LIN for r in held]
+    # The pending frames up to 8 before the first naming now carry it; the frames after are unchanged.
+    assert held_named == [i >= max(0, first - 8) for i in range(len(frames))], (first, held_named)
+    filled = held[max(0, first - 8)]
+    assert filled.statuses == ["known"] and 0.4 < filled.similarities[0] < 1.0
 
 
 def test_strangers_stay_unnamed(gallery_dir):
