@@ -49,6 +49,11 @@ def test_a_face_walking_behind_another_gives_no_wrong_name_and_no_flip_and_every
     # Stuart's template settles 0.02-0.04 above threshold on his return: named by consistent_votes (0.802 of
     # the enrolled face-frames before that rule and the tracker's weak starts and re-finds; 0.828)
     assert result["enrolled_named"] >= 0.82
+    # As a file shows it (NAME_LOOKAHEAD): more face-frames named, never a wrong one; and as a live camera.
+    causal = result["causal"]
+    assert result["name_lookahead"] > 0 and result["enrolled_named"] >= causal["enrolled_named"] >= 0.82
+    assert causal["enrolled_misnamed"] == 0 and causal["identity_flips"] == 0
+    assert causal["unknown_named_as_known"] == 0
     for sequence in result["sequences"].values():
         ours = sequence["ours"]
         lost = ours["enrolled_lost"]
