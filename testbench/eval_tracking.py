@@ -358,7 +358,8 @@ def with_lookahead(run: RunState, frames: int) -> RunState:
     ahead: NameLookahead[tuple] = NameLookahead(frames, fill)
     log = []
     for faces, tracks, labels in run.log:
-        log += ahead.push((faces, tracks, dict(labels)), [t.track_id for t in tracks], labels)
+        boxes = np.array([t.box for t in tracks]).reshape(-1, 4)
+        log += ahead.push((faces, tracks, dict(labels)), [t.track_id for t in tracks], labels, boxes)
     log += ahead.drain()
     return replace(run, log=log)
 

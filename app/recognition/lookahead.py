@@ -6,8 +6,12 @@ outputs before they go on lets a name decided within that window label the track
 frames too (the whole appearance is named, as a person reviewing the video would). Only "pending" labels
 are filled in, and only with the name the track has now (its latest label): a label already decided
 ("unknown", or a name) is never changed, and a track whose latest label is not a name (in doubt after a
-crossing, restarted, decided unknown) fills nothing, so look-ahead cannot flip a name or give a track a
-name it does not hold.
+crossing, restarted, decided unknown) fills nothing. Only a track's first views are filled, before it was
+ever named: a named track that reads "pending" again is in doubt (the tracker may have handed it another
+face at a crossing), and a later agreement says its own face is back, not that the doubted frames were it.
+Nor is a row whose box overlaps another face's on that frame (`overlap_iou`): where two faces cross, the
+tracker may have swapped them. Measured on the hard tracking scenario (testbench/eval_tracking.py): without
+these two rules, look-ahead put a name on 2 face-frames of the wrong person (seed 1); with them none.
 
 Pure and generic over what is held (the recognize stage holds `TrackedFaces`, the tracking evaluation its
 per-frame labels): `push` takes a frame's payload with the raw track ids and labels behind it and returns
@@ -22,9 +26,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+
 from app.recognition.identity import TrackLabel
+from app.tracking.matching import box_iou
 
 T = TypeVar("T")
+
+# Rows overlapping another face this much are never filled in: the tracker may have swapped the two faces.
+# The identity manager's own "the overlap has cleared" level (IdentityConfig.clear_iou).
+OVERLAP_IOU = 0.05
 
 
 @dataclass(slots=True)
@@ -36,26 +47,41 @@ class _Held(Generic[T]):
 class NameLookahead(Generic[T]):
     """Holds up to `frames` payloads of one stream; `relabel(payload, row, label)` fills a held row in."""
 
-    def __init__(self, frames: int, relabel: Callable[[T, int, TrackLabel], None]) -> None:
+    def __init__(
+        self, frames: int, relabel: Callable[[T, int, TrackLabel], None], overlap_iou: float = OVERLAP_IOU
+    ) -> None:
         if frames < 0:
             raise ValueError(f"look-ahead frames must be >= 0, got {frames}")
         self.frames = frames
+        self.overlap_iou = overlap_iou
         self._relabel = relabel
+        self._ever_named: set[int] = set()  # tracks named on some frame pushed (their later pending = doubt)
         self._held: deque[_Held[T]] = deque()
         self._latest: dict[int, tuple[TrackLabel, int]] = {}  # track id -> its latest label, frame of it
         self._count = 0
         self.filled = 0  # rows named by look-ahead (run total)
 
-    def push(self, payload: T, track_ids: Sequence[int], labels: Mapping[int, TrackLabel]) -> list[T]:
-        """Hold this frame's payload (its rows are `track_ids`, labelled by `labels`); the frames released."""
+    def push(
+        self,
+        payload: T,
+        track_ids: Sequence[int],
+        labels: Mapping[int, TrackLabel],
+        boxes: np.ndarray | None = None,
+    ) -> list[T]:
+        """Hold this frame's payload (its rows are `track_ids`, labelled by `labels`, with their `boxes`
+        (N, 4) where known); the frames released."""
         self._count += 1
+        crossing = self._crossing(boxes, len(track_ids))
         pending = []
         for row, track_id in enumerate(track_ids):
             label = labels.get(track_id)
-            if label is None or label.status == "pending":
+            first_views = track_id not in self._ever_named and not crossing[row]
+            if first_views and (label is None or label.status == "pending"):
                 pending.append((row, track_id))
             if label is not None:
                 self._latest[track_id] = (label, self._count)
+                if label.status == "known":
+                    self._ever_named.add(track_id)
         self._held.append(_Held(payload, pending))
         out = []
         while len(self._held) > self.frames:
@@ -64,6 +90,14 @@ class NameLookahead(Generic[T]):
             horizon = self._count - self.frames - 1
             self._latest = {t: v for t, v in self._latest.items() if v[1] >= horizon}
         return out
+
+    def _crossing(self, boxes: np.ndarray | None, rows: int) -> list[bool]:
+        """Per row: whether its box overlaps another row's by `overlap_iou` or more."""
+        if boxes is None or rows < 2:
+            return [False] * rows
+        overlap = box_iou(np.asarray(boxes, np.float64), np.asarray(boxes, np.float64))
+        np.fill_diagonal(overlap, 0.0)
+        return (overlap.max(axis=1) >= self.overlap_iou).tolist()
 
     def drain(self) -> list[T]:
         """Release every held frame (the stream ended)."""

@@ -329,7 +329,7 @@ class RecognizeStage:
         out, track_ids, labels = self._track(state, msg)
         if state.lookahead is None:
             return [out]
-        return state.lookahead.push(out, track_ids, labels)
+        return state.lookahead.push(out, track_ids, labels, out.boxes)
 
     def end_stream(self, stream: int) -> list[TrackedFaces]:
         """The frames a file stream's look-ahead still holds (its end of file came)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from app.recognition.identity import TrackLabel
@@ -80,6 +81,25 @@ def test_a_track_whose_latest_label_is_not_a_name_fills_nothing():
     seq = [[known(1)], [pending(1)], [pending(1)], [unknown(1)]]
     out = run(4, seq)
     assert statuses(out) == [["known"], ["pending"], ["pending"], ["unknown"]]
+
+
+def test_a_named_track_in_doubt_is_not_filled_when_its_name_comes_back():
+    # Named, then pending (in doubt: the tracker may have handed it another face), then named again.
+    seq = [[pending(1)], [known(1)], [pending(1)], [pending(1)], [known(1)]]
+    out = run(8, seq)
+    assert statuses(out) == [["known"], ["known"], ["pending"], ["pending"], ["known"]]
+
+
+def test_rows_overlapping_another_face_are_not_filled():
+    ahead = NameLookahead(4, fill)
+    apart = np.array([[0, 0, 10, 10], [50, 0, 60, 10]], np.float32)
+    crossing = np.array([[0, 0, 10, 10], [4, 0, 14, 10]], np.float32)  # IoU 0.43
+    frames = [Frame(i, [pending(1), pending(2)]) for i in range(3)]
+    for frame, boxes in zip(frames, (apart, crossing, apart), strict=True):
+        ahead.push(frame, [1, 2], {1: frame.rows[0], 2: frame.rows[1]}, boxes)
+    ahead.push(Frame(3, [known(1), known(2)]), [1, 2], {1: known(1), 2: known(2)}, apart)
+    out = ahead.drain()
+    assert statuses(out[:3]) == [["known", "known"], ["pending", "pending"], ["known", "known"]]
 
 
 def test_a_name_on_a_track_that_left_still_fills_its_held_frames():
