@@ -772,14 +772,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ring_slots(asked: int | None, backend: str, frame_bytes: int) -> int:
-    """Enough frames in flight for GPU batches, within what /dev/shm can hold (with room to spare)."""
+def _ring_slots(asked: int | None, backend: str, frame_bytes: int, held: int = 0) -> int:
+    """Enough frames in flight for GPU batches, within what /dev/shm can hold (with room to spare) beside
+    the `held` slots a file's ring gets on top (NAME_LOOKAHEAD)."""
     if asked is not None:
         return asked
     want = 32 if backend == "torch" else 8
     try:
         stat = os.statvfs("/dev/shm")
-        fits = int(stat.f_bavail * stat.f_frsize * 0.5 // frame_bytes)
+        fits = int(stat.f_bavail * stat.f_frsize * 0.5 // frame_bytes) - held
     except OSError:
         return min(want, 8)
     return max(3, min(want, fits))
@@ -841,7 +842,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"no frame could be read from {clip}")
     h, w = sample[0].shape[:2]
     faces = faces_per_frame(clip, args.frames) if clip.with_suffix(".gt.json").is_file() else float("nan")
-    slots = _ring_slots(args.ring_slots, args.backend, sample[0].nbytes * args.streams)
+    held = 0 if args.live else load_settings({}, env_file=None).name_lookahead  # a file ring's extra slots
+    slots = _ring_slots(args.ring_slots, args.backend, sample[0].nbytes * args.streams, held * args.streams)
     overrides = {
         "video_source": str(clip),
         "detector_model": str(detector),
@@ -918,6 +920,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "timeline": run.get("timeline"),
         "startup": run.get("startup"),
         "ring_slots": slots,
+        "name_lookahead": held,  # a file camera's ring holds ring_slots + this
         "threads": {"detector": det_threads, "embedder": embed_threads},
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
