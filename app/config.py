@@ -101,6 +101,11 @@ class Settings:
         lo=0,
         hi=4096,
     )
+    refind_missed: bool = setting(
+        False,
+        "Small faces tracked on the last frame that the detector misses are looked for again on an enlarged "
+        "crop where they were (REFINE_BELOW's crop detector)",
+    )
     nms_threshold: float = setting(0.4, "IoU above which overlapping boxes merge", lo=0.0, hi=1.0)
     match_threshold: float | None = setting(
         None,

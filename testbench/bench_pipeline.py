@@ -774,7 +774,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _ring_slots(asked: int | None, backend: str, frame_bytes: int, held: int = 0) -> int:
     """Enough frames in flight for GPU batches, within what /dev/shm can hold (with room to spare) beside
-    the `held` slots a file's ring gets on top (NAME_LOOKAHEAD)."""
+    the `held` slots a file's ring gets on top (NAME_LOOKAHEAD); `frame_bytes`: a frame of every stream."""
     if asked is not None:
         return asked
     want = 32 if backend == "torch" else 8
@@ -843,7 +843,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     h, w = sample[0].shape[:2]
     faces = faces_per_frame(clip, args.frames) if clip.with_suffix(".gt.json").is_file() else float("nan")
     held = 0 if args.live else load_settings({}, env_file=None).name_lookahead  # a file ring's extra slots
-    slots = _ring_slots(args.ring_slots, args.backend, sample[0].nbytes * args.streams, held * args.streams)
+    slots = _ring_slots(args.ring_slots, args.backend, sample[0].nbytes * args.streams, held)
     overrides = {
         "video_source": str(clip),
         "detector_model": str(detector),

@@ -70,6 +70,7 @@ from app.recognition.analyzer import FaceAnalyzer  # noqa: E402
 from app.recognition.identity import TrackEvidence, TrackIdentities, TrackLabel  # noqa: E402
 from app.recognition.identity_config import IdentityConfig  # noqa: E402
 from app.recognition.lookahead import NameLookahead  # noqa: E402
+from app.recognition.refind import refind_missed  # noqa: E402
 from app.tracking import ByteTracker, TrackerConfig  # noqa: E402
 from app.tracking.matching import box_iou, linear_assignment  # noqa: E402
 
@@ -316,11 +317,17 @@ def run_sequence(
         )
     ]
     detected = 0
+    refiner = analyzer.refiner if analyzer.settings.refind_missed else None
+    cap = tracker_config.weak_start_thresh - 0.01  # (the stage's REFIND_MISSED cap)
     for frame, faces in sequence.frames:
         dets = analyzer.detect(frame)
         detected += int(np.sum(dets.scores >= display_threshold))
-        boxes, scores, lms = dets.boxes.astype(np.float64), dets.scores.astype(np.float64), dets.landmarks
+        detections = dets.boxes.astype(np.float64), dets.scores.astype(np.float64), dets.landmarks
         for run in runs:
+            boxes, scores, lms = detections
+            if refiner is not None and run.log:
+                last = [t.box for t in run.log[-1][1]]
+                boxes, scores, lms, _ = refind_missed(refiner, frame, last, boxes, scores, lms, cap)
             start = time.perf_counter()
             if isinstance(run.tracker, ByteTracker):
                 tracks = ours_update(run.tracker, boxes, scores, lms)

@@ -6,7 +6,8 @@ outputs before they go on lets a name decided within that window label the track
 frames too (the whole appearance is named, as a person reviewing the video would). Only "pending" labels
 are filled in, and only with the name the track has now (its latest label): a label already decided
 ("unknown", or a name) is never changed, and a track whose latest label is not a name (in doubt after a
-crossing, restarted, decided unknown) fills nothing. Only a track's first views are filled, before it was
+crossing, restarted, decided unknown) or another name than the one it was first given fills nothing.
+Only a track's first views are filled, before it was
 ever named: a named track that reads "pending" again is in doubt (the tracker may have handed it another
 face at a crossing), and a later agreement says its own face is back, not that the doubted frames were it.
 Nor is a row whose box overlaps another face's on that frame (`overlap_iou`): where two faces cross, the
@@ -29,13 +30,14 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from app.recognition.identity import TrackLabel
+from app.recognition.identity_config import IdentityConfig
 from app.tracking.matching import box_iou
 
 T = TypeVar("T")
 
 # Rows overlapping another face this much are never filled in: the tracker may have swapped the two faces.
-# The identity manager's own "the overlap has cleared" level (IdentityConfig.clear_iou).
-OVERLAP_IOU = 0.05
+# The identity manager's own "the overlap has cleared" level.
+OVERLAP_IOU = IdentityConfig().clear_iou
 
 
 @dataclass(slots=True)
@@ -55,7 +57,7 @@ class NameLookahead(Generic[T]):
         self.frames = frames
         self.overlap_iou = overlap_iou
         self._relabel = relabel
-        self._ever_named: set[int] = set()  # tracks named on some frame pushed (their later pending = doubt)
+        self._first_name: dict[int, str | None] = {}  # a track's first name (its later pending = doubt)
         self._held: deque[_Held[T]] = deque()
         self._latest: dict[int, tuple[TrackLabel, int]] = {}  # track id -> its latest label, frame of it
         self._count = 0
@@ -75,13 +77,13 @@ class NameLookahead(Generic[T]):
         pending = []
         for row, track_id in enumerate(track_ids):
             label = labels.get(track_id)
-            first_views = track_id not in self._ever_named and not crossing[row]
+            first_views = track_id not in self._first_name and not crossing[row]
             if first_views and (label is None or label.status == "pending"):
                 pending.append((row, track_id))
             if label is not None:
                 self._latest[track_id] = (label, self._count)
                 if label.status == "known":
-                    self._ever_named.add(track_id)
+                    self._first_name.setdefault(track_id, label.name)
         self._held.append(_Held(payload, pending))
         out = []
         while len(self._held) > self.frames:
@@ -110,7 +112,12 @@ class NameLookahead(Generic[T]):
         held = self._held.popleft()
         for row, track_id in held.pending:
             latest = self._latest.get(track_id)
-            if latest is not None and latest[0].status == "known":
+            # Only the name the track was first given: a name changed since (a take-over) fills nothing.
+            if (
+                latest is not None
+                and latest[0].status == "known"
+                and latest[0].name == self._first_name[track_id]
+            ):
                 self._relabel(held.payload, row, latest[0])
                 self.filled += 1
         return held.payload

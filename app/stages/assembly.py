@@ -194,7 +194,8 @@ def build_graph(
         outs = [(k, tuple(s for s in members if s % lanes == k)) for k in range(lanes)]
         outs = [(k, routed) for k, routed in outs if routed]
         for k, routed in outs:
-            size = len(routed) * slots + 2  # frames in flight after detection: those cameras' slots at most
+            # Frames in flight after detection: those cameras' ring slots at most (a file's: + look-ahead).
+            size = len(routed) * (slots + settings.name_lookahead) + 2
             channels.append(
                 Channel(
                     lane_name("detect", d),
@@ -210,7 +211,7 @@ def build_graph(
     for k, members in enumerate(lane_streams):
         post, track = lane_name("postprocess", k), lane_name("recognize", k)
         # Frames in flight after detection: the lane's cameras' ring slots at most.
-        size = len(members) * slots + 2
+        size = len(members) * (slots + settings.name_lookahead) + 2
         nodes += [
             Node(post, PostprocessStage(score_floor, settings.nms_threshold, thresholds, min_faces)),
             Node(

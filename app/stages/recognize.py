@@ -69,8 +69,10 @@ from app.pipeline.messages import (
 )
 from app.pipeline.reconnect import GALLERY_BACKOFF, BackoffPolicy
 from app.pipeline.stage_runner import Capabilities
+from app.recognition.identity import TrackLabel
 from app.recognition.identity_config import IdentityConfig
 from app.recognition.lookahead import NameLookahead
+from app.recognition.refind import refind_missed
 from app.stages.embed import FaceEmbedder
 from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
@@ -146,7 +148,7 @@ class _Pending:
         return self.request.frame + lag <= frame
 
 
-def _fill_name(faces: TrackedFaces, row: int, label: Any) -> None:
+def _fill_name(faces: TrackedFaces, row: int, label: TrackLabel) -> None:
     """Look-ahead: a held frame's pending row takes the name its track was given since."""
     faces.names[row] = label.name
     faces.statuses[row] = label.status
@@ -173,6 +175,7 @@ class StreamTracks:
         self.pending: dict[int, _Pending] = {}  # request id -> request sent, answer when it came
         self.keeper: Any = None  # this camera's UnknownKeeper (KEEP_UNKNOWN)
         self.lookahead: NameLookahead[TrackedFaces] | None = None  # a file's held outputs (NAME_LOOKAHEAD)
+        self.last_boxes: list[np.ndarray] = []  # the tracks' boxes on the last frame (REFIND_MISSED)
 
     def new_tracker(self) -> None:
         """Ids go on after the highest one given so far."""
@@ -180,6 +183,7 @@ class StreamTracks:
 
         self.id_offset = self.max_id
         self.tracker = ByteTracker(self.tracker_config, frame_rate=self.fps)
+        self.last_boxes = []  # (nothing to find again across a cut or a gap)
 
     def in_flight(self) -> set[int]:
         return {t for p in self.pending.values() for t in p.request.track_ids}
@@ -228,6 +232,9 @@ class RecognizeStage:
         self.given_up = 0
         self.unknowns: Any = None  # keeps the best faces of unknown tracks (KEEP_UNKNOWN), one store for all
         self.refiner: Any = None
+        self._refind = False  # REFIND_MISSED with a refiner (setup)
+        self._refind_cap = 0.0
+        self.refound = 0  # small faces the detector missed, found again on a crop (REFIND_MISSED)
 
     # The in-process embedder's gallery and spec (one-process use and tests).
     @property
@@ -249,9 +256,12 @@ class RecognizeStage:
 
         self._align = align_faces
         self.refiner = landmark_refiner(self.settings)  # small faces' landmarks, found again for their chips
+        self._refind = self.settings.refind_missed and self.refiner is not None
         info = self.embedder.setup() if self.channel is None else self._spec_only()
         spec = self.spec
         self.tracker_config = TrackerConfig.from_settings(self.settings)
+        # A found-again face continues its track (second association), never starts one (weak start).
+        self._refind_cap = max(self.tracker_config.low_thresh, self.tracker_config.weak_start_thresh - 0.01)
         identity = self.identity_config or IdentityConfig()
         self._identity_config = identity
         self._new_identities = lambda: TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)
@@ -297,7 +307,13 @@ class RecognizeStage:
             live = bool(info.live) if info is not None else False
             state = StreamTracks(self.tracker_config, self._new_identities(), fps, live)
             if not live and self.lookahead:
-                state.lookahead = NameLookahead(self.lookahead, _fill_name)
+                slots = self.frames.ring(stream).slots
+                if slots > self.lookahead + 2:
+                    state.lookahead = NameLookahead(self.lookahead, _fill_name)
+                else:  # holding them would leave the capture no free slot (the graph adds `held` slots)
+                    log.warning("stream %d: NAME_LOOKAHEAD %d needs a ring of more than %d slots (it "
+                                "has %d); names are not looked ahead", stream, self.lookahead,
+                                self.lookahead + 2, slots)  # fmt: skip
             if self.unknowns is not None:
                 state.keeper = self._keeper(info)
             self.streams[stream] = state
@@ -338,7 +354,9 @@ class RecognizeStage:
             return []
         return state.lookahead.drain()
 
-    def _track(self, state: StreamTracks, msg: FaceDetections) -> tuple[TrackedFaces, list[int], dict]:
+    def _track(
+        self, state: StreamTracks, msg: FaceDetections
+    ) -> tuple[TrackedFaces, list[int], dict[int, TrackLabel]]:
         """Track one frame: its output, the raw track id of each row and the labels by track id."""
         if msg.meta.status:  # a placeholder while the source is away: nothing to track on it
             return self._faces_of(TrackedFaces.empty(msg.meta)), [], {}
@@ -348,11 +366,18 @@ class RecognizeStage:
             self._new_segment(state, msg.meta.segment, msg.meta.frame_index)
         if state.cuts.is_cut(frame):  # (never right after a new segment: its detector starts fresh)
             self._restart_tracks(state, msg.meta.frame_index)
+        boxes, scores, landmarks = msg.boxes, msg.scores, msg.landmarks
+        if self._refind and state.last_boxes:  # REFIND_MISSED: small tracked faces the detector missed
+            boxes, scores, landmarks, added = refind_missed(
+                self.refiner, frame, state.last_boxes, boxes, scores, landmarks, self._refind_cap
+            )
+            self.refound += added
         offset = state.id_offset
         tracks = [
             TrackFace(t.track_id + offset, t.detection_box, t.detection_box, t.landmarks, t.score)
-            for t in state.tracker.update(msg.boxes, msg.scores, msg.landmarks)
+            for t in state.tracker.update(boxes, scores, landmarks)
         ]
+        state.last_boxes = [t.box for t in tracks]
         if tracks:
             state.max_id = max(state.max_id, max(t.track_id for t in tracks))
         state.frame += 1
@@ -596,6 +621,6 @@ class RecognizeStage:
             counters = [state.identities.counters for state in self.streams.values()]
             kinds = ("tracks", "embeddings", "named", "relinks")
             totals = [sum(getattr(c, k) for c in counters) for k in kinds]
-            log.info("recognition: %d tracks, %d faces embedded, %d named, %d re-linked, %d scene cuts",
-                     *totals, self.scene_cuts)  # fmt: skip
+            log.info("recognition: %d tracks, %d faces embedded, %d named, %d re-linked, %d scene cuts, "
+                     "%d missed faces found again", *totals, self.scene_cuts, self.refound)  # fmt: skip
         self.frames.close()

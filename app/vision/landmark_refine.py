@@ -63,8 +63,34 @@ class LandmarkRefiner:
         out = np.array(landmarks, np.float32).reshape(-1, 5, 2)
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         rows = np.flatnonzero(self.wants(boxes))
+        for i, face in zip(rows, self._find(frame, boxes, rows), strict=True):
+            if face is None:
+                self.missed += 1
+            else:
+                out[i] = face[2]
+                self.refined += 1
+        return out
+
+    def find_again(
+        self, frame: np.ndarray | FramePixels, boxes: np.ndarray
+    ) -> list[tuple[np.ndarray, float, np.ndarray] | None]:
+        """For each of the (N,4) `boxes`: the face of about that size and place found on an enlarged crop
+        around it, (box, score, landmarks) in frame coordinates; None where there is none or the box is not
+        short enough to refine (`wants`)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        rows = np.flatnonzero(self.wants(boxes))
+        out: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(boxes)
+        for i, face in zip(rows, self._find(frame, boxes, rows), strict=True):
+            out[i] = face
+        return out
+
+    def _find(
+        self, frame: np.ndarray | FramePixels, boxes: np.ndarray, rows: np.ndarray
+    ) -> list[tuple[np.ndarray, float, np.ndarray] | None]:
+        """For each of `boxes`' `rows`: the face found again on its crop, (box, score, landmarks) in frame
+        coordinates, or None."""
         if rows.size == 0:
-            return out
+            return []
         side = int(self.config.input_size)
         batch = np.empty((rows.size, 3, side, side), np.float32)
         scales, offsets, expected = [], [], np.empty((rows.size, 4), np.float32)
@@ -76,16 +102,17 @@ class LandmarkRefiner:
             expected[j] = boxes[i] * k + np.tile(offset, 2)
         outputs = self.detector.run(batch)
         found = self._post(outputs, [1.0] * rows.size, [(side, side)] * rows.size)
-        for j, i in enumerate(rows):
-            if not len(found[j]):
-                self.missed += 1
-                continue
-            best = self._this_face(found[j].boxes, expected[j])
+        out: list[tuple[np.ndarray, float, np.ndarray] | None] = []
+        for j in range(rows.size):
+            best = self._this_face(found[j].boxes, expected[j]) if len(found[j]) else None
             if best is None:
-                self.missed += 1
+                out.append(None)
                 continue
-            out[i] = (found[j].landmarks[best] - offsets[j]) / scales[j]
-            self.refined += 1
+            offset = np.tile(offsets[j], 2)
+            box = (found[j].boxes[best] - offset) / scales[j]
+            out.append(
+                (box, float(found[j].scores[best]), (found[j].landmarks[best] - offsets[j]) / scales[j])
+            )
         return out
 
     @staticmethod

@@ -90,6 +90,13 @@ def test_a_named_track_in_doubt_is_not_filled_when_its_name_comes_back():
     assert statuses(out) == [["known"], ["known"], ["pending"], ["pending"], ["known"]]
 
 
+def test_a_name_changed_within_the_window_fills_nothing():
+    # Pending, named Alice, then taken over as Bob: the first views are not given the later name.
+    seq = [[pending(1)]] * 3 + [[known(1, "Alice")]] * 2 + [[known(1, "Bob")]] * 2
+    out = run(8, seq)
+    assert [f.rows[0].name for f in out] == [None, None, None, "Alice", "Alice", "Bob", "Bob"]
+
+
 def test_rows_overlapping_another_face_are_not_filled():
     ahead = NameLookahead(4, fill)
     apart = np.array([[0, 0, 10, 10], [50, 0, 60, 10]], np.float32)

@@ -56,7 +56,8 @@ def recognise(
     (with `lookahead`, the frames come out that many later, and the held ones at the end)."""
     settings = load_settings({"qdrant_path": str(gallery), **overrides}, env_file=None)
     out = []
-    with ring_of(frames[0].shape, pixel_format=pixel_format) as (ring, handle):
+    # A ring of 4 slots, plus the look-ahead's (as the graph gives a file camera's ring).
+    with ring_of(frames[0].shape, 4 + lookahead, pixel_format=pixel_format) as (ring, handle):
         recognize = RecognizeStage(handle, settings, lookahead=lookahead)
         stages = [DetectStage(handle, DETECTOR), PostprocessStage(0.1, 0.4), recognize]
         setup_all(stages, {"fps": 29.97, "frame_shape": frames[0].shape})
@@ -109,6 +110,18 @@ def test_look_ahead_names_a_tracks_held_frames_and_changes_nothing_else(gallery_
     assert held_named == [i >= max(0, first - 8) for i in range(len(frames))], (first, held_named)
     filled = held[max(0, first - 8)]
     assert filled.statuses == ["known"] and 0.4 < filled.similarities[0] < 1.0
+
+
+def test_look_ahead_is_off_on_a_ring_too_small_to_hold_its_frames(gallery_dir, caplog):
+    settings = load_settings({"qdrant_path": str(gallery_dir)}, env_file=None)
+    with ring_of((360, 640, 3), 4) as (_, handle):
+        stage = RecognizeStage(handle, settings, lookahead=8)
+        setup_all([stage], {"fps": 29.97, "frame_shape": (360, 640, 3)})
+        try:
+            assert stage.streams[0].lookahead is None
+        finally:
+            stage.close()
+    assert "NAME_LOOKAHEAD 8 needs a ring of more than 10 slots" in caplog.text
 
 
 def test_strangers_stay_unnamed(gallery_dir):
