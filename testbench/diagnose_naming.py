@@ -12,9 +12,9 @@ identity policy (TrackIdentities) embedding the faces it selects and searching t
 Qdrant gallery of the --enroll photos. Models and settings come from the settings (.env, FACEPIPE_*), as for
 `app.main`. Unlike the pipeline, answers are applied on the frame itself (the pipeline applies them one frame
 later on files, RESULT_LAG), so the replay can name a frame earlier; pass --tracks (the `--tracks-out` file of
-a real run on the same clip and gallery) to see the pipeline's own label beside it. A file's run names a track's
-first views up to NAME_LOOKAHEAD frames before it decides (app/recognition/lookahead.py): to compare with the
-replay's causal labels, make that run with FACEPIPE_NAME_LOOKAHEAD=0.
+a real run on the same clip and gallery) to see the pipeline's own label beside it. A file's run names a
+track's first views up to NAME_LOOKAHEAD frames before it decides (app/recognition/lookahead.py): to compare
+with the replay's causal labels, make that run with FACEPIPE_NAME_LOOKAHEAD=0.
 
 Where the person is (--truth FILE or --truth-json TEXT, regions as in scan_video_threshold.py: {NAME: [[first,
 last, x1, y1, x2, y2], ...]}, frames 0-based inclusive, source pixels; a face is NAME's when its box centre is

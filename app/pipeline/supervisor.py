@@ -30,9 +30,9 @@ Stage deaths (seen within ~0.1 s: the watch loop waits on every process sentinel
   (recognition resets its tracks). Until it is ready the other stages just wait for its frames.
 - A file source is not restarted: the run stops cleanly, naming the stage, with every output complete up to
   the last frame written (the frames the recognize stage held for the name look-ahead, NAME_LOOKAHEAD at
-  most per file, are not). Resuming a file exactly would need frame-accurate seeking, which FFmpeg does not promise
-  for every file, and a capture that dies on a file mostly died on something in the file (a decoder crash)
-  that a restart would meet again.
+  most per file, are not). Resuming a file exactly would need frame-accurate seeking, which FFmpeg does not
+  promise for every file, and a capture that dies on a file mostly died on something in the file (a decoder
+  crash) that a restart would meet again.
 - Any other stage stops the run cleanly within ~2 s, naming it. Their state is expensive and not
   restartable mid-stream: a loaded model and its GPU context (detect), the tracker and identity votes
   (recognize), an open video writer (gui); a crash there is a bug to see, not to paper over.
