@@ -102,9 +102,9 @@ class Settings:
         hi=4096,
     )
     refind_missed: bool = setting(
-        False,
+        True,
         "Small faces tracked on the last frame that the detector misses are looked for again on an enlarged "
-        "crop where they were (REFINE_BELOW's crop detector)",
+        "crop where they were (REFINE_BELOW's crop detector; needs REFINE_BELOW > 0)",
     )
     nms_threshold: float = setting(0.4, "IoU above which overlapping boxes merge", lo=0.0, hi=1.0)
     match_threshold: float | None = setting(

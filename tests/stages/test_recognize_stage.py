@@ -216,3 +216,28 @@ def test_small_faces_are_aligned_from_landmarks_found_again(tmp_path):
     assert set(piano(plain)) == {None}
     assert all(set(r.names) <= {None, LIN, "Alex Lacamoire"} for r in refined)
     assert sum(LIN in r.names for r in refined) >= 10
+
+
+def test_refind_missed_continues_a_small_track_the_detector_lost(gallery_dir):
+    """An audience face (~40 px) the frame's detector misses on frames 43-44 is found again where its track
+    was (REFIND_MISSED): its track goes on there at a capped score, and every other row stays as it was."""
+    first = 20  # the shot's first frame: a fresh tracker, as in a whole run
+    frames = clip(first, 50)
+
+    def rows(results: list[TrackedFaces]) -> dict[tuple[int, int], tuple[np.ndarray, float]]:
+        return {
+            (first + r.meta.frame_index, t): (b, s)
+            for r in results
+            for t, b, s in zip(r.track_ids, r.boxes, r.scores, strict=True)
+        }
+
+    plain = rows(recognise(frames, gallery_dir, refind_missed=False))
+    refound = rows(recognise(frames, gallery_dir, refind_missed=True))
+    extra = refound.keys() - plain.keys()
+    assert plain.keys() <= refound.keys() and {f for f, _ in extra} >= {43, 44}, sorted(extra)
+    for key in extra:
+        box, score = refound[key]
+        assert score < 0.4 and box[3] - box[1] < 80  # never starts a track; only small faces
+        assert any(t == key[1] for f, t in plain if f < key[0])  # the track it continues was there before
+    for key, (box, score) in plain.items():
+        assert np.allclose(refound[key][0], box, atol=0.5) and refound[key][1] == pytest.approx(score)
