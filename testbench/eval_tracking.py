@@ -70,7 +70,7 @@ from app.recognition.analyzer import FaceAnalyzer  # noqa: E402
 from app.recognition.identity import TrackEvidence, TrackIdentities, TrackLabel  # noqa: E402
 from app.recognition.identity_config import IdentityConfig  # noqa: E402
 from app.recognition.lookahead import NameLookahead  # noqa: E402
-from app.recognition.refind import refind_missed  # noqa: E402
+from app.recognition.refind import refind_missed, score_cap  # noqa: E402
 from app.tracking import ByteTracker, TrackerConfig  # noqa: E402
 from app.tracking.matching import box_iou, linear_assignment  # noqa: E402
 
@@ -318,7 +318,7 @@ def run_sequence(
     ]
     detected = 0
     refiner = analyzer.refiner if analyzer.settings.refind_missed else None
-    cap = tracker_config.weak_start_thresh - 0.01  # (the stage's REFIND_MISSED cap)
+    cap = score_cap(tracker_config)
     for frame, faces in sequence.frames:
         dets = analyzer.detect(frame)
         detected += int(np.sum(dets.scores >= display_threshold))

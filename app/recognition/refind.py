@@ -17,12 +17,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from app.tracking.config import TrackerConfig
 from app.tracking.matching import box_iou
 from app.vision.landmark_refine import LandmarkRefiner
 from app.vision.pixel_format import FramePixels
 
 # A tracked face overlapped this much by one of the frame's detections was not missed.
 COVERED_IOU = 0.3
+
+
+def score_cap(config: TrackerConfig) -> float:
+    """The highest score a found-again face may carry: under the score that starts a track (the weak start,
+    or with weak starts off the new-track threshold), so it only continues one; above low_thresh, so it is
+    associated at all."""
+    starts = config.weak_start_thresh or config.high_thresh + config.new_track_margin
+    return max(config.low_thresh + 1e-3, starts - 0.01)
 
 
 def refind_missed(

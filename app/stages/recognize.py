@@ -73,6 +73,7 @@ from app.recognition.identity import TrackLabel
 from app.recognition.identity_config import IdentityConfig
 from app.recognition.lookahead import NameLookahead
 from app.recognition.refind import refind_missed
+from app.recognition.refind import score_cap as refind_score_cap
 from app.stages.embed import FaceEmbedder
 from app.tracking.config import TrackerConfig
 from app.url_masking import mask_url
@@ -260,8 +261,7 @@ class RecognizeStage:
         info = self.embedder.setup() if self.channel is None else self._spec_only()
         spec = self.spec
         self.tracker_config = TrackerConfig.from_settings(self.settings)
-        # A found-again face continues its track (second association), never starts one (weak start).
-        self._refind_cap = max(self.tracker_config.low_thresh, self.tracker_config.weak_start_thresh - 0.01)
+        self._refind_cap = refind_score_cap(self.tracker_config)
         identity = self.identity_config or IdentityConfig()
         self._identity_config = identity
         self._new_identities = lambda: TrackIdentities(identity, threshold=spec.threshold, metric=spec.metric)

@@ -8,7 +8,8 @@ import pytest
 
 from app.config import Settings
 from app.recognition.analyzer import FaceAnalyzer, landmark_refiner
-from app.recognition.refind import refind_missed
+from app.recognition.refind import refind_missed, score_cap
+from app.tracking.config import TrackerConfig
 from app.tracking.matching import box_iou
 from app.vision.image_io import read_image
 from tests.support.shared_data import SHARED_FACES
@@ -66,3 +67,10 @@ def test_a_covered_track_large_face_or_empty_spot_adds_nothing(scene):
     nothing = np.array([1000, 100, 1040, 140], np.float64)  # a flat grey patch
     assert refind_missed(refiner, frame, [nothing], *empty(), CAP)[3] == 0
     assert refind_missed(refiner, frame, [], *empty(), CAP)[3] == 0
+
+
+def test_the_score_cap_stays_under_what_starts_a_track_and_over_what_is_associated():
+    assert score_cap(TrackerConfig()) == pytest.approx(CAP)  # under the weak start (0.4)
+    no_weak = TrackerConfig(weak_start_thresh=0.0)  # then under the new-track threshold (0.6 + 0.1)
+    assert score_cap(no_weak) == pytest.approx(0.69)
+    assert score_cap(TrackerConfig(weak_start_thresh=0.1)) > TrackerConfig().low_thresh
