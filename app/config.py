@@ -137,6 +137,13 @@ class Settings:
     tracks_out: Path | None = setting(None, "Write per-frame faces here: .jsonl, or .csv for MOTChallenge")
     threads: int = setting(0, "Threads per ONNX Runtime session; 0 = automatic", lo=0, hi=256)
     log_level: str = setting("WARNING", "Log level", choices=LOG_LEVELS)
+    slow_call_ms: int = setting(
+        0,
+        "Log where a stage is (its stack, one line) when one of its calls runs longer than this many ms; "
+        "0 = off",
+        lo=0,
+        hi=600000,
+    )
     ring_slots: int = setting(8, "Frame slots in the shared-memory ring (frames in flight)", lo=3, hi=256)
     track_high_thresh: float = setting(
         0.6, "Tracker: detections above this start/extend tracks", lo=0.0, hi=1.0

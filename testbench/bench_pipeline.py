@@ -484,7 +484,8 @@ def run_pipeline(
     cameras = [CameraConfig(name, str(settings.video_source)) for name in names]
     graph = build_graph(settings, cameras, max_frames=frames, det_max_batch=det_batch,
                         det_precision=det_precision, det_device=det_device)  # fmt: skip
-    supervisor = Supervisor(graph, ring_slots=settings.ring_slots, log_level="INFO", summary_every_s=5.0)
+    supervisor = Supervisor(graph, ring_slots=settings.ring_slots, log_level="INFO", summary_every_s=5.0,
+                            slow_call_ms=settings.slow_call_ms)  # fmt: skip
     frame_log = _FrameLog(supervisor.metrics.add)
     supervisor.metrics.add = frame_log  # type: ignore[method-assign]
     # The stage processes inherit fd 2: their INFO lines (model load, recognition counters) go to the log.

@@ -79,6 +79,7 @@ from app.pipeline.messages import (
     Start,
     Started,
 )
+from app.pipeline.slow_calls import SlowCallWatch
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,11 @@ class StageRunner:
         node: str | None = None,
         cpu_clock: Callable[[], float] = time.process_time,
         pack_window_s: float = PACK_WINDOW_S,
+        slow_call_s: float = 0.0,
     ) -> None:
         self.stage = stage
+        self.slow_call_s = slow_call_s  # > 0: log where a process() call is past this long (SLOW_CALL_MS)
+        self._watch: SlowCallWatch | None = None
         self.pack_window_s = pack_window_s
         self.cpu_clock = cpu_clock  # the process's CPU clock, for the loop's CPU line
         self.node = node or stage.name  # several capture nodes run one stage class: the process's name
@@ -250,6 +254,10 @@ class StageRunner:
                         self.stage.note(stream, text)
                 if self.caps.service:
                     orderly = self._run_service()
+                elif not self.is_source and self.slow_call_s > 0:
+                    self._watch = SlowCallWatch(self.node, self.slow_call_s)
+                    self._watch.start()
+                    orderly = self._run_consumer()
                 else:
                     orderly = self._run_source() if self.is_source else self._run_consumer()
         except StopPipeline as exc:
@@ -259,6 +267,8 @@ class StageRunner:
             self._report_failure(exc, during_setup=False)
             code = EXIT_FAILED
         finally:
+            if self._watch is not None:
+                self._watch.stop()
             if start is not None:
                 self._log_cpu(loop_cpu)
             self._close_stage()
@@ -356,10 +366,17 @@ class StageRunner:
             if batch:
                 self.items += len(batch)
                 start = stamp_now()
+                watch = self._watch
                 if self.caps.batched and self.max_batch > 1:
+                    if watch is not None:
+                        watch.begin("process_batch")
                     outputs = self.stage.process_batch(batch)
                 else:
+                    if watch is not None:
+                        watch.begin("process")
                     outputs = self.stage.process(batch[0])
+                if watch is not None:
+                    watch.end()
                 end = stamp_now()
                 for msg in batch:
                     msg.meta.stamps.append(StageStamp(name, start, end))
@@ -530,14 +547,18 @@ def _end_on_unraisable_stop(unraisable: Any) -> None:
 
 
 def stage_process_main(
-    stage: Any, channels: StageChannels, log_level: str = "WARNING", node_name: str | None = None
+    stage: Any,
+    channels: StageChannels,
+    log_level: str = "WARNING",
+    node_name: str | None = None,
+    slow_call_s: float = 0.0,
 ) -> None:
     """Target of each stage process (spawn): prepare the process, run the stage, exit with its code.
 
     `node_name` names the process (several capture nodes run the same stage class, one per camera)."""
     # Ctrl-C reaches the whole process group; the supervisor alone decides how the run stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runner = StageRunner(stage, channels, node=node_name)
+    runner = StageRunner(stage, channels, node=node_name, slow_call_s=slow_call_s)
     signal.signal(signal.SIGTERM, runner.on_sigterm)
     sys.unraisablehook = _end_on_unraisable_stop
     _prepare_linux_process(node_name or stage.name)

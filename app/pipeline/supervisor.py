@@ -152,6 +152,7 @@ class Supervisor:
         summary_every_s: float = 5.0,
         source_restarts: int = 5,
         restart_window_s: float = 60.0,
+        slow_call_ms: float = 0.0,
     ) -> None:
         if isinstance(stages, PipelineGraph):
             graph = stages
@@ -162,6 +163,7 @@ class Supervisor:
         self.graph = graph
         self.ring_slots = ring_slots
         self.log_level = log_level
+        self.slow_call_s = max(0.0, float(slow_call_ms)) / 1000.0  # SLOW_CALL_MS, for every stage process
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.close_timeout_s = close_timeout_s
@@ -304,7 +306,7 @@ class Supervisor:
             os.environ.setdefault(variable, "1")
         process = self.ctx.Process(
             target=stage_process_main,
-            args=(node.stage, channels, self.log_level, node.name),
+            args=(node.stage, channels, self.log_level, node.name, self.slow_call_s),
             name=node.name,
             daemon=True,
         )

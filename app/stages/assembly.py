@@ -272,6 +272,7 @@ def run_pipeline(
             ring_slots=settings.ring_slots,
             log_level=settings.log_level,
             summary_every_s=summary_every_s,
+            slow_call_ms=settings.slow_call_ms,
         )
         integrations.attach(supervisor)
         return supervisor.run()
