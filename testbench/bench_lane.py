@@ -14,7 +14,8 @@ and the worker's model calls, run on other threads, as they run in other process
 pass starts a fresh stage on the same frames, so passes are repeats; the figure is the median pass.
 
 The last stdout line is one JSON object: `lane_cpu_ms_per_frame` (median pass), `passes_ms` (every pass),
-`lane_cpu_ms_per_frame_min` (the least disturbed pass), `frames`, `faces_per_frame`, `embedded` (faces a
+`lane_cpu_ms_per_frame_min` (the least disturbed pass), `lane_cpu_ms_max` and `lane_cpu_ms_max_frame` (the
+median pass's slowest frame: a one-off stall), `frames`, `faces_per_frame`, `embedded` (faces a
 pass sent to the worker), `tracks`, `outputs_digest` (of every frame's shown ids and names: equal digests,
 the same tracks and names), `full_digest` (of everything every frame shows: ids, boxes, scores and
 similarities bit for bit, names, statuses); with --profile N the top N functions of a cProfile of one
@@ -184,6 +185,7 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
     worker.setup()
     shape = (found[0].meta.height, found[0].meta.width, 3)
     spent = 0.0
+    calls: list[float] = []  # each frame's process() CPU seconds
     outputs = []
     full = hashlib.sha1()
     stop = threading.Event()
@@ -216,6 +218,7 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
                 filled[index % 2].acquire()
                 took, [tracked] = timed(stage.process, msg, profile)
                 spent += took
+                calls.append(took)
                 free[index % 2].release()
                 outputs.append((tracked.track_ids.tolist(), list(tracked.names)))
                 full.update(_frame_bytes(tracked))
@@ -227,7 +230,7 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
                 helper.join(5)
             stage.close()
             worker.close()
-    return {"cpu_s": spent, "embedded": embedded, "tracks": tracks, "outputs": outputs,
+    return {"cpu_s": spent, "calls": calls, "embedded": embedded, "tracks": tracks, "outputs": outputs,
             "full_digest": full.hexdigest()[:12]}  # fmt: skip
 
 
@@ -248,16 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=int, default=0, help="print the top N functions of a profiled pass")
     p.add_argument("--work", type=Path, default=REPO_ROOT / "out" / "bench_pipeline", help="inputs")
     p.add_argument("--label", default="", help="free text stored in the JSON")
+    p.add_argument("--embedder", type=Path, default=DEFAULT_EMBEDDER, help="embedder ONNX (the worker's)")
+    p.add_argument("--embedder-kind", default="auto", choices=("auto", "dlib", "arcface"))
     p.add_argument("--dump", type=Path, help="write every frame's shown ids and names here (JSON)")
     args = p.parse_args(argv)
 
     from app.config import load_settings
 
     clip = args.source or ensure_clip("1080p", args.frames, args.work, args.faces)
-    gallery = ensure_gallery(DEFAULT_EMBEDDER, "auto", args.work)
+    gallery = ensure_gallery(args.embedder, args.embedder_kind, args.work)
     settings = load_settings(
         {"video_source": str(clip), "qdrant_path": str(gallery), "keep_unknown": False, "gui": False,
-         "threads": 1},
+         "threads": 1, "embedder_model": str(args.embedder), "embedder": args.embedder_kind},
         env_file=None,
     )  # fmt: skip
     found = detections(settings, clip, args.frames, args.work)
@@ -267,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         log("warning: passes gave different tracks or names")
     frames = len(found)
     per_frame = [1000.0 * p["cpu_s"] / frames for p in passes]
+    median_pass = passes[int(np.argsort(per_frame)[len(per_frame) // 2])]
     if args.profile:
         profile = cProfile.Profile()
         one_pass(settings, clip, found, profile)
@@ -281,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         "passes_ms": [round(v, 3) for v in per_frame],
         "lane_cpu_ms_per_frame": round(statistics.median(per_frame), 3),
         "lane_cpu_ms_per_frame_min": round(min(per_frame), 3),  # the least disturbed pass
+        # The slowest frame of the median pass and its index: a one-off stall, which a mean hides.
+        "lane_cpu_ms_max": round(1000.0 * max(median_pass["calls"]), 3),
+        "lane_cpu_ms_max_frame": int(np.argmax(median_pass["calls"])),
         "embedded": passes[0]["embedded"],
         "tracks": passes[0]["tracks"],
         # The shown ids and names of every frame: equal digests = the same tracks and names frame by frame.
