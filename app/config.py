@@ -101,6 +101,11 @@ class Settings:
         lo=0,
         hi=4096,
     )
+    refine_model: Path | None = setting(
+        None,
+        "Detector ONNX that finds small faces again on their crops (REFINE_BELOW, REFIND_MISSED; one CPU "
+        "thread in each tracking lane); default: the bundled mnet0.25 when present, else DETECTOR_MODEL",
+    )
     refind_missed: bool = setting(
         True,
         "Small faces tracked on the last frame that the detector misses are looked for again on an enlarged "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.recognition.analyzer import FaceAnalyzer, landmark_refiner
+from app.recognition.analyzer import FaceAnalyzer, landmark_refiner, refine_model_path
 from app.vision.image_io import read_image
 from app.vision.landmark_refine import LandmarkRefiner
 from app.vision.pixel_format import NV12, FramePixels, bgr_to_nv12, nv12_to_bgr
@@ -124,12 +124,23 @@ def test_degenerate_boxes_keep_their_landmarks(refiner):
     assert refiner.refine(frame, boxes[:0], landmarks[:0]).shape == (0, 5, 2)
 
 
-def test_a_detector_that_takes_no_square_crops_has_no_refiner(tmp_path, caplog):
+def test_a_refine_model_that_takes_no_square_crops_gives_no_refiner(tmp_path, caplog):
     engine = tmp_path / "retinaface.engine"
     engine.write_bytes(b"not read")
     with caplog.at_level("WARNING"):
-        assert landmark_refiner(settings(detector_model=engine, refine_below=80)) is None
+        assert landmark_refiner(settings(refine_model=engine, refine_below=80)) is None
     assert "not an ONNX file" in caplog.text and "REFINE_BELOW=0" in caplog.text
+
+
+def test_crops_are_refined_with_the_light_bundled_detector_whatever_the_frames_detector(tmp_path):
+    # An engine (or a heavy R50) detecting the frames: the lane's CPU crops still use mnet0.25.
+    engine = tmp_path / "retinaface.engine"
+    engine.write_bytes(b"not read")
+    bundled = REPO / "checkpoints" / "retinaface_mnet025.onnx"
+    assert refine_model_path(settings(detector_model=engine)).resolve() == bundled.resolve()
+    assert landmark_refiner(settings(detector_model=engine, refine_below=80)) is not None
+    chosen = tmp_path / "mine.onnx"
+    assert refine_model_path(settings(detector_model=engine, refine_model=chosen)) == chosen
 
 
 def test_a_face_not_found_again_keeps_its_landmarks(refiner):
