@@ -184,7 +184,6 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
     worker = EmbedStage(settings, requests, [results], threads=1)
     worker.setup()
     shape = (found[0].meta.height, found[0].meta.width, 3)
-    spent = 0.0
     calls: list[float] = []  # each frame's process() CPU seconds
     outputs = []
     full = hashlib.sha1()
@@ -217,7 +216,6 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
                 msg = dataclasses.replace(found_on, meta=dataclasses.replace(found_on.meta, slot=index % 2))
                 filled[index % 2].acquire()
                 took, [tracked] = timed(stage.process, msg, profile)
-                spent += took
                 calls.append(took)
                 free[index % 2].release()
                 outputs.append((tracked.track_ids.tolist(), list(tracked.names)))
@@ -230,7 +228,7 @@ def one_pass(settings: Any, clip: Path, found: list[Any], profile: cProfile.Prof
                 helper.join(5)
             stage.close()
             worker.close()
-    return {"cpu_s": spent, "calls": calls, "embedded": embedded, "tracks": tracks, "outputs": outputs,
+    return {"cpu_s": sum(calls), "calls": calls, "embedded": embedded, "tracks": tracks, "outputs": outputs,
             "full_digest": full.hexdigest()[:12]}  # fmt: skip
 
 

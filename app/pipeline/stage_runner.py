@@ -193,7 +193,6 @@ class StageRunner:
     ) -> None:
         self.stage = stage
         self.slow_call_s = slow_call_s  # > 0: log where a process() call is past this long (SLOW_CALL_MS)
-        self._watch: SlowCallWatch | None = None
         self.pack_window_s = pack_window_s
         self.cpu_clock = cpu_clock  # the process's CPU clock, for the loop's CPU line
         self.node = node or stage.name  # several capture nodes run one stage class: the process's name
@@ -254,10 +253,6 @@ class StageRunner:
                         self.stage.note(stream, text)
                 if self.caps.service:
                     orderly = self._run_service()
-                elif not self.is_source and self.slow_call_s > 0:
-                    self._watch = SlowCallWatch(self.node, self.slow_call_s)
-                    self._watch.start()
-                    orderly = self._run_consumer()
                 else:
                     orderly = self._run_source() if self.is_source else self._run_consumer()
         except StopPipeline as exc:
@@ -267,8 +262,6 @@ class StageRunner:
             self._report_failure(exc, during_setup=False)
             code = EXIT_FAILED
         finally:
-            if self._watch is not None:
-                self._watch.stop()
             if start is not None:
                 self._log_cpu(loop_cpu)
             self._close_stage()
@@ -353,7 +346,17 @@ class StageRunner:
         return True
 
     def _run_consumer(self) -> bool:
-        """Process until end of stream (True) or a stop request (False)."""
+        """Process until end of stream (True) or a stop request (False), watched with SLOW_CALL_MS."""
+        watch = SlowCallWatch(self.node, self.slow_call_s) if self.slow_call_s > 0 else None
+        if watch is None:
+            return self._consume(None)
+        watch.start()
+        try:
+            return self._consume(watch)
+        finally:
+            watch.stop()
+
+    def _consume(self, watch: SlowCallWatch | None) -> bool:
         ch = self.channels
         name = self.stage.name
         held: list[Any] = []  # outputs not sent yet (sent together, see PACK_WINDOW_S)
@@ -366,15 +369,10 @@ class StageRunner:
             if batch:
                 self.items += len(batch)
                 start = stamp_now()
-                watch = self._watch
-                if self.caps.batched and self.max_batch > 1:
-                    if watch is not None:
-                        watch.begin("process_batch")
-                    outputs = self.stage.process_batch(batch)
-                else:
-                    if watch is not None:
-                        watch.begin("process")
-                    outputs = self.stage.process(batch[0])
+                batched = self.caps.batched and self.max_batch > 1
+                if watch is not None:
+                    watch.begin("process_batch" if batched else "process")
+                outputs = self.stage.process_batch(batch) if batched else self.stage.process(batch[0])
                 if watch is not None:
                     watch.end()
                 end = stamp_now()

@@ -166,7 +166,7 @@ def refine_model_path(settings: Settings) -> Path:
     instead of ~55)."""
     if settings.refine_model is not None:
         return Path(settings.refine_model)
-    bundled = Path(Settings.__dataclass_fields__["detector_model"].default)
+    bundled = Path(Settings().detector_model)
     return bundled if bundled.is_file() else Path(settings.detector_model)
 
 
