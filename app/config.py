@@ -269,6 +269,12 @@ class Settings:
         "fused kernels, about twice the GPU detector's throughput, for a minute or two more at start (less "
         "with inductor's cache, kept between runs); needs triton and a C compiler",
     )
+    torch_compile_batches: str = setting(
+        "sparse",
+        "Batch sizes TORCH_COMPILE compiles: sparse (1, 4, 16, 32: a batch of 5-15 runs padded to 16) or "
+        "every (each power of two: small batches, as live cameras give, run unpadded; twice the compiles)",
+        choices=("sparse", "every"),
+    )
     gpu_wait: str = setting(
         "block",
         "How the detector's and embedder's threads wait for the GPU (torch backend): block sleeps until it "

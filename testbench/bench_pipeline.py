@@ -902,6 +902,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "embedder_kind": args.embedder_kind,
             "det_precision": args.det_precision or "auto",
             "torch_compile": settings.torch_compile,
+            "torch_compile_batches": settings.torch_compile_batches,
         },
         "resolution": f"{w}x{h}",
         "source": clip.name,

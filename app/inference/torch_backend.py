@@ -35,6 +35,8 @@ COMPILE_MODE = "default"
 # Buckets of a compiled model: each is a compile of its own (~20 s for RetinaFace-R50 on the H200 host), so
 # fewer than DEFAULT_BUCKETS; a batch of 2-3 runs padded to 4, one of 5-15 to 16.
 COMPILE_BUCKETS = (1, 4, 16, 32, 64, 128, 256)
+# TORCH_COMPILE_BATCHES: which bucket set a compiled detector captures.
+COMPILE_BATCHES = {"sparse": COMPILE_BUCKETS, "every": DEFAULT_BUCKETS}
 PRECISIONS = ("auto", "fp32", "fp16")
 
 

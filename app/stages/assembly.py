@@ -189,6 +189,7 @@ def build_graph(
             streams=members,
             gpu_wait=settings.gpu_wait,
             compile_graphs=settings.torch_compile,
+            compile_batches=settings.torch_compile_batches,
         )
         nodes.append(Node(lane_name("detect", d), detect))
         outs = [(k, tuple(s for s in members if s % lanes == k)) for k in range(lanes)]

@@ -74,19 +74,22 @@ class DetectStage:
         streams: tuple[int, ...] | None = None,
         gpu_wait: str = "block",
         compile_graphs: bool = False,
+        compile_batches: str = "sparse",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """max_batch: None = DEFAULT_MAX_BATCH on the CPU path, GPU_MAX_BATCH on the GPU path.
 
         precision, device: the torch backend's (None = its defaults: CUDA when available, fp32 detectors);
         device "cpu" runs the GPU path on the CPU (tests). streams: the cameras this detector serves (None:
-        every camera of the run). compile_graphs: TORCH_COMPILE, the GPU path's model through torch.compile.
+        every camera of the run). compile_graphs: TORCH_COMPILE, the GPU path's model through torch.compile;
+        compile_batches: TORCH_COMPILE_BATCHES, which batch sizes it compiles.
         clock: capture's clock (its stamps' times), for a live frame's age.
         """
         self.clock = clock
         self.streams = streams
         self.gpu_wait = gpu_wait  # GPU_WAIT: set before the process's first CUDA work
         self.compile_graphs = compile_graphs
+        self.compile_batches = compile_batches
         self.frames = frames if isinstance(frames, StreamRings) else StreamRings(frames)
         self.model_path = Path(model_path)
         self.backend = backend
@@ -140,6 +143,7 @@ class DetectStage:
             threads=self.threads,
             floor=self.candidate_floor,
             compile_graphs=self.compile_graphs,
+            compile_batches=self.compile_batches,
         )
         self.max_batch = self.gpu.max_batch
         try:

@@ -32,7 +32,7 @@ import torch
 
 from app.inference.batching import chunk_slices, stage_batch
 from app.inference.torch_backend import (
-    COMPILE_BUCKETS,
+    COMPILE_BATCHES,
     COMPILE_MODE,
     DEFAULT_BUCKETS,
     TorchModel,
@@ -188,13 +188,14 @@ class TorchDetector:
         floor: float = 0.01,
         top_k: int = PRE_NMS_TOP_K,
         compile_graphs: bool = False,
+        compile_batches: str = "sparse",
     ) -> None:
         self.model = TorchModel(
             Path(model_path),
             threads=threads,
             device=device,
             precision=precision,
-            buckets=COMPILE_BUCKETS if compile_graphs else DEFAULT_BUCKETS,
+            buckets=COMPILE_BATCHES[compile_batches] if compile_graphs else DEFAULT_BUCKETS,
             compile_mode=COMPILE_MODE if compile_graphs else None,
         )
         self.device = self.model.device

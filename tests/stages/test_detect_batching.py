@@ -388,3 +388,18 @@ def test_compiled_gpu_path_finds_the_candidates_the_plain_one_finds(clip_frames,
         want = plain.process_batch([put_frame(ring, clip_frames[1], 0)])[0]
         got = compiled.process_batch([put_frame(ring, clip_frames[1], 1)])[0]
         _same_faces(got, want, score_atol=1e-4)
+
+
+def test_compiled_batch_sizes_follow_torch_compile_batches(torch_mod):
+    """TORCH_COMPILE_BATCHES: `sparse` compiles 1, 4, 16, 32 (a live camera's batch of 5 runs padded to 16),
+    `every` each power of two; plain graphs always take every power of two. Nothing is compiled here: the
+    buckets decide which graphs a batch replays."""
+    from app.inference.torch_backend import pick_bucket
+    from app.stages.gpu_detect import TorchDetector
+
+    sparse = TorchDetector(DETECTOR, device="cpu", max_batch=32, compile_graphs=True)
+    every = TorchDetector(DETECTOR, device="cpu", max_batch=32, compile_graphs=True, compile_batches="every")
+    plain = TorchDetector(DETECTOR, device="cpu", max_batch=32, compile_batches="sparse")
+    assert sparse._buckets() == [1, 4, 16, 32]
+    assert every._buckets() == plain._buckets() == [1, 2, 4, 8, 16, 32]
+    assert pick_bucket(5, sparse.model.buckets) == 16 and pick_bucket(5, every.model.buckets) == 8
