@@ -281,7 +281,7 @@ class TorchDetector:
                 if pixel_format == NV12
                 else gpu_preprocess.letterbox_batch
             )
-            blob, scales = letterbox(list(pixels), self.input_hw, dtype=self.model.dtype, out=self._blob[:n])
+            blob, scales = letterbox(pixels, self.input_hw, dtype=self.model.dtype, out=self._blob[:n])
             loc, conf, landmarks = split_outputs(self.model.run_torch(blob))
             found = compact_candidates(loc, conf, landmarks, self.floor, self.top_k)
         return [

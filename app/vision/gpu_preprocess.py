@@ -37,7 +37,7 @@ def _resized_hw(src_h: int, src_w: int, scale: float) -> tuple[int, int]:
 
 
 def _letterbox(
-    frames: Sequence[torch.Tensor],
+    frames: Sequence[torch.Tensor] | torch.Tensor,
     size: int | tuple[int, int],
     dtype: torch.dtype,
     out: torch.Tensor | None,
@@ -45,27 +45,42 @@ def _letterbox(
     resize: Callable[[torch.Tensor, int, int, float], torch.Tensor],
 ) -> tuple[torch.Tensor, list[float]]:
     """The letterbox both pixel formats share: each frame's picture (`picture_hw`) scaled to fit (`resize`:
-    (3, rh, rw) BGR in 0-255), minus the mean, top-left in a zeroed (N,3,h,w) blob; and the scales."""
+    a (k, ...) stack of same-size frames -> (k, 3, rh, rw) BGR in 0-255), minus the mean, top-left in a
+    zeroed (N,3,h,w) blob; and the scales.
+
+    Frames of one size go through each kernel together: a per-frame loop launched ~20 small kernels a
+    frame, which in a detector batch of 4-8 live frames cost more CPU and GPU gaps than the pixels did.
+    `frames` may be an (N, ...) tensor (one size, no stacking) or a sequence of frames."""
     h, w = _as_hw(size)
     n = len(frames)
     device = frames[0].device if n else torch.device("cpu")
     blob = out if out is not None else torch.empty((n, 3, h, w), dtype=dtype, device=device)
     blob.zero_()  # zero = the mean colour after subtraction, which the model reads as background
-    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=device).view(3, 1, 1)
-    scales: list[float] = []
-    for i, frame in enumerate(frames):
-        src_h, src_w = picture_hw(frame)
+    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    scales: list[float] = [0.0] * n
+    runs: list[tuple[int, int]] = []  # [start, end) runs of consecutive frames of one picture size
+    for i in range(n):
+        if runs and picture_hw(frames[i]) == picture_hw(frames[runs[-1][0]]):
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    for a, b in runs:
+        src_h, src_w = picture_hw(frames[a])
         scale = letterbox_scale((src_h, src_w), (h, w))
         rh, rw = _resized_hw(src_h, src_w, scale)
-        resized = resize(frame, rh, rw, scale)
+        if isinstance(frames, torch.Tensor):
+            stack = frames[a:b]
+        else:
+            stack = frames[a][None] if b - a == 1 else torch.stack(list(frames[a:b]))
+        resized = resize(stack, rh, rw, scale)
         ch, cw = min(rh, h), min(rw, w)
-        blob[i, :, :ch, :cw] = (resized[:, :ch, :cw] - mean).to(blob.dtype)
-        scales.append(float(scale))
+        blob[a:b, :, :ch, :cw] = (resized[:, :, :ch, :cw] - mean).to(blob.dtype)
+        scales[a:b] = [float(scale)] * (b - a)
     return blob, scales
 
 
 def letterbox_batch(
-    frames: Sequence[torch.Tensor],
+    frames: Sequence[torch.Tensor] | torch.Tensor,
     size: int | tuple[int, int],
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
@@ -75,12 +90,12 @@ def letterbox_batch(
     Returns (blob, scales) with input pixel = source pixel * scale. `out` (N,3,h,w) is reused when given.
     """
 
-    def resize(frame: torch.Tensor, rh: int, rw: int, scale: float) -> torch.Tensor:
-        chw = frame.permute(2, 0, 1).unsqueeze(0).float()
+    def resize(stack: torch.Tensor, rh: int, rw: int, scale: float) -> torch.Tensor:
+        nchw = stack.permute(0, 3, 1, 2).float()
         # Output size and mapping scale given separately, as cv2.resize(fx=scale) does (size is rounded,
         # the mapping uses exactly 1/scale); F.interpolate cannot take both.
-        resized = torch.ops.aten.upsample_bilinear2d(chw, [rh, rw], False, scale, scale)
-        return resized[0].round_().clamp_(0, 255)  # OpenCV's 8-bit resize rounds to uint8
+        resized = torch.ops.aten.upsample_bilinear2d(nchw, [rh, rw], False, scale, scale)
+        return resized.round_().clamp_(0, 255)  # OpenCV's 8-bit resize rounds to uint8
 
     return _letterbox(frames, size, dtype, out, lambda f: (int(f.shape[0]), int(f.shape[1])), resize)
 
@@ -91,7 +106,7 @@ _CY, _CUB, _CUG, _CVG, _CVR = 1220542, 2116026, -409993, -852492, 1673527
 
 
 def letterbox_nv12_batch(
-    frames: Sequence[torch.Tensor],
+    frames: Sequence[torch.Tensor] | torch.Tensor,
     size: int | tuple[int, int],
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
@@ -109,15 +124,17 @@ def letterbox_nv12_batch(
     device = frames[0].device if len(frames) else torch.device("cpu")
     coeffs = torch.tensor([_CUB, _CUG, _CVG, _CVR], dtype=torch.float32, device=device) / (1 << _SHIFT)
 
-    def resize(frame: torch.Tensor, rh: int, rw: int, scale: float) -> torch.Tensor:
-        src_h, src_w = int(frame.shape[0]) * 2 // 3, int(frame.shape[1])
-        y = frame[:src_h].view(1, 1, src_h, src_w).float()
-        uv = frame[src_h:].view(src_h // 2, src_w // 2, 2).permute(2, 0, 1).unsqueeze(0).float()
-        y = torch.ops.aten.upsample_bilinear2d(y, [rh, rw], False, scale, scale)[0, 0]
-        uv = torch.ops.aten.upsample_bilinear2d(uv, [rh, rw], False, 2 * scale, 2 * scale)[0]
+    def resize(stack: torch.Tensor, rh: int, rw: int, scale: float) -> torch.Tensor:
+        k, src_h, src_w = int(stack.shape[0]), int(stack.shape[1]) * 2 // 3, int(stack.shape[2])
+        y = stack[:, :src_h].reshape(k, 1, src_h, src_w).float()
+        uv = stack[:, src_h:].reshape(k, src_h // 2, src_w // 2, 2).permute(0, 3, 1, 2).float()
+        y = torch.ops.aten.upsample_bilinear2d(y, [rh, rw], False, scale, scale)[:, 0]
+        uv = torch.ops.aten.upsample_bilinear2d(uv, [rh, rw], False, 2 * scale, 2 * scale)
         luma = (y - 16.0).clamp_(min=0.0) * (_CY / (1 << _SHIFT))
-        u, v = uv[0] - 128.0, uv[1] - 128.0
-        bgr = torch.stack((luma + coeffs[0] * u, luma + coeffs[1] * u + coeffs[2] * v, luma + coeffs[3] * v))
+        u, v = uv[:, 0] - 128.0, uv[:, 1] - 128.0
+        bgr = torch.stack(
+            (luma + coeffs[0] * u, luma + coeffs[1] * u + coeffs[2] * v, luma + coeffs[3] * v), dim=1
+        )
         return bgr.round_().clamp_(0, 255)
 
     return _letterbox(frames, size, dtype, out, lambda f: (int(f.shape[0]) * 2 // 3, int(f.shape[1])), resize)

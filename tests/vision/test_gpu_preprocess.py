@@ -119,3 +119,24 @@ def test_nv12_letterbox_matches_converting_with_opencv_first():
         diff = (got - want).abs()
         assert float(diff.mean()) < 0.5 and float((diff > 4).float().mean()) < 0.015
         assert torch.equal((got == 0).all(dim=1), (want == 0).all(dim=1))  # the same padding
+
+
+def test_letterbox_of_a_batch_equals_each_frame_alone():
+    """Frames of one size go through the kernels together: the blob is bit for bit the one of letterboxing
+    each frame alone, in a mixed-size sequence (runs of one size) and from an (N, ...) tensor, both formats."""
+    from app.vision.pixel_format import bgr_to_nv12
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (360, 480, 3), np.uint8)
+    big = [rng.integers(0, 256, (720, 1280, 3), np.uint8) for _ in range(3)]
+    for fn, convert in (
+        (gpu_preprocess.letterbox_batch, lambda f: f),
+        (gpu_preprocess.letterbox_nv12_batch, bgr_to_nv12),
+    ):
+        frames = [torch.from_numpy(convert(f)) for f in (big[0], big[1], small, big[2])]
+        alone = [fn([f], (384, 640)) for f in frames]
+        got, scales = fn(frames, (384, 640))
+        assert torch.equal(got, torch.cat([blob for blob, _ in alone]))
+        assert scales == [s[0] for _, s in alone]
+        stacked, _ = fn(torch.stack(frames[:2]), (384, 640))
+        assert torch.equal(stacked, got[:2])
