@@ -122,8 +122,8 @@ def test_nv12_letterbox_matches_converting_with_opencv_first():
 
 
 def test_letterbox_of_a_batch_equals_each_frame_alone():
-    """Frames of one size go through the kernels together: the blob is bit for bit the one of letterboxing
-    each frame alone, in a mixed-size sequence (runs of one size) and from an (N, ...) tensor, both formats."""
+    """Frames of one size go through the kernels together: the blob is bit for bit that of letterboxing
+    each frame alone, in a mixed-size sequence and from an (N, ...) tensor, NV12 and BGR."""
     from app.vision.pixel_format import bgr_to_nv12
 
     rng = np.random.default_rng(3)
