@@ -58,20 +58,17 @@ def _letterbox(
     blob.zero_()  # zero = the mean colour after subtraction, which the model reads as background
     mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     scales: list[float] = [0.0] * n
-    runs: list[tuple[int, int]] = []  # [start, end) runs of consecutive frames of one picture size
-    for i in range(n):
-        if runs and picture_hw(frames[i]) == picture_hw(frames[runs[-1][0]]):
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
+    if isinstance(frames, torch.Tensor):  # one size: the whole batch is one run
+        runs = [(0, n)] if n else []
+    else:  # [start, end) runs of consecutive frames of one picture size
+        sizes = [picture_hw(f) for f in frames]
+        starts = [i for i in range(n) if i == 0 or sizes[i] != sizes[i - 1]]
+        runs = list(zip(starts, [*starts[1:], n], strict=True))
     for a, b in runs:
         src_h, src_w = picture_hw(frames[a])
         scale = letterbox_scale((src_h, src_w), (h, w))
         rh, rw = _resized_hw(src_h, src_w, scale)
-        if isinstance(frames, torch.Tensor):
-            stack = frames[a:b]
-        else:
-            stack = frames[a][None] if b - a == 1 else torch.stack(list(frames[a:b]))
+        stack = frames[a:b] if isinstance(frames, torch.Tensor) else torch.stack(list(frames[a:b]))
         resized = resize(stack, rh, rw, scale)
         ch, cw = min(rh, h), min(rw, w)
         blob[a:b, :, :ch, :cw] = (resized[:, :, :ch, :cw] - mean).to(blob.dtype)
