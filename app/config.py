@@ -231,6 +231,13 @@ class Settings:
     result_lag: int = setting(
         1, "Files: frames between an embedding request and the frame its answer is applied on", lo=1, hi=16
     )
+    embed_gather_ms: float = setting(
+        0.0,
+        "How long the embedding worker waits after a request for more to batch with it (up to 64 faces); "
+        "0 = take only what is queued. A few ms batches a busy GPU's faces better for throughput (files)",
+        lo=0.0,
+        hi=50.0,
+    )
     name_lookahead: int = setting(
         8,
         "Files: frames each output is held so a name decided within them also labels the track's earlier "

@@ -146,8 +146,12 @@ class EmbedStage:
         max_faces: int = MAX_FACES,
         sightings: Any = None,
         lanes: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.embedder = FaceEmbedder(settings, threads)
+        # EMBED_GATHER_MS: after the first request, wait up to this long for more to share its model call.
+        self.gather_s = settings.embed_gather_ms / 1000.0
+        self.clock = clock
         self.identity_config = IdentityConfig()  # the tracking stages' (their template arithmetic)
         self.requests = requests  # queue of EmbedRequest (from recognize)
         # Queues of EmbedResult, one per tracking stage (EmbedRequest.reply_to picks it).
@@ -177,7 +181,8 @@ class EmbedStage:
         return info
 
     def serve(self, timeout: float) -> None:
-        """Answer every request queued now (waiting up to `timeout` for the first), in one model call."""
+        """Answer every request queued now (waiting up to `timeout` for the first, then up to `gather_s`
+        for more), in one model call."""
         self._take_sightings()
         try:
             first = self.requests.get(timeout=timeout)
@@ -185,9 +190,11 @@ class EmbedStage:
             return
         batch: list[EmbedRequest] = [first]
         faces = len(first.track_ids)
+        deadline = self.clock() + self.gather_s
         while faces < self.max_faces:
+            remaining = deadline - self.clock()
             try:
-                msg = self.requests.get_nowait()
+                msg = self.requests.get(timeout=remaining) if remaining > 0 else self.requests.get_nowait()
             except queue.Empty:
                 break
             batch.append(msg)

@@ -84,6 +84,51 @@ def test_requests_of_two_streams_are_answered_in_one_model_call_each_to_its_own_
         worker.close()
 
 
+class ArrivingRequests:
+    """A requests queue whose requests arrive at given times of a fake clock (seconds): a `get` that waits
+    moves the clock on to the next arrival, or by its whole timeout when none comes in it."""
+
+    def __init__(self, arrivals: list[tuple[float, EmbedRequest]]) -> None:
+        self.now = 0.0
+        self.arrivals = sorted(arrivals, key=lambda a: a[0])
+
+    def clock(self) -> float:
+        return self.now
+
+    def get(self, timeout: float) -> EmbedRequest:
+        if self.arrivals and self.arrivals[0][0] <= self.now + timeout:
+            self.now = max(self.now, self.arrivals[0][0])
+            return self.arrivals.pop(0)[1]
+        self.now += timeout
+        raise queue.Empty
+
+    def get_nowait(self) -> EmbedRequest:
+        return self.get(0.0)
+
+
+@pytest.mark.parametrize(("gather_ms", "first_call_faces"), [(0.0, 1), (5.0, 2)])
+def test_the_worker_waits_embed_gather_ms_for_requests_to_batch(gallery_dir, gather_ms, first_call_faces):
+    settings = load_settings({"qdrant_path": str(gallery_dir), "embed_gather_ms": gather_ms}, env_file=None)
+    chips = lin_chips(settings, 3)
+    requests = ArrivingRequests(
+        [(0.0, EmbedRequest(1, 0, 1, [1], [0.9], chips[:1], reply_to=0))]
+        + [(0.003, EmbedRequest(2, 1, 1, [2], [0.9], chips[1:2], reply_to=0))]  # within 5 ms of the first
+        + [(0.008, EmbedRequest(3, 2, 1, [3], [0.9], chips[2:], reply_to=0))]  # after them
+    )
+    results: queue.Queue = queue.Queue()
+    worker = EmbedStage(settings, requests, results, clock=requests.clock)
+    worker.setup()
+    try:
+        worker.serve(timeout=1.0)
+        assert (worker.batches, worker.faces) == (1, first_call_faces)
+        while requests.arrivals:
+            worker.serve(timeout=1.0)
+        assert (worker.faces, worker.batches) == (3, 4 - first_call_faces)
+        assert sorted(results.get_nowait().request for _ in range(3)) == [1, 2, 3]  # each answered once
+    finally:
+        worker.close()
+
+
 def recognise(
     frames: list[np.ndarray],
     gallery: Path,
