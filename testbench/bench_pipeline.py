@@ -923,7 +923,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "startup": run.get("startup"),
         "ring_slots": slots,
         "name_lookahead": held,  # a file camera's ring holds ring_slots + this
-        "embed_gather_ms": load_settings({}, env_file=None).embed_gather_ms,
+        "embed_gather_ms": settings.embed_gather_ms,
         "threads": {"detector": det_threads, "embedder": embed_threads},
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

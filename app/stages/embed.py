@@ -190,9 +190,9 @@ class EmbedStage:
             return
         batch: list[EmbedRequest] = [first]
         faces = len(first.track_ids)
-        deadline = self.clock() + self.gather_s
+        deadline = self.clock() + self.gather_s if self.gather_s > 0 else None
         while faces < self.max_faces:
-            remaining = deadline - self.clock()
+            remaining = 0.0 if deadline is None else deadline - self.clock()
             try:
                 msg = self.requests.get(timeout=remaining) if remaining > 0 else self.requests.get_nowait()
             except queue.Empty:

@@ -111,9 +111,11 @@ def test_the_worker_waits_embed_gather_ms_for_requests_to_batch(gallery_dir, gat
     settings = load_settings({"qdrant_path": str(gallery_dir), "embed_gather_ms": gather_ms}, env_file=None)
     chips = lin_chips(settings, 3)
     requests = ArrivingRequests(
-        [(0.0, EmbedRequest(1, 0, 1, [1], [0.9], chips[:1], reply_to=0))]
-        + [(0.003, EmbedRequest(2, 1, 1, [2], [0.9], chips[1:2], reply_to=0))]  # within 5 ms of the first
-        + [(0.008, EmbedRequest(3, 2, 1, [3], [0.9], chips[2:], reply_to=0))]  # after them
+        [
+            (0.0, EmbedRequest(1, 0, 1, [1], [0.9], chips[:1], reply_to=0)),
+            (0.003, EmbedRequest(2, 1, 1, [2], [0.9], chips[1:2], reply_to=0)),  # within 5 ms of the first
+            (0.008, EmbedRequest(3, 2, 1, [3], [0.9], chips[2:], reply_to=0)),  # after them
+        ]
     )
     results: queue.Queue = queue.Queue()
     worker = EmbedStage(settings, requests, results, clock=requests.clock)
